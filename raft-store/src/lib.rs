@@ -1,0 +1,27 @@
+//! Tandem's Raft: everything the two coordinators and the witness agree on.
+//!
+//! - [`type_config`]: openraft's type configuration and the voters' [`NodeInfo`]; the only
+//!   module that spells openraft's generic parameters.
+//! - [`job_table`]: the pure, deterministic job state machine ([`JobTable::apply`]).
+//! - [`wal`] and [`log_store`]: the durable Raft log, a checksummed write-ahead log with group
+//!   commit, crash recovery and compaction.
+//! - [`state_machine`]: openraft's state machine over the job table, with snapshots on disk.
+//! - [`network`]: the voters' HTTP transport (axum routes and a shared reqwest client).
+//! - [`node`]: the API the coordinator and the witness use: start, initialize, propose, read
+//!   barrier, leadership.
+//!
+//! This crate knows nothing of the client API, EC2 or scaling policy.
+
+pub mod digest;
+pub mod job_table;
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod state_machine;
+pub mod type_config;
+pub mod wal;
+
+pub use digest::Digest;
+pub use job_table::{Command, JobTable, Response};
+pub use node::{Leadership, Node, NodeConfig, ProposeError, ReadError, StartError, Timing, TransferError};
+pub use type_config::{NodeId, NodeInfo, Role, TypeConfig};

@@ -1,0 +1,563 @@
+//! The durable Raft log: an in-memory index over one append-only WAL file, written by one thread
+//! that batches fsyncs.
+//!
+//! Every change updates the in-memory [`LogIndex`] first (so a reader sees appended entries as
+//! soon as `append` returns, as openraft requires) and then goes, in the same order, down one
+//! channel to the writer thread. The writer drains whatever has queued up, writes it with one
+//! `write`, fsyncs once if anything in the batch waits for durability, and only then completes
+//! the waiters: `append` callbacks, `save_vote` and `truncate_after`. Because there is one file and
+//! one ordered writer, a later write can never become durable before an earlier one, which is the
+//! I/O ordering openraft's safety relies on (a vote is on disk before any entry of its term).
+//!
+//! After purges have made most of the file dead, the writer rewrites it as a compact image
+//! (vote, committed, purge point, live entries) into a temporary file, fsyncs it, renames it over
+//! the log and fsyncs the directory.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use openraft::OptionalSend;
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+
+use crate::type_config::{Entry, LogId, TypeConfig, Vote};
+use crate::wal::{self, Record, ScanSummary, WalError};
+
+/// The WAL's file name inside a data directory.
+pub const WAL_FILE: &str = "raft.wal";
+const LOCK_FILE: &str = "LOCK";
+/// Entries per record when the compactor rewrites the log.
+const COMPACT_ENTRIES_PER_RECORD: usize = 1024;
+/// Most operations the writer takes into one batch.
+const MAX_BATCH_OPS: usize = 8192;
+
+/// Tuning for the log store.
+#[derive(Clone, Copy, Debug)]
+pub struct LogStoreOptions {
+    /// Rewrite the file once this many bytes were written since the last rewrite and a purge
+    /// made part of it dead.
+    pub compact_after_bytes: u64,
+}
+
+impl Default for LogStoreOptions {
+    fn default() -> Self {
+        LogStoreOptions { compact_after_bytes: 64 << 20 }
+    }
+}
+
+/// Counters of the writer's work, for metrics and the group-commit benchmark.
+#[derive(Debug, Default)]
+pub struct WalStats {
+    fsyncs: AtomicU64,
+    fsync_nanos: AtomicU64,
+    synced_entries: AtomicU64,
+    synced_waiters: AtomicU64,
+    bytes_written: AtomicU64,
+    compactions: AtomicU64,
+}
+
+/// A copy of [`WalStats`] at one moment.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WalStatsSnapshot {
+    /// fsyncs performed.
+    pub fsyncs: u64,
+    /// Total time spent in fsync, in nanoseconds.
+    pub fsync_nanos: u64,
+    /// Log entries made durable.
+    pub synced_entries: u64,
+    /// Callers (appends, votes, truncations) released by an fsync.
+    pub synced_waiters: u64,
+    /// Bytes written to the file.
+    pub bytes_written: u64,
+    /// Rewrites of the file after purges.
+    pub compactions: u64,
+}
+
+impl WalStats {
+    /// Read every counter.
+    pub fn snapshot(&self) -> WalStatsSnapshot {
+        WalStatsSnapshot {
+            fsyncs: self.fsyncs.load(Ordering::Relaxed),
+            fsync_nanos: self.fsync_nanos.load(Ordering::Relaxed),
+            synced_entries: self.synced_entries.load(Ordering::Relaxed),
+            synced_waiters: self.synced_waiters.load(Ordering::Relaxed),
+            bytes_written: self.bytes_written.load(Ordering::Relaxed),
+            compactions: self.compactions.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What [`LogStore::open`] found on disk.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    /// The scan of the WAL, including any torn tail it dropped.
+    pub scan: ScanSummary,
+    /// The last log id after replay.
+    pub last_log_id: Option<LogId>,
+    /// The vote after replay.
+    pub vote: Option<Vote>,
+}
+
+/// The log's state in memory: everything the file says, already replayed.
+#[derive(Debug, Default, Clone)]
+struct LogIndex {
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    last_purged: Option<LogId>,
+    entries: BTreeMap<u64, Entry>,
+}
+
+impl LogIndex {
+    fn last_log_id(&self) -> Option<LogId> {
+        self.entries.values().next_back().map(|entry| entry.log_id).or(self.last_purged)
+    }
+
+    fn append(&mut self, entries: &[Entry]) {
+        for entry in entries {
+            self.entries.insert(entry.log_id.index, entry.clone());
+        }
+    }
+
+    fn truncate_after(&mut self, last: Option<LogId>) {
+        let from = last.map_or(0, |id| id.index + 1);
+        self.entries.split_off(&from);
+    }
+
+    fn purge(&mut self, upto: LogId) {
+        if self.last_purged.is_some_and(|purged| purged.index >= upto.index) {
+            return;
+        }
+        self.last_purged = Some(upto);
+        self.entries = self.entries.split_off(&(upto.index + 1));
+    }
+
+    fn apply(&mut self, record: Record) {
+        match record {
+            Record::Entries(entries) => self.append(&entries),
+            Record::Vote(vote) => self.vote = Some(vote),
+            Record::Committed(committed) => self.committed = committed,
+            Record::TruncateAfter(last) => self.truncate_after(last),
+            Record::Purge(upto) => self.purge(upto),
+        }
+    }
+
+    /// The records that rebuild exactly this state, framed, after the magic header.
+    fn image(&self) -> io::Result<Vec<u8>> {
+        let mut out = wal::MAGIC.to_vec();
+        if let Some(vote) = self.vote {
+            out.extend(wal::encode(&Record::Vote(vote))?);
+        }
+        if let Some(purged) = self.last_purged {
+            out.extend(wal::encode(&Record::Purge(purged))?);
+        }
+        let entries: Vec<&Entry> = self.entries.values().collect();
+        for chunk in entries.chunks(COMPACT_ENTRIES_PER_RECORD) {
+            out.extend(wal::encode(&Record::Entries(chunk.iter().map(|e| (*e).clone()).collect()))?);
+        }
+        out.extend(wal::encode(&Record::Committed(self.committed))?);
+        Ok(out)
+    }
+}
+
+/// Who waits for a write, and how to tell them.
+enum Waiter {
+    /// Nobody: the write becomes durable with the next fsync.
+    Nobody,
+    /// openraft's append callback.
+    Flushed(IOFlushed<TypeConfig>),
+    /// An async caller (`save_vote`, `truncate_after`).
+    Notify(tokio::sync::oneshot::Sender<io::Result<()>>),
+}
+
+impl Waiter {
+    fn complete(self, result: Result<(), &str>) {
+        let result = result.map_err(|message| io::Error::other(message.to_owned()));
+        match self {
+            Waiter::Nobody => {}
+            Waiter::Flushed(callback) => callback.io_completed(result),
+            Waiter::Notify(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+enum WriteOp {
+    Append {
+        frame: Vec<u8>,
+        entries: u64,
+        waiter: Waiter,
+    },
+    /// Replace the file with this image (a whole file's bytes, header included).
+    Compact {
+        image: Vec<u8>,
+    },
+}
+
+/// Bookkeeping for when to compact.
+#[derive(Debug, Default)]
+struct CompactionState {
+    bytes_since: u64,
+    last_image: u64,
+}
+
+struct Shared {
+    dir: PathBuf,
+    index: RwLock<LogIndex>,
+    tx: Mutex<Option<mpsc::Sender<WriteOp>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    stats: Arc<WalStats>,
+    options: LogStoreOptions,
+    compaction: Mutex<CompactionState>,
+    /// Held for the store's lifetime: the OS lock that keeps a second process out.
+    _lock: File,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer after it has finished what was queued; joining it
+        // releases the file before a new store may open the same directory.
+        drop(self.tx.lock().unwrap_or_else(|poison| poison.into_inner()).take());
+        if let Some(handle) = self.writer.lock().unwrap_or_else(|poison| poison.into_inner()).take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The durable Raft log of one voter. Cheap to clone; clones share one index and one writer.
+#[derive(Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+}
+
+impl Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore").field("dir", &self.shared.dir).finish()
+    }
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> WalError + use<'a> {
+    move |source| WalError::Io { op, path: path.to_owned(), source }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl LogStore {
+    /// Open (or create) the log in `dir`, replaying the WAL. A torn tail is cut off and reported
+    /// in [`Recovery::scan`]; damage before the tail is an error and nothing is changed.
+    pub fn open(dir: &Path, options: LogStoreOptions) -> Result<(LogStore, Recovery), WalError> {
+        std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("open", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(WalError::Locked { path: lock_path });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(WalError::Io { op: "lock", path: lock_path, source });
+            }
+        }
+
+        let path = dir.join(WAL_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(WalError::Io { op: "read", path, source });
+            }
+        };
+        let mut index = LogIndex::default();
+        let scan = wal::scan(&path, &bytes, |_, record| {
+            index.apply(record);
+            Ok(())
+        })?;
+        if let Some(torn) = &scan.torn_tail {
+            tracing::warn!(
+                path = %path.display(),
+                offset = torn.offset,
+                dropped_bytes = torn.dropped_bytes,
+                reason = %torn.reason,
+                "dropped a torn record at the end of the log (a crash mid-write); it was never acknowledged"
+            );
+        }
+
+        if scan.valid_len < wal::MAGIC.len() as u64 {
+            // New, or only a partial header survived: start the file afresh, atomically.
+            let tmp = dir.join(format!("{WAL_FILE}.new"));
+            std::fs::write(&tmp, wal::MAGIC).map_err(io_err("write", &tmp))?;
+            File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err("fsync", &tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
+            sync_dir(dir).map_err(io_err("fsync directory", dir))?;
+        }
+        let mut file = OpenOptions::new().read(true).write(true).open(&path).map_err(io_err("open", &path))?;
+        if scan.torn_tail.is_some() && scan.valid_len >= wal::MAGIC.len() as u64 {
+            file.set_len(scan.valid_len).map_err(io_err("truncate", &path))?;
+            file.sync_all().map_err(io_err("fsync", &path))?;
+        }
+        let end = file.metadata().map_err(io_err("stat", &path))?.len();
+        io::Seek::seek(&mut file, io::SeekFrom::Start(end)).map_err(io_err("seek", &path))?;
+
+        let recovery = Recovery { scan: scan.clone(), last_log_id: index.last_log_id(), vote: index.vote };
+        let stats = Arc::new(WalStats::default());
+        let (tx, rx) = mpsc::channel();
+        let dir_for_error = dir.to_owned();
+        let writer = {
+            let stats = stats.clone();
+            let dir = dir.to_owned();
+            std::thread::Builder::new()
+                .name("wal-writer".into())
+                .spawn(move || Writer { dir, path, file, stats, failed: None }.run(rx))
+                .map_err(io_err("spawn the writer thread for", &dir_for_error))?
+        };
+        let store = LogStore {
+            shared: Arc::new(Shared {
+                dir: dir.to_owned(),
+                index: RwLock::new(index),
+                tx: Mutex::new(Some(tx)),
+                writer: Mutex::new(Some(writer)),
+                stats,
+                options,
+                compaction: Mutex::new(CompactionState { bytes_since: end, last_image: 0 }),
+                _lock: lock,
+            }),
+        };
+        Ok((store, recovery))
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> WalStatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// The data directory this log lives in.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, LogIndex> {
+        self.shared.index.read().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, LogIndex> {
+        self.shared.index.write().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn send(&self, op: WriteOp) -> io::Result<()> {
+        let len = match &op {
+            WriteOp::Append { frame, .. } => frame.len() as u64,
+            WriteOp::Compact { .. } => 0,
+        };
+        self.shared.compaction.lock().unwrap_or_else(|p| p.into_inner()).bytes_since += len;
+        let tx = self.shared.tx.lock().unwrap_or_else(|poison| poison.into_inner());
+        let tx = tx.as_ref().ok_or_else(|| io::Error::other("log store is closed"))?;
+        tx.send(op).map_err(|_| io::Error::other("WAL writer has stopped"))
+    }
+
+    async fn write_durably(&self, record: &Record) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(WriteOp::Append { frame: wal::encode(record)?, entries: 0, waiter: Waiter::Notify(tx) })?;
+        rx.await.map_err(|_| io::Error::other("WAL writer has stopped"))?
+    }
+
+    /// Queue a rewrite if purges have left enough dead bytes behind.
+    fn maybe_compact(&self) -> io::Result<()> {
+        let mut state = self.shared.compaction.lock().unwrap_or_else(|p| p.into_inner());
+        if state.bytes_since < self.shared.options.compact_after_bytes.max(2 * state.last_image) {
+            return Ok(());
+        }
+        // The image is taken under the same order as the records sent so far: everything before
+        // this point is in it, everything after is appended to the new file.
+        let image = self.index().image()?;
+        state.bytes_since = image.len() as u64;
+        state.last_image = image.len() as u64;
+        drop(state);
+        let tx = self.shared.tx.lock().unwrap_or_else(|poison| poison.into_inner());
+        let tx = tx.as_ref().ok_or_else(|| io::Error::other("log store is closed"))?;
+        tx.send(WriteOp::Compact { image }).map_err(|_| io::Error::other("WAL writer has stopped"))
+    }
+}
+
+struct Writer {
+    dir: PathBuf,
+    path: PathBuf,
+    file: File,
+    stats: Arc<WalStats>,
+    /// Set by the first I/O failure: every later write fails too, and openraft stops the node.
+    failed: Option<String>,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<WriteOp>) {
+        let mut buf = Vec::new();
+        let mut waiters = Vec::new();
+        let mut entries = 0;
+        while let Ok(first) = rx.recv() {
+            let mut next = Some(first);
+            let mut taken = 0;
+            while let Some(op) = next.take() {
+                taken += 1;
+                match op {
+                    WriteOp::Append { frame, entries: n, waiter } => {
+                        buf.extend_from_slice(&frame);
+                        entries += n;
+                        waiters.push(waiter);
+                    }
+                    WriteOp::Compact { image } => {
+                        self.flush(&mut buf, &mut waiters, &mut entries);
+                        self.compact(&image);
+                    }
+                }
+                if taken < MAX_BATCH_OPS {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.flush(&mut buf, &mut waiters, &mut entries);
+        }
+    }
+
+    /// Write the batch, fsync if anyone waits, then release the waiters.
+    fn flush(&mut self, buf: &mut Vec<u8>, waiters: &mut Vec<Waiter>, entries: &mut u64) {
+        if buf.is_empty() {
+            return;
+        }
+        let needs_sync = waiters.iter().any(|waiter| !matches!(waiter, Waiter::Nobody));
+        if self.failed.is_none() {
+            let result = self.file.write_all(buf).and_then(|()| {
+                self.stats.bytes_written.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                if !needs_sync {
+                    return Ok(());
+                }
+                let started = Instant::now();
+                self.file.sync_data()?;
+                self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                self.stats.fsync_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                self.stats.synced_entries.fetch_add(*entries, Ordering::Relaxed);
+                self.stats.synced_waiters.fetch_add(waiters.len() as u64, Ordering::Relaxed);
+                Ok(())
+            });
+            if let Err(e) = result {
+                tracing::error!(path = %self.path.display(), error = %e, "WAL write failed; this voter stops");
+                self.failed = Some(format!("WAL write to {} failed: {e}", self.path.display()));
+            }
+        }
+        let outcome = self.failed.as_deref().map_or(Ok(()), Err);
+        for waiter in waiters.drain(..) {
+            waiter.complete(outcome);
+        }
+        buf.clear();
+        *entries = 0;
+    }
+
+    fn compact(&mut self, image: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        let tmp = self.dir.join(format!("{WAL_FILE}.compact"));
+        let result = (|| -> io::Result<File> {
+            let mut out = File::create(&tmp)?;
+            out.write_all(image)?;
+            out.sync_all()?;
+            drop(out);
+            std::fs::rename(&tmp, &self.path)?;
+            sync_dir(&self.dir)?;
+            let file = OpenOptions::new().append(true).open(&self.path)?;
+            Ok(file)
+        })();
+        match result {
+            Ok(file) => {
+                self.file = file;
+                self.stats.compactions.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(path = %self.path.display(), bytes = image.len(), "compacted the log");
+            }
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "WAL compaction failed; this voter stops");
+                self.failed = Some(format!("WAL compaction of {} failed: {e}", self.path.display()));
+            }
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        Ok(self.index().entries.range(range).map(|(_, entry)| entry.clone()).collect())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.index().vote)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let index = self.index();
+        Ok(LogState { last_purged_log_id: index.last_purged, last_log_id: index.last_log_id() })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.index_mut().vote = Some(*vote);
+        self.write_durably(&Record::Vote(*vote)).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        self.index_mut().committed = committed;
+        // Losing the committed mark only delays re-applying entries after a restart: no fsync.
+        self.send(WriteOp::Append {
+            frame: wal::encode(&Record::Committed(committed))?,
+            entries: 0,
+            waiter: Waiter::Nobody,
+        })
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self.index().committed)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let count = entries.len() as u64;
+        self.index_mut().append(&entries);
+        let frame = wal::encode(&Record::Entries(entries))?;
+        self.send(WriteOp::Append { frame, entries: count, waiter: Waiter::Flushed(callback) })
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        self.index_mut().truncate_after(last_log_id);
+        self.write_durably(&Record::TruncateAfter(last_log_id)).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.index_mut().purge(log_id);
+        // Losing a purge only resurrects entries a snapshot already covers: no fsync.
+        self.send(WriteOp::Append { frame: wal::encode(&Record::Purge(log_id))?, entries: 0, waiter: Waiter::Nobody })?;
+        self.maybe_compact()
+    }
+}

@@ -1,0 +1,357 @@
+//! The voters' transport: openraft's RPCs as HTTP POSTs with MessagePack bodies.
+//!
+//! The server side is an axum router under `/raft/`; the client side is one shared
+//! `reqwest::Client` (a connection pool), cloned into a cheap per-peer handle whenever openraft
+//! asks for one. Every request names its sender and its intended target in headers: a request
+//! meant for another node id (an address reused after a replacement) is refused, and when the
+//! cluster has a secret, a request without it is refused too.
+//!
+//! Errors keep openraft's distinction: a refused connection is `Unreachable` (openraft backs off),
+//! anything else that went wrong on the way is a `Network` error (retried at once). A remote
+//! `Fatal` (the peer's Raft has stopped) is reported as `Unreachable`.
+//!
+//! [`NetworkFaults`] lets tests cut links in either direction, in-process, on any machine.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use openraft::alias::SnapshotOf;
+use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::v2::RaftNetworkV2;
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{OptionalSend, Snapshot};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::state_machine::SnapshotData;
+use crate::type_config::{NodeId, NodeInfo, Raft, SnapshotMeta, TypeConfig, Vote};
+
+/// Header naming the sending node id.
+pub const FROM_HEADER: &str = "x-tandem-from";
+/// Header naming the node id the request is meant for.
+pub const TARGET_HEADER: &str = "x-tandem-target";
+/// Header carrying the cluster secret.
+pub const SECRET_HEADER: &str = "x-tandem-secret";
+/// Content type of every body on these routes.
+pub const MSGPACK: &str = "application/msgpack";
+/// Snapshots may be large and the receiver writes them to disk: give them time.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Links cut for fault injection. Empty in production.
+#[derive(Debug, Default)]
+pub struct NetworkFaults {
+    /// Peers this node neither sends to nor accepts requests from.
+    isolated_from: RwLock<BTreeSet<NodeId>>,
+}
+
+impl NetworkFaults {
+    /// Cut the link between this node and `peer`, both ways.
+    pub fn isolate_from(&self, peer: NodeId) {
+        self.isolated_from.write().unwrap_or_else(|p| p.into_inner()).insert(peer);
+    }
+
+    /// Restore the link to `peer`.
+    pub fn heal(&self, peer: NodeId) {
+        self.isolated_from.write().unwrap_or_else(|p| p.into_inner()).remove(&peer);
+    }
+
+    /// Restore every link.
+    pub fn heal_all(&self) {
+        self.isolated_from.write().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Whether the link to `peer` is cut.
+    pub fn is_cut(&self, peer: NodeId) -> bool {
+        self.isolated_from.read().unwrap_or_else(|p| p.into_inner()).contains(&peer)
+    }
+}
+
+/// What a node needs to talk to its peers.
+#[derive(Clone)]
+pub struct Transport {
+    /// This node's id, sent as [`FROM_HEADER`].
+    pub self_id: NodeId,
+    /// The shared HTTP client (one connection pool for all peers).
+    pub http: reqwest::Client,
+    /// The cluster secret, sent with every request when set.
+    pub secret: Option<Arc<str>>,
+    /// Fault hooks.
+    pub faults: Arc<NetworkFaults>,
+}
+
+impl Transport {
+    /// A transport for node `self_id`.
+    pub fn new(self_id: NodeId, secret: Option<Arc<str>>, faults: Arc<NetworkFaults>) -> Self {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .expect("a reqwest client with static settings always builds");
+        Transport { self_id, http, secret, faults }
+    }
+
+    /// POST `body` to `path` on `target` at `raft_addr`, with the cluster headers, and decode the
+    /// MessagePack answer. Transport failures come back as [`RPCError`]s.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        raft_addr: &str,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        if self.faults.is_cut(target) {
+            return Err(RPCError::Unreachable(Unreachable::from_string(format!("link to node {target} is cut"))));
+        }
+        let body = rmp_serde::to_vec_named(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = self
+            .http
+            .post(format!("http://{raft_addr}/raft/{path}"))
+            .header(header::CONTENT_TYPE, MSGPACK)
+            .header(FROM_HEADER, self.self_id)
+            .header(TARGET_HEADER, target)
+            .timeout(timeout)
+            .body(body);
+        if let Some(secret) = &self.secret {
+            request = request.header(SECRET_HEADER, secret.as_ref());
+        }
+        let response = request.send().await.map_err(|e| {
+            if e.is_connect() {
+                RPCError::Unreachable(Unreachable::new(&e))
+            } else {
+                RPCError::Network(NetworkError::new(&e))
+            }
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(RPCError::Network(NetworkError::from_string(format!(
+                "HTTP {status} from node {target} at {raft_addr}/raft/{path}: {text}"
+            ))));
+        }
+        let bytes = response.bytes().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        rmp_serde::from_slice(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Transport {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerClient {
+        PeerClient { transport: self.clone(), target, raft_addr: node.raft_addr.clone() }
+    }
+}
+
+/// openraft's handle to one peer: a clone of the shared client plus the peer's address.
+pub struct PeerClient {
+    transport: Transport,
+    target: NodeId,
+    raft_addr: String,
+}
+
+impl PeerClient {
+    async fn rpc<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        let result: Result<Resp, RaftError<TypeConfig>> =
+            self.transport.call(self.target, &self.raft_addr, path, req, timeout).await?;
+        result.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        req: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc("append", &req, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        req: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc("vote", &req, option.hard_ttl()).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        req: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc("pre-vote", &req, option.hard_ttl()).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: SnapshotOf<TypeConfig, SnapshotData>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let req = (vote, snapshot.meta, serde_bytes::ByteBuf::from(snapshot.snapshot));
+        let timeout = option.hard_ttl().max(SNAPSHOT_TIMEOUT);
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            result = self.rpc("snapshot", &req, timeout) => Ok(result?),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc("transfer-leader", &req, option.hard_ttl()).await
+    }
+}
+
+/// What every `/raft/` handler needs.
+#[derive(Clone)]
+pub struct RaftRoutesState {
+    /// The local Raft.
+    pub raft: Raft,
+    /// This node's id: requests for another id are refused.
+    pub self_id: NodeId,
+    /// Required in [`SECRET_HEADER`] when set.
+    pub secret: Option<Arc<str>>,
+    /// Fault hooks: requests from a cut peer are refused.
+    pub faults: Arc<NetworkFaults>,
+}
+
+/// Encode `value` as a MessagePack response.
+pub fn msgpack_response<T: Serialize>(value: &T) -> Response {
+    match rmp_serde::to_vec_named(value) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, HeaderValue::from_static(MSGPACK))], bytes).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "could not encode a Raft RPC response");
+            (StatusCode::INTERNAL_SERVER_ERROR, "response encoding failed").into_response()
+        }
+    }
+}
+
+/// Refuse requests that are not for this node, lack the secret, or come over a cut link.
+pub fn check_request(state: &RaftRoutesState, headers: &HeaderMap) -> Result<(), Response> {
+    if let Some(secret) = &state.secret {
+        let given = headers.get(SECRET_HEADER).and_then(|v| v.to_str().ok());
+        if given != Some(secret.as_ref()) {
+            return Err((StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response());
+        }
+    }
+    let header_id = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<NodeId>().ok());
+    match header_id(TARGET_HEADER) {
+        Some(target) if target == state.self_id => {}
+        Some(target) => {
+            return Err((
+                StatusCode::MISDIRECTED_REQUEST,
+                format!("this is node {}, not node {target}", state.self_id),
+            )
+                .into_response());
+        }
+        None => {
+            return Err((StatusCode::BAD_REQUEST, format!("missing {TARGET_HEADER} header")).into_response());
+        }
+    }
+    if let Some(from) = header_id(FROM_HEADER)
+        && state.faults.is_cut(from)
+    {
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "link cut by fault injection").into_response());
+    }
+    Ok(())
+}
+
+/// Decode a MessagePack request body, or answer 400.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    rmp_serde::from_slice(body)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("undecodable MessagePack body: {e}")).into_response())
+}
+
+async fn append(State(state): State<RaftRoutesState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(refusal) = check_request(&state, &headers) {
+        return refusal;
+    }
+    match decode_body(&body) {
+        Ok(req) => msgpack_response(&state.raft.append_entries(req).await),
+        Err(refusal) => refusal,
+    }
+}
+
+async fn vote(State(state): State<RaftRoutesState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(refusal) = check_request(&state, &headers) {
+        return refusal;
+    }
+    match decode_body(&body) {
+        Ok(req) => msgpack_response(&state.raft.vote(req).await),
+        Err(refusal) => refusal,
+    }
+}
+
+async fn pre_vote(State(state): State<RaftRoutesState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(refusal) = check_request(&state, &headers) {
+        return refusal;
+    }
+    match decode_body(&body) {
+        Ok(req) => msgpack_response(&state.raft.pre_vote(req).await),
+        Err(refusal) => refusal,
+    }
+}
+
+async fn snapshot(State(state): State<RaftRoutesState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(refusal) = check_request(&state, &headers) {
+        return refusal;
+    }
+    let (vote, meta, data): (Vote, SnapshotMeta, serde_bytes::ByteBuf) = match decode_body(&body) {
+        Ok(req) => req,
+        Err(refusal) => return refusal,
+    };
+    let snapshot = Snapshot { meta, snapshot: data.into_vec() };
+    let result: Result<SnapshotResponse<TypeConfig>, RaftError<TypeConfig>> =
+        state.raft.install_full_snapshot(vote, snapshot).await.map_err(RaftError::Fatal);
+    msgpack_response(&result)
+}
+
+async fn transfer_leader(State(state): State<RaftRoutesState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(refusal) = check_request(&state, &headers) {
+        return refusal;
+    }
+    match decode_body(&body) {
+        Ok(req) => {
+            let result: Result<TransferLeaderResponse<TypeConfig>, RaftError<TypeConfig>> =
+                state.raft.handle_transfer_leader(req).await.map_err(RaftError::Fatal);
+            msgpack_response(&result)
+        }
+        Err(refusal) => refusal,
+    }
+}
+
+/// The routes openraft's peers call: append, vote, pre-vote, snapshot, transfer-leader.
+pub fn raft_rpc_router(state: RaftRoutesState) -> Router {
+    Router::new()
+        .route("/raft/append", post(append))
+        .route("/raft/vote", post(vote))
+        .route("/raft/pre-vote", post(pre_vote))
+        .route("/raft/snapshot", post(snapshot))
+        .route("/raft/transfer-leader", post(transfer_leader))
+        .layer(axum::extract::DefaultBodyLimit::max(512 << 20))
+        .with_state(state)
+}

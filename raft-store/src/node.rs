@@ -1,0 +1,638 @@
+//! One voter: the small API the coordinator and the worker's witness use.
+//!
+//! [`Node::start`] opens the log and state machine in a data directory and starts openraft.
+//! [`Node::router`] gives the `/raft/` routes to serve (the coordinator merges them into its own
+//! router; the witness serves them alone). Then:
+//!
+//! - [`Node::initialize`] forms a fresh three-voter cluster, once;
+//! - [`Node::propose`] commits a command and returns its response, forwarding to the leader when
+//!   this node does not lead and retrying while an election is under way;
+//! - [`Node::read_barrier`] makes the next read of [`Node::state_machine`] linearizable, on the
+//!   leader and on followers alike; concurrent callers share one read-index round;
+//! - [`Node::leadership`] reports leadership changes; [`Node::metrics`] the rest.
+//!
+//! A witness never keeps leadership: whenever it leads, it hands leadership to a coordinator that
+//! is caught up and recently heard from (see `hand_back_leadership`).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response as HttpResponse;
+use axum::routing::post;
+use futures::FutureExt;
+use futures::future::Shared;
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, RPCError, RaftError};
+use openraft::{Config, Instant as _, ReadPolicy, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::job_table::{Command, Response};
+use crate::log_store::{LogStore, LogStoreOptions, WalStatsSnapshot};
+use crate::network::{
+    NetworkFaults, RaftRoutesState, Transport, check_request, decode_body, msgpack_response, raft_rpc_router,
+};
+use crate::state_machine::StateMachineStore;
+use crate::type_config::{NodeId, NodeInfo, Raft, RaftMetrics, Role};
+use crate::wal::WalError;
+
+/// Raft timing. The same on every voter, the witness included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// Leader heartbeat period, and the AppendEntries deadline: keep it above a round trip plus a
+    /// follower's fsync.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the randomized election timeout.
+    pub election_min_ms: u64,
+    /// Upper bound; also the leader lease. Crash failover takes about this plus a random timeout.
+    pub election_max_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing { heartbeat_ms: 50, election_min_ms: 200, election_max_ms: 400 }
+    }
+}
+
+/// How to start one voter.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This voter's id; never reused with an empty data directory.
+    pub id: NodeId,
+    /// Coordinator or witness.
+    pub role: Role,
+    /// Where the log and snapshots live.
+    pub data_dir: PathBuf,
+    /// The cluster secret for `/raft/` routes; `None` leaves them open (tests, local runs).
+    pub secret: Option<String>,
+    /// Raft timing.
+    pub timing: Timing,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_every: u64,
+    /// How long [`Node::propose`] and [`Node::read_barrier`] keep trying before giving up.
+    pub request_timeout: Duration,
+    /// Log store tuning.
+    pub log: LogStoreOptions,
+}
+
+impl NodeConfig {
+    /// A config with defaults for everything but the identity and the directory.
+    pub fn new(id: NodeId, role: Role, data_dir: impl Into<PathBuf>) -> Self {
+        NodeConfig {
+            id,
+            role,
+            data_dir: data_dir.into(),
+            secret: None,
+            timing: Timing::default(),
+            snapshot_every: 10_000,
+            request_timeout: Duration::from_secs(5),
+            log: LogStoreOptions::default(),
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The log could not be opened (I/O, corruption, or the directory is in use).
+    #[error(transparent)]
+    Log(#[from] WalError),
+    /// The state machine's snapshot could not be read.
+    #[error("opening the state machine in {dir}: {source}")]
+    StateMachine {
+        /// The data directory.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// openraft refused the configuration or failed to start.
+    #[error("starting Raft: {0}")]
+    Raft(String),
+}
+
+/// Why a proposal has no response.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ProposeError {
+    /// No leader could take it before the deadline (no quorum, or an election that did not end).
+    #[error("no leader accepted the write within the deadline: {0}")]
+    Unavailable(String),
+    /// It may or may not have been committed (the leader changed, or the answer was lost).
+    /// Retrying is safe only for idempotent commands.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// This node does not lead (only from [`Node::propose_local`]).
+    #[error("not the leader; the leader is {leader:?}")]
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader: Option<NodeId>,
+    },
+    /// The local Raft has stopped (a storage failure, or shutdown).
+    #[error("raft has stopped: {0}")]
+    Stopped(String),
+}
+
+/// Why a read barrier failed. Retrying is always safe.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ReadError {
+    /// No leader could confirm its leadership before the deadline.
+    #[error("no leader confirmed a read index within the deadline: {0}")]
+    Unavailable(String),
+    /// The local Raft has stopped.
+    #[error("raft has stopped: {0}")]
+    Stopped(String),
+}
+
+/// Why a leadership transfer was refused.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize, PartialEq, Eq)]
+pub enum TransferError {
+    /// Only the leader can hand leadership over.
+    #[error("this node is not the leader")]
+    NotLeader,
+    /// The requested target is not a coordinator, or no coordinator is eligible.
+    #[error("{0}")]
+    NoEligibleTarget(String),
+    /// The target did not take over in time (it may still; the cluster elects a leader anyway).
+    #[error("node {0} did not take over within the deadline")]
+    TimedOut(NodeId),
+    /// The local Raft has stopped.
+    #[error("raft has stopped: {0}")]
+    Stopped(String),
+}
+
+/// Who leads, as this node last saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leadership {
+    /// The leader, if one is known.
+    pub leader: Option<NodeId>,
+    /// The term.
+    pub term: u64,
+    /// Whether this node is the leader.
+    pub is_self: bool,
+}
+
+type ReadRound = Shared<Pin<Box<dyn Future<Output = Result<(), ReadError>> + Send>>>;
+
+struct NodeInner {
+    config: NodeConfig,
+    raft: Raft,
+    state_machine: StateMachineStore,
+    log: LogStore,
+    transport: Transport,
+    leadership: watch::Receiver<Leadership>,
+    /// The read round that has not started yet: readers arriving now join it.
+    pending_read: Mutex<Option<ReadRound>>,
+    /// Held by the read round in progress, so that the next one starts after it.
+    read_running: tokio::sync::Mutex<()>,
+    watcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A running voter. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+impl Node {
+    /// Open the voter's data directory and start Raft. Safe to call on a directory from an
+    /// earlier run: the log, vote and snapshot are recovered.
+    pub async fn start(config: NodeConfig, faults: Arc<NetworkFaults>) -> Result<Node, StartError> {
+        let (log, recovery) = LogStore::open(&config.data_dir, config.log)?;
+        tracing::info!(
+            node = config.id,
+            role = %config.role,
+            records = recovery.scan.records,
+            last_log = ?recovery.last_log_id,
+            "recovered the log"
+        );
+        let state_machine = StateMachineStore::open(&config.data_dir)
+            .map_err(|source| StartError::StateMachine { dir: config.data_dir.clone(), source })?;
+        let raft_config = Config {
+            cluster_name: "tandem".into(),
+            heartbeat_interval: config.timing.heartbeat_ms,
+            election_timeout_min: config.timing.election_min_ms,
+            election_timeout_max: config.timing.election_max_ms,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: 1_000,
+            purge_batch_size: 256,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        let transport = Transport::new(config.id, config.secret.as_deref().map(Arc::from), faults);
+        let raft = Raft::new(config.id, Arc::new(raft_config), transport.clone(), log.clone(), state_machine.clone())
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let (leadership_tx, leadership) = watch::channel(Leadership { leader: None, term: 0, is_self: false });
+        let node = Node {
+            inner: Arc::new(NodeInner {
+                config,
+                raft,
+                state_machine,
+                log,
+                transport,
+                leadership,
+                pending_read: Mutex::new(None),
+                read_running: tokio::sync::Mutex::new(()),
+                watcher: Mutex::new(None),
+            }),
+        };
+        let watcher = tokio::spawn(watch_metrics(Arc::downgrade(&node.inner), leadership_tx));
+        *node.inner.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(watcher);
+        Ok(node)
+    }
+
+    /// This voter's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.config.id
+    }
+
+    /// This voter's role.
+    pub fn role(&self) -> Role {
+        self.inner.config.role
+    }
+
+    /// The openraft handle, for what this API does not cover.
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// The job table (read it after [`Node::read_barrier`] for linearizable reads).
+    pub fn state_machine(&self) -> &StateMachineStore {
+        &self.inner.state_machine
+    }
+
+    /// The fault hooks of this node's transport.
+    pub fn faults(&self) -> &Arc<NetworkFaults> {
+        &self.inner.transport.faults
+    }
+
+    /// The log writer's counters.
+    pub fn wal_stats(&self) -> WalStatsSnapshot {
+        self.inner.log.stats()
+    }
+
+    /// A copy of openraft's metrics now.
+    pub fn metrics(&self) -> RaftMetrics {
+        self.inner.raft.metrics().borrow_watched().clone()
+    }
+
+    /// Leadership as this node sees it, updated on every change.
+    pub fn leadership(&self) -> watch::Receiver<Leadership> {
+        self.inner.leadership.clone()
+    }
+
+    /// The `/raft/` routes to serve on this voter's Raft address.
+    pub fn router(&self) -> Router {
+        let state = RaftRoutesState {
+            raft: self.inner.raft.clone(),
+            self_id: self.id(),
+            secret: self.inner.transport.secret.clone(),
+            faults: self.inner.transport.faults.clone(),
+        };
+        let app_routes = Router::new()
+            .route("/raft/propose", post(handle_propose))
+            .route("/raft/read-index", post(handle_read_index))
+            .with_state((self.clone(), state.clone()));
+        raft_rpc_router(state).merge(app_routes)
+    }
+
+    /// Form a new cluster of `members`, if this node has never been part of one. Returns whether
+    /// it did. Call it on one node only, with the same members every time.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, NodeInfo>) -> Result<bool, StartError> {
+        let initialized = self.inner.raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
+        if initialized {
+            return Ok(false);
+        }
+        match self.inner.raft.initialize(members).await {
+            Ok(()) => Ok(true),
+            Err(RaftError::APIError(openraft::errors::InitializeError::NotAllowed(_))) => Ok(false),
+            Err(e) => Err(StartError::Raft(e.to_string())),
+        }
+    }
+
+    /// Commit `command` on this node if it leads; otherwise say who does.
+    pub async fn propose_local(&self, command: Command) -> Result<Response, ProposeError> {
+        match self.inner.raft.client_write(command).await {
+            Ok(written) => Ok(written.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(ProposeError::NotLeader { leader: forward.leader_id })
+            }
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(forward))) => Err(ProposeError::Unknown(
+                format!("entry discarded on a leader change (leader now {:?})", forward.leader_id),
+            )),
+            Err(RaftError::APIError(other)) => Err(ProposeError::Unknown(other.to_string())),
+            Err(RaftError::Fatal(fatal)) => Err(ProposeError::Stopped(fatal.to_string())),
+        }
+    }
+
+    /// Commit `command` through whichever node leads, and return its response.
+    ///
+    /// Retries while there is no leader or the leader is not yet writable, until the request
+    /// timeout. A command is sent again only when it certainly was not appended; when the outcome
+    /// is unknown the caller gets [`ProposeError::Unknown`].
+    pub async fn propose(&self, command: Command) -> Result<Response, ProposeError> {
+        let deadline = tokio::time::Instant::now() + self.inner.config.request_timeout;
+        let mut last;
+        loop {
+            match self.propose_local(command.clone()).await {
+                Err(ProposeError::NotLeader { leader: Some(leader) }) if leader != self.id() => {
+                    match self.forward(leader, &command, deadline).await {
+                        Ok(response) => return Ok(response),
+                        Err(ProposeError::NotLeader { .. }) | Err(ProposeError::Unavailable(_)) => {
+                            last = format!("leader {leader} did not take the write");
+                        }
+                        Err(other) => return Err(other),
+                    }
+                }
+                Err(ProposeError::NotLeader { leader }) => {
+                    last = format!("no writable leader (known: {leader:?})");
+                }
+                other => return other,
+            }
+            if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(ProposeError::Unavailable(last));
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        command: &Command,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response, ProposeError> {
+        let Some(addr) = self.raft_addr_of(leader) else {
+            return Err(ProposeError::Unavailable(format!("leader {leader} is not in the membership")));
+        };
+        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let result: Result<Result<Response, ProposeError>, _> =
+            self.inner.transport.call(leader, &addr, "propose", command, timeout).await;
+        match result {
+            Ok(answer) => answer,
+            Err(RPCError::Unreachable(e)) => Err(ProposeError::Unavailable(e.to_string())),
+            // The request may have reached the leader and been committed.
+            Err(e) => Err(ProposeError::Unknown(e.to_string())),
+        }
+    }
+
+    fn raft_addr_of(&self, id: NodeId) -> Option<String> {
+        let metrics = self.inner.raft.metrics().borrow_watched().membership_config.clone();
+        metrics.membership().get_node(&id).map(|node| node.raft_addr.clone())
+    }
+
+    /// Wait until this node's state machine includes every write committed before the call, so
+    /// that a read of [`Node::state_machine`] that follows is linearizable. Concurrent callers
+    /// share one read-index round (one that starts after all of them arrived).
+    pub async fn read_barrier(&self) -> Result<(), ReadError> {
+        let round = {
+            let mut pending = self.inner.pending_read.lock().unwrap_or_else(|p| p.into_inner());
+            match pending.as_ref() {
+                Some(round) => round.clone(),
+                None => {
+                    let node = self.clone();
+                    let round: ReadRound = (Box::pin(async move { node.read_round().await })
+                        as Pin<Box<dyn Future<Output = Result<(), ReadError>> + Send>>)
+                        .shared();
+                    *pending = Some(round.clone());
+                    round
+                }
+            }
+        };
+        round.await
+    }
+
+    async fn read_round(&self) -> Result<(), ReadError> {
+        let _running = self.inner.read_running.lock().await;
+        // From here on, arriving readers form the next round: this one may predate their writes.
+        self.inner.pending_read.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let deadline = tokio::time::Instant::now() + self.inner.config.request_timeout;
+        let mut last;
+        loop {
+            match self.read_index_local().await {
+                Ok(_) => return Ok(()),
+                Err(ReadIndexError::Stopped(e)) => return Err(ReadError::Stopped(e)),
+                Err(ReadIndexError::NotLeader(Some(leader))) if leader != self.id() => {
+                    match self.read_index_remote(leader, deadline).await {
+                        Ok(index) => {
+                            let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+                            return match self
+                                .inner
+                                .raft
+                                .wait(Some(timeout))
+                                .applied_index_at_least(Some(index), "read barrier")
+                                .await
+                            {
+                                Ok(_) => Ok(()),
+                                Err(e) => Err(ReadError::Unavailable(format!("applying up to {index}: {e}"))),
+                            };
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                Err(ReadIndexError::NotLeader(leader)) => last = format!("no leader (known: {leader:?})"),
+                Err(ReadIndexError::NoQuorum(e)) => last = e,
+            }
+            if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(ReadError::Unavailable(last));
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// On the leader: confirm leadership with a quorum and wait for the local apply; returns the
+    /// read index.
+    async fn read_index_local(&self) -> Result<u64, ReadIndexError> {
+        match self.inner.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(read_log_id) => Ok(read_log_id.index()),
+            Err(RaftError::APIError(openraft::errors::LinearizableReadError::ForwardToLeader(f))) => {
+                Err(ReadIndexError::NotLeader(f.leader_id))
+            }
+            Err(RaftError::APIError(e)) => Err(ReadIndexError::NoQuorum(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(ReadIndexError::Stopped(e.to_string())),
+        }
+    }
+
+    async fn read_index_remote(&self, leader: NodeId, deadline: tokio::time::Instant) -> Result<u64, String> {
+        let addr = self.raft_addr_of(leader).ok_or_else(|| format!("leader {leader} is not in the membership"))?;
+        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let answer: Result<u64, ReadIndexError> = self
+            .inner
+            .transport
+            .call(leader, &addr, "read-index", &(), timeout)
+            .await
+            .map_err(|e| format!("asking leader {leader} for a read index: {e}"))?;
+        answer.map_err(|e| format!("leader {leader}: {e:?}"))
+    }
+
+    /// Hand leadership to `to`, or to any eligible coordinator when `None`. Only a coordinator
+    /// that is fully caught up and was heard from within the election timeout is eligible: a
+    /// transfer has no abort, and one to a lagging or dead node leaves the cluster leaderless
+    /// until the next election. Returns the new leader.
+    pub async fn transfer_leadership(&self, to: Option<NodeId>) -> Result<NodeId, TransferError> {
+        let metrics = self.metrics();
+        if metrics.state != ServerState::Leader {
+            return Err(TransferError::NotLeader);
+        }
+        let target = eligible_target(&metrics, to, self.inner.config.timing.election_min_ms)?;
+        self.inner.raft.trigger().transfer_leader(target).await.map_err(|e| TransferError::Stopped(e.to_string()))?;
+        let timeout = Duration::from_millis(2 * self.inner.config.timing.election_max_ms);
+        self.inner
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader == Some(target), "leadership transfer")
+            .await
+            .map(|_| target)
+            .map_err(|_| TransferError::TimedOut(target))
+    }
+
+    /// Stop Raft and the background tasks. The data directory can be opened again afterwards.
+    pub async fn shutdown(&self) {
+        if let Some(watcher) = self.inner.watcher.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            watcher.abort();
+        }
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(node = self.id(), error = %e, "raft shutdown reported an error");
+        }
+    }
+}
+
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum ReadIndexError {
+    NotLeader(Option<NodeId>),
+    NoQuorum(String),
+    Stopped(String),
+}
+
+/// The coordinator to hand leadership to: `wanted` if eligible, else the first eligible one.
+fn eligible_target(metrics: &RaftMetrics, wanted: Option<NodeId>, fresh_ms: u64) -> Result<NodeId, TransferError> {
+    let membership = metrics.membership_config.membership();
+    let last_log = metrics.last_log_index;
+    let replication = metrics.replication.clone().unwrap_or_default();
+    let heartbeat = metrics.heartbeat.clone().unwrap_or_default();
+    let verdict = |id: NodeId| -> Result<(), String> {
+        let node = membership.get_node(&id).ok_or(format!("node {id} is not a member"))?;
+        if id == metrics.id {
+            return Err(format!("node {id} already leads"));
+        }
+        if node.role != Role::Coordinator {
+            return Err(format!("node {id} is a {}: only a coordinator may lead", node.role));
+        }
+        if !membership.voter_ids().any(|voter| voter == id) {
+            return Err(format!("node {id} is not a voter"));
+        }
+        let matched = replication.get(&id).cloned().flatten().map(|log_id| log_id.index);
+        if matched != last_log {
+            return Err(format!("node {id} is not caught up (has {matched:?} of {last_log:?})"));
+        }
+        let fresh =
+            heartbeat.get(&id).cloned().flatten().is_some_and(|at| at.elapsed() < Duration::from_millis(fresh_ms));
+        if !fresh {
+            return Err(format!("node {id} has not answered recently"));
+        }
+        Ok(())
+    };
+    match wanted {
+        Some(id) => verdict(id).map(|()| id).map_err(TransferError::NoEligibleTarget),
+        None => {
+            let mut reasons = Vec::new();
+            for (id, _) in membership.nodes() {
+                match verdict(*id) {
+                    Ok(()) => return Ok(*id),
+                    Err(reason) => reasons.push(reason),
+                }
+            }
+            Err(TransferError::NoEligibleTarget(format!("no eligible coordinator: {}", reasons.join("; "))))
+        }
+    }
+}
+
+/// Publish leadership changes, and make a witness that leads hand leadership back.
+async fn watch_metrics(node: std::sync::Weak<NodeInner>, leadership: watch::Sender<Leadership>) {
+    let Some(inner) = node.upgrade() else { return };
+    let mut metrics_rx = inner.raft.metrics();
+    let role = inner.config.role;
+    drop(inner);
+    let mut handback_tick = tokio::time::interval(Duration::from_millis(20));
+    handback_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let metrics = metrics_rx.borrow_watched().clone();
+        let now = Leadership {
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            is_self: metrics.state == ServerState::Leader,
+        };
+        leadership.send_if_modified(|seen| {
+            let changed = *seen != now;
+            *seen = now;
+            changed
+        });
+        let witness_leads = role == Role::Witness && metrics.state == ServerState::Leader;
+        tokio::select! {
+            changed = metrics_rx.changed() => if changed.is_err() { return },
+            _ = handback_tick.tick(), if witness_leads => {
+                let Some(inner) = node.upgrade() else { return };
+                hand_back_leadership(Node { inner }).await;
+            }
+        }
+    }
+}
+
+/// A witness that leads transfers leadership to a caught-up coordinator. If none is eligible it
+/// keeps leading (so the cluster stays live) and tries again on the next tick.
+async fn hand_back_leadership(node: Node) {
+    match node.transfer_leadership(None).await {
+        Ok(target) => tracing::info!(witness = node.id(), to = target, "witness handed leadership back"),
+        Err(TransferError::NotLeader) => {}
+        Err(e) => {
+            tracing::debug!(witness = node.id(), error = %e, "witness keeps leadership for now")
+        }
+    }
+}
+
+async fn handle_propose(
+    State((node, routes)): State<(Node, RaftRoutesState)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResponse {
+    if let Err(refusal) = check_request(&routes, &headers) {
+        return refusal;
+    }
+    let command: Command = match decode_body(&body) {
+        Ok(command) => command,
+        Err(refusal) => return refusal,
+    };
+    // One hop only: the receiver never forwards again, so a stale view cannot make a loop.
+    msgpack_response(&node.propose_local(command).await)
+}
+
+async fn handle_read_index(State((node, routes)): State<(Node, RaftRoutesState)>, headers: HeaderMap) -> HttpResponse {
+    if let Err(refusal) = check_request(&routes, &headers) {
+        return refusal;
+    }
+    msgpack_response(&node.read_index_local().await)
+}
+
+/// Serve `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,233 @@
+//! openraft's state machine over the [`JobTable`], with snapshots on disk.
+//!
+//! The table lives in memory. Snapshots are rmp-serde encodings of it; the builder encodes a copy
+//! taken when openraft asks for a builder (openraft serializes that call with `apply`, so the copy
+//! is consistent with its `last_applied`), and encoding and writing run on a blocking thread while
+//! apply goes on. A snapshot file is written to a temporary name, fsynced, renamed and its
+//! directory fsynced, so a crash leaves either the old snapshot or the new one, never half of one.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures::{Stream, TryStreamExt};
+use openraft::alias::SnapshotOf;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, OptionalSend};
+use serde::{Deserialize, Serialize};
+
+use crate::job_table::{JobTable, Response};
+use crate::type_config::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
+
+/// The current snapshot's file name inside a data directory.
+pub const SNAPSHOT_FILE: &str = "snapshot.bin";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"TNDMSNP1";
+
+/// The bytes of a snapshot as openraft moves them: the rmp-serde encoding of a [`JobTable`].
+pub type SnapshotData = Vec<u8>;
+
+/// What the table's owner knows besides the table.
+#[derive(Debug, Clone, Default)]
+struct Applied {
+    table: JobTable,
+    last_applied: Option<LogId>,
+    last_membership: StoredMembership,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta,
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    state: RwLock<Applied>,
+    /// Metadata of the snapshot on disk, if any.
+    current: Mutex<Option<SnapshotMeta>>,
+}
+
+/// The job state machine of one voter. Cheap to clone; clones share the table.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for StateMachineStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachineStore").field("dir", &self.inner.dir).finish()
+    }
+}
+
+fn invalid_data(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+/// Encode a table as snapshot bytes.
+pub fn encode_table(table: &JobTable) -> io::Result<Vec<u8>> {
+    rmp_serde::to_vec_named(table).map_err(io::Error::other)
+}
+
+/// Decode snapshot bytes into a table.
+pub fn decode_table(data: &[u8]) -> io::Result<JobTable> {
+    rmp_serde::from_slice(data).map_err(invalid_data)
+}
+
+fn write_snapshot_file(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
+    let payload =
+        rmp_serde::to_vec_named(&SnapshotFile { meta: meta.clone(), data: data.to_vec() }).map_err(io::Error::other)?;
+    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let mut file = File::create(&tmp)?;
+    file.write_all(SNAPSHOT_MAGIC)?;
+    file.write_all(&crc32fast::hash(&payload).to_le_bytes())?;
+    file.write_all(&payload)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
+    File::open(dir)?.sync_all()
+}
+
+fn read_snapshot_file(dir: &Path) -> io::Result<Option<SnapshotFile>> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let corrupt = |what: &str| invalid_data(format!("snapshot {} is corrupt: {what}", path.display()));
+    if bytes.len() < 12 || &bytes[..8] != SNAPSHOT_MAGIC {
+        return Err(corrupt("bad header"));
+    }
+    let crc = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if crc32fast::hash(&bytes[12..]) != crc {
+        return Err(corrupt("checksum mismatch"));
+    }
+    let file: SnapshotFile = rmp_serde::from_slice(&bytes[12..]).map_err(|e| corrupt(&e.to_string()))?;
+    Ok(Some(file))
+}
+
+impl StateMachineStore {
+    /// Open the state machine of the voter whose data lives in `dir`. The table starts empty;
+    /// openraft restores the snapshot on disk (if newer) and re-applies committed entries.
+    pub fn open(dir: &Path) -> io::Result<StateMachineStore> {
+        std::fs::create_dir_all(dir)?;
+        let current = read_snapshot_file(dir)?.map(|file| file.meta);
+        Ok(StateMachineStore {
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                state: RwLock::new(Applied::default()),
+                current: Mutex::new(current),
+            }),
+        })
+    }
+
+    /// Read the table. Runs `read` under a read lock: keep it short and never await inside.
+    pub fn read<R>(&self, read: impl FnOnce(&JobTable) -> R) -> R {
+        read(&self.inner.state.read().unwrap_or_else(|poison| poison.into_inner()).table)
+    }
+
+    /// The last log id applied to the table.
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.inner.state.read().unwrap_or_else(|poison| poison.into_inner()).last_applied
+    }
+
+    fn set_current(&self, meta: &SnapshotMeta) {
+        let mut current = self.inner.current.lock().unwrap_or_else(|poison| poison.into_inner());
+        if current.as_ref().is_none_or(|c| c.last_log_id <= meta.last_log_id) {
+            *current = Some(meta.clone());
+        }
+    }
+}
+
+/// Builds one snapshot from a copy of the table.
+pub struct SnapshotBuilder {
+    store: StateMachineStore,
+    copy: Option<Applied>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
+        let copy = self.copy.take().ok_or_else(|| io::Error::other("snapshot builder used twice"))?;
+        let dir = self.store.inner.dir.clone();
+        let meta = SnapshotMeta { last_log_id: copy.last_applied, last_membership: copy.last_membership.clone() };
+        let file_meta = meta.clone();
+        let data = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+            let data = encode_table(&copy.table)?;
+            write_snapshot_file(&dir, &file_meta, &data)?;
+            Ok(data)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.store.set_current(&meta);
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built a snapshot");
+        Ok(Snapshot { meta, snapshot: data })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let state = self.inner.state.read().unwrap_or_else(|poison| poison.into_inner());
+        Ok((state.last_applied, state.last_membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let response = {
+                let mut state = self.inner.state.write().unwrap_or_else(|poison| poison.into_inner());
+                state.last_applied = Some(entry.log_id);
+                match &entry.payload {
+                    EntryPayload::Blank => Response::None,
+                    EntryPayload::Normal(command) => state.table.apply(command),
+                    EntryPayload::Membership(membership) => {
+                        state.last_membership = StoredMembership::new(Some(entry.log_id), membership.clone());
+                        Response::None
+                    }
+                }
+            };
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let copy = self.inner.state.read().unwrap_or_else(|poison| poison.into_inner()).clone();
+        SnapshotBuilder { store: self.clone(), copy: Some(copy) }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+        let dir = self.inner.dir.clone();
+        let file_meta = meta.clone();
+        let table = tokio::task::spawn_blocking(move || -> io::Result<JobTable> {
+            let table = decode_table(&snapshot)?;
+            write_snapshot_file(&dir, &file_meta, &snapshot)?;
+            Ok(table)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        {
+            let mut state = self.inner.state.write().unwrap_or_else(|poison| poison.into_inner());
+            *state = Applied { table, last_applied: meta.last_log_id, last_membership: meta.last_membership.clone() };
+        }
+        self.set_current(meta);
+        tracing::info!(last_log_id = ?meta.last_log_id, "installed a snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
+        let dir = self.inner.dir.clone();
+        let file = tokio::task::spawn_blocking(move || read_snapshot_file(&dir)).await.map_err(io::Error::other)??;
+        Ok(file.map(|file| Snapshot { meta: file.meta, snapshot: file.data }))
+    }
+}

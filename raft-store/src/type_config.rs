@@ -1,0 +1,74 @@
+//! openraft's type configuration for Tandem, and the node information every voter carries.
+//!
+//! Everything that names an openraft type parameter lives here, so that a version bump of the
+//! alpha-pinned dependency touches one module.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::job_table::{Command, Response};
+
+/// A voter's id. Never reused with an empty disk: a replacement joins under a new id.
+pub type NodeId = u64;
+
+/// What a voter does besides voting.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Serves the client API and may lead.
+    #[default]
+    Coordinator,
+    /// Votes and holds the log; hands leadership to a coordinator whenever it wins an election.
+    Witness,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Coordinator => "coordinator",
+            Role::Witness => "witness",
+        })
+    }
+}
+
+/// A voter as the membership records it: its role and where to reach it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Coordinator or witness.
+    pub role: Role,
+    /// `host:port` of the voter's Raft routes (`/raft/...`).
+    pub raft_addr: String,
+    /// `host:port` of the client API; empty for the witness.
+    pub api_addr: String,
+}
+
+impl fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.role, self.raft_addr)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// Tandem's openraft types: commands are [`Command`]s, responses [`Response`]s.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = NodeId,
+        Node = NodeInfo,
+);
+
+/// The Raft handle type with Tandem's state machine.
+pub type Raft = openraft::Raft<TypeConfig, crate::state_machine::StateMachineStore>;
+/// A log id in Tandem's configuration.
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+/// A log entry in Tandem's configuration.
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+/// A vote in Tandem's configuration.
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+/// Snapshot metadata in Tandem's configuration.
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+/// Stored membership in Tandem's configuration.
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+/// Raft metrics in Tandem's configuration.
+pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
