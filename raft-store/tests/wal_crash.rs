@@ -1,0 +1,276 @@
+//! Crash tests of the log store on real files: SIGKILL under load, torn tails at every kind of
+//! offset, damage in the middle, votes across a crash, and compaction.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command as Process, Stdio};
+
+use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
+use openraft::type_config::TypeConfigExt;
+use openraft::{Entry, EntryPayload, LogId};
+use raft_store::job_table::{Command, NewJob};
+use raft_store::log_store::{LogStore, LogStoreOptions, WAL_FILE};
+use raft_store::type_config::{Entry as TandemEntry, Vote};
+use raft_store::wal::WalError;
+use raft_store::{Digest, TypeConfig};
+use rand::{Rng, SeedableRng};
+use tempfile::TempDir;
+
+const CHILD_ENV: &str = "TANDEM_WAL_CRASH_CHILD_DIR";
+
+fn log_id(term: u64, index: u64) -> raft_store::type_config::LogId {
+    LogId::new(openraft::impls::leader_id_adv::LeaderId { term, node_id: 1 }, index)
+}
+
+/// An entry whose payload identifies its index, so a recovered entry can be checked.
+fn entry(term: u64, index: u64) -> TandemEntry {
+    let mut digest = [0u8; 64];
+    digest[..8].copy_from_slice(&index.to_le_bytes());
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Normal(Command::Enqueue {
+            jobs: vec![NewJob {
+                digest: Digest(digest),
+                iterations: index + 1,
+                enqueued_at_ms: index,
+                idempotency_key: None,
+            }],
+        }),
+    }
+}
+
+fn assert_is_original(entry: &TandemEntry, term: u64) {
+    let index = entry.log_id.index;
+    assert_eq!(entry.log_id, log_id(term, index));
+    assert_eq!(entry.payload, entry_payload(term, index), "entry {index} payload differs");
+}
+
+fn entry_payload(term: u64, index: u64) -> EntryPayload<Command, u64, raft_store::NodeInfo> {
+    entry(term, index).payload
+}
+
+fn open(dir: &Path) -> Result<LogStore, WalError> {
+    LogStore::open(dir, LogStoreOptions::default()).map(|(store, _)| store)
+}
+
+async fn append_durably(store: &mut LogStore, entries: Vec<TandemEntry>) {
+    let (tx, rx) = TypeConfig::oneshot();
+    store.append(entries, IOFlushed::signal(tx)).await.expect("append");
+    rx.await.expect("callback").expect("fsync");
+}
+
+async fn all_entries(store: &mut LogStore) -> Vec<TandemEntry> {
+    store.try_get_log_entries(..).await.expect("read")
+}
+
+/// The child half of the SIGKILL test: append as fast as possible, pipelined like openraft does,
+/// and print each index once its callback has fired. Runs only as the parent's child process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the child process of sigkill_while_appending_loses_no_acknowledged_entry"]
+async fn crash_child_appender() {
+    let dir = std::env::var(CHILD_ENV).expect("started by the parent test with the data dir");
+    let mut store = open(Path::new(&dir)).expect("open");
+    let (acks_tx, mut acks_rx) = tokio::sync::mpsc::unbounded_channel();
+    let printer = tokio::spawn(async move {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        while let Some((kind, value, rx)) = acks_rx.recv().await {
+            let rx: tokio::sync::oneshot::Receiver<std::io::Result<()>> = rx;
+            rx.await.expect("callback").expect("fsync");
+            writeln!(out, "{kind} {value}").expect("stdout");
+            out.flush().expect("stdout");
+        }
+    });
+    let mut index = 0;
+    for term in 1u64.. {
+        // A vote, durable before save_vote returns, then a burst of appends in its term.
+        store.save_vote(&Vote::new_committed(term, 1)).await.expect("vote");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tx.send(Ok(())).expect("fresh channel");
+        acks_tx.send(("vote", term, rx)).expect("printer alive");
+        for _ in 0..50 {
+            let batch: Vec<_> = (index..index + 8).map(|i| entry(1, i)).collect();
+            index += 8;
+            let (tx, rx) = TypeConfig::oneshot();
+            store.append(batch, IOFlushed::signal(tx)).await.expect("append");
+            acks_tx.send(("acked", index - 1, rx)).expect("printer alive");
+        }
+        tokio::task::yield_now().await;
+    }
+    drop(printer);
+}
+
+#[test]
+fn sigkill_while_appending_loses_no_acknowledged_entry() {
+    for round in 0..3 {
+        let dir = TempDir::new().expect("temp dir");
+        let mut child = Process::new(std::env::current_exe().expect("test binary"))
+            .args(["--exact", "crash_child_appender", "--ignored", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn child");
+        let stdout = child.stdout.take().expect("piped");
+        let mut acked = None;
+        let mut voted = 0;
+        let kill_after = 2_000 + round * 3_000;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.expect("child output");
+            let mut parts = line.split_whitespace();
+            match (parts.next(), parts.next().and_then(|v| v.parse::<u64>().ok())) {
+                (Some("acked"), Some(index)) => acked = Some(index),
+                (Some("vote"), Some(term)) => voted = term,
+                _ => continue,
+            }
+            if acked.is_some_and(|index| index >= kill_after) {
+                break;
+            }
+        }
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        let acked = acked.expect("child acknowledged appends before the kill");
+
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(async {
+            let (mut store, recovery) = LogStore::open(dir.path(), LogStoreOptions::default()).expect("reopen");
+            let entries = all_entries(&mut store).await;
+            assert!(entries.len() as u64 > acked, "round {round}: acked {acked} but recovered {}", entries.len());
+            for (i, entry) in entries.iter().enumerate() {
+                assert_eq!(entry.log_id.index, i as u64, "round {round}: a hole at {i}");
+                assert_is_original(entry, 1);
+            }
+            let vote = store.read_vote().await.expect("vote").expect("a vote was saved");
+            assert!(vote >= Vote::new_committed(voted, 1), "round {round}: vote went back");
+            assert!(vote <= Vote::new_committed(voted + 1, 1));
+            eprintln!(
+                "round {round}: acked {acked}, recovered {}, torn tail {:?}",
+                entries.len(),
+                recovery.scan.torn_tail.map(|t| t.dropped_bytes)
+            );
+        });
+    }
+}
+
+/// Write a log with appends, votes, a truncation and a purge; return its bytes.
+async fn build_history(dir: &Path) -> Vec<u8> {
+    let mut store = open(dir).expect("open");
+    store.save_vote(&Vote::new_committed(1, 1)).await.expect("vote");
+    for start in (0..200).step_by(10) {
+        append_durably(&mut store, (start..start + 10).map(|i| entry(1, i)).collect()).await;
+    }
+    store.truncate_after(Some(log_id(1, 149))).await.expect("truncate");
+    store.save_vote(&Vote::new_committed(2, 1)).await.expect("vote");
+    for start in (150..300).step_by(10) {
+        append_durably(&mut store, (start..start + 10).map(|i| entry(2, i)).collect()).await;
+    }
+    store.purge(log_id(1, 49)).await.expect("purge");
+    store.save_committed(Some(log_id(2, 290))).await.expect("committed");
+    append_durably(&mut store, vec![entry(2, 300)]).await;
+    drop(store);
+    std::fs::read(dir.join(WAL_FILE)).expect("read wal")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncation_at_random_offsets_recovers_a_valid_prefix() {
+    let origin = TempDir::new().expect("temp dir");
+    let bytes = build_history(origin.path()).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x7a4d3e);
+    let mut offsets: Vec<usize> = (0..60).map(|_| rng.random_range(0..bytes.len())).collect();
+    offsets.extend([0, 1, 7, 8, 9, bytes.len() - 1]);
+    for cut in offsets {
+        let dir = TempDir::new().expect("temp dir");
+        std::fs::write(dir.path().join(WAL_FILE), &bytes[..cut]).expect("write");
+        let (mut store, recovery) = LogStore::open(dir.path(), LogStoreOptions::default())
+            .unwrap_or_else(|e| panic!("cut at {cut} must recover: {e}"));
+        assert!(recovery.scan.valid_len <= cut as u64);
+        let entries = all_entries(&mut store).await;
+        // A prefix of the history: contiguous, each entry as written in its term.
+        for pair in entries.windows(2) {
+            assert_eq!(pair[1].log_id.index, pair[0].log_id.index + 1, "cut at {cut}: hole");
+        }
+        for entry in &entries {
+            let term = if entry.log_id.index >= 150 && entry.log_id.leader_id.term == 2 { 2 } else { 1 };
+            assert_is_original(entry, term);
+        }
+        // The recovered log takes new appends, and they survive a reopen.
+        let next = entries.last().map_or(0, |e| e.log_id.index + 1);
+        append_durably(&mut store, vec![entry(3, next)]).await;
+        drop(store);
+        let mut store = open(dir.path()).expect("reopen after append");
+        let again = all_entries(&mut store).await;
+        assert_eq!(again.len(), entries.len() + 1, "cut at {cut}");
+        assert_eq!(again.last().expect("appended").log_id, log_id(3, next));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_history_replays_to_the_same_state() {
+    let dir = TempDir::new().expect("temp dir");
+    build_history(dir.path()).await;
+    let mut store = open(dir.path()).expect("open");
+    let state = store.get_log_state().await.expect("state");
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 49)));
+    assert_eq!(state.last_log_id, Some(log_id(2, 300)));
+    assert_eq!(store.read_committed().await.expect("committed"), Some(log_id(2, 290)));
+    assert_eq!(store.read_vote().await.expect("vote"), Some(Vote::new_committed(2, 1)));
+    let entries = all_entries(&mut store).await;
+    assert_eq!(entries.first().expect("entries").log_id.index, 50);
+    assert!(entries.iter().all(|e| e.log_id.leader_id.term == if e.log_id.index < 150 { 1 } else { 2 }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_in_the_middle_is_refused_with_file_and_offset() {
+    let dir = TempDir::new().expect("temp dir");
+    let bytes = build_history(dir.path()).await;
+    let mut damaged = bytes.clone();
+    let middle = bytes.len() / 2;
+    damaged[middle] ^= 0x01;
+    std::fs::write(dir.path().join(WAL_FILE), &damaged).expect("write");
+    match LogStore::open(dir.path(), LogStoreOptions::default()) {
+        Err(WalError::Corrupt { path, offset, .. }) => {
+            assert_eq!(path, dir.path().join(WAL_FILE));
+            assert!(offset as usize <= middle, "offset {offset} must be at or before the flipped byte {middle}");
+            let message = WalError::Corrupt { path, offset, reason: String::new() }.to_string();
+            assert!(message.contains("refusing to start") && message.contains(&offset.to_string()));
+        }
+        Err(other) => panic!("expected Corrupt, got {other}"),
+        Ok(_) => panic!("a damaged log must not open"),
+    }
+    // Nothing was changed: the damaged file is left for the operator.
+    assert_eq!(std::fs::read(dir.path().join(WAL_FILE)).expect("read"), damaged);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_cannot_open_the_same_directory() {
+    let dir = TempDir::new().expect("temp dir");
+    let _first = open(dir.path()).expect("open");
+    assert!(matches!(open(dir.path()), Err(WalError::Locked { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_bounds_the_file_and_keeps_the_state() {
+    let dir = TempDir::new().expect("temp dir");
+    let options = LogStoreOptions { compact_after_bytes: 64 << 10 };
+    let (mut store, _) = LogStore::open(dir.path(), options).expect("open");
+    store.save_vote(&Vote::new_committed(1, 1)).await.expect("vote");
+    let mut largest = 0;
+    for start in (0..20_000u64).step_by(100) {
+        append_durably(&mut store, (start..start + 100).map(|i| entry(1, i)).collect()).await;
+        if start >= 1_000 {
+            store.purge(log_id(1, start - 1_000)).await.expect("purge");
+        }
+        largest = largest.max(std::fs::metadata(dir.path().join(WAL_FILE)).expect("stat").len());
+    }
+    let stats = store.stats();
+    assert!(stats.compactions > 0, "no compaction happened");
+    // Without compaction the file would hold every entry ever written.
+    assert!(stats.bytes_written > 4 * largest, "file reached {largest} of {} written", stats.bytes_written);
+    let before = store.get_log_state().await.expect("state");
+    let entries_before = all_entries(&mut store).await;
+    drop(store);
+    let mut store = open(dir.path()).expect("reopen");
+    assert_eq!(store.get_log_state().await.expect("state"), before);
+    assert_eq!(all_entries(&mut store).await, entries_before);
+    assert_eq!(store.read_vote().await.expect("vote"), Some(Vote::new_committed(1, 1)));
+}
