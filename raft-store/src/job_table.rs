@@ -494,10 +494,10 @@ impl JobTable {
         let Some(w) = self.workers.get_mut(&worker) else {
             return Response::Rejected(Rejection::UnknownWorker);
         };
-        w.last_seen_ms = w.last_seen_ms.max(now_ms);
         if w.state == WorkerState::Draining {
             return Response::Rejected(Rejection::WorkerDraining);
         }
+        w.last_seen_ms = w.last_seen_ms.max(now_ms);
         let max_jobs = max_jobs.min(self.limits.max_lease_batch);
         let mut leased = Vec::new();
         while leased.len() < max_jobs as usize {

@@ -18,6 +18,7 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod state_machine;
+pub mod test_cluster;
 pub mod type_config;
 pub mod wal;
 

@@ -250,79 +250,97 @@ pub fn msgpack_response<T: Serialize>(value: &T) -> Response {
     }
 }
 
+/// Why a `/raft/` request was refused, with the status it gets.
+#[derive(Debug)]
+pub struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Refusal { status, message: message.into() }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.status, self.message).into_response()
+    }
+}
+
 /// Refuse requests that are not for this node, lack the secret, or come over a cut link.
-pub fn check_request(state: &RaftRoutesState, headers: &HeaderMap) -> Result<(), Response> {
+pub fn check_request(state: &RaftRoutesState, headers: &HeaderMap) -> Result<(), Refusal> {
     if let Some(secret) = &state.secret {
         let given = headers.get(SECRET_HEADER).and_then(|v| v.to_str().ok());
         if given != Some(secret.as_ref()) {
-            return Err((StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response());
+            return Err(Refusal::new(StatusCode::UNAUTHORIZED, "missing or wrong cluster secret"));
         }
     }
     let header_id = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<NodeId>().ok());
     match header_id(TARGET_HEADER) {
         Some(target) if target == state.self_id => {}
         Some(target) => {
-            return Err((
+            return Err(Refusal::new(
                 StatusCode::MISDIRECTED_REQUEST,
                 format!("this is node {}, not node {target}", state.self_id),
-            )
-                .into_response());
+            ));
         }
         None => {
-            return Err((StatusCode::BAD_REQUEST, format!("missing {TARGET_HEADER} header")).into_response());
+            return Err(Refusal::new(StatusCode::BAD_REQUEST, format!("missing {TARGET_HEADER} header")));
         }
     }
     if let Some(from) = header_id(FROM_HEADER)
         && state.faults.is_cut(from)
     {
-        return Err((StatusCode::SERVICE_UNAVAILABLE, "link cut by fault injection").into_response());
+        return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "link cut by fault injection"));
     }
     Ok(())
 }
 
 /// Decode a MessagePack request body, or answer 400.
-pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
     rmp_serde::from_slice(body)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("undecodable MessagePack body: {e}")).into_response())
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("undecodable MessagePack body: {e}")))
 }
 
 async fn append(State(state): State<RaftRoutesState>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(refusal) = check_request(&state, &headers) {
-        return refusal;
+        return refusal.into_response();
     }
     match decode_body(&body) {
         Ok(req) => msgpack_response(&state.raft.append_entries(req).await),
-        Err(refusal) => refusal,
+        Err(refusal) => refusal.into_response(),
     }
 }
 
 async fn vote(State(state): State<RaftRoutesState>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(refusal) = check_request(&state, &headers) {
-        return refusal;
+        return refusal.into_response();
     }
     match decode_body(&body) {
         Ok(req) => msgpack_response(&state.raft.vote(req).await),
-        Err(refusal) => refusal,
+        Err(refusal) => refusal.into_response(),
     }
 }
 
 async fn pre_vote(State(state): State<RaftRoutesState>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(refusal) = check_request(&state, &headers) {
-        return refusal;
+        return refusal.into_response();
     }
     match decode_body(&body) {
         Ok(req) => msgpack_response(&state.raft.pre_vote(req).await),
-        Err(refusal) => refusal,
+        Err(refusal) => refusal.into_response(),
     }
 }
 
 async fn snapshot(State(state): State<RaftRoutesState>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(refusal) = check_request(&state, &headers) {
-        return refusal;
+        return refusal.into_response();
     }
     let (vote, meta, data): (Vote, SnapshotMeta, serde_bytes::ByteBuf) = match decode_body(&body) {
         Ok(req) => req,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let snapshot = Snapshot { meta, snapshot: data.into_vec() };
     let result: Result<SnapshotResponse<TypeConfig>, RaftError<TypeConfig>> =
@@ -332,7 +350,7 @@ async fn snapshot(State(state): State<RaftRoutesState>, headers: HeaderMap, body
 
 async fn transfer_leader(State(state): State<RaftRoutesState>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(refusal) = check_request(&state, &headers) {
-        return refusal;
+        return refusal.into_response();
     }
     match decode_body(&body) {
         Ok(req) => {
@@ -340,7 +358,7 @@ async fn transfer_leader(State(state): State<RaftRoutesState>, headers: HeaderMa
                 state.raft.handle_transfer_leader(req).await.map_err(RaftError::Fatal);
             msgpack_response(&result)
         }
-        Err(refusal) => refusal,
+        Err(refusal) => refusal.into_response(),
     }
 }
 

@@ -25,7 +25,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::Response as HttpResponse;
+use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::post;
 use futures::FutureExt;
 use futures::future::Shared;
@@ -78,6 +78,9 @@ pub struct NodeConfig {
     pub timing: Timing,
     /// Build a snapshot after this many entries since the last one.
     pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot, so that a briefly lagging follower catches up
+    /// from the log rather than from a snapshot.
+    pub logs_kept_after_snapshot: u64,
     /// How long [`Node::propose`] and [`Node::read_barrier`] keep trying before giving up.
     pub request_timeout: Duration,
     /// Log store tuning.
@@ -94,6 +97,7 @@ impl NodeConfig {
             secret: None,
             timing: Timing::default(),
             snapshot_every: 10_000,
+            logs_kept_after_snapshot: 1_000,
             request_timeout: Duration::from_secs(5),
             log: LogStoreOptions::default(),
         }
@@ -223,8 +227,8 @@ impl Node {
             election_timeout_max: config.timing.election_max_ms,
             install_snapshot_timeout: 10_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
-            max_in_snapshot_log_to_keep: 1_000,
-            purge_batch_size: 256,
+            max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
+            purge_batch_size: config.logs_kept_after_snapshot.clamp(1, 256),
             enable_pre_vote: Some(true),
             ..Default::default()
         }
@@ -323,9 +327,14 @@ impl Node {
         }
     }
 
-    /// Commit `command` on this node if it leads; otherwise say who does.
+    /// Commit `command` on this node if it leads; otherwise say who does. Gives up after the
+    /// request timeout (a leader that lost its quorum cannot commit).
     pub async fn propose_local(&self, command: Command) -> Result<Response, ProposeError> {
-        match self.inner.raft.client_write(command).await {
+        let timeout = self.inner.config.request_timeout;
+        let Ok(result) = tokio::time::timeout(timeout, self.inner.raft.client_write(command)).await else {
+            return Err(ProposeError::Unknown(format!("not committed within {timeout:?}; it may commit later")));
+        };
+        match result {
             Ok(written) => Ok(written.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 Err(ProposeError::NotLeader { leader: forward.leader_id })
@@ -456,7 +465,13 @@ impl Node {
     /// On the leader: confirm leadership with a quorum and wait for the local apply; returns the
     /// read index.
     async fn read_index_local(&self) -> Result<u64, ReadIndexError> {
-        match self.inner.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+        let timeout = self.inner.config.request_timeout;
+        let Ok(result) =
+            tokio::time::timeout(timeout, self.inner.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await
+        else {
+            return Err(ReadIndexError::NoQuorum(format!("no quorum confirmed leadership within {timeout:?}")));
+        };
+        match result {
             Ok(read_log_id) => Ok(read_log_id.index()),
             Err(RaftError::APIError(openraft::errors::LinearizableReadError::ForwardToLeader(f))) => {
                 Err(ReadIndexError::NotLeader(f.leader_id))
@@ -483,11 +498,21 @@ impl Node {
     /// transfer has no abort, and one to a lagging or dead node leaves the cluster leaderless
     /// until the next election. Returns the new leader.
     pub async fn transfer_leadership(&self, to: Option<NodeId>) -> Result<NodeId, TransferError> {
-        let metrics = self.metrics();
-        if metrics.state != ServerState::Leader {
-            return Err(TransferError::NotLeader);
-        }
-        let target = eligible_target(&metrics, to, self.inner.config.timing.election_min_ms)?;
+        let timing = self.inner.config.timing;
+        // Under load the target trails by the entries in flight; give it a moment to match the
+        // leader exactly, then accept a small lag it will close while the transfer starts.
+        let patience = tokio::time::Instant::now() + Duration::from_millis(timing.election_min_ms);
+        let target = loop {
+            match eligible_target(&self.metrics(), to, timing.election_min_ms, 0) {
+                Ok(target) => break target,
+                Err(e) if tokio::time::Instant::now() >= patience => {
+                    break eligible_target(&self.metrics(), to, timing.election_min_ms, TRANSFER_MAX_LAG)
+                        .map_err(|_| e)?;
+                }
+                Err(TransferError::NotLeader) => return Err(TransferError::NotLeader),
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        };
         self.inner.raft.trigger().transfer_leader(target).await.map_err(|e| TransferError::Stopped(e.to_string()))?;
         let timeout = Duration::from_millis(2 * self.inner.config.timing.election_max_ms);
         self.inner
@@ -511,6 +536,8 @@ impl Node {
 }
 
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// The most entries a transfer target may trail by once the leader stopped waiting for it.
+const TRANSFER_MAX_LAG: u64 = 64;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum ReadIndexError {
@@ -520,7 +547,15 @@ enum ReadIndexError {
 }
 
 /// The coordinator to hand leadership to: `wanted` if eligible, else the first eligible one.
-fn eligible_target(metrics: &RaftMetrics, wanted: Option<NodeId>, fresh_ms: u64) -> Result<NodeId, TransferError> {
+fn eligible_target(
+    metrics: &RaftMetrics,
+    wanted: Option<NodeId>,
+    fresh_ms: u64,
+    max_lag: u64,
+) -> Result<NodeId, TransferError> {
+    if metrics.state != ServerState::Leader {
+        return Err(TransferError::NotLeader);
+    }
     let membership = metrics.membership_config.membership();
     let last_log = metrics.last_log_index;
     let replication = metrics.replication.clone().unwrap_or_default();
@@ -537,7 +572,8 @@ fn eligible_target(metrics: &RaftMetrics, wanted: Option<NodeId>, fresh_ms: u64)
             return Err(format!("node {id} is not a voter"));
         }
         let matched = replication.get(&id).cloned().flatten().map(|log_id| log_id.index);
-        if matched != last_log {
+        let lag = last_log.unwrap_or(0).saturating_sub(matched.unwrap_or(0));
+        if matched.is_none() && last_log.is_some() || lag > max_lag {
             return Err(format!("node {id} is not caught up (has {matched:?} of {last_log:?})"));
         }
         let fresh =
@@ -611,11 +647,11 @@ async fn handle_propose(
     body: Bytes,
 ) -> HttpResponse {
     if let Err(refusal) = check_request(&routes, &headers) {
-        return refusal;
+        return refusal.into_response();
     }
     let command: Command = match decode_body(&body) {
         Ok(command) => command,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     // One hop only: the receiver never forwards again, so a stale view cannot make a loop.
     msgpack_response(&node.propose_local(command).await)
@@ -623,7 +659,7 @@ async fn handle_propose(
 
 async fn handle_read_index(State((node, routes)): State<(Node, RaftRoutesState)>, headers: HeaderMap) -> HttpResponse {
     if let Err(refusal) = check_request(&routes, &headers) {
-        return refusal;
+        return refusal.into_response();
     }
     msgpack_response(&node.read_index_local().await)
 }

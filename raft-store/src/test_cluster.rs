@@ -1,0 +1,181 @@
+//! An in-process cluster of three voters (two coordinators and a witness) on 127.0.0.1, each with
+//! its own data directory and its own HTTP server on a free port. For tests and benchmarks:
+//! voters can be killed (Raft stopped, server closed) and restarted on their data.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::network::NetworkFaults;
+use crate::node::{Node, NodeConfig, serve};
+use crate::type_config::{NodeId, NodeInfo, Role};
+
+/// The id of the first coordinator.
+pub const COORDINATOR_1: NodeId = 1;
+/// The id of the second coordinator.
+pub const COORDINATOR_2: NodeId = 2;
+/// The id of the witness.
+pub const WITNESS: NodeId = 3;
+
+struct Member {
+    config: NodeConfig,
+    addr: SocketAddr,
+    faults: Arc<NetworkFaults>,
+    running: Option<Running>,
+}
+
+struct Running {
+    node: Node,
+    stop_server: oneshot::Sender<()>,
+    server: JoinHandle<()>,
+}
+
+/// Three voters in this process.
+pub struct TestCluster {
+    members: BTreeMap<NodeId, Member>,
+}
+
+impl TestCluster {
+    /// Start voters 1 and 2 (coordinators) and 3 (the witness) under `dir`, adjusting each
+    /// voter's config with `tune`, and initialize the cluster from voter 1.
+    pub async fn start(dir: &Path, tune: impl Fn(&mut NodeConfig)) -> TestCluster {
+        let mut members = BTreeMap::new();
+        let mut listeners = BTreeMap::new();
+        for (id, role) in
+            [(COORDINATOR_1, Role::Coordinator), (COORDINATOR_2, Role::Coordinator), (WITNESS, Role::Witness)]
+        {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
+            let addr = listener.local_addr().expect("bound");
+            let mut config = NodeConfig::new(id, role, dir.join(format!("node-{id}")));
+            tune(&mut config);
+            members.insert(id, Member { config, addr, faults: Arc::new(NetworkFaults::default()), running: None });
+            listeners.insert(id, listener);
+        }
+        let mut cluster = TestCluster { members };
+        for (id, listener) in listeners {
+            cluster.launch(id, listener).await;
+        }
+        let infos = cluster.infos();
+        let initialized = cluster.node(COORDINATOR_1).initialize(infos).await.expect("initialize");
+        assert!(initialized, "a fresh cluster initializes");
+        cluster
+    }
+
+    /// The membership this cluster was formed with.
+    pub fn infos(&self) -> BTreeMap<NodeId, NodeInfo> {
+        self.members
+            .iter()
+            .map(|(id, m)| {
+                let api_addr = if m.config.role == Role::Coordinator { m.addr.to_string() } else { String::new() };
+                (*id, NodeInfo { role: m.config.role, raft_addr: m.addr.to_string(), api_addr })
+            })
+            .collect()
+    }
+
+    async fn launch(&mut self, id: NodeId, listener: tokio::net::TcpListener) {
+        let member = self.members.get_mut(&id).expect("known member");
+        let node = Node::start(member.config.clone(), member.faults.clone()).await.expect("start node");
+        let (stop_server, stopped) = oneshot::channel::<()>();
+        let router = node.router();
+        let server = tokio::spawn(async move {
+            let _ = serve(listener, router, async move {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        member.running = Some(Running { node, stop_server, server });
+    }
+
+    /// The running voter `id`. Panics if it is stopped.
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.members[&id].running.as_ref().unwrap_or_else(|| panic!("node {id} is not running")).node
+    }
+
+    /// Whether voter `id` runs.
+    pub fn is_running(&self, id: NodeId) -> bool {
+        self.members[&id].running.is_some()
+    }
+
+    /// Voter `id`'s data directory.
+    pub fn data_dir(&self, id: NodeId) -> PathBuf {
+        self.members[&id].config.data_dir.clone()
+    }
+
+    /// Voter `id`'s fault hooks (they survive restarts).
+    pub fn faults(&self, id: NodeId) -> &Arc<NetworkFaults> {
+        &self.members[&id].faults
+    }
+
+    /// Cut the link between `a` and `b`, both ways.
+    pub fn cut(&self, a: NodeId, b: NodeId) {
+        self.faults(a).isolate_from(b);
+        self.faults(b).isolate_from(a);
+    }
+
+    /// Restore every link.
+    pub fn heal_all(&self) {
+        for member in self.members.values() {
+            member.faults.heal_all();
+        }
+    }
+
+    /// Stop voter `id` as a crash would look from outside: Raft stops, the port closes.
+    pub async fn kill(&mut self, id: NodeId) {
+        let member = self.members.get_mut(&id).expect("known member");
+        let Some(running) = member.running.take() else { return };
+        running.node.shutdown().await;
+        let _ = running.stop_server.send(());
+        let server = running.server;
+        if tokio::time::timeout(Duration::from_millis(500), async { server.await.ok() }).await.is_err() {
+            tracing::debug!(node = id, "server did not stop gracefully");
+        }
+    }
+
+    /// Start voter `id` again on its data directory and its old address.
+    pub async fn restart(&mut self, id: NodeId) {
+        let addr = self.members[&id].addr;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                // The old socket may take a moment to close.
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        self.launch(id, listener).await;
+    }
+
+    /// Wait until every running voter in `among` agrees on one leader that is itself running;
+    /// return it.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> NodeId {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let views: Vec<(NodeId, Option<NodeId>, bool)> = self
+                .members
+                .iter()
+                .filter_map(|(id, m)| m.running.as_ref().map(|r| (*id, r.node.metrics())))
+                .map(|(id, metrics)| (id, metrics.current_leader, metrics.state == openraft::ServerState::Leader))
+                .collect();
+            let leaders: Vec<NodeId> = views.iter().filter(|(_, _, leads)| *leads).map(|(id, _, _)| *id).collect();
+            if let [leader] = leaders.as_slice()
+                && views.iter().all(|(_, seen, _)| *seen == Some(*leader))
+            {
+                return *leader;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no agreed leader within {timeout:?}: {views:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stop every voter.
+    pub async fn shutdown(&mut self) {
+        let ids: Vec<NodeId> = self.members.keys().copied().collect();
+        for id in ids {
+            self.kill(id).await;
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! In-process three-voter clusters on 127.0.0.1: election, replication, loss of any one voter,
+//! the witness handing leadership back, requested transfers, snapshots to a lagging follower.
+
+use std::time::{Duration, Instant};
+
+use raft_store::job_table::{Command, EnqueueOutcome, JobStatus, NewJob};
+use raft_store::node::TransferError;
+use raft_store::test_cluster::{COORDINATOR_1, COORDINATOR_2, TestCluster, WITNESS};
+use raft_store::{Digest, Node, NodeId, Response};
+use tempfile::TempDir;
+
+const ELECTION: Duration = Duration::from_secs(10);
+
+fn job(i: u64) -> NewJob {
+    NewJob { digest: Digest([(i % 251) as u8; 64]), iterations: i + 1, enqueued_at_ms: i, idempotency_key: None }
+}
+
+/// Enqueue one job through `node` (forwarded to the leader if need be); return its id.
+async fn enqueue(node: &Node, i: u64) -> u64 {
+    match node.propose(Command::Enqueue { jobs: vec![job(i)] }).await {
+        Ok(Response::Enqueued(outcomes)) => match outcomes.as_slice() {
+            [EnqueueOutcome::Created(id)] => *id,
+            other => panic!("unexpected outcome {other:?}"),
+        },
+        other => panic!("enqueue {i} through node {} failed: {other:?}", node.id()),
+    }
+}
+
+/// After a read barrier on `node`, every id in `ids` is queued there.
+async fn assert_visible(node: &Node, ids: &[u64]) {
+    node.read_barrier().await.unwrap_or_else(|e| panic!("read barrier on node {}: {e}", node.id()));
+    node.state_machine().read(|table| {
+        for id in ids {
+            assert!(
+                matches!(table.job_status(*id), Some(JobStatus::Queued(_))),
+                "job {id} not visible on node {}",
+                node.id()
+            );
+        }
+    });
+}
+
+async fn wait_for_coordinator_leader(cluster: &TestCluster) -> NodeId {
+    let deadline = Instant::now() + ELECTION;
+    loop {
+        let leader = cluster.wait_for_leader(ELECTION).await;
+        if leader != WITNESS {
+            return leader;
+        }
+        assert!(Instant::now() < deadline, "the witness kept leadership");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn other_coordinator(id: NodeId) -> NodeId {
+    if id == COORDINATOR_1 { COORDINATOR_2 } else { COORDINATOR_1 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elects_replicates_and_reads_linearizably_on_every_voter() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = TestCluster::start(dir.path(), |_| {}).await;
+    let leader = wait_for_coordinator_leader(&cluster).await;
+    let follower = other_coordinator(leader);
+    // Writes through the follower are forwarded to the leader.
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let via = if i % 2 == 0 { follower } else { leader };
+        ids.push(enqueue(cluster.node(via), i).await);
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), ids.len(), "ids are unique whichever node took the write");
+    for id in [COORDINATOR_1, COORDINATOR_2, WITNESS] {
+        assert_visible(cluster.node(id), &ids).await;
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_the_loss_of_any_one_voter() {
+    for victim_kind in ["leader", "follower coordinator", "witness"] {
+        let dir = TempDir::new().expect("temp dir");
+        let mut cluster = TestCluster::start(dir.path(), |_| {}).await;
+        let leader = wait_for_coordinator_leader(&cluster).await;
+        let victim = match victim_kind {
+            "leader" => leader,
+            "follower coordinator" => other_coordinator(leader),
+            _ => WITNESS,
+        };
+        let before = enqueue(cluster.node(leader), 1).await;
+        cluster.kill(victim).await;
+        let survivor = if victim == WITNESS { other_coordinator(leader) } else { other_coordinator(victim) };
+        let started = Instant::now();
+        let after = enqueue(cluster.node(survivor), 2).await;
+        eprintln!("{victim_kind} killed: next write through node {survivor} took {:?}", started.elapsed());
+        assert_visible(cluster.node(survivor), &[before, after]).await;
+        // The victim comes back on its data and catches up.
+        cluster.restart(victim).await;
+        assert_visible(cluster.node(victim), &[before, after]).await;
+        cluster.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn witness_hands_leadership_back_when_the_surviving_coordinator_lags() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = TestCluster::start(dir.path(), |_| {}).await;
+    let a = wait_for_coordinator_leader(&cluster).await;
+    let b = other_coordinator(a);
+    // B stops hearing from A; A commits with the witness alone, so the witness is ahead of B.
+    cluster.cut(a, b);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(enqueue(cluster.node(a), i).await);
+    }
+    let b_index = cluster.node(b).metrics().last_log_index;
+    let w_index = cluster.node(WITNESS).metrics().last_log_index;
+    assert!(b_index < w_index, "B ({b_index:?}) must lag the witness ({w_index:?})");
+    cluster.kill(a).await;
+    cluster.heal_all();
+    let killed = Instant::now();
+    // Only the witness can win (B's log is behind); it must hand leadership to B, caught up.
+    let leader = wait_for_coordinator_leader(&cluster).await;
+    assert_eq!(leader, b);
+    let id = enqueue(cluster.node(b), 99).await;
+    let writable_after = killed.elapsed();
+    eprintln!("leader killed with B behind the witness: B writable after {writable_after:?}");
+    assert!(writable_after < Duration::from_secs(5), "handback took {writable_after:?}");
+    ids.push(id);
+    assert_visible(cluster.node(b), &ids).await;
+    assert_visible(cluster.node(WITNESS), &ids).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_leadership_on_request_and_never_to_the_witness() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = TestCluster::start(dir.path(), |_| {}).await;
+    let leader = wait_for_coordinator_leader(&cluster).await;
+    let other = other_coordinator(leader);
+    enqueue(cluster.node(leader), 1).await;
+    assert!(matches!(
+        cluster.node(leader).transfer_leadership(Some(WITNESS)).await,
+        Err(TransferError::NoEligibleTarget(_))
+    ));
+    assert_eq!(cluster.node(other).transfer_leadership(Some(leader)).await, Err(TransferError::NotLeader));
+    let started = Instant::now();
+    assert_eq!(cluster.node(leader).transfer_leadership(Some(other)).await, Ok(other));
+    let id = enqueue(cluster.node(leader), 2).await;
+    eprintln!("transfer: {other} leads and took a write after {:?}", started.elapsed());
+    assert_eq!(cluster.wait_for_leader(ELECTION).await, other);
+    assert_visible(cluster.node(other), &[id]).await;
+    // And back, with the target chosen automatically.
+    assert_eq!(cluster.node(other).transfer_leadership(None).await, Ok(leader));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_follower_is_caught_up_by_snapshot() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = TestCluster::start(dir.path(), |config| {
+        config.snapshot_every = 50;
+        config.logs_kept_after_snapshot = 20;
+    })
+    .await;
+    let leader = wait_for_coordinator_leader(&cluster).await;
+    let lagging = other_coordinator(leader);
+    cluster.kill(lagging).await;
+    let mut ids = Vec::new();
+    for i in 0..1_300 {
+        ids.push(enqueue(cluster.node(leader), i).await);
+    }
+    // The leader purges what the lagging node lacks (between its failed attempts to replicate
+    // to it): the node can then only catch up from a snapshot.
+    let purged = cluster
+        .node(leader)
+        .raft()
+        .wait(Some(ELECTION))
+        .metrics(|m| m.purged.is_some_and(|p| p.index > 100), "leader purges its log")
+        .await
+        .expect("leader purged its log")
+        .purged
+        .expect("purged");
+    cluster.restart(lagging).await;
+    assert_visible(cluster.node(lagging), &ids).await;
+    let snapshot = cluster.node(lagging).metrics().snapshot.expect("lagging node installed a snapshot");
+    assert!(snapshot.index >= purged.index);
+    // The snapshot is on disk: a restart recovers the same table.
+    let table = cluster.node(lagging).state_machine().read(|t| t.clone());
+    cluster.kill(lagging).await;
+    cluster.restart(lagging).await;
+    assert_visible(cluster.node(lagging), &ids).await;
+    assert_eq!(cluster.node(lagging).state_machine().read(|t| t.clone()), table);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_loss_of_every_voter_keeps_every_acknowledged_write() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = TestCluster::start(dir.path(), |config| config.snapshot_every = 100).await;
+    let leader = wait_for_coordinator_leader(&cluster).await;
+    let mut ids = Vec::new();
+    for i in 0..250 {
+        ids.push(enqueue(cluster.node(if i % 2 == 0 { leader } else { other_coordinator(leader) }), i).await);
+    }
+    for id in [COORDINATOR_1, COORDINATOR_2, WITNESS] {
+        cluster.kill(id).await;
+    }
+    for id in [COORDINATOR_1, COORDINATOR_2, WITNESS] {
+        cluster.restart(id).await;
+    }
+    wait_for_coordinator_leader(&cluster).await;
+    for id in [COORDINATOR_1, COORDINATOR_2, WITNESS] {
+        assert_visible(cluster.node(id), &ids).await;
+    }
+    cluster.shutdown().await;
+}
