@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
+use wire::Digest;
 
 /// A job's id, assigned in apply: unique whichever coordinator received the job.
 pub type JobId = u64;

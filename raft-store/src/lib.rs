@@ -12,7 +12,6 @@
 //!
 //! This crate knows nothing of the client API, EC2 or scaling policy.
 
-pub mod digest;
 pub mod job_table;
 pub mod log_store;
 pub mod network;
@@ -22,7 +21,7 @@ pub mod test_cluster;
 pub mod type_config;
 pub mod wal;
 
-pub use digest::Digest;
 pub use job_table::{Command, JobTable, Response};
 pub use node::{Leadership, Node, NodeConfig, ProposeError, ReadError, StartError, Timing, TransferError};
 pub use type_config::{NodeId, NodeInfo, Role, TypeConfig};
+pub use wire::Digest;

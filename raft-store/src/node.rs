@@ -309,6 +309,7 @@ impl Node {
         let app_routes = Router::new()
             .route("/raft/propose", post(handle_propose))
             .route("/raft/read-index", post(handle_read_index))
+            .route("/raft/health", axum::routing::get(|| async { "ok" }))
             .with_state((self.clone(), state.clone()));
         raft_rpc_router(state).merge(app_routes)
     }

@@ -47,6 +47,8 @@ struct Inner {
     state: RwLock<Applied>,
     /// Metadata of the snapshot on disk, if any.
     current: Mutex<Option<SnapshotMeta>>,
+    /// The last applied log index, published after every apply batch and snapshot install.
+    applied: tokio::sync::watch::Sender<u64>,
 }
 
 /// The job state machine of one voter. Cheap to clone; clones share the table.
@@ -119,6 +121,7 @@ impl StateMachineStore {
                 dir: dir.to_owned(),
                 state: RwLock::new(Applied::default()),
                 current: Mutex::new(current),
+                applied: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -126,6 +129,16 @@ impl StateMachineStore {
     /// Read the table. Runs `read` under a read lock: keep it short and never await inside.
     pub fn read<R>(&self, read: impl FnOnce(&JobTable) -> R) -> R {
         read(&self.inner.state.read().unwrap_or_else(|poison| poison.into_inner()).table)
+    }
+
+    /// Notified whenever the table changes (the value is the last applied log index), e.g. to
+    /// wake long-polls when jobs arrive.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.applied.subscribe()
+    }
+
+    fn publish_applied(&self, index: Option<u64>) {
+        self.inner.applied.send_replace(index.unwrap_or(0));
     }
 
     /// The last log id applied to the table.
@@ -181,6 +194,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
+        let mut last = None;
         while let Some((entry, responder)) = entries.try_next().await? {
             let response = {
                 let mut state = self.inner.state.write().unwrap_or_else(|poison| poison.into_inner());
@@ -197,6 +211,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             if let Some(responder) = responder {
                 responder.send(response);
             }
+            last = Some(entry.log_id.index);
+        }
+        if last.is_some() {
+            self.publish_applied(last);
         }
         Ok(())
     }
@@ -221,6 +239,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             *state = Applied { table, last_applied: meta.last_log_id, last_membership: meta.last_membership.clone() };
         }
         self.set_current(meta);
+        self.publish_applied(meta.last_log_id.map(|id| id.index));
         tracing::info!(last_log_id = ?meta.last_log_id, "installed a snapshot");
         Ok(())
     }

@@ -1,0 +1,278 @@
+//! The client API: enqueue, pull completed results, job status, cluster status, health.
+//!
+//! Writes go through Raft (forwarded to the leader when this node follows); reads wait on a
+//! linearizable read barrier and are then served from this node's memory.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use raft_store::job_table::{EnqueueOutcome, JobStatus, NewJob};
+use wire::api::{ClusterView, CompletedJob, EnqueueResponse, JobState, JobView, PullResponse, VoterView};
+
+use crate::App;
+use crate::api_error::ApiError;
+
+/// `top` when none is given.
+pub const DEFAULT_TOP: u64 = 10;
+/// The largest `top` accepted.
+pub const MAX_TOP: u64 = 10_000;
+/// The longest `Idempotency-Key` accepted.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+/// Bodies above this are hashed on a blocking thread rather than on the async runtime.
+const INLINE_HASH_LIMIT: usize = 64 << 10;
+
+fn parse_u64(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
+    match params.get(name) {
+        None => Ok(None),
+        Some(raw) => raw.trim().parse::<u64>().map(Some).map_err(|_| {
+            ApiError::BadRequest(format!("query parameter {name} must be a non-negative integer, got {raw:?}"))
+        }),
+    }
+}
+
+fn query(
+    params: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Result<HashMap<String, String>, ApiError> {
+    params.map(|Query(params)| params).map_err(|e| ApiError::BadRequest(format!("malformed query string: {e}")))
+}
+
+/// The body of an enqueue: raw bytes, or the one file part of a multipart form.
+async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
+    let is_multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let too_large = |status: StatusCode, text: String| {
+        if status == StatusCode::PAYLOAD_TOO_LARGE { ApiError::TooLarge { limit } } else { ApiError::BadRequest(text) }
+    };
+    if !is_multipart {
+        return Bytes::from_request(request, &())
+            .await
+            .map_err(|e| too_large(e.status(), format!("could not read the body: {}", e.body_text())));
+    }
+    let mut form = Multipart::from_request(request, &())
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("malformed multipart form: {}", e.body_text())))?;
+    let mut body = None;
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| too_large(e.status(), format!("malformed multipart form: {}", e.body_text())))?
+    {
+        if body.is_some() {
+            return Err(ApiError::BadRequest("the multipart form must hold exactly one part".into()));
+        }
+        body =
+            Some(field.bytes().await.map_err(|e| too_large(e.status(), format!("malformed part: {}", e.body_text())))?);
+    }
+    body.ok_or_else(|| ApiError::BadRequest("the multipart form has no part".into()))
+}
+
+/// `PUT /enqueue?iterations=N`
+pub async fn enqueue(
+    State(app): State<App>,
+    params: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    request: Request,
+) -> Result<Json<EnqueueResponse>, ApiError> {
+    let params = query(params)?;
+    let iterations = parse_u64(&params, "iterations")?
+        .ok_or_else(|| ApiError::BadRequest("query parameter iterations is required, e.g. ?iterations=1000".into()))?;
+    if iterations == 0 {
+        return Err(ApiError::BadRequest("iterations must be at least 1".into()));
+    }
+    if iterations > app.config.max_iterations {
+        return Err(ApiError::BadRequest(format!(
+            "iterations must be at most {} (got {iterations})",
+            app.config.max_iterations
+        )));
+    }
+    let idempotency_key = idempotency_key(request.headers())?;
+    let body = read_body(request, app.config.max_body_bytes).await?;
+    if body.is_empty() {
+        return Err(ApiError::BadRequest("the body is empty: send the job's bytes".into()));
+    }
+    if body.len() > app.config.max_body_bytes {
+        return Err(ApiError::TooLarge { limit: app.config.max_body_bytes });
+    }
+    // The body is only ever read by the first hash: reduce it to its digest here, so the log,
+    // the peers and the workers carry 64 bytes instead of the body.
+    let digest = if body.len() <= INLINE_HASH_LIMIT {
+        wire::chain::first_digest(&body)
+    } else {
+        tokio::task::spawn_blocking(move || wire::chain::first_digest(&body))
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("hashing failed: {e}")))?
+    };
+    let job = NewJob { digest, iterations, enqueued_at_ms: crate::now_ms(), idempotency_key };
+    match app.enqueue.enqueue(job).await? {
+        EnqueueOutcome::Created(id) | EnqueueOutcome::Duplicate(id) => Ok(Json(EnqueueResponse { id })),
+        EnqueueOutcome::QueueFull => Err(ApiError::QueueFull),
+        EnqueueOutcome::Invalid => Err(ApiError::BadRequest("iterations must be at least 1".into())),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value.to_str().map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?.trim();
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(ApiError::BadRequest(format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters")));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// `POST /pullCompleted?top=N[&after=SEQ]`
+pub async fn pull_completed(
+    State(app): State<App>,
+    params: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<PullResponse>, ApiError> {
+    let params = query(params)?;
+    let top = parse_u64(&params, "top")?.unwrap_or(DEFAULT_TOP);
+    if !(1..=MAX_TOP).contains(&top) {
+        return Err(ApiError::BadRequest(format!("top must be between 1 and {MAX_TOP} (got {top})")));
+    }
+    let after = parse_u64(&params, "after")?;
+    app.node.read_barrier().await?;
+    let response = app.node.state_machine().read(|table| {
+        let view = |job: &raft_store::job_table::CompletedJob| CompletedJob {
+            id: job.id,
+            seq: job.seq,
+            result: job.result.to_hex(),
+            iterations: job.iterations,
+            enqueued_at_ms: job.enqueued_at_ms,
+            completed_at_ms: job.completed_at_ms,
+        };
+        let last_seq = table.last_completion_seq();
+        match after {
+            Some(after) => {
+                let jobs: Vec<CompletedJob> = table.completed_after(after, top as usize).map(view).collect();
+                let cursor = jobs.last().map_or(after, |job| job.seq);
+                PullResponse { jobs, cursor, last_seq }
+            }
+            None => PullResponse {
+                jobs: table.latest_completed(top as usize).map(view).collect(),
+                cursor: last_seq,
+                last_seq,
+            },
+        }
+    });
+    Ok(Json(response))
+}
+
+/// `GET /jobs/{id}`
+pub async fn job(
+    State(app): State<App>,
+    id: Result<Path<u64>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<JobView>, ApiError> {
+    let Path(id) = id.map_err(|_| ApiError::BadRequest("the job id must be a positive integer".into()))?;
+    app.node.read_barrier().await?;
+    let view = app.node.state_machine().read(|table| match table.job_status(id) {
+        None => Err(ApiError::NotFound(format!("no job {id}"))),
+        Some(JobStatus::Forgotten) => {
+            Err(ApiError::NotFound(format!("job {id} completed long ago; its result left retention")))
+        }
+        Some(JobStatus::Queued(job)) => Ok(JobView {
+            id,
+            state: JobState::Queued,
+            iterations: job.iterations,
+            iterations_done: job.done,
+            result: None,
+            worker: None,
+            attempts: job.attempts,
+            enqueued_at_ms: job.enqueued_at_ms,
+            completed_at_ms: None,
+        }),
+        Some(JobStatus::Running(lease)) => Ok(JobView {
+            id,
+            state: JobState::Running,
+            iterations: lease.job.iterations,
+            iterations_done: lease.job.done,
+            result: None,
+            worker: Some(lease.worker),
+            attempts: lease.job.attempts,
+            enqueued_at_ms: lease.job.enqueued_at_ms,
+            completed_at_ms: None,
+        }),
+        Some(JobStatus::Completed(job)) => Ok(JobView {
+            id,
+            state: JobState::Completed,
+            iterations: job.iterations,
+            iterations_done: job.iterations,
+            result: Some(job.result.to_hex()),
+            worker: None,
+            attempts: 0,
+            enqueued_at_ms: job.enqueued_at_ms,
+            completed_at_ms: Some(job.completed_at_ms),
+        }),
+    })?;
+    Ok(Json(view))
+}
+
+/// `GET /cluster`: this node's view, with a fresh reachability probe of every voter.
+pub async fn cluster(State(app): State<App>) -> Json<ClusterView> {
+    let metrics = app.node.metrics();
+    let membership = metrics.membership_config.membership().clone();
+    let probes = membership.nodes().map(|(id, info)| {
+        let app = app.clone();
+        let (id, info) = (*id, info.clone());
+        async move {
+            let reachable = id == app.node.id()
+                || app
+                    .http
+                    .get(format!("http://{}/raft/health", info.raft_addr))
+                    .timeout(Duration::from_millis(300))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+            VoterView {
+                id,
+                role: info.role.to_string(),
+                api_addr: info.api_addr.clone(),
+                raft_addr: info.raft_addr.clone(),
+                reachable,
+                is_leader: metrics.current_leader == Some(id),
+            }
+        }
+    });
+    let voters = futures::future::join_all(probes).await;
+    let (queued, running, completed_retained, workers) = app.node.state_machine().read(|table| {
+        (table.queued_len(), table.leases().len() as u64, table.completed_len() as u64, table.workers().len() as u64)
+    });
+    Json(ClusterView {
+        node_id: app.node.id(),
+        role: app.node.role().to_string(),
+        leader: metrics.current_leader,
+        term: metrics.current_term,
+        last_log_index: metrics.last_log_index,
+        last_applied_index: metrics.last_applied.map(|id| id.index),
+        voters,
+        queued,
+        running,
+        completed_retained,
+        workers,
+    })
+}
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: this node can serve linearizable reads (and so forward writes) right now.
+pub async fn readyz(State(app): State<App>) -> Response {
+    match tokio::time::timeout(Duration::from_secs(1), app.node.read_barrier()).await {
+        Ok(Ok(())) => Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Ok(Err(e)) => ApiError::from(e).into_response(),
+        Err(_) => ApiError::Unavailable("no leader confirmed a read within 1 s".into()).into_response(),
+    }
+}
+
+/// Anything else: a JSON 404 rather than an empty one.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route; see README.md for the API".into())
+}

@@ -1,0 +1,191 @@
+//! The coordinator's configuration: one clap struct, every flag also readable from the
+//! environment, defaults that make a zero-flag run coordinator 1 of the local cluster.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use raft_store::{NodeId, NodeInfo, Role};
+
+/// One voter as given on the command line: `ID=ROLE@HOST:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The voter's id.
+    pub id: NodeId,
+    /// Coordinator or witness.
+    pub role: Role,
+    /// Its address (a coordinator serves the API and Raft on it; the witness only Raft).
+    pub addr: String,
+}
+
+impl std::str::FromStr for Member {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("expected ID=ROLE@HOST:PORT (ROLE: coordinator or witness), got {s:?}");
+        let (id, rest) = s.split_once('=').ok_or_else(bad)?;
+        let (role, addr) = rest.split_once('@').ok_or_else(bad)?;
+        let id = id.trim().parse().map_err(|_| bad())?;
+        let role = match role.trim() {
+            "coordinator" => Role::Coordinator,
+            "witness" => Role::Witness,
+            _ => return Err(bad()),
+        };
+        if addr.trim().is_empty() {
+            return Err(bad());
+        }
+        Ok(Member { id, role, addr: addr.trim().to_owned() })
+    }
+}
+
+/// How logs are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A Tandem coordinator: serves the client API and the worker routes, and votes in Raft.
+#[derive(Parser, Clone, Debug)]
+#[command(version, about)]
+pub struct Config {
+    /// This coordinator's node id.
+    #[arg(long, env = "TANDEM_ID", default_value_t = 1)]
+    pub id: NodeId,
+    /// Address to listen on for the API, worker and Raft routes.
+    #[arg(long, env = "TANDEM_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the Raft log and snapshots live (default: ./data/coordinator-ID).
+    #[arg(long, env = "TANDEM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Every voter, `ID=ROLE@HOST:PORT`, comma-separated or repeated.
+    #[arg(
+        long = "member",
+        env = "TANDEM_MEMBERS",
+        value_delimiter = ',',
+        default_value = "1=coordinator@127.0.0.1:8080,2=coordinator@127.0.0.1:8081,3=witness@127.0.0.1:8090"
+    )]
+    pub members: Vec<Member>,
+    /// Form the cluster from `--member` if this node has never been part of one. Give it to one
+    /// coordinator only, and never to one whose data directory was lost.
+    #[arg(long, env = "TANDEM_INITIALIZE")]
+    pub initialize: bool,
+    /// Shared secret required on the internal /raft routes (unset: open, for local runs).
+    #[arg(long, env = "TANDEM_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Largest `iterations` a job may ask for.
+    #[arg(long, env = "TANDEM_MAX_ITERATIONS", default_value_t = 1_000_000_000)]
+    pub max_iterations: u64,
+    /// Largest body accepted by /enqueue, in bytes.
+    #[arg(long, env = "TANDEM_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// How long a lease lives without a heartbeat.
+    #[arg(long, env = "TANDEM_LEASE_MS", default_value_t = 3_000)]
+    pub lease_ms: u64,
+    /// Longest wait of a worker's lease long-poll.
+    #[arg(long, env = "TANDEM_LONG_POLL_MAX_MS", default_value_t = 30_000)]
+    pub long_poll_max_ms: u64,
+    /// A worker silent this long is removed from the registry (its leases are requeued).
+    #[arg(long, env = "TANDEM_WORKER_TIMEOUT_MS", default_value_t = 30_000)]
+    pub worker_timeout_ms: u64,
+    /// Completed results kept; the oldest is dropped first.
+    #[arg(long, env = "TANDEM_COMPLETED_RETENTION", default_value_t = 1_000_000)]
+    pub completed_retention: u64,
+    /// Jobs that may wait before enqueues get 503.
+    #[arg(long, env = "TANDEM_MAX_QUEUED", default_value_t = 10_000_000)]
+    pub max_queued: u64,
+    /// How long a write or a linearizable read may wait for the cluster before answering 503.
+    #[arg(long, env = "TANDEM_REQUEST_TIMEOUT_MS", default_value_t = 3_000)]
+    pub request_timeout_ms: u64,
+    /// Raft heartbeat interval (also the AppendEntries deadline).
+    #[arg(long, env = "TANDEM_HEARTBEAT_MS", default_value_t = 50)]
+    pub heartbeat_ms: u64,
+    /// Raft election timeout, lower bound.
+    #[arg(long, env = "TANDEM_ELECTION_MIN_MS", default_value_t = 200)]
+    pub election_min_ms: u64,
+    /// Raft election timeout, upper bound (also the leader lease).
+    #[arg(long, env = "TANDEM_ELECTION_MAX_MS", default_value_t = 400)]
+    pub election_max_ms: u64,
+    /// Log format.
+    #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The data directory, defaulted from the id.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("data/coordinator-{}", self.id)))
+    }
+
+    /// The membership to initialize with.
+    pub fn membership(&self) -> BTreeMap<NodeId, NodeInfo> {
+        self.members
+            .iter()
+            .map(|m| {
+                let api_addr = if m.role == Role::Coordinator { m.addr.clone() } else { String::new() };
+                (m.id, NodeInfo { role: m.role, raft_addr: m.addr.clone(), api_addr })
+            })
+            .collect()
+    }
+
+    /// Check what clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        let me = self.members.iter().find(|m| m.id == self.id);
+        match me {
+            None => return Err(format!("--id {} is not among --member", self.id)),
+            Some(m) if m.role != Role::Coordinator => {
+                return Err(format!("member {} is a witness: run it with `worker --witness`", self.id));
+            }
+            Some(_) => {}
+        }
+        let mut ids: Vec<NodeId> = self.members.iter().map(|m| m.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.members.len() {
+            return Err("--member lists an id twice".into());
+        }
+        if self.lease_ms < 300 {
+            return Err("--lease-ms must be at least 300".into());
+        }
+        if self.max_iterations == 0 || self.max_body_bytes == 0 {
+            return Err("--max-iterations and --max-body-bytes must be positive".into());
+        }
+        if self.completed_retention == 0 || self.max_queued == 0 {
+            return Err("--completed-retention and --max-queued must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The request timeout as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_members() {
+        let m: Member = "3=witness@10.0.0.3:8090".parse().expect("valid");
+        assert_eq!(m, Member { id: 3, role: Role::Witness, addr: "10.0.0.3:8090".into() });
+        assert!("3=boss@x:1".parse::<Member>().is_err());
+        assert!("x=witness@a:1".parse::<Member>().is_err());
+        assert!("3witness@a:1".parse::<Member>().is_err());
+    }
+
+    #[test]
+    fn defaults_describe_the_local_cluster() {
+        let config = Config::parse_from(["coordinator"]);
+        config.validate().expect("defaults are valid");
+        let members = config.membership();
+        assert_eq!(members.len(), 3);
+        assert_eq!(members[&3].role, Role::Witness);
+        assert_eq!(members[&2].api_addr, "127.0.0.1:8081");
+    }
+}

@@ -1,0 +1,116 @@
+//! Tandem's coordinator: the client API and the worker routes over a Raft voter.
+//!
+//! - [`config`]: flags and their defaults.
+//! - [`api`] and [`api_error`]: the client API's HTTP edge (the only place that names status
+//!   codes for clients).
+//! - [`worker_routes`]: the MessagePack routes workers long-poll and report to.
+//! - [`enqueue_batcher`]: many concurrent enqueues become one Raft entry.
+//! - [`leader_duties`]: lease expiry and registry upkeep, on the leader only.
+//!
+//! [`run`] binds nothing itself: it serves on a listener it is given, so tests start the real
+//! server on port 0.
+
+pub mod api;
+pub mod api_error;
+pub mod config;
+pub mod enqueue_batcher;
+pub mod leader_duties;
+pub mod worker_routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use raft_store::job_table::Limits;
+use raft_store::network::NetworkFaults;
+use raft_store::{Node, NodeConfig, Role, Timing};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::enqueue_batcher::EnqueueBatcher;
+
+/// Milliseconds since the Unix epoch on this machine's clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct App {
+    /// The Raft voter.
+    pub node: Node,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The enqueue batcher.
+    pub enqueue: EnqueueBatcher,
+    /// A client for probing peers.
+    pub http: reqwest::Client,
+}
+
+/// The coordinator's routes: client API, worker routes and Raft routes on one port.
+pub fn router(app: App) -> Router {
+    let limit = app.config.max_body_bytes;
+    let raft = app.node.router();
+    Router::new()
+        .route("/enqueue", put(api::enqueue).layer(DefaultBodyLimit::max(limit)))
+        .route("/pullCompleted", post(api::pull_completed))
+        .route("/jobs/{id}", get(api::job))
+        .route("/cluster", get(api::cluster))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route(wire::worker::REGISTER, post(worker_routes::register))
+        .route(wire::worker::LEASE, post(worker_routes::lease))
+        .route(wire::worker::HEARTBEAT, post(worker_routes::heartbeat))
+        .route(wire::worker::COMPLETE, post(worker_routes::complete))
+        .route(wire::worker::RELEASE, post(worker_routes::release))
+        .fallback(api::not_found)
+        .with_state(app)
+        .merge(raft)
+}
+
+/// Start the voter and serve everything on `listener` until `shutdown` is cancelled.
+pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let mut node_config = NodeConfig::new(config.id, Role::Coordinator, config.data_dir());
+    node_config.secret = config.cluster_secret.clone();
+    node_config.timing = Timing {
+        heartbeat_ms: config.heartbeat_ms,
+        election_min_ms: config.election_min_ms,
+        election_max_ms: config.election_max_ms,
+    };
+    node_config.request_timeout = config.request_timeout();
+    let node = Node::start(node_config, Arc::new(NetworkFaults::default()))
+        .await
+        .with_context(|| format!("starting voter {} in {}", config.id, config.data_dir().display()))?;
+    if config.initialize && node.initialize(config.membership()).await.context("initializing the cluster")? {
+        tracing::info!(members = config.members.len(), "initialized a new cluster");
+    }
+
+    let limits =
+        Limits { completed_retention: config.completed_retention, max_queued: config.max_queued, ..Limits::default() };
+    let duties =
+        leader_duties::DutyConfig { lease_ms: config.lease_ms, worker_timeout_ms: config.worker_timeout_ms, limits };
+    let tasks = tokio_util::task::TaskTracker::new();
+    tasks.spawn(leader_duties::run(node.clone(), duties, shutdown.child_token()));
+    let app = App {
+        node: node.clone(),
+        enqueue: EnqueueBatcher::start(node.clone(), shutdown.child_token()),
+        config: Arc::new(config),
+        http: reqwest::Client::builder().no_proxy().build().context("building the HTTP client")?,
+    };
+    tracing::info!(addr = %listener.local_addr()?, node = node.id(), "coordinator serving");
+    let server_shutdown = shutdown.clone();
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
+        .await
+        .context("serving HTTP")?;
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await.is_err() {
+        tracing::warn!("background tasks did not stop within 2 s");
+    }
+    node.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! The worker routes: register, lease (a long-poll), heartbeat, complete, release. MessagePack
+//! in and out; see `wire::worker` for the protocol and its status codes.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use raft_store::job_table::{Checkpoint, Command, CompleteOutcome, JobResult, Rejection, Response, WorkerState};
+use raft_store::{ProposeError, ReadError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use wire::worker::{
+    Assignment, CompleteRequest, CompleteResponse, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse,
+    Progress, RegisterRequest, RegisterResponse, ReleaseRequest, ReleaseResponse, WorkerErrorBody,
+};
+
+use crate::{App, now_ms};
+
+/// A failure on a worker route, with the status the protocol gives it.
+#[derive(Debug)]
+pub enum WorkerRouteError {
+    /// Malformed message: 400.
+    BadRequest(String),
+    /// The worker id is unknown: 410, register again.
+    UnknownWorker,
+    /// Nothing can be committed now: 503, try the other coordinator.
+    Unavailable(String),
+}
+
+impl From<ProposeError> for WorkerRouteError {
+    fn from(e: ProposeError) -> Self {
+        WorkerRouteError::Unavailable(e.to_string())
+    }
+}
+
+impl From<ReadError> for WorkerRouteError {
+    fn from(e: ReadError) -> Self {
+        WorkerRouteError::Unavailable(e.to_string())
+    }
+}
+
+impl IntoResponse for WorkerRouteError {
+    fn into_response(self) -> HttpResponse {
+        let (status, error) = match self {
+            WorkerRouteError::BadRequest(e) => (StatusCode::BAD_REQUEST, e),
+            WorkerRouteError::UnknownWorker => (StatusCode::GONE, "unknown worker: register again".to_owned()),
+            WorkerRouteError::Unavailable(e) => (StatusCode::SERVICE_UNAVAILABLE, e),
+        };
+        let body = rmp_serde::to_vec_named(&WorkerErrorBody { error }).unwrap_or_default();
+        (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/msgpack"))], body).into_response()
+    }
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, WorkerRouteError> {
+    rmp_serde::from_slice(body).map_err(|e| WorkerRouteError::BadRequest(format!("undecodable message: {e}")))
+}
+
+fn reply<T: Serialize>(value: &T) -> HttpResponse {
+    match rmp_serde::to_vec_named(value) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/msgpack"))], bytes).into_response(),
+        Err(e) => WorkerRouteError::Unavailable(format!("encoding the answer failed: {e}")).into_response(),
+    }
+}
+
+fn checkpoints(progress: &[Progress]) -> Vec<Checkpoint> {
+    progress.iter().map(|p| Checkpoint { job: p.job, done: p.done, digest: p.digest }).collect()
+}
+
+fn unexpected(response: Response) -> WorkerRouteError {
+    tracing::error!(?response, "unexpected response to a worker command");
+    WorkerRouteError::Unavailable("unexpected response".into())
+}
+
+/// `POST /worker/register`
+pub async fn register(State(app): State<App>, body: Bytes) -> Result<HttpResponse, WorkerRouteError> {
+    let request: RegisterRequest = decode(&body)?;
+    if request.cores == 0 || request.name.len() > 256 {
+        return Err(WorkerRouteError::BadRequest("cores must be positive and the name at most 256 bytes".into()));
+    }
+    let command = Command::RegisterWorker {
+        name: request.name,
+        cores: request.cores,
+        instance_id: request.instance_id,
+        now_ms: now_ms(),
+    };
+    match app.node.propose(command).await? {
+        Response::WorkerRegistered(worker) => Ok(reply(&RegisterResponse {
+            worker,
+            lease_ms: app.config.lease_ms,
+            heartbeat_ms: (app.config.lease_ms / 3).max(100),
+        })),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `POST /worker/lease`: jobs for the worker's free cores, waiting up to `wait_ms` for some.
+pub async fn lease(State(app): State<App>, body: Bytes) -> Result<HttpResponse, WorkerRouteError> {
+    let request: LeaseRequest = decode(&body)?;
+    let wait = Duration::from_millis(request.wait_ms.min(app.config.long_poll_max_ms));
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changes = app.node.state_machine().subscribe();
+    loop {
+        changes.mark_unchanged();
+        let (known, waiting) = app
+            .node
+            .state_machine()
+            .read(|table| (table.workers().contains_key(&request.worker), table.queued_len() > 0));
+        // A stale local view only costs a wasted proposal, never a wrong answer: apply decides.
+        if waiting || !known {
+            let now = now_ms();
+            let command = Command::Lease {
+                worker: request.worker,
+                max_jobs: request.max_jobs,
+                now_ms: now,
+                deadline_ms: now + app.config.lease_ms,
+            };
+            match app.node.propose(command).await? {
+                Response::Leased(jobs) if !jobs.is_empty() => {
+                    let jobs = jobs
+                        .into_iter()
+                        .map(|j| Assignment { job: j.job, iterations: j.iterations, done: j.done, digest: j.digest })
+                        .collect();
+                    return Ok(reply(&LeaseResponse { jobs }));
+                }
+                Response::Leased(_) => {}
+                Response::Rejected(Rejection::UnknownWorker) => return Err(WorkerRouteError::UnknownWorker),
+                Response::Rejected(Rejection::WorkerDraining) => return Ok(reply(&LeaseResponse { jobs: vec![] })),
+                other => return Err(unexpected(other)),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return Ok(reply(&LeaseResponse { jobs: vec![] })),
+            changed = changes.changed() => if changed.is_err() {
+                return Err(WorkerRouteError::Unavailable("shutting down".into()));
+            },
+        }
+    }
+}
+
+/// `POST /worker/heartbeat`
+pub async fn heartbeat(State(app): State<App>, body: Bytes) -> Result<HttpResponse, WorkerRouteError> {
+    let request: HeartbeatRequest = decode(&body)?;
+    let now = now_ms();
+    let command = Command::Heartbeat {
+        worker: request.worker,
+        now_ms: now,
+        deadline_ms: now + app.config.lease_ms,
+        checkpoints: checkpoints(&request.progress),
+    };
+    match app.node.propose(command).await? {
+        Response::HeartbeatAck { lost, state } => {
+            Ok(reply(&HeartbeatResponse { lost, draining: state == WorkerState::Draining }))
+        }
+        Response::Rejected(Rejection::UnknownWorker) => Err(WorkerRouteError::UnknownWorker),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `POST /worker/complete`
+pub async fn complete(State(app): State<App>, body: Bytes) -> Result<HttpResponse, WorkerRouteError> {
+    let request: CompleteRequest = decode(&body)?;
+    let results = request.results.iter().map(|r| JobResult { job: r.job, result: r.result }).collect();
+    match app.node.propose(Command::Complete { worker: request.worker, now_ms: now_ms(), results }).await? {
+        Response::Completed(outcomes) => {
+            let mut answer = CompleteResponse { recorded: 0, duplicate: 0, unknown: 0 };
+            for outcome in outcomes {
+                match outcome {
+                    CompleteOutcome::Recorded(_) => answer.recorded += 1,
+                    CompleteOutcome::AlreadyCompleted(_) => answer.duplicate += 1,
+                    CompleteOutcome::Unknown => answer.unknown += 1,
+                }
+            }
+            Ok(reply(&answer))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `POST /worker/release`
+pub async fn release(State(app): State<App>, body: Bytes) -> Result<HttpResponse, WorkerRouteError> {
+    let request: ReleaseRequest = decode(&body)?;
+    let command = Command::Release { worker: request.worker, checkpoints: checkpoints(&request.progress) };
+    match app.node.propose(command).await? {
+        Response::Requeued(jobs) => Ok(reply(&ReleaseResponse { requeued: jobs.len() as u32 })),
+        other => Err(unexpected(other)),
+    }
+}

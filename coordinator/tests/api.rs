@@ -1,0 +1,289 @@
+//! The client API and worker routes of two real coordinators (in-process, on port 0) with a
+//! witness: validation, the job flow through the worker protocol, cursors, idempotency.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use coordinator::config::Config;
+use raft_store::network::NetworkFaults;
+use raft_store::node::serve;
+use raft_store::{Node, NodeConfig, Role};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+use wire::client::{ApiClient, ClientError};
+use wire::worker::{
+    CompleteRequest, CompleteResponse, Finished, LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse,
+};
+
+struct Cluster {
+    _dir: TempDir,
+    urls: [String; 2],
+    shutdown: CancellationToken,
+    witness: Node,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    async fn start(extra: &[&str]) -> Cluster {
+        let dir = TempDir::new().expect("temp dir");
+        let mut listeners = Vec::new();
+        for _ in 0..3 {
+            listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+        }
+        let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().expect("addr").to_string()).collect();
+        let members = format!("1=coordinator@{},2=coordinator@{},3=witness@{}", addrs[0], addrs[1], addrs[2]);
+        let shutdown = CancellationToken::new();
+        let witness_listener = listeners.pop().expect("three");
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let id = (i + 1).to_string();
+            let data = dir.path().join(format!("c{id}"));
+            let mut args = vec![
+                "coordinator".to_owned(),
+                "--id".into(),
+                id.clone(),
+                "--member".into(),
+                members.clone(),
+                "--data-dir".into(),
+                data.display().to_string(),
+                "--lease-ms".into(),
+                "1000".into(),
+            ];
+            if i == 0 {
+                args.push("--initialize".into());
+            }
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let config = Config::parse_from(args);
+            tokio::spawn(coordinator::run(config, listener, shutdown.child_token()));
+        }
+        let witness =
+            Node::start(NodeConfig::new(3, Role::Witness, dir.path().join("w3")), Arc::new(NetworkFaults::default()))
+                .await
+                .expect("witness");
+        let router = witness.router();
+        let stop = shutdown.child_token();
+        tokio::spawn(serve(witness_listener, router, async move { stop.cancelled().await }));
+        let cluster = Cluster {
+            _dir: dir,
+            urls: [format!("http://{}", addrs[0]), format!("http://{}", addrs[1])],
+            shutdown,
+            witness,
+            http: reqwest::Client::builder().no_proxy().build().expect("client"),
+        };
+        for url in &cluster.urls {
+            let client = ApiClient::new(url.clone());
+            wait_until(|| {
+                let client = client.clone();
+                async move { client.ready().await.unwrap_or(false) }
+            })
+            .await;
+        }
+        cluster
+    }
+
+    fn client(&self, i: usize) -> ApiClient {
+        ApiClient::new(self.urls[i].clone())
+    }
+
+    async fn worker_call<Req: Serialize, Resp: DeserializeOwned>(&self, i: usize, path: &str, req: &Req) -> Resp {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.urls[i]))
+            .header("content-type", "application/msgpack")
+            .body(rmp_serde::to_vec_named(req).expect("encode"))
+            .send()
+            .await
+            .expect("send");
+        assert!(response.status().is_success(), "{path}: {}", response.status());
+        rmp_serde::from_slice(&response.bytes().await.expect("body")).expect("decode")
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.witness.shutdown().await;
+    }
+}
+
+async fn wait_until<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within 15 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn status_of(result: Result<impl std::fmt::Debug, ClientError>) -> (u16, String) {
+    match result {
+        Err(ClientError::Status { status, error, .. }) => (status, error),
+        other => panic!("expected an error status, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
+    let cluster = Cluster::start(&["--max-iterations", "1000", "--max-body-bytes", "1024"]).await;
+    let http = &cluster.http;
+    for (i, url) in cluster.urls.iter().enumerate() {
+        let client = cluster.client(i);
+        let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+            (http.put(format!("{url}/enqueue")).body("x".repeat(20)), 400, "iterations is required"),
+            (http.put(format!("{url}/enqueue?iterations=abc")).body("x".repeat(20)), 400, "non-negative integer"),
+            (http.put(format!("{url}/enqueue?iterations=-1")).body("x".repeat(20)), 400, "non-negative integer"),
+            (http.put(format!("{url}/enqueue?iterations=0")).body("x".repeat(20)), 400, "at least 1"),
+            (http.put(format!("{url}/enqueue?iterations=1001")).body("x".repeat(20)), 400, "at most 1000"),
+            (http.put(format!("{url}/enqueue?iterations=99999999999999999999999")).body("x"), 400, "integer"),
+            (http.put(format!("{url}/enqueue?iterations=1")), 400, "body is empty"),
+            (http.put(format!("{url}/enqueue?iterations=1")).body(vec![7u8; 1025]), 413, "larger than the limit"),
+            (
+                http.put(format!("{url}/enqueue?iterations=1")).header("Idempotency-Key", "k".repeat(300)).body("x"),
+                400,
+                "Idempotency-Key",
+            ),
+            (http.post(format!("{url}/pullCompleted?top=0")), 400, "top must be between"),
+            (http.post(format!("{url}/pullCompleted?top=10001")), 400, "top must be between"),
+            (http.post(format!("{url}/pullCompleted?top=x")), 400, "non-negative integer"),
+            (http.post(format!("{url}/pullCompleted?after=-3")), 400, "non-negative integer"),
+            (http.get(format!("{url}/jobs/abc")), 400, "positive integer"),
+            (http.get(format!("{url}/jobs/424242")), 404, "no job"),
+            (http.get(format!("{url}/nope")), 404, "no such route"),
+            (
+                http.put(format!("{url}/enqueue?iterations=1"))
+                    .header("content-type", "multipart/form-data; boundary=zz")
+                    .body("garbage"),
+                400,
+                "multipart",
+            ),
+            (http.post(format!("{url}/worker/lease")).body("not msgpack"), 400, ""),
+        ];
+        for (request, want, needle) in cases {
+            let response = request.send().await.expect("send");
+            let status = response.status().as_u16();
+            let text = response.text().await.expect("body");
+            assert_eq!(status, want, "{text}");
+            if needle.is_empty() {
+                continue;
+            }
+            let body: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+            let error = body["error"].as_str().unwrap_or_else(|| panic!("no error field: {text}"));
+            assert!(error.contains(needle), "{error:?} should mention {needle:?}");
+        }
+        // Nothing was enqueued by any of that, and the node still serves.
+        let pulled = client.pull_completed(10).await.expect("pull");
+        assert_eq!(pulled.last_seq, 0);
+        let view = client.cluster().await.expect("cluster");
+        assert_eq!(view.queued, 0, "bad requests enqueued something");
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_flow_through_the_worker_protocol_with_cursors_and_idempotency() {
+    let cluster = Cluster::start(&[]).await;
+    let bodies: Vec<Vec<u8>> = (0..12).map(|i| vec![i as u8; 100 + i]).collect();
+    let mut ids = Vec::new();
+    for (i, body) in bodies.iter().enumerate() {
+        ids.push(cluster.client(i % 2).enqueue(body.clone(), 1 + i as u64, None).await.expect("enqueue"));
+    }
+    // A retried enqueue with the same key gets the same id, on either node.
+    let first = cluster.client(0).enqueue(b"keyed body".to_vec(), 3, Some("key-1")).await.expect("enqueue");
+    let again = cluster.client(1).enqueue(b"keyed body".to_vec(), 3, Some("key-1")).await.expect("enqueue");
+    assert_eq!(first, again);
+    ids.push(first);
+    let mut expected: HashMap<u64, String> = ids[..12]
+        .iter()
+        .zip(&bodies)
+        .enumerate()
+        .map(|(i, (id, body))| (*id, wire::chain::sha512_chain(body, 1 + i as u64).to_hex()))
+        .collect();
+    expected.insert(first, wire::chain::sha512_chain(b"keyed body", 3).to_hex());
+    // Multipart with one file part is accepted too.
+    let form = reqwest::multipart::Form::new()
+        .part("file", reqwest::multipart::Part::bytes(b"form body".to_vec()).file_name("f"));
+    let response = cluster
+        .http
+        .put(format!("{}/enqueue?iterations=2", cluster.urls[1]))
+        .multipart(form)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let multipart_id = response.json::<wire::api::EnqueueResponse>().await.expect("json").id;
+    expected.insert(multipart_id, wire::chain::sha512_chain(b"form body", 2).to_hex());
+
+    let queued = cluster.client(1).job(ids[0]).await.expect("job");
+    assert_eq!(queued.state, wire::api::JobState::Queued);
+
+    // A worker registers on node 2, leases everything, computes, reports to node 1.
+    let registered: RegisterResponse = cluster
+        .worker_call(1, wire::worker::REGISTER, &RegisterRequest { name: "test".into(), cores: 64, instance_id: None })
+        .await;
+    let mut done = 0;
+    while done < expected.len() {
+        let leased: LeaseResponse = cluster
+            .worker_call(
+                1,
+                wire::worker::LEASE,
+                &LeaseRequest { worker: registered.worker, max_jobs: 64, wait_ms: 2000 },
+            )
+            .await;
+        assert!(!leased.jobs.is_empty(), "jobs are waiting");
+        let results = leased
+            .jobs
+            .iter()
+            .map(|a| Finished { job: a.job, result: wire::chain::continue_chain(a.digest, a.iterations - a.done) })
+            .collect::<Vec<_>>();
+        done += results.len();
+        let answer: CompleteResponse = cluster
+            .worker_call(0, wire::worker::COMPLETE, &CompleteRequest { worker: registered.worker, results })
+            .await;
+        assert_eq!(answer.unknown, 0);
+    }
+    // Results, from both nodes, against an independent computation.
+    for i in 0..2 {
+        let client = cluster.client(i);
+        let latest = client.pull_completed(100).await.expect("pull");
+        assert_eq!(latest.jobs.len(), expected.len());
+        assert!(latest.jobs.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
+        for job in &latest.jobs {
+            assert_eq!(Some(&job.result), expected.get(&job.id), "job {}", job.id);
+            let view = client.job(job.id).await.expect("job");
+            assert_eq!(view.result.as_ref(), Some(&job.result));
+        }
+        // Walk the cursor in pages of 5: every completion once, in order.
+        let mut cursor = 0;
+        let mut seen = Vec::new();
+        loop {
+            let page = client.pull_after(cursor, 5).await.expect("pull after");
+            if page.jobs.is_empty() {
+                assert_eq!(page.cursor, cursor);
+                break;
+            }
+            seen.extend(page.jobs.iter().map(|j| j.seq));
+            cursor = page.cursor;
+        }
+        assert_eq!(seen, (1..=expected.len() as u64).collect::<Vec<_>>());
+    }
+    // A late duplicate result is harmless.
+    let duplicate: CompleteResponse = cluster
+        .worker_call(
+            1,
+            wire::worker::COMPLETE,
+            &CompleteRequest {
+                worker: registered.worker,
+                results: vec![Finished { job: ids[0], result: wire::Digest([0; 64]) }],
+            },
+        )
+        .await;
+    assert_eq!(duplicate.duplicate, 1);
+    assert_eq!(cluster.client(0).job(ids[0]).await.expect("job").result.as_ref(), expected.get(&ids[0]));
+    let (status, _) = status_of(cluster.client(0).job(9_999).await);
+    assert_eq!(status, 404);
+    cluster.stop().await;
+}

@@ -1,0 +1,127 @@
+//! The client API's JSON bodies.
+
+use serde::{Deserialize, Serialize};
+
+/// `PUT /enqueue` answer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct EnqueueResponse {
+    /// The new job's id (or the first job's, for a repeated idempotency key).
+    pub id: u64,
+}
+
+/// One completed job in `POST /pullCompleted`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CompletedJob {
+    /// The job's id.
+    pub id: u64,
+    /// Its completion sequence number: the cursor position of this result.
+    pub seq: u64,
+    /// The chain's result, 128 lowercase hex characters.
+    pub result: String,
+    /// Iterations computed.
+    pub iterations: u64,
+    /// When it was enqueued (ms since the Unix epoch).
+    pub enqueued_at_ms: u64,
+    /// When its result was recorded (ms since the Unix epoch).
+    pub completed_at_ms: u64,
+}
+
+/// `POST /pullCompleted` answer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PullResponse {
+    /// Newest first with `top` alone; oldest first with `after`.
+    pub jobs: Vec<CompletedJob>,
+    /// With `after`: pass this as the next `after` to continue with no gap and no repeat.
+    pub cursor: u64,
+    /// The newest completion sequence number recorded so far.
+    pub last_seq: u64,
+}
+
+/// Where a job is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for a worker.
+    Queued,
+    /// Leased to a worker.
+    Running,
+    /// Finished; `result` is set.
+    Completed,
+}
+
+/// `GET /jobs/{id}` answer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct JobView {
+    /// The job's id.
+    pub id: u64,
+    /// Queued, running or completed.
+    pub state: JobState,
+    /// Total iterations.
+    pub iterations: u64,
+    /// Iterations done as of the last checkpoint (all of them once completed).
+    pub iterations_done: u64,
+    /// The result, once completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// The worker holding it, while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<u64>,
+    /// Leases of this job that ended without a result.
+    pub attempts: u32,
+    /// When it was enqueued (ms since the Unix epoch).
+    pub enqueued_at_ms: u64,
+    /// When its result was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at_ms: Option<u64>,
+}
+
+/// One voter in `GET /cluster`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct VoterView {
+    /// Its node id.
+    pub id: u64,
+    /// "coordinator" or "witness".
+    pub role: String,
+    /// Its client API address (empty for the witness).
+    pub api_addr: String,
+    /// Its Raft address.
+    pub raft_addr: String,
+    /// Whether this node reached it just now.
+    pub reachable: bool,
+    /// Whether it leads.
+    pub is_leader: bool,
+}
+
+/// `GET /cluster` answer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ClusterView {
+    /// The answering node's id.
+    pub node_id: u64,
+    /// The answering node's role.
+    pub role: String,
+    /// The leader this node knows of.
+    pub leader: Option<u64>,
+    /// The current term.
+    pub term: u64,
+    /// The last log index and the last applied index on this node.
+    pub last_log_index: Option<u64>,
+    /// The last applied log index on this node.
+    pub last_applied_index: Option<u64>,
+    /// Every voter.
+    pub voters: Vec<VoterView>,
+    /// Jobs waiting.
+    pub queued: u64,
+    /// Jobs leased to workers.
+    pub running: u64,
+    /// Results retained.
+    pub completed_retained: u64,
+    /// Registered workers.
+    pub workers: u64,
+}
+
+/// Every error's body.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// What went wrong, for a human.
+    pub error: String,
+}

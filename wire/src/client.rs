@@ -1,0 +1,128 @@
+//! A typed client of the client API, as any HTTP client would use it.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::api::{ClusterView, EnqueueResponse, ErrorBody, JobView, PullResponse};
+
+/// Why a call failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ClientError {
+    /// The server answered with an error status.
+    #[error("HTTP {status}: {error}")]
+    Status {
+        /// The status code.
+        status: u16,
+        /// The `error` field of the body (or the raw body).
+        error: String,
+        /// The `Retry-After` header, in seconds, if given.
+        retry_after: Option<u64>,
+    },
+    /// The request did not get an answer (refused, reset, timed out).
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The answer was not what the API promises.
+    #[error("undecodable answer: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// The HTTP status, if the server answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A client of one coordinator's API.
+#[derive(Clone, Debug)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl ApiClient {
+    /// A client of the coordinator at `base` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base: impl Into<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("a reqwest client with static settings always builds");
+        Self::with_http(http, base)
+    }
+
+    /// A client sharing an existing connection pool.
+    pub fn with_http(http: reqwest::Client, base: impl Into<String>) -> Self {
+        ApiClient { http, base: base.into().trim_end_matches('/').to_owned() }
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `PUT /enqueue?iterations=N` with `body`; the job's id.
+    pub async fn enqueue(
+        &self,
+        body: Vec<u8>,
+        iterations: u64,
+        idempotency_key: Option<&str>,
+    ) -> Result<u64, ClientError> {
+        let mut request = self.http.put(format!("{}/enqueue?iterations={iterations}", self.base)).body(body);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let answer: EnqueueResponse = decode(request.send().await).await?;
+        Ok(answer.id)
+    }
+
+    /// `POST /pullCompleted?top=N`: the newest results, newest first.
+    pub async fn pull_completed(&self, top: u64) -> Result<PullResponse, ClientError> {
+        decode(self.http.post(format!("{}/pullCompleted?top={top}", self.base)).send().await).await
+    }
+
+    /// `POST /pullCompleted?after=SEQ&top=N`: results after a cursor, oldest first.
+    pub async fn pull_after(&self, after: u64, top: u64) -> Result<PullResponse, ClientError> {
+        decode(self.http.post(format!("{}/pullCompleted?after={after}&top={top}", self.base)).send().await).await
+    }
+
+    /// `GET /jobs/{id}`.
+    pub async fn job(&self, id: u64) -> Result<JobView, ClientError> {
+        decode(self.http.get(format!("{}/jobs/{id}", self.base)).send().await).await
+    }
+
+    /// `GET /cluster`.
+    pub async fn cluster(&self) -> Result<ClusterView, ClientError> {
+        decode(self.http.get(format!("{}/cluster", self.base)).send().await).await
+    }
+
+    /// `GET /readyz`: whether the node can serve linearizable reads and forward writes.
+    pub async fn ready(&self) -> Result<bool, ClientError> {
+        let response = self
+            .http
+            .get(format!("{}/readyz", self.base))
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        Ok(response.status().is_success())
+    }
+}
+
+async fn decode<T: DeserializeOwned>(sent: Result<reqwest::Response, reqwest::Error>) -> Result<T, ClientError> {
+    let response = sent.map_err(|e| ClientError::Transport(e.to_string()))?;
+    let status = response.status();
+    let retry_after =
+        response.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let bytes = response.bytes().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+    if !status.is_success() {
+        let error = serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|body| body.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+        return Err(ClientError::Status { status: status.as_u16(), error, retry_after });
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+}

@@ -1,0 +1,156 @@
+//! Worker ↔ coordinator messages, MessagePack over HTTP POST under `/worker/`.
+//!
+//! A worker registers, then long-polls `lease` for as many jobs as it has free cores, reports
+//! progress with `heartbeat` (which also keeps its leases alive), sends results with `complete`
+//! and, when draining, hands unfinished jobs back with `release`. A coordinator answers 410 Gone
+//! when it no longer knows the worker (register again), 503 when it cannot commit (try the other
+//! coordinator), 400 for a malformed message.
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+
+/// Routes, relative to a coordinator's base URL.
+pub const REGISTER: &str = "/worker/register";
+/// Long-poll for jobs.
+pub const LEASE: &str = "/worker/lease";
+/// Progress and lease renewal.
+pub const HEARTBEAT: &str = "/worker/heartbeat";
+/// Results.
+pub const COMPLETE: &str = "/worker/complete";
+/// Hand jobs back.
+pub const RELEASE: &str = "/worker/release";
+
+/// Join the registry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RegisterRequest {
+    /// A human name (host and pid).
+    pub name: String,
+    /// Cores it hashes on.
+    pub cores: u32,
+    /// The EC2 instance it runs on, if any.
+    pub instance_id: Option<String>,
+}
+
+/// The worker's identity and timing.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RegisterResponse {
+    /// Use this id in every later message.
+    pub worker: u64,
+    /// How long a lease lives without a heartbeat.
+    pub lease_ms: u64,
+    /// How often to heartbeat.
+    pub heartbeat_ms: u64,
+}
+
+/// Ask for up to `max_jobs`, waiting up to `wait_ms` if none is queued.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LeaseRequest {
+    /// The worker's id.
+    pub worker: u64,
+    /// Free cores.
+    pub max_jobs: u32,
+    /// Long-poll budget.
+    pub wait_ms: u64,
+}
+
+/// A job to compute: continue from `digest` (after `done` iterations) to `iterations`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    /// The job's id.
+    pub job: u64,
+    /// Total iterations.
+    pub iterations: u64,
+    /// Iterations already done.
+    pub done: u64,
+    /// The chain value after `done` iterations.
+    pub digest: Digest,
+}
+
+/// Jobs now leased to the worker (possibly none, when the wait ran out).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LeaseResponse {
+    /// The assignments.
+    pub jobs: Vec<Assignment>,
+}
+
+/// Progress on one job.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// The job's id.
+    pub job: u64,
+    /// Iterations done.
+    pub done: u64,
+    /// The chain value after `done` iterations.
+    pub digest: Digest,
+}
+
+/// Keep leases alive and record checkpoints.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct HeartbeatRequest {
+    /// The worker's id.
+    pub worker: u64,
+    /// Checkpoints of running jobs.
+    pub progress: Vec<Progress>,
+}
+
+/// What the worker should know.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct HeartbeatResponse {
+    /// Jobs it no longer holds: stop computing them.
+    pub lost: Vec<u64>,
+    /// Stop taking work and hand back what it holds.
+    pub draining: bool,
+}
+
+/// A finished job.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Finished {
+    /// The job's id.
+    pub job: u64,
+    /// The chain's result.
+    pub result: Digest,
+}
+
+/// Report results.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CompleteRequest {
+    /// The worker's id.
+    pub worker: u64,
+    /// The results.
+    pub results: Vec<Finished>,
+}
+
+/// How the results were taken.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CompleteResponse {
+    /// Recorded now.
+    pub recorded: u32,
+    /// Already recorded earlier (harmless).
+    pub duplicate: u32,
+    /// Not recordable (unknown job, or one never leased).
+    pub unknown: u32,
+}
+
+/// Hand jobs back with their checkpoints.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ReleaseRequest {
+    /// The worker's id.
+    pub worker: u64,
+    /// Where each job stands.
+    pub progress: Vec<Progress>,
+}
+
+/// How many jobs went back to the queue.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ReleaseResponse {
+    /// Requeued jobs.
+    pub requeued: u32,
+}
+
+/// The body of a non-2xx answer on `/worker/` routes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct WorkerErrorBody {
+    /// What went wrong.
+    pub error: String,
+}
