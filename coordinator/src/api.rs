@@ -12,7 +12,7 @@ use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use raft_store::job_table::{EnqueueOutcome, JobStatus, NewJob};
-use wire::api::{ClusterView, CompletedJob, EnqueueResponse, JobState, JobView, PullResponse, VoterView};
+use wire::api::{ClusterView, CompletedJob, EnqueueResponse, JobState, JobView, PullResponse, VoterView, WorkerView};
 
 use crate::App;
 use crate::api_error::ApiError;
@@ -184,6 +184,7 @@ pub async fn job(
             result: None,
             worker: None,
             attempts: job.attempts,
+            resumed_from: None,
             enqueued_at_ms: job.enqueued_at_ms,
             completed_at_ms: None,
         }),
@@ -195,6 +196,7 @@ pub async fn job(
             result: None,
             worker: Some(lease.worker),
             attempts: lease.job.attempts,
+            resumed_from: None,
             enqueued_at_ms: lease.job.enqueued_at_ms,
             completed_at_ms: None,
         }),
@@ -205,7 +207,8 @@ pub async fn job(
             iterations_done: job.iterations,
             result: Some(job.result.to_hex()),
             worker: None,
-            attempts: 0,
+            attempts: job.attempts,
+            resumed_from: Some(job.resumed_from),
             enqueued_at_ms: job.enqueued_at_ms,
             completed_at_ms: Some(job.completed_at_ms),
         }),
@@ -241,7 +244,19 @@ pub async fn cluster(State(app): State<App>) -> Json<ClusterView> {
     });
     let voters = futures::future::join_all(probes).await;
     let (queued, running, completed_retained, workers) = app.node.state_machine().read(|table| {
-        (table.queued_len(), table.leases().len() as u64, table.completed_len() as u64, table.workers().len() as u64)
+        let workers = table
+            .workers()
+            .iter()
+            .map(|(id, w)| WorkerView {
+                id: *id,
+                name: w.name.clone(),
+                cores: w.cores,
+                state: format!("{:?}", w.state).to_lowercase(),
+                leases: w.leases,
+                last_seen_ms: w.last_seen_ms,
+            })
+            .collect();
+        (table.queued_len(), table.leases().len() as u64, table.completed_len() as u64, workers)
     });
     Json(ClusterView {
         node_id: app.node.id(),

@@ -260,6 +260,8 @@ pub struct Lease {
     pub worker: WorkerId,
     /// When it was leased (proposer's clock, ms).
     pub leased_at_ms: u64,
+    /// Iterations already done when it was leased: where this attempt resumed.
+    pub leased_from: u64,
     /// When it expires unless a heartbeat extends it.
     pub deadline_ms: u64,
 }
@@ -277,6 +279,11 @@ pub struct CompletedJob {
     pub enqueued_at_ms: u64,
     /// When its result was recorded (ms).
     pub completed_at_ms: u64,
+    /// Leases of it that ended without a result before this one.
+    pub attempts: u32,
+    /// Iterations already done when the lease that finished it began (1 unless it resumed from
+    /// a checkpoint).
+    pub resumed_from: u64,
     /// The chain value after all iterations.
     pub result: Digest,
 }
@@ -510,7 +517,7 @@ impl JobTable {
             };
             self.queued_iterations = self.queued_iterations.saturating_sub(job.iterations - job.done);
             leased.push(LeasedJob { job: job.id, iterations: job.iterations, done: job.done, digest: job.digest });
-            self.leases.insert(job.id, Lease { job, worker, leased_at_ms: now_ms, deadline_ms });
+            self.leases.insert(job.id, Lease { job, worker, leased_at_ms: now_ms, leased_from: job.done, deadline_ms });
         }
         if let Some(w) = self.workers.get_mut(&worker) {
             w.leases += leased.len() as u32;
@@ -553,14 +560,14 @@ impl JobTable {
         // A result is accepted from whoever computed it, as long as the job was handed out at
         // some point: the chain is deterministic, so a late result equals the one a current
         // holder would report. A job never leased (still in `queue`) cannot have a result.
-        let job = if let Some(lease) = self.leases.remove(&result.job) {
+        let (job, resumed_from) = if let Some(lease) = self.leases.remove(&result.job) {
             if let Some(holder) = self.workers.get_mut(&lease.worker) {
                 holder.leases = holder.leases.saturating_sub(1);
             }
-            lease.job
+            (lease.job, lease.leased_from)
         } else if let Some(job) = self.requeued.remove(&result.job) {
             self.queued_iterations = self.queued_iterations.saturating_sub(job.iterations - job.done);
-            job
+            (job, job.done)
         } else {
             return CompleteOutcome::Unknown;
         };
@@ -574,6 +581,8 @@ impl JobTable {
                 iterations: job.iterations,
                 enqueued_at_ms: job.enqueued_at_ms,
                 completed_at_ms: now_ms,
+                attempts: job.attempts,
+                resumed_from,
                 result: result.result,
             },
         );

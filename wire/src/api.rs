@@ -68,6 +68,10 @@ pub struct JobView {
     pub worker: Option<u64>,
     /// Leases of this job that ended without a result.
     pub attempts: u32,
+    /// Once completed: the iterations already done when its last lease began (above 1 when the
+    /// job resumed from a checkpoint after a worker was lost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<u64>,
     /// When it was enqueued (ms since the Unix epoch).
     pub enqueued_at_ms: u64,
     /// When its result was recorded.
@@ -116,7 +120,24 @@ pub struct ClusterView {
     /// Results retained.
     pub completed_retained: u64,
     /// Registered workers.
-    pub workers: u64,
+    pub workers: Vec<WorkerView>,
+}
+
+/// One registered worker in `GET /cluster`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct WorkerView {
+    /// Its registry id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// Cores it hashes on.
+    pub cores: u32,
+    /// "active" or "draining".
+    pub state: String,
+    /// Leases it holds.
+    pub leases: u32,
+    /// The last time it was heard from (ms since the Unix epoch).
+    pub last_seen_ms: u64,
 }
 
 /// Every error's body.
