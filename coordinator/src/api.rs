@@ -291,3 +291,11 @@ pub async fn readyz(State(app): State<App>) -> Response {
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such route; see README.md for the API".into())
 }
+
+/// A known route with the wrong method: a JSON 405 that says which methods exist.
+pub async fn method_not_allowed() -> Response {
+    let body = wire::api::ErrorBody {
+        error: "method not allowed: PUT /enqueue, POST /pullCompleted, GET /jobs/{id}, GET /cluster".into(),
+    };
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+}

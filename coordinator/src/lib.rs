@@ -67,6 +67,7 @@ pub fn router(app: App) -> Router {
         .route(wire::worker::COMPLETE, post(worker_routes::complete))
         .route(wire::worker::RELEASE, post(worker_routes::release))
         .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(app)
         .merge(raft)
 }

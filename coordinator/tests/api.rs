@@ -153,6 +153,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             (http.get(format!("{url}/jobs/abc")), 400, "positive integer"),
             (http.get(format!("{url}/jobs/424242")), 404, "no job"),
             (http.get(format!("{url}/nope")), 404, "no such route"),
+            (http.get(format!("{url}/enqueue?iterations=1")), 405, "method not allowed"),
             (
                 http.put(format!("{url}/enqueue?iterations=1"))
                     .header("content-type", "multipart/form-data; boundary=zz")
