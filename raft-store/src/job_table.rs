@@ -113,7 +113,8 @@ pub enum Command {
     Enqueue { jobs: Vec<NewJob> },
     /// Hand up to `max_jobs` waiting jobs to `worker` until `deadline_ms`.
     Lease { worker: WorkerId, max_jobs: u32, now_ms: u64, deadline_ms: u64 },
-    /// `worker` is alive: extend all its leases to `deadline_ms` and record checkpoints.
+    /// `worker` is alive and running the jobs it lists: extend those leases to `deadline_ms`
+    /// and record their checkpoints.
     Heartbeat { worker: WorkerId, now_ms: u64, deadline_ms: u64, checkpoints: Vec<Checkpoint> },
     /// Record results. Idempotent per job.
     Complete { worker: WorkerId, now_ms: u64, results: Vec<JobResult> },
@@ -531,13 +532,15 @@ impl JobTable {
         };
         w.last_seen_ms = w.last_seen_ms.max(now_ms);
         let state = w.state;
-        for lease in self.leases.values_mut().filter(|lease| lease.worker == worker) {
-            lease.deadline_ms = lease.deadline_ms.max(deadline_ms);
-        }
+        // Only the leases the worker reports on are extended: a lease whose grant never reached
+        // the worker (the answer was lost in a failover) must expire, not live on forever.
         let mut lost = Vec::new();
         for checkpoint in checkpoints {
             match self.leases.get_mut(&checkpoint.job) {
-                Some(lease) if lease.worker == worker => record_checkpoint(&mut lease.job, checkpoint),
+                Some(lease) if lease.worker == worker => {
+                    lease.deadline_ms = lease.deadline_ms.max(deadline_ms);
+                    record_checkpoint(&mut lease.job, checkpoint);
+                }
                 _ => lost.push(checkpoint.job),
             }
         }
@@ -923,6 +926,24 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+        table.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn heartbeats_extend_only_the_leases_the_worker_reports() {
+        let mut table = JobTable::default();
+        table.apply(&Command::Enqueue { jobs: vec![job(10, 1, None), job(10, 2, None)] });
+        let w = register(&mut table, "w");
+        leased_ids(table.apply(&Command::Lease { worker: w, max_jobs: 2, now_ms: 0, deadline_ms: 10 }));
+        // The worker only learned of job 1 (the answer for job 2 was lost, say).
+        table.apply(&Command::Heartbeat {
+            worker: w,
+            now_ms: 5,
+            deadline_ms: 100,
+            checkpoints: vec![Checkpoint { job: 1, done: 2, digest: Digest([2; 64]) }],
+        });
+        assert_eq!(table.apply(&Command::ExpireLeases { now_ms: 10 }), Response::Requeued(vec![2]));
+        assert!(matches!(table.job_status(1), Some(JobStatus::Running(_))));
         table.check_invariants().expect("invariants");
     }
 
