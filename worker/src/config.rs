@@ -1,0 +1,79 @@
+//! The worker's configuration: one clap struct, every flag also from the environment, defaults
+//! that join the local cluster.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// How logs are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A Tandem worker: leases jobs from the coordinators, computes them on every core, reports
+/// results. With --witness it also runs the cluster's third Raft voter.
+#[derive(Parser, Clone, Debug)]
+#[command(version, about)]
+pub struct Config {
+    /// Coordinator base URLs, comma-separated or repeated; the worker fails over between them.
+    #[arg(
+        long = "coordinator",
+        env = "TANDEM_COORDINATORS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8080,http://127.0.0.1:8081"
+    )]
+    pub coordinators: Vec<String>,
+    /// Jobs computed at once (default: every core).
+    #[arg(long, env = "TANDEM_CORES")]
+    pub cores: Option<usize>,
+    /// A name for the registry (default: host-pid).
+    #[arg(long, env = "TANDEM_WORKER_NAME")]
+    pub name: Option<String>,
+    /// The EC2 instance this worker runs on.
+    #[arg(long, env = "TANDEM_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// How long one lease request may wait for jobs.
+    #[arg(long, env = "TANDEM_LONG_POLL_MS", default_value_t = 1_000)]
+    pub long_poll_ms: u64,
+    /// Iterations hashed between cancellation checks and checkpoints.
+    #[arg(long, env = "TANDEM_CHUNK_ITERATIONS", default_value_t = 20_000)]
+    pub chunk_iterations: u64,
+    /// Also run the witness voter, on its own runtime.
+    #[arg(long, env = "TANDEM_WITNESS")]
+    pub witness: bool,
+    /// The witness's node id.
+    #[arg(long, env = "TANDEM_WITNESS_ID", default_value_t = 3)]
+    pub witness_id: u64,
+    /// Address the witness's Raft routes listen on.
+    #[arg(long, env = "TANDEM_WITNESS_LISTEN", default_value = "127.0.0.1:8090")]
+    pub witness_listen: SocketAddr,
+    /// The witness's data directory.
+    #[arg(long, env = "TANDEM_WITNESS_DATA_DIR", default_value = "data/witness")]
+    pub witness_data_dir: PathBuf,
+    /// Shared secret of the internal /raft routes (as the coordinators have it).
+    #[arg(long, env = "TANDEM_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Log format.
+    #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Cores to use.
+    pub fn cores(&self) -> usize {
+        self.cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1)
+    }
+
+    /// The registry name.
+    pub fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+            format!("{}-{}", if host.is_empty() { "worker" } else { &host }, std::process::id())
+        })
+    }
+}

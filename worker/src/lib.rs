@@ -1,0 +1,262 @@
+//! Tandem's worker: pulls jobs from the coordinators, computes them on every core, reports the
+//! results; with `--witness` it also runs the cluster's third voter.
+//!
+//! - [`config`]: flags and defaults.
+//! - [`coordinator_client`]: the worker protocol over HTTP, failing over between coordinators.
+//! - [`compute`]: one job's chain, in chunks, checkpointed and cancellable.
+//! - [`witness`]: the witness voter on its own runtime.
+//!
+//! [`run`] is the whole worker: register, then long-poll for as many jobs as there are free cores,
+//! compute each on a blocking thread, heartbeat the checkpoints (which keeps the leases alive),
+//! and report results in batches. On shutdown it stops leasing, cancels what runs, hands the
+//! checkpoints back with `release`, flushes results and returns.
+
+pub mod compute;
+pub mod config;
+pub mod coordinator_client;
+pub mod witness;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use wire::worker::{
+    CompleteRequest, CompleteResponse, Finished, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse,
+    Progress, RegisterRequest, RegisterResponse, ReleaseRequest, ReleaseResponse,
+};
+
+use crate::compute::RunningJob;
+use crate::config::Config;
+use crate::coordinator_client::{CallError, Coordinators};
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+const REPORT_BATCH: usize = 64;
+const REPORT_LINGER: Duration = Duration::from_millis(2);
+/// How long a shutting-down worker tries to hand its jobs back before giving up.
+const DRAIN_BUDGET: Duration = Duration::from_secs(5);
+
+/// What the worker's tasks share.
+struct Shared {
+    config: Config,
+    coordinators: Coordinators,
+    worker_id: AtomicU64,
+    heartbeat_ms: AtomicU64,
+    running: Mutex<HashMap<u64, Arc<RunningJob>>>,
+    /// Woken whenever a job ends, so the lease loop can ask for more.
+    job_ended: Notify,
+    /// Cancelled to stop taking work (shutdown, or the coordinator says drain).
+    stop_leasing: CancellationToken,
+}
+
+impl Shared {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<RunningJob>>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Run the worker until `shutdown` is cancelled (or the coordinators tell it to drain).
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let _witness = if config.witness { Some(witness::Witness::start(&config)?) } else { None };
+    let shared = Arc::new(Shared {
+        coordinators: Coordinators::new(config.coordinators.clone())?,
+        config,
+        worker_id: AtomicU64::new(0),
+        heartbeat_ms: AtomicU64::new(1_000),
+        running: Mutex::new(HashMap::new()),
+        job_ended: Notify::new(),
+        stop_leasing: shutdown.child_token(),
+    });
+    if !register(&shared, &shutdown).await {
+        return Ok(());
+    }
+    let (results_tx, results_rx) = mpsc::unbounded_channel();
+    let reporter = tokio::spawn(report(shared.clone(), results_rx));
+    let heartbeats = tokio::spawn(heartbeat(shared.clone()));
+    lease_loop(&shared, &results_tx).await;
+
+    // Draining: stop what runs, hand it back, flush results.
+    let unfinished: Vec<Arc<RunningJob>> = shared.running().values().cloned().collect();
+    for job in &unfinished {
+        job.cancel();
+    }
+    let deadline = tokio::time::Instant::now() + DRAIN_BUDGET;
+    while !shared.running().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let progress: Vec<Progress> =
+        unfinished.iter().filter(|job| job.progress().done < job.iterations).map(|job| job.progress()).collect();
+    heartbeats.abort();
+    drop(results_tx);
+    if !progress.is_empty() {
+        let request = ReleaseRequest { worker: shared.worker_id.load(Ordering::Relaxed), progress };
+        match tokio::time::timeout(
+            DRAIN_BUDGET,
+            shared.coordinators.call::<_, ReleaseResponse>(wire::worker::RELEASE, &request, CALL_TIMEOUT),
+        )
+        .await
+        {
+            Ok(Ok(answer)) => tracing::info!(requeued = answer.requeued, "handed unfinished jobs back"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not hand jobs back; their leases will expire"),
+            Err(_) => tracing::warn!("handing jobs back timed out; their leases will expire"),
+        }
+    }
+    if tokio::time::timeout(DRAIN_BUDGET, reporter).await.is_err() {
+        tracing::warn!("results still unreported at exit; their jobs will be computed again");
+    }
+    Ok(())
+}
+
+/// Register (again); `false` if shut down first.
+async fn register(shared: &Shared, shutdown: &CancellationToken) -> bool {
+    let request = RegisterRequest {
+        name: shared.config.name(),
+        cores: shared.config.cores() as u32,
+        instance_id: shared.config.instance_id.clone(),
+    };
+    loop {
+        match shared.coordinators.call::<_, RegisterResponse>(wire::worker::REGISTER, &request, CALL_TIMEOUT).await {
+            Ok(answer) => {
+                shared.worker_id.store(answer.worker, Ordering::Relaxed);
+                shared.heartbeat_ms.store(answer.heartbeat_ms.max(50), Ordering::Relaxed);
+                tracing::info!(worker = answer.worker, name = %request.name, cores = request.cores, via = shared.coordinators.current(), "registered");
+                return true;
+            }
+            Err(e) => tracing::warn!(error = %e, "registration failed; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(RETRY_PAUSE * 5) => {}
+        }
+    }
+}
+
+async fn lease_loop(shared: &Arc<Shared>, results: &mpsc::UnboundedSender<Finished>) {
+    let cores = shared.config.cores();
+    loop {
+        if shared.stop_leasing.is_cancelled() {
+            return;
+        }
+        let ended = shared.job_ended.notified();
+        let free = cores.saturating_sub(shared.running().len());
+        if free == 0 {
+            tokio::select! {
+                _ = shared.stop_leasing.cancelled() => return,
+                _ = ended => {}
+            }
+            continue;
+        }
+        let request = LeaseRequest {
+            worker: shared.worker_id.load(Ordering::Relaxed),
+            max_jobs: free as u32,
+            wait_ms: shared.config.long_poll_ms,
+        };
+        let timeout = CALL_TIMEOUT + Duration::from_millis(shared.config.long_poll_ms);
+        let answer = tokio::select! {
+            _ = shared.stop_leasing.cancelled() => return,
+            answer = shared.coordinators.call::<_, LeaseResponse>(wire::worker::LEASE, &request, timeout) => answer,
+        };
+        match answer {
+            Ok(leased) => {
+                for assignment in leased.jobs {
+                    start_job(shared, RunningJob::new(&assignment), results.clone());
+                }
+            }
+            Err(CallError::UnknownWorker) => {
+                // The registry forgot this worker (it was silent too long): its leases are gone.
+                for job in shared.running().values() {
+                    job.cancel();
+                }
+                if !register(shared, &shared.stop_leasing).await {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "lease failed; retrying");
+                tokio::select! {
+                    _ = shared.stop_leasing.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY_PAUSE) => {}
+                }
+            }
+        }
+    }
+}
+
+fn start_job(shared: &Arc<Shared>, job: RunningJob, results: mpsc::UnboundedSender<Finished>) {
+    let job = Arc::new(job);
+    shared.running().insert(job.job, job.clone());
+    let shared = shared.clone();
+    let chunk = shared.config.chunk_iterations;
+    tokio::spawn(async move {
+        let computing = job.clone();
+        let result = tokio::task::spawn_blocking(move || computing.compute(chunk)).await;
+        match result {
+            Ok(Some(result)) if !job.is_cancelled() => {
+                let _ = results.send(Finished { job: job.job, result });
+            }
+            Ok(_) => tracing::debug!(job = job.job, "computation cancelled"),
+            Err(e) => tracing::error!(job = job.job, error = %e, "computation panicked"),
+        }
+        shared.running().remove(&job.job);
+        shared.job_ended.notify_one();
+    });
+}
+
+/// Report results in batches until the channel closes; never drop one because a coordinator
+/// was down.
+async fn report(shared: Arc<Shared>, mut results: mpsc::UnboundedReceiver<Finished>) {
+    while let Some(first) = results.recv().await {
+        let mut batch = vec![first];
+        let linger = tokio::time::sleep(REPORT_LINGER);
+        tokio::pin!(linger);
+        while batch.len() < REPORT_BATCH {
+            tokio::select! {
+                _ = &mut linger => break,
+                next = results.recv() => match next { Some(next) => batch.push(next), None => break },
+            }
+        }
+        loop {
+            let request = CompleteRequest { worker: shared.worker_id.load(Ordering::Relaxed), results: batch.clone() };
+            match shared.coordinators.call::<_, CompleteResponse>(wire::worker::COMPLETE, &request, CALL_TIMEOUT).await
+            {
+                Ok(answer) => {
+                    tracing::debug!(recorded = answer.recorded, duplicate = answer.duplicate, "results reported");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, results = batch.len(), "reporting results failed; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
+    }
+}
+
+/// Heartbeat checkpoints; cancel jobs the coordinator says are lost; drain when told to.
+async fn heartbeat(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(shared.heartbeat_ms.load(Ordering::Relaxed))).await;
+        let progress: Vec<Progress> = shared.running().values().map(|job| job.progress()).collect();
+        let request = HeartbeatRequest { worker: shared.worker_id.load(Ordering::Relaxed), progress };
+        match shared.coordinators.call::<_, HeartbeatResponse>(wire::worker::HEARTBEAT, &request, CALL_TIMEOUT).await {
+            Ok(answer) => {
+                let running = shared.running();
+                for job in answer.lost {
+                    if let Some(job) = running.get(&job) {
+                        tracing::info!(job = job.job, "lease lost; stopping the job");
+                        job.cancel();
+                    }
+                }
+                if answer.draining && !shared.stop_leasing.is_cancelled() {
+                    tracing::info!("the coordinators asked this worker to drain");
+                    shared.stop_leasing.cancel();
+                }
+            }
+            // An unknown worker is handled by the lease loop, which re-registers.
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}
