@@ -1,0 +1,5 @@
+//! Starting Tandem clusters. Knows processes and addresses, nothing of Raft.
+//!
+//! - [`local`]: the embedded default, every voter and worker a process on 127.0.0.1.
+
+pub mod local;

@@ -1,0 +1,289 @@
+//! The local cluster: two coordinators, the witness worker and more workers, each a real process
+//! with its own data directory on 127.0.0.1.
+//!
+//! [`LocalCluster`] owns its children: dropping it kills them (SIGKILL), and each child is also
+//! set to receive SIGKILL if this process dies first, so no process outlives its cluster.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// The node id of coordinator 1, 2 and the witness.
+pub const IDS: [u64; 3] = [1, 2, 3];
+
+/// How to lay out a local cluster.
+#[derive(Clone, Debug)]
+pub struct LocalOptions {
+    /// Where the `coordinator` and `worker` binaries are.
+    pub bin_dir: PathBuf,
+    /// Root of every process's data directory.
+    pub data_dir: PathBuf,
+    /// Coordinator 1's port.
+    pub port_1: u16,
+    /// Coordinator 2's port.
+    pub port_2: u16,
+    /// The witness's Raft port.
+    pub witness_port: u16,
+    /// Workers besides the witness's.
+    pub workers: usize,
+    /// Cores each worker hashes on (`None`: all of them).
+    pub worker_cores: Option<usize>,
+    /// Extra flags for both coordinators.
+    pub coordinator_args: Vec<String>,
+    /// Extra flags for every worker.
+    pub worker_args: Vec<String>,
+    /// Where children's output goes: inherit (a human watches) or a log file per process.
+    pub log_to_files: bool,
+}
+
+/// One process of the cluster.
+#[derive(Debug)]
+pub struct Process {
+    /// A name for humans and logs: `coordinator-1`, `witness`, `worker-2`.
+    pub name: String,
+    /// The arguments it was started with (to restart it the same way).
+    pub args: Vec<String>,
+    binary: PathBuf,
+    child: Option<Child>,
+}
+
+impl Process {
+    /// Its pid while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Send `signal`; `false` if it is not running.
+    pub fn signal(&self, signal: Signal) -> bool {
+        match &self.child {
+            Some(child) => kill(Pid::from_raw(child.id() as i32), signal).is_ok(),
+            None => false,
+        }
+    }
+
+    /// SIGKILL it and reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether it has exited (reaping it if so).
+    pub fn has_exited(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => !matches!(child.try_wait(), Ok(None)),
+            None => true,
+        }
+    }
+
+    /// Wait for it to exit, up to `timeout`; `true` if it did.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if self.has_exited() {
+                self.child = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+/// A running local cluster.
+#[derive(Debug)]
+pub struct LocalCluster {
+    /// The options it was started with.
+    pub options: LocalOptions,
+    /// Coordinators, the witness, then workers.
+    pub processes: Vec<Process>,
+}
+
+impl LocalCluster {
+    /// The client API URLs of coordinator 1 and 2.
+    pub fn api_urls(&self) -> [String; 2] {
+        [format!("http://127.0.0.1:{}", self.options.port_1), format!("http://127.0.0.1:{}", self.options.port_2)]
+    }
+
+    fn members(options: &LocalOptions) -> String {
+        format!(
+            "1=coordinator@127.0.0.1:{},2=coordinator@127.0.0.1:{},3=witness@127.0.0.1:{}",
+            options.port_1, options.port_2, options.witness_port
+        )
+    }
+
+    /// Start every process. Returns once they are spawned; see [`LocalCluster::wait_ready`].
+    pub fn start(options: LocalOptions) -> anyhow::Result<LocalCluster> {
+        for binary in ["coordinator", "worker"] {
+            let path = options.bin_dir.join(binary);
+            if !path.is_file() {
+                bail!("{} not found: build it first (cargo build -p coordinator -p worker)", path.display());
+            }
+        }
+        std::fs::create_dir_all(&options.data_dir)
+            .with_context(|| format!("creating {}", options.data_dir.display()))?;
+        let mut cluster = LocalCluster { options: options.clone(), processes: Vec::new() };
+        let members = Self::members(&options);
+        let coordinator_urls = cluster.api_urls().join(",");
+        for (id, port) in [(1, options.port_1), (2, options.port_2)] {
+            let mut args = vec![
+                "--id".to_owned(),
+                id.to_string(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--member".into(),
+                members.clone(),
+                "--data-dir".into(),
+                options.data_dir.join(format!("coordinator-{id}")).display().to_string(),
+            ];
+            if id == 1 {
+                args.push("--initialize".into());
+            }
+            args.extend(options.coordinator_args.iter().cloned());
+            cluster.spawn(format!("coordinator-{id}"), "coordinator", args)?;
+        }
+        let worker_args = |extra: &[String]| {
+            let mut args = vec!["--coordinator".to_owned(), coordinator_urls.clone()];
+            if let Some(cores) = options.worker_cores {
+                args.extend(["--cores".into(), cores.to_string()]);
+            }
+            args.extend(extra.iter().cloned());
+            args.extend(options.worker_args.iter().cloned());
+            args
+        };
+        let witness_extra = [
+            "--witness".to_owned(),
+            "--witness-id".into(),
+            "3".into(),
+            "--witness-listen".into(),
+            format!("127.0.0.1:{}", options.witness_port),
+            "--witness-data-dir".into(),
+            options.data_dir.join("witness").display().to_string(),
+            "--name".into(),
+            "witness-worker".into(),
+        ];
+        cluster.spawn("witness".into(), "worker", worker_args(&witness_extra))?;
+        for i in 1..=options.workers {
+            cluster.spawn(format!("worker-{i}"), "worker", worker_args(&["--name".into(), format!("worker-{i}")]))?;
+        }
+        Ok(cluster)
+    }
+
+    /// Start one more worker; returns its index in [`LocalCluster::processes`].
+    pub fn add_worker(&mut self, name: &str, extra: &[String]) -> anyhow::Result<usize> {
+        let mut args = vec!["--coordinator".to_owned(), self.api_urls().join(",")];
+        args.extend(extra.iter().cloned());
+        args.extend(self.options.worker_args.iter().cloned());
+        self.spawn(name.to_owned(), "worker", args)?;
+        Ok(self.processes.len() - 1)
+    }
+
+    fn spawn(&mut self, name: String, binary: &str, args: Vec<String>) -> anyhow::Result<()> {
+        let binary = self.options.bin_dir.join(binary);
+        let child = spawn_child(&binary, &args, &name, &self.options)?;
+        self.processes.push(Process { name, args, binary, child: Some(child) });
+        Ok(())
+    }
+
+    /// The process called `name`.
+    pub fn process(&mut self, name: &str) -> &mut Process {
+        self.processes.iter_mut().find(|p| p.name == name).unwrap_or_else(|| panic!("no process {name}"))
+    }
+
+    /// Start the process called `name` again with the same arguments (after it was killed).
+    pub fn restart(&mut self, name: &str) -> anyhow::Result<()> {
+        let options = self.options.clone();
+        let process = self.process(name);
+        process.kill();
+        process.child = Some(spawn_child(&process.binary, &process.args, &process.name, &options)?);
+        Ok(())
+    }
+
+    /// Wait until both coordinators answer `/readyz` (a leader exists and reads work).
+    pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let clients: Vec<wire::client::ApiClient> =
+            self.api_urls().iter().map(|url| wire::client::ApiClient::new(url.clone())).collect();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut ready = true;
+            for client in &clients {
+                ready &= client.ready().await.unwrap_or(false);
+            }
+            if ready {
+                return Ok(());
+            }
+            for process in &mut self.processes {
+                if process.child.is_some() && process.has_exited() {
+                    bail!("{} exited during start-up; see its log", process.name);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("the cluster was not ready within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM every process, wait up to `grace` for them to exit, SIGKILL the rest.
+    pub fn stop(&mut self, grace: Duration) {
+        // Workers first, so they can hand their jobs back while the coordinators still run.
+        for process in self.processes.iter().rev() {
+            process.signal(Signal::SIGTERM);
+        }
+        for process in self.processes.iter_mut().rev() {
+            if !process.wait_for_exit(grace) {
+                tracing::warn!(process = %process.name, "did not stop within the grace period; killing it");
+                process.kill();
+            }
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for process in &mut self.processes {
+            process.kill();
+        }
+    }
+}
+
+fn spawn_child(binary: &Path, args: &[String], name: &str, options: &LocalOptions) -> anyhow::Result<Child> {
+    let mut command = Command::new(binary);
+    command.args(args).stdin(Stdio::null());
+    if options.log_to_files {
+        let log = options.data_dir.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        command.stdout(file.try_clone()?).stderr(file);
+    }
+    die_with_parent(&mut command);
+    command.spawn().with_context(|| format!("starting {name} ({})", binary.display()))
+}
+
+/// Ask the kernel to SIGKILL the child when this process dies, however it dies.
+#[allow(unsafe_code)]
+fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
+    // async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+}
+
+/// A port that was free a moment ago (for tests: bind port 0, note it, release it).
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}

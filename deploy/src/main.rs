@@ -1,0 +1,114 @@
+//! `deploy`: start a Tandem cluster. `deploy local` runs one on this machine.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use deploy::local::{LocalCluster, LocalOptions};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Start Tandem clusters")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand, Debug)]
+enum Commands {
+    /// Two coordinators, the witness worker and more workers as processes on 127.0.0.1, until
+    /// Ctrl-C or SIGTERM. Restarting on the same data directory recovers jobs and results.
+    Local {
+        /// Workers besides the witness's own.
+        #[arg(long, env = "TANDEM_WORKERS", default_value_t = 1)]
+        workers: usize,
+        /// Cores each worker hashes on (default: all).
+        #[arg(long, env = "TANDEM_WORKER_CORES")]
+        worker_cores: Option<usize>,
+        /// Root of the processes' data directories (and their logs).
+        #[arg(long, env = "TANDEM_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        /// Coordinator 1's port.
+        #[arg(long, default_value_t = 8080)]
+        port_1: u16,
+        /// Coordinator 2's port.
+        #[arg(long, default_value_t = 8081)]
+        port_2: u16,
+        /// The witness's Raft port.
+        #[arg(long, default_value_t = 8090)]
+        witness_port: u16,
+        /// Where the coordinator and worker binaries are (default: beside this one, built on
+        /// demand when run through cargo).
+        #[arg(long, env = "TANDEM_BIN_DIR")]
+        bin_dir: Option<PathBuf>,
+    },
+}
+
+/// The directory of this executable; when run by cargo, build the other binaries into it.
+fn binaries(bin_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = bin_dir {
+        return Ok(dir);
+    }
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let dir = exe.parent().context("this executable has no directory")?.to_owned();
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let release = dir.file_name().is_some_and(|name| name == "release");
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "-p", "coordinator", "-p", "worker"]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().context("running cargo build")?;
+        if !status.success() {
+            bail!("building the coordinator and worker failed");
+        }
+    }
+    Ok(dir)
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let Commands::Local { workers, worker_cores, data_dir, port_1, port_2, witness_port, bin_dir } =
+        Cli::parse().command;
+    let options = LocalOptions {
+        bin_dir: binaries(bin_dir)?,
+        data_dir,
+        port_1,
+        port_2,
+        witness_port,
+        workers,
+        worker_cores,
+        coordinator_args: vec![],
+        worker_args: vec![],
+        log_to_files: true,
+    };
+    // Children are spawned from this (main) thread: they are tied to its life.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut cluster = LocalCluster::start(options.clone())?;
+    println!("Tandem local cluster starting; logs in {}/*.log", options.data_dir.display());
+    runtime.block_on(cluster.wait_ready(Duration::from_secs(60)))?;
+    let [url_1, url_2] = cluster.api_urls();
+    println!();
+    println!("Tandem is up: coordinator 1 at {url_1}, coordinator 2 at {url_2} ({workers} workers + the witness's)");
+    println!();
+    println!("  head -c 16384 /dev/urandom > job.bin");
+    println!("  curl -X PUT --data-binary @job.bin '{url_1}/enqueue?iterations=1000'");
+    println!("  curl -X POST '{url_2}/pullCompleted?top=10'");
+    println!("  curl {url_2}/jobs/1");
+    println!("  curl {url_1}/cluster");
+    println!();
+    println!("Ctrl-C stops every process.");
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        anyhow::Ok(())
+    })?;
+    println!("stopping...");
+    cluster.stop(Duration::from_secs(10));
+    Ok(())
+}

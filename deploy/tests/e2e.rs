@@ -1,0 +1,266 @@
+//! End to end: the real coordinator and worker binaries as processes on 127.0.0.1 (free ports),
+//! started by the same code as `deploy local`. Build them first: `cargo build --workspace --bins`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use deploy::local::{LocalCluster, LocalOptions, free_port};
+use nix::sys::signal::Signal;
+use sha2::{Digest as _, Sha256, Sha512};
+use tempfile::TempDir;
+use wire::api::JobState;
+use wire::client::ApiClient;
+
+/// The reference cases, computed by Python's hashlib (copied from shared/vectors).
+#[derive(serde::Deserialize)]
+struct Vectors {
+    cases: Vec<Case>,
+}
+
+#[derive(serde::Deserialize, Clone)]
+struct Case {
+    length: usize,
+    seed: u64,
+    iterations: u64,
+    body_sha256: String,
+    result_hex: String,
+}
+
+fn vectors() -> Vec<Case> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/sha512_chain.json");
+    let text = std::fs::read_to_string(path).expect("testdata/sha512_chain.json");
+    serde_json::from_str::<Vectors>(&text).expect("vectors").cases
+}
+
+/// byte i = (i * 31 + seed * 7 + (i >> 8)) mod 251, as the vectors' description says.
+fn body(case: &Case) -> Vec<u8> {
+    let body: Vec<u8> =
+        (0..case.length).map(|i| ((i as u64 * 31 + case.seed * 7 + (i as u64 >> 8)) % 251) as u8).collect();
+    assert_eq!(hex(&Sha256::digest(&body)), case.body_sha256, "body generator disagrees with the vectors");
+    body
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An independent chain (not the code under test) for jobs beyond the vectors.
+fn reference_chain(body: &[u8], iterations: u64) -> String {
+    let mut out: [u8; 64] = Sha512::digest(body).into();
+    for _ in 1..iterations {
+        out = Sha512::digest(out).into();
+    }
+    hex(&out)
+}
+
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary");
+    exe.parent().and_then(|deps| deps.parent()).expect("target dir").to_owned()
+}
+
+fn options(dir: &TempDir, workers: usize) -> LocalOptions {
+    LocalOptions {
+        bin_dir: bin_dir(),
+        data_dir: dir.path().to_owned(),
+        port_1: free_port().expect("port"),
+        port_2: free_port().expect("port"),
+        witness_port: free_port().expect("port"),
+        workers,
+        worker_cores: Some(1),
+        coordinator_args: vec!["--lease-ms".into(), "1500".into()],
+        worker_args: vec![],
+        log_to_files: true,
+    }
+}
+
+async fn start(dir: &TempDir, workers: usize) -> LocalCluster {
+    let mut cluster = LocalCluster::start(options(dir, workers)).expect("start the local cluster");
+    cluster.wait_ready(Duration::from_secs(60)).await.expect("cluster ready");
+    cluster
+}
+
+/// Wait until `ids` are all completed as seen from `client`; return id -> result.
+async fn wait_for_results(client: &ApiClient, ids: &BTreeSet<u64>, timeout: Duration) -> BTreeMap<u64, String> {
+    let deadline = Instant::now() + timeout;
+    let mut results = BTreeMap::new();
+    let mut cursor = 0;
+    loop {
+        if let Ok(page) = client.pull_after(cursor, 1_000).await {
+            for job in page.jobs {
+                assert!(
+                    results.insert(job.id, job.result).is_none(),
+                    "job {} appeared twice in the cursor walk",
+                    job.id
+                );
+            }
+            cursor = page.cursor;
+        }
+        if ids.iter().all(|id| results.contains_key(id)) {
+            return results;
+        }
+        if Instant::now() >= deadline {
+            let mut missing = Vec::new();
+            for id in ids.iter().filter(|id| !results.contains_key(id)).take(5) {
+                missing.push(format!("{id}: {:?}", client.job(*id).await));
+            }
+            panic!("only {} of {} results within {timeout:?}; missing: {missing:?}", results.len(), ids.len());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_vectors_through_both_coordinators_and_a_restart() {
+    let dir = TempDir::new().expect("temp dir");
+    let layout = options(&dir, 1);
+    let mut cluster = LocalCluster::start(layout.clone()).expect("start the local cluster");
+    cluster.wait_ready(Duration::from_secs(60)).await.expect("cluster ready");
+    let clients = cluster.api_urls().map(ApiClient::new);
+    let cases = vectors();
+    let mut expected = BTreeMap::new();
+    for (i, case) in cases.iter().enumerate() {
+        let id = clients[i % 2].enqueue(body(case), case.iterations, None).await.expect("enqueue");
+        expected.insert(id, case.result_hex.clone());
+    }
+    let ids: BTreeSet<u64> = expected.keys().copied().collect();
+    for client in &clients {
+        let results = wait_for_results(client, &ids, Duration::from_secs(180)).await;
+        for (id, want) in &expected {
+            assert_eq!(&results[id], want, "job {id} on {}", client.base());
+            let view = client.job(*id).await.expect("job");
+            assert_eq!(view.state, JobState::Completed);
+            assert_eq!(view.result.as_ref(), Some(want));
+        }
+        let latest = client.pull_completed(100).await.expect("pull");
+        assert_eq!(latest.jobs.len(), cases.len());
+        assert!(latest.jobs.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
+    }
+    // Stop everything and start again on the same data and addresses: the results are there.
+    cluster.stop(Duration::from_secs(10));
+    drop(cluster);
+    let mut cluster = LocalCluster::start(layout).expect("restart the local cluster");
+    cluster.wait_ready(Duration::from_secs(60)).await.expect("cluster ready after restart");
+    for client in &clients {
+        let results = wait_for_results(client, &ids, Duration::from_secs(30)).await;
+        for (id, want) in &expected {
+            assert_eq!(&results[id], want, "job {id} after restart");
+        }
+    }
+    cluster.stop(Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_s_job_resumes_from_its_checkpoint_elsewhere() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = start(&dir, 1).await;
+    let clients = cluster.api_urls().map(ApiClient::new);
+    let body = b"a long job".to_vec();
+    let iterations = 6_000_000;
+    let id = clients[0].enqueue(body.clone(), iterations, None).await.expect("enqueue");
+    // Wait until a worker has checkpointed progress through its heartbeats.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (holder, checkpoint) = loop {
+        let view = clients[1].job(id).await.expect("job");
+        if view.state == JobState::Running && view.iterations_done > 1 {
+            break (view.worker.expect("running jobs have a worker"), view.iterations_done);
+        }
+        assert!(view.state != JobState::Completed, "the job finished before a worker could be killed");
+        assert!(Instant::now() < deadline, "no checkpoint within 60 s: {view:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let name = clients[0]
+        .cluster()
+        .await
+        .expect("cluster")
+        .workers
+        .into_iter()
+        .find(|w| w.id == holder)
+        .expect("the holder is registered")
+        .name;
+    let process = if name == "witness-worker" { "witness" } else { name.as_str() };
+    assert!(cluster.process(process).signal(Signal::SIGKILL), "{process} was running");
+    cluster.process(process).kill();
+    // Another worker finishes it, starting from the checkpoint, with the right result.
+    let ids = BTreeSet::from([id]);
+    let survivor = if process == "witness" { &clients[0] } else { &clients[1] };
+    let results = wait_for_results(survivor, &ids, Duration::from_secs(120)).await;
+    assert_eq!(results[&id], reference_chain(&body, iterations));
+    let view = survivor.job(id).await.expect("job");
+    assert!(view.attempts >= 1, "the killed lease must count as an attempt: {view:?}");
+    let resumed_from = view.resumed_from.expect("completed jobs say where they resumed");
+    assert!(resumed_from >= checkpoint && resumed_from > 1, "resumed from {resumed_from}, checkpoint was {checkpoint}");
+    cluster.stop(Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_loses_no_acknowledged_enqueue() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = start(&dir, 1).await;
+    let urls = cluster.api_urls();
+    let leader = ApiClient::new(urls[0].clone()).cluster().await.expect("cluster").leader.expect("a leader");
+    assert!(leader == 1 || leader == 2, "a coordinator leads once ready");
+    let killed_at: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut streams = Vec::new();
+    for stream in 0..2usize {
+        let (urls, stop, killed_at) = (urls.clone(), stop.clone(), killed_at.clone());
+        streams.push(tokio::spawn(async move {
+            // Each stream starts on its own coordinator and moves to the other on failure,
+            // retrying with the same idempotency key until it gets an answer.
+            let clients = [ApiClient::new(urls[stream].clone()), ApiClient::new(urls[1 - stream].clone())];
+            let mut acknowledged = BTreeMap::new();
+            let mut after_kill = 0;
+            let mut current = 0;
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let body = format!("stream {stream} job {n}").into_bytes();
+                let key = format!("s{stream}-{n}");
+                let give_up = Instant::now() + Duration::from_secs(30);
+                loop {
+                    assert!(Instant::now() < give_up, "enqueue {key} got no answer for 30 s");
+                    match clients[current].enqueue(body.clone(), 1 + n % 3, Some(&key)).await {
+                        Ok(id) => {
+                            assert!(acknowledged.insert(id, (body.clone(), 1 + n % 3)).is_none(), "id {id} twice");
+                            if killed_at.lock().expect("lock").is_some() {
+                                after_kill += 1;
+                            }
+                            break;
+                        }
+                        Err(_) => {
+                            current = 1 - current;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+                n += 1;
+            }
+            (acknowledged, after_kill)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let victim = format!("coordinator-{leader}");
+    assert!(cluster.process(&victim).signal(Signal::SIGKILL));
+    *killed_at.lock().expect("lock") = Some(Instant::now());
+    cluster.process(&victim).kill();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = BTreeMap::new();
+    let mut after_kill = 0;
+    for stream in streams {
+        let (acks, after) = stream.await.expect("stream");
+        after_kill += after;
+        acknowledged.extend(acks);
+    }
+    assert!(after_kill > 0, "no enqueue succeeded after the leader was killed");
+    let survivor = ApiClient::new(urls[if leader == 1 { 1 } else { 0 }].clone());
+    let ids: BTreeSet<u64> = acknowledged.keys().copied().collect();
+    let results = wait_for_results(&survivor, &ids, Duration::from_secs(120)).await;
+    for (id, (body, iterations)) in &acknowledged {
+        assert_eq!(results[id], reference_chain(body, *iterations), "job {id}");
+    }
+    eprintln!("{} acknowledged ({} after the kill), all completed correctly", acknowledged.len(), after_kill);
+    cluster.stop(Duration::from_secs(10));
+}
