@@ -345,6 +345,11 @@ impl LogStore {
         self.shared.stats.snapshot()
     }
 
+    /// A handle to the writer's counters that does not keep the log open.
+    pub fn stats_handle(&self) -> Arc<WalStats> {
+        self.shared.stats.clone()
+    }
+
     /// The data directory this log lives in.
     pub fn dir(&self) -> &Path {
         &self.shared.dir

@@ -37,7 +37,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::job_table::{Command, Response};
-use crate::log_store::{LogStore, LogStoreOptions, WalStatsSnapshot};
+use crate::log_store::{LogStore, LogStoreOptions, WalStats, WalStatsSnapshot};
 use crate::network::{
     NetworkFaults, RaftRoutesState, Transport, check_request, decode_body, msgpack_response, raft_rpc_router,
 };
@@ -190,7 +190,9 @@ struct NodeInner {
     config: NodeConfig,
     raft: Raft,
     state_machine: StateMachineStore,
-    log: LogStore,
+    /// Only the counters: the log itself belongs to openraft, so that stopping Raft closes it
+    /// (and releases the data directory) even while clones of this node linger.
+    wal_stats: Arc<WalStats>,
     transport: Transport,
     leadership: watch::Receiver<Leadership>,
     /// The read round that has not started yet: readers arriving now join it.
@@ -235,7 +237,8 @@ impl Node {
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let transport = Transport::new(config.id, config.secret.as_deref().map(Arc::from), faults);
-        let raft = Raft::new(config.id, Arc::new(raft_config), transport.clone(), log.clone(), state_machine.clone())
+        let wal_stats = log.stats_handle();
+        let raft = Raft::new(config.id, Arc::new(raft_config), transport.clone(), log, state_machine.clone())
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
 
@@ -245,7 +248,7 @@ impl Node {
                 config,
                 raft,
                 state_machine,
-                log,
+                wal_stats,
                 transport,
                 leadership,
                 pending_read: Mutex::new(None),
@@ -285,7 +288,7 @@ impl Node {
 
     /// The log writer's counters.
     pub fn wal_stats(&self) -> WalStatsSnapshot {
-        self.inner.log.stats()
+        self.inner.wal_stats.snapshot()
     }
 
     /// A copy of openraft's metrics now.

@@ -79,7 +79,20 @@ impl TestCluster {
 
     async fn launch(&mut self, id: NodeId, listener: tokio::net::TcpListener) {
         let member = self.members.get_mut(&id).expect("known member");
-        let node = Node::start(member.config.clone(), member.faults.clone()).await.expect("start node");
+        // A voter stopped a moment ago may still be closing its log (openraft's tasks end
+        // asynchronously): wait for it to let go of the data directory.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let node = loop {
+            match Node::start(member.config.clone(), member.faults.clone()).await {
+                Ok(node) => break node,
+                Err(crate::node::StartError::Log(crate::wal::WalError::Locked { .. }))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("start node {id}: {e}"),
+            }
+        };
         let (stop_server, stopped) = oneshot::channel::<()>();
         let router = node.router();
         let server = tokio::spawn(async move {
