@@ -287,3 +287,27 @@ pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
+
+/// Where the `coordinator` and `worker` binaries are: `bin_dir` if given, else beside this
+/// executable. When this program was started by cargo (`cargo run`), they are built there first
+/// (in the same profile), so one command starts a cluster on a fresh clone.
+pub fn locate_binaries(bin_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = bin_dir {
+        return Ok(dir);
+    }
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let dir = exe.parent().context("this executable has no directory")?.to_owned();
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let release = dir.file_name().is_some_and(|name| name == "release");
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "coordinator", "-p", "worker"]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().context("running cargo build")?;
+        if !status.success() {
+            bail!("building the coordinator and worker failed");
+        }
+    }
+    Ok(dir)
+}

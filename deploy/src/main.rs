@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use deploy::local::{LocalCluster, LocalOptions};
 
@@ -44,28 +43,6 @@ enum Commands {
     },
 }
 
-/// The directory of this executable; when run by cargo, build the other binaries into it.
-fn binaries(bin_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(dir) = bin_dir {
-        return Ok(dir);
-    }
-    let exe = std::env::current_exe().context("locating this executable")?;
-    let dir = exe.parent().context("this executable has no directory")?.to_owned();
-    if let Ok(cargo) = std::env::var("CARGO") {
-        let release = dir.file_name().is_some_and(|name| name == "release");
-        let mut build = std::process::Command::new(cargo);
-        build.args(["build", "-p", "coordinator", "-p", "worker"]);
-        if release {
-            build.arg("--release");
-        }
-        let status = build.status().context("running cargo build")?;
-        if !status.success() {
-            bail!("building the coordinator and worker failed");
-        }
-    }
-    Ok(dir)
-}
-
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -73,7 +50,7 @@ fn main() -> anyhow::Result<()> {
     let Commands::Local { workers, worker_cores, data_dir, port_1, port_2, witness_port, bin_dir } =
         Cli::parse().command;
     let options = LocalOptions {
-        bin_dir: binaries(bin_dir)?,
+        bin_dir: deploy::local::locate_binaries(bin_dir)?,
         data_dir,
         port_1,
         port_2,

@@ -264,3 +264,41 @@ async fn killing_the_leader_loses_no_acknowledged_enqueue() {
     eprintln!("{} acknowledged ({} after the kill), all completed correctly", acknowledged.len(), after_kill);
     cluster.stop(Duration::from_secs(10));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_hands_its_job_back_at_once() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut layout = options(&dir, 1);
+    // Leases far longer than the test: only the hand-back can requeue the job in time.
+    layout.coordinator_args = vec!["--lease-ms".into(), "60000".into()];
+    let mut cluster = LocalCluster::start(layout).expect("start the local cluster");
+    cluster.wait_ready(Duration::from_secs(60)).await.expect("cluster ready");
+    let client = ApiClient::new(cluster.api_urls()[0].clone());
+    let id = client.enqueue(b"stop me".to_vec(), 500_000_000, None).await.expect("enqueue");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (holder, checkpoint) = loop {
+        let view = client.job(id).await.expect("job");
+        if view.state == JobState::Running && view.iterations_done > 1 {
+            break (view.worker.expect("running jobs have a worker"), view.iterations_done);
+        }
+        assert!(Instant::now() < deadline, "no checkpoint within 60 s: {view:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let name =
+        client.cluster().await.expect("cluster").workers.into_iter().find(|w| w.id == holder).expect("holder").name;
+    let process = if name == "witness-worker" { "witness" } else { name.as_str() };
+    assert!(cluster.process(process).signal(Signal::SIGTERM));
+    assert!(cluster.process(process).wait_for_exit(Duration::from_secs(15)), "{process} did not exit on SIGTERM");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let view = client.job(id).await.expect("job");
+        if view.attempts >= 1 {
+            assert!(view.iterations_done >= checkpoint, "the hand-back lost progress: {view:?}");
+            assert!(view.worker != Some(holder), "still held by the stopped worker: {view:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job was not handed back: {view:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.stop(Duration::from_secs(10));
+}

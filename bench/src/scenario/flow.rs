@@ -1,0 +1,158 @@
+//! `flow`: J jobs of I iterations from N clients, until every result is visible through
+//! `pullCompleted` cursors; jobs/s, enqueue-to-visible latency, and the coordination overhead as
+//! the ratio of the elapsed time to the ideal (total iterations / measured per-core rate / cores).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+
+use crate::reference::{chain, hex, plain_loop_rate};
+use crate::report::Report;
+use crate::stats::Latencies;
+use crate::target::{Target, TargetArgs};
+
+/// Options of `flow`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct FlowArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Jobs.
+    #[arg(long, default_value_t = 20_000)]
+    pub jobs: u64,
+    /// Iterations per job.
+    #[arg(long, default_value_t = 1)]
+    pub iterations: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 32)]
+    pub clients: usize,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 16_384)]
+    pub body_bytes: usize,
+    /// Give up waiting for results after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_s: u64,
+    /// Worker cores of the cluster, for the ideal time (default: known for --local).
+    #[arg(long)]
+    pub ideal_cores: Option<usize>,
+}
+
+/// Job `n`'s body: deterministic, so it need not be kept for the check.
+fn body(n: u64, size: usize) -> Vec<u8> {
+    let mut body = vec![(n % 251) as u8; size.max(8)];
+    body[..8].copy_from_slice(&n.to_le_bytes());
+    body
+}
+
+/// Run `flow`.
+pub async fn run(args: &FlowArgs, quick: bool) -> anyhow::Result<Report> {
+    let jobs = if quick { args.jobs.min(1_000) } else { args.jobs };
+    let mut report = Report::new(
+        "flow",
+        serde_json::json!({ "jobs": jobs, "iterations": args.iterations, "clients": args.clients, "body_bytes": args.body_bytes }),
+    );
+    let per_core = plain_loop_rate(if quick { 0.5 } else { 2.0 });
+    let target = Target::open(&args.target, &[]).await?;
+    let cores = args.ideal_cores.or(target.worker_cores());
+    // job id -> (job number, enqueue sent)
+    let enqueued: Arc<Mutex<HashMap<u64, (u64, Instant)>>> = Arc::default();
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..args.clients {
+        let client = target.clients[c % target.clients.len()].clone();
+        let (enqueued, next) = (enqueued.clone(), next.clone());
+        let (size, iterations) = (args.body_bytes, args.iterations);
+        tasks.push(tokio::spawn(async move {
+            let mut errors = 0u64;
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= jobs {
+                    return errors;
+                }
+                let sent = Instant::now();
+                let key = format!("flow-{n}");
+                loop {
+                    match client.enqueue(body(n, size), iterations, Some(&key)).await {
+                        Ok(id) => {
+                            enqueued.lock().await.insert(id, (n, sent));
+                            break;
+                        }
+                        Err(_) => {
+                            errors += 1;
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    // Follow the completions with a cursor, alternating coordinators.
+    let mut visible: HashMap<u64, (String, Instant)> = HashMap::new();
+    let mut cursor = 0;
+    let mut latencies = Latencies::default();
+    let give_up = started + Duration::from_secs(args.timeout_s);
+    let mut reader = 0;
+    while (visible.len() as u64) < jobs {
+        if Instant::now() > give_up {
+            report.failures.push(format!(
+                "only {} of {jobs} results visible after {} s",
+                visible.len(),
+                args.timeout_s
+            ));
+            break;
+        }
+        let client = &target.clients[reader % target.clients.len()];
+        reader += 1;
+        match client.pull_after(cursor, 10_000).await {
+            Ok(page) if !page.jobs.is_empty() => {
+                let now = Instant::now();
+                for job in page.jobs {
+                    if visible.insert(job.id, (job.result, now)).is_some() {
+                        report.failures.push(format!("job {} seen twice in the cursor walk", job.id));
+                    }
+                }
+                cursor = page.cursor;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut enqueue_errors = 0;
+    for task in tasks {
+        enqueue_errors += task.await.unwrap_or(0);
+    }
+    // Check every result against the bench's own chain.
+    let enqueued = enqueued.lock().await;
+    let mut series = Vec::new();
+    for (id, (result, seen_at)) in &visible {
+        let Some((n, sent)) = enqueued.get(id) else {
+            report.failures.push(format!("result for job {id}, which this run never enqueued"));
+            continue;
+        };
+        let latency = seen_at.duration_since(*sent);
+        latencies.record(latency);
+        series.push((sent.duration_since(started).as_secs_f64(), latency.as_secs_f64() * 1e3));
+        if *result != hex(&chain(&body(*n, args.body_bytes), args.iterations)) {
+            report.failures.push(format!("job {id} has a wrong result"));
+        }
+    }
+    let lost = enqueued.keys().filter(|id| !visible.contains_key(id)).count();
+    if lost > 0 {
+        report.failures.push(format!("{lost} acknowledged jobs never became visible"));
+    }
+    report.figure("elapsed_s", elapsed);
+    report.figure("jobs_per_s", jobs as f64 / elapsed);
+    report.figure("enqueue_to_visible_latency", latencies.summary());
+    report.figure("enqueue_retries", enqueue_errors);
+    report.figure("plain_loop_hashes_per_s_per_core", per_core);
+    if let Some(cores) = cores {
+        let ideal = (jobs * args.iterations) as f64 / (per_core * cores as f64);
+        report.figure("worker_cores", cores);
+        report.figure("ideal_s", ideal);
+        report.figure("ratio_elapsed_to_ideal", elapsed / ideal);
+    }
+    report.series = series;
+    Ok(report)
+}

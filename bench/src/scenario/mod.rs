@@ -1,0 +1,6 @@
+//! The scenarios.
+
+pub mod compute;
+pub mod failover;
+pub mod flow;
+pub mod ingest;

@@ -1,0 +1,83 @@
+//! What the bench drives: the URLs it was given, or a local cluster it starts itself. It sends
+//! traffic only to those URLs.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use deploy::local::{LocalCluster, LocalOptions, free_port, locate_binaries};
+use wire::client::ApiClient;
+
+/// How to reach the cluster under test.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TargetArgs {
+    /// Start a local cluster (in a temporary directory, on free ports) and drive it.
+    #[arg(long, conflicts_with = "url")]
+    pub local: bool,
+    /// Coordinator URLs to drive (both coordinators of a running cluster).
+    #[arg(long, value_delimiter = ',')]
+    pub url: Vec<String>,
+    /// With --local: workers besides the witness's.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// With --local: cores per worker (default: all).
+    #[arg(long)]
+    pub worker_cores: Option<usize>,
+    /// With --local: where the coordinator and worker binaries are (default: beside this one,
+    /// built on demand when run through cargo).
+    #[arg(long, env = "TANDEM_BIN_DIR")]
+    pub bin_dir: Option<std::path::PathBuf>,
+}
+
+/// A cluster under test.
+pub struct Target {
+    /// One client per coordinator URL.
+    pub clients: Vec<ApiClient>,
+    /// The local cluster, when the bench started one.
+    pub local: Option<LocalCluster>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Target {
+    /// Reach (or start) the cluster described by `args`; `coordinator_args` go to local coordinators.
+    pub async fn open(args: &TargetArgs, coordinator_args: &[&str]) -> anyhow::Result<Target> {
+        let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(256).build()?;
+        if !args.local {
+            anyhow::ensure!(!args.url.is_empty(), "give --local or --url");
+            let clients = args.url.iter().map(|url| ApiClient::with_http(http.clone(), url.clone())).collect();
+            return Ok(Target { clients, local: None, _dir: None });
+        }
+        let dir = tempfile::Builder::new().prefix("tandem-bench").tempdir().context("temporary directory")?;
+        let options = LocalOptions {
+            bin_dir: locate_binaries(args.bin_dir.clone())?,
+            data_dir: dir.path().to_owned(),
+            port_1: free_port()?,
+            port_2: free_port()?,
+            witness_port: free_port()?,
+            workers: args.workers,
+            worker_cores: args.worker_cores,
+            coordinator_args: coordinator_args.iter().map(|s| s.to_string()).collect(),
+            worker_args: vec![],
+            log_to_files: true,
+        };
+        let mut cluster = LocalCluster::start(options)?;
+        cluster.wait_ready(Duration::from_secs(60)).await?;
+        let clients = cluster.api_urls().iter().map(|url| ApiClient::with_http(http.clone(), url.clone())).collect();
+        Ok(Target { clients, local: Some(cluster), _dir: Some(dir) })
+    }
+
+    /// Worker cores of the local cluster (for the ideal time), if known.
+    pub fn worker_cores(&self) -> Option<usize> {
+        let cluster = self.local.as_ref()?;
+        let per_worker =
+            cluster.options.worker_cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        Some(per_worker * (cluster.options.workers + 1))
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(cluster) = &mut self.local {
+            cluster.stop(Duration::from_secs(5));
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Every scenario's quick run against a local cluster: it must finish, check every result and
+//! report no wrong or lost job. Figures are not judged here (that is what the bench is for).
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_bench")).parent().expect("target dir").to_owned();
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let json = dir.path().join("report.json");
+    let plot = dir.path().join("plot.svg");
+    let output = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(args)
+        .args(["--local", "--quick", "--json"])
+        .arg(&json)
+        .arg("--plot")
+        .arg(&plot)
+        .env("TANDEM_BIN_DIR", &bin_dir)
+        .output()
+        .expect("run bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "bench {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(std::fs::read_to_string(&plot).expect("plot written").contains("<svg"));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json");
+    assert_eq!(report["failures"], serde_json::json!([]), "{stdout}");
+    report
+}
+
+#[test]
+fn ingest_quick_reports_a_ratio_against_the_baseline() {
+    let report = bench(&["ingest", "--clients", "8"]);
+    let ratio = report["figures"]["ratio_cluster_to_baseline"].as_f64().expect("ratio");
+    assert!(ratio > 0.0);
+    assert!(report["figures"]["baseline_enqueues_per_s"].as_f64().expect("baseline") > 0.0);
+}
+
+#[test]
+fn flow_quick_checks_every_result() {
+    let report = bench(&["flow", "--clients", "8"]);
+    assert!(report["figures"]["jobs_per_s"].as_f64().expect("rate") > 0.0);
+    assert!(report["figures"]["ratio_elapsed_to_ideal"].as_f64().is_some());
+}
+
+#[test]
+fn compute_quick_compares_with_the_plain_loop() {
+    let report = bench(&["compute"]);
+    assert!(report["figures"]["ratio_worker_to_plain"].as_f64().expect("ratio") > 0.0);
+}
+
+#[test]
+fn failover_quick_loses_nothing() {
+    let report = bench(&["failover", "--clients", "2"]);
+    assert_eq!(report["figures"]["lost"], 0);
+    assert_eq!(report["figures"]["wrong"], 0);
+    assert!(report["figures"]["acknowledged"].as_u64().expect("acked") > 0);
+}
