@@ -19,6 +19,7 @@ pub struct RunningJob {
     pub iterations: u64,
     checkpoint: Mutex<(u64, Digest)>,
     cancelled: AtomicBool,
+    finished: AtomicBool,
 }
 
 impl RunningJob {
@@ -29,6 +30,7 @@ impl RunningJob {
             iterations: assignment.iterations,
             checkpoint: Mutex::new((assignment.done, assignment.digest)),
             cancelled: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
         }
     }
 
@@ -40,6 +42,16 @@ impl RunningJob {
     /// Whether it was cancelled.
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Whether its result was produced (and handed to the reporter).
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Relaxed)
+    }
+
+    /// Mark its result as produced.
+    pub fn mark_finished(&self) {
+        self.finished.store(true, Ordering::Relaxed);
     }
 
     /// The latest checkpoint.

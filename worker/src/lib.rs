@@ -39,6 +39,12 @@ const REPORT_LINGER: Duration = Duration::from_millis(2);
 /// How long a shutting-down worker tries to hand its jobs back before giving up.
 const DRAIN_BUDGET: Duration = Duration::from_secs(5);
 
+/// Jobs held per core at most, when jobs are short enough to keep a backlog.
+const MAX_BACKLOG_PER_CORE: usize = 256;
+/// How much queued work (by recent job durations) a worker keeps in hand per core: enough that
+/// short jobs do not wait on lease round trips, little enough that long jobs are not hoarded.
+const BACKLOG_TARGET: Duration = Duration::from_millis(50);
+
 /// What the worker's tasks share.
 struct Shared {
     config: Config,
@@ -50,6 +56,10 @@ struct Shared {
     job_ended: Notify,
     /// Cancelled to stop taking work (shutdown, or the coordinator says drain).
     stop_leasing: CancellationToken,
+    /// One permit per core: held jobs beyond the cores wait here for their turn.
+    cores: Arc<tokio::sync::Semaphore>,
+    /// Recent mean computation time per job, in microseconds (an exponential moving average).
+    mean_job_micros: AtomicU64,
 }
 
 impl Shared {
@@ -63,12 +73,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let _witness = if config.witness { Some(witness::Witness::start(&config)?) } else { None };
     let shared = Arc::new(Shared {
         coordinators: Coordinators::new(config.coordinators.clone())?,
-        config,
         worker_id: AtomicU64::new(0),
         heartbeat_ms: AtomicU64::new(1_000),
         running: Mutex::new(HashMap::new()),
         job_ended: Notify::new(),
         stop_leasing: shutdown.child_token(),
+        cores: Arc::new(tokio::sync::Semaphore::new(config.cores())),
+        mean_job_micros: AtomicU64::new(u64::MAX),
+        config,
     });
     if !register(&shared, &shutdown).await {
         return Ok(());
@@ -88,7 +100,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let progress: Vec<Progress> =
-        unfinished.iter().filter(|job| job.progress().done < job.iterations).map(|job| job.progress()).collect();
+        unfinished.iter().filter(|job| !job.is_finished()).map(|job| job.progress()).collect();
     heartbeats.abort();
     drop(results_tx);
     if !progress.is_empty() {
@@ -141,7 +153,7 @@ async fn lease_loop(shared: &Arc<Shared>, results: &mpsc::UnboundedSender<Finish
             return;
         }
         let ended = shared.job_ended.notified();
-        let free = cores.saturating_sub(shared.running().len());
+        let free = capacity(shared, cores).saturating_sub(shared.running().len());
         if free == 0 {
             tokio::select! {
                 _ = shared.stop_leasing.cancelled() => return,
@@ -185,16 +197,30 @@ async fn lease_loop(shared: &Arc<Shared>, results: &mpsc::UnboundedSender<Finish
     }
 }
 
+/// How many jobs to hold: one per core for long jobs, a backlog for short ones.
+fn capacity(shared: &Shared, cores: usize) -> usize {
+    let mean = shared.mean_job_micros.load(Ordering::Relaxed).max(1);
+    let per_core = (BACKLOG_TARGET.as_micros() as u64 / mean).clamp(1, MAX_BACKLOG_PER_CORE as u64);
+    cores * per_core as usize
+}
+
 fn start_job(shared: &Arc<Shared>, job: RunningJob, results: mpsc::UnboundedSender<Finished>) {
     let job = Arc::new(job);
     shared.running().insert(job.job, job.clone());
     let shared = shared.clone();
     let chunk = shared.config.chunk_iterations;
     tokio::spawn(async move {
+        let Ok(_core) = shared.cores.clone().acquire_owned().await else { return };
         let computing = job.clone();
+        let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || computing.compute(chunk)).await;
+        let micros = started.elapsed().as_micros() as u64;
+        let mean = shared.mean_job_micros.load(Ordering::Relaxed);
+        let mean = if mean == u64::MAX { micros } else { (mean * 7 + micros) / 8 };
+        shared.mean_job_micros.store(mean, Ordering::Relaxed);
         match result {
             Ok(Some(result)) if !job.is_cancelled() => {
+                job.mark_finished();
                 let _ = results.send(Finished { job: job.job, result });
             }
             Ok(_) => tracing::debug!(job = job.job, "computation cancelled"),
