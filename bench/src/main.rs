@@ -42,6 +42,8 @@ enum Scenario {
     Compute(scenario::compute::ComputeArgs),
     /// Kill the leader under a steady enqueue stream, K times: gaps, lost and wrong jobs.
     Failover(scenario::failover::FailoverArgs),
+    /// Many simulated workers long-polling one cluster: connected workers, leases/s, latency.
+    Workers(scenario::workers::WorkersArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,6 +60,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Flow(args) => scenario::flow::run(args, cli.quick).await,
             Scenario::Compute(args) => scenario::compute::run(args, cli.quick).await,
             Scenario::Failover(args) => scenario::failover::run(args, cli.quick).await,
+            Scenario::Workers(args) => scenario::workers::run(args, cli.quick).await,
         }
     })?;
     report.print();

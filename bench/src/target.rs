@@ -65,12 +65,13 @@ impl Target {
         Ok(Target { clients, local: Some(cluster), _dir: Some(dir) })
     }
 
-    /// Worker cores of the local cluster (for the ideal time), if known.
+    /// Cores the local cluster's workers can hash on at once (for the ideal time): their cores,
+    /// but no more than this machine has, since every worker of a local cluster shares it.
     pub fn worker_cores(&self) -> Option<usize> {
         let cluster = self.local.as_ref()?;
-        let per_worker =
-            cluster.options.worker_cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        Some(per_worker * (cluster.options.workers + 1))
+        let machine = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_worker = cluster.options.worker_cores.unwrap_or(machine);
+        Some((per_worker * (cluster.options.workers + 1)).min(machine))
     }
 }
 

@@ -53,3 +53,10 @@ fn failover_quick_loses_nothing() {
     assert_eq!(report["figures"]["wrong"], 0);
     assert!(report["figures"]["acknowledged"].as_u64().expect("acked") > 0);
 }
+
+#[test]
+fn workers_quick_serves_simulated_workers() {
+    let report = bench(&["workers", "--jobs-per-s", "100"]);
+    assert_eq!(report["figures"]["connected_workers"], 100);
+    assert!(report["figures"]["leases_per_s"].as_f64().expect("rate") > 0.0);
+}

@@ -48,6 +48,8 @@ pub struct App {
     pub enqueue: EnqueueBatcher,
     /// A client for probing peers.
     pub http: reqwest::Client,
+    /// Waiting jobs claimed by lease proposals in flight on this node.
+    pub lease_claims: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The coordinator's routes: client API, worker routes and Raft routes on one port.
@@ -101,6 +103,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         enqueue: EnqueueBatcher::start(node.clone(), shutdown.child_token()),
         config: Arc::new(config),
         http: reqwest::Client::builder().no_proxy().build().context("building the HTTP client")?,
+        lease_claims: Arc::default(),
     };
     tracing::info!(addr = %listener.local_addr()?, node = node.id(), "coordinator serving");
     let server_shutdown = shutdown.clone();

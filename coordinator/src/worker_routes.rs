@@ -1,6 +1,7 @@
 //! The worker routes: register, lease (a long-poll), heartbeat, complete, release. MessagePack
 //! in and out; see `wire::worker` for the protocol and its status codes.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -95,6 +96,35 @@ pub async fn register(State(app): State<App>, body: Bytes) -> Result<HttpRespons
     }
 }
 
+/// Jobs that lease proposals in flight on this node may take: while they are pending, other
+/// long-polls wait instead of proposing for the same jobs. Released on drop.
+struct LeaseClaim<'a> {
+    claims: &'a AtomicU64,
+    jobs: u64,
+}
+
+impl<'a> LeaseClaim<'a> {
+    fn take(claims: &'a AtomicU64, queued: u64, max_jobs: u32) -> Option<LeaseClaim<'a>> {
+        let mut current = claims.load(Ordering::Relaxed);
+        loop {
+            let jobs = queued.saturating_sub(current).min(u64::from(max_jobs.max(1)));
+            if jobs == 0 {
+                return None;
+            }
+            match claims.compare_exchange_weak(current, current + jobs, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Some(LeaseClaim { claims, jobs }),
+                Err(seen) => current = seen,
+            }
+        }
+    }
+}
+
+impl Drop for LeaseClaim<'_> {
+    fn drop(&mut self) {
+        self.claims.fetch_sub(self.jobs, Ordering::AcqRel);
+    }
+}
+
 /// `POST /worker/lease`: jobs for the worker's free cores, waiting up to `wait_ms` for some.
 pub async fn lease(State(app): State<App>, body: Bytes) -> Result<HttpResponse, WorkerRouteError> {
     let request: LeaseRequest = decode(&body)?;
@@ -103,12 +133,13 @@ pub async fn lease(State(app): State<App>, body: Bytes) -> Result<HttpResponse, 
     let mut changes = app.node.state_machine().subscribe();
     loop {
         changes.mark_unchanged();
-        let (known, waiting) = app
-            .node
-            .state_machine()
-            .read(|table| (table.workers().contains_key(&request.worker), table.queued_len() > 0));
-        // A stale local view only costs a wasted proposal, never a wrong answer: apply decides.
-        if waiting || !known {
+        let (known, queued) =
+            app.node.state_machine().read(|table| (table.workers().contains_key(&request.worker), table.queued_len()));
+        // Claim some of the waiting jobs before proposing, so that one enqueue does not make
+        // every waiting long-poll propose a lease (a thundering herd of empty leases). A stale
+        // local view only costs a wasted proposal, never a wrong answer: apply decides.
+        let claim = LeaseClaim::take(&app.lease_claims, queued, request.max_jobs);
+        if claim.is_some() || !known {
             let now = now_ms();
             let command = Command::Lease {
                 worker: request.worker,
@@ -130,6 +161,7 @@ pub async fn lease(State(app): State<App>, body: Bytes) -> Result<HttpResponse, 
                 other => return Err(unexpected(other)),
             }
         }
+        drop(claim);
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => return Ok(reply(&LeaseResponse { jobs: vec![] })),
             changed = changes.changed() => if changed.is_err() {

@@ -43,7 +43,7 @@ const DRAIN_BUDGET: Duration = Duration::from_secs(5);
 const MAX_BACKLOG_PER_CORE: usize = 256;
 /// How much queued work (by recent job durations) a worker keeps in hand per core: enough that
 /// short jobs do not wait on lease round trips, little enough that long jobs are not hoarded.
-const BACKLOG_TARGET: Duration = Duration::from_millis(50);
+const BACKLOG_TARGET: Duration = Duration::from_millis(250);
 
 /// What the worker's tasks share.
 struct Shared {

@@ -4,3 +4,4 @@ pub mod compute;
 pub mod failover;
 pub mod flow;
 pub mod ingest;
+pub mod workers;
