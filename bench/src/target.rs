@@ -78,7 +78,7 @@ impl Target {
 impl Drop for Target {
     fn drop(&mut self) {
         if let Some(cluster) = &mut self.local {
-            cluster.stop(Duration::from_secs(5));
+            cluster.stop(Duration::from_secs(10));
         }
     }
 }

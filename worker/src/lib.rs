@@ -38,6 +38,8 @@ const REPORT_BATCH: usize = 64;
 const REPORT_LINGER: Duration = Duration::from_millis(2);
 /// How long a shutting-down worker tries to hand its jobs back before giving up.
 const DRAIN_BUDGET: Duration = Duration::from_secs(5);
+/// At least this long is left for flushing results at the end of a drain.
+const REPORT_FLUSH: Duration = Duration::from_secs(1);
 
 /// Jobs held per core at most, when jobs are short enough to keep a backlog.
 const MAX_BACKLOG_PER_CORE: usize = 256;
@@ -95,6 +97,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     for job in &unfinished {
         job.cancel();
     }
+    // One budget for the whole drain: stop, hand back, flush.
     let deadline = tokio::time::Instant::now() + DRAIN_BUDGET;
     while !shared.running().is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -105,18 +108,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     drop(results_tx);
     if !progress.is_empty() {
         let request = ReleaseRequest { worker: shared.worker_id.load(Ordering::Relaxed), progress };
-        match tokio::time::timeout(
-            DRAIN_BUDGET,
-            shared.coordinators.call::<_, ReleaseResponse>(wire::worker::RELEASE, &request, CALL_TIMEOUT),
-        )
-        .await
-        {
+        let release = shared.coordinators.call::<_, ReleaseResponse>(wire::worker::RELEASE, &request, CALL_TIMEOUT);
+        match tokio::time::timeout_at(deadline, release).await {
             Ok(Ok(answer)) => tracing::info!(requeued = answer.requeued, "handed unfinished jobs back"),
             Ok(Err(e)) => tracing::warn!(error = %e, "could not hand jobs back; their leases will expire"),
             Err(_) => tracing::warn!("handing jobs back timed out; their leases will expire"),
         }
     }
-    if tokio::time::timeout(DRAIN_BUDGET, reporter).await.is_err() {
+    if tokio::time::timeout_at(deadline.max(tokio::time::Instant::now() + REPORT_FLUSH), reporter).await.is_err() {
         tracing::warn!("results still unreported at exit; their jobs will be computed again");
     }
     Ok(())
