@@ -6,6 +6,16 @@ use plotters::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 
+/// A progress bar on stderr for a long run (hidden when stderr is not a terminal).
+pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    let style = indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style.progress_chars("=> "));
+    bar.set_message(what.to_owned());
+    bar
+}
+
 /// One scenario's results.
 #[derive(Serialize, Debug)]
 pub struct Report {

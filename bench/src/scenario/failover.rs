@@ -41,7 +41,9 @@ pub async fn run(args: &FailoverArgs, quick: bool) -> anyhow::Result<Report> {
     let started = Instant::now();
     let acks: Acks = Arc::default();
     let mut gaps = Vec::new();
+    let progress = crate::report::progress_bar(trials as u64, "trials");
     for trial in 0..trials {
+        progress.set_position(trial as u64);
         let leader = target.clients[0].cluster().await?.leader.unwrap_or(1);
         let stop = Arc::new(AtomicBool::new(false));
         let mut streams = Vec::new();
@@ -75,6 +77,7 @@ pub async fn run(args: &FailoverArgs, quick: bool) -> anyhow::Result<Report> {
         cluster.restart(&victim)?;
         cluster.wait_ready(Duration::from_secs(30)).await?;
     }
+    progress.finish_and_clear();
     // Every acknowledged job must complete with the right result.
     let acks = acks.lock().await;
     let expected: BTreeMap<u64, String> = acks.iter().map(|(_, _, id, body)| (*id, hex(&chain(body, 1)))).collect();

@@ -94,7 +94,9 @@ pub async fn run(args: &FlowArgs, quick: bool) -> anyhow::Result<Report> {
     let mut latencies = Latencies::default();
     let give_up = started + Duration::from_secs(args.timeout_s);
     let mut reader = 0;
+    let progress = crate::report::progress_bar(jobs, "results visible");
     while (visible.len() as u64) < jobs {
+        progress.set_position(visible.len() as u64);
         if Instant::now() > give_up {
             report.failures.push(format!(
                 "only {} of {jobs} results visible after {} s",
@@ -118,6 +120,7 @@ pub async fn run(args: &FlowArgs, quick: bool) -> anyhow::Result<Report> {
             _ => tokio::time::sleep(Duration::from_millis(5)).await,
         }
     }
+    progress.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     let mut enqueue_errors = 0;
     for task in tasks {
