@@ -80,6 +80,23 @@ pub async fn enqueue(
     params: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
     request: Request,
 ) -> Result<Json<EnqueueResponse>, ApiError> {
+    let started = std::time::Instant::now();
+    let result = enqueue_job(app, params, request).await;
+    match &result {
+        Ok(_) => {
+            metrics::counter!("tandem_jobs_enqueued_total").increment(1);
+            metrics::histogram!("tandem_enqueue_duration_seconds").record(started.elapsed().as_secs_f64());
+        }
+        Err(e) => metrics::counter!("tandem_jobs_rejected_total", "reason" => e.reason()).increment(1),
+    }
+    result
+}
+
+async fn enqueue_job(
+    app: App,
+    params: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    request: Request,
+) -> Result<Json<EnqueueResponse>, ApiError> {
     let params = query(params)?;
     let iterations = parse_u64(&params, "iterations")?
         .ok_or_else(|| ApiError::BadRequest("query parameter iterations is required, e.g. ?iterations=1000".into()))?;
@@ -298,4 +315,9 @@ pub async fn method_not_allowed() -> Response {
         error: "method not allowed: PUT /enqueue, POST /pullCompleted, GET /jobs/{id}, GET /cluster".into(),
     };
     (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+}
+
+/// `GET /metrics`: the Prometheus exposition.
+pub async fn metrics(State(app): State<App>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render()).into_response()
 }

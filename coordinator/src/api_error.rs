@@ -33,6 +33,19 @@ pub enum ApiError {
     Unavailable(String),
 }
 
+impl ApiError {
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::TooLarge { .. } => "too_large",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::QueueFull => "queue_full",
+            ApiError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
 impl From<ProposeError> for ApiError {
     fn from(e: ProposeError) -> Self {
         tracing::warn!(error = %e, "write not committed");

@@ -15,6 +15,7 @@ pub mod api_error;
 pub mod config;
 pub mod enqueue_batcher;
 pub mod leader_duties;
+pub mod metrics;
 pub mod worker_routes;
 
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub struct App {
     pub http: reqwest::Client,
     /// Waiting jobs claimed by lease proposals in flight on this node.
     pub lease_claims: Arc<std::sync::atomic::AtomicU64>,
+    /// The Prometheus recorder's handle, for `/metrics`.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 /// The coordinator's routes: client API, worker routes and Raft routes on one port.
@@ -63,6 +66,7 @@ pub fn router(app: App) -> Router {
         .route("/cluster", get(api::cluster))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
         .route(wire::worker::REGISTER, post(worker_routes::register))
         .route(wire::worker::LEASE, post(worker_routes::lease))
         .route(wire::worker::HEARTBEAT, post(worker_routes::heartbeat))
@@ -98,12 +102,14 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         leader_duties::DutyConfig { lease_ms: config.lease_ms, worker_timeout_ms: config.worker_timeout_ms, limits };
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(leader_duties::run(node.clone(), duties, shutdown.child_token()));
+    tasks.spawn(metrics::sample(node.clone(), shutdown.child_token()));
     let app = App {
         node: node.clone(),
         enqueue: EnqueueBatcher::start(node.clone(), shutdown.child_token()),
         config: Arc::new(config),
         http: reqwest::Client::builder().no_proxy().build().context("building the HTTP client")?,
         lease_claims: Arc::default(),
+        metrics: metrics::handle(),
     };
     tracing::info!(addr = %listener.local_addr()?, node = node.id(), "coordinator serving");
     let server_shutdown = shutdown.clone();

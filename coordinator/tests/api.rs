@@ -288,3 +288,57 @@ async fn jobs_flow_through_the_worker_protocol_with_cursors_and_idempotency() {
     assert_eq!(status, 404);
     cluster.stop().await;
 }
+
+/// `promtool check metrics` on an exposition: its complaints (empty when clean).
+fn promtool_check(exposition: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed by ./scripts/test (Debian package prometheus)");
+    child.stdin.take().expect("stdin").write_all(exposition.as_bytes()).expect("write");
+    let output = child.wait_with_output().expect("promtool");
+    let complaints = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() || !complaints.is_empty(), "promtool failed silently");
+    complaints
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_describe_the_cluster() {
+    let cluster = Cluster::start(&[]).await;
+    let id = cluster.client(1).enqueue(b"metric body".to_vec(), 5, None).await.expect("enqueue");
+    assert!(id > 0);
+    let _ = cluster.client(0).enqueue(Vec::new(), 1, None).await; // a rejection, counted by reason
+    for url in &cluster.urls {
+        let url = format!("{url}/metrics");
+        // Replicated figures are sampled once a second: wait for a sample that includes the job.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let exposition = loop {
+            let text = cluster.http.get(&url).send().await.expect("scrape").text().await.expect("body");
+            if text.contains("tandem_raft_term") && text.contains("tandem_queue_depth 1") {
+                break text;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{url} never showed the queued job:\n{text}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        for name in [
+            "tandem_raft_is_leader",
+            "tandem_raft_has_leader 1",
+            "tandem_raft_applied_index",
+            "tandem_queue_iterations 4",
+            "tandem_leases_outstanding 0",
+            "tandem_jobs_created_total 1",
+            "tandem_wal_fsync_seconds_bucket",
+            "tandem_wal_batch_entries_bucket",
+            "# HELP tandem_queue_depth",
+        ] {
+            assert!(exposition.contains(name), "{url} lacks {name}:\n{exposition}");
+        }
+        let complaints = promtool_check(&exposition);
+        assert!(complaints.trim().is_empty(), "promtool on {url}: {complaints}");
+    }
+    cluster.stop().await;
+}

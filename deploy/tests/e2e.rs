@@ -302,3 +302,26 @@ async fn a_stopped_worker_hands_its_job_back_at_once() {
     }
     cluster.stop(Duration::from_secs(10));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_coordinator_exposes_metrics_and_exactly_one_leads() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = start(&dir, 0).await;
+    let http = reqwest::Client::builder().no_proxy().build().expect("client");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut leaders = 0;
+        let mut sampled = 0;
+        for url in cluster.api_urls() {
+            let text = http.get(format!("{url}/metrics")).send().await.expect("scrape").text().await.expect("body");
+            sampled += usize::from(text.contains("tandem_raft_term"));
+            leaders += usize::from(text.lines().any(|line| line == "tandem_raft_is_leader 1"));
+        }
+        if sampled == 2 && leaders == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "expected one leader among two sampled coordinators");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.stop(Duration::from_secs(10));
+}

@@ -450,6 +450,9 @@ impl Writer {
                 }
                 let started = Instant::now();
                 self.file.sync_data()?;
+                metrics::counter!("tandem_wal_fsyncs_total").increment(1);
+                metrics::histogram!("tandem_wal_fsync_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!("tandem_wal_batch_entries").record(*entries as f64);
                 self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
                 self.stats.fsync_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 self.stats.synced_entries.fetch_add(*entries, Ordering::Relaxed);

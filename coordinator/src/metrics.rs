@@ -1,0 +1,122 @@
+//! Prometheus metrics of a coordinator: `/metrics`, rendered by metrics-exporter-prometheus.
+//!
+//! Counters of what this node did (enqueues accepted and refused, by reason) are recorded where
+//! it happens; everything that describes the replicated state (queue, leases, workers, totals) or
+//! Raft is sampled once a second from this node's copy, so both coordinators report the same
+//! cluster figures. Names follow Prometheus conventions: `tandem_` prefix, base units,
+//! `_total` counters, `_seconds` histograms.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use raft_store::Node;
+use raft_store::job_table::WorkerState;
+use tokio_util::sync::CancellationToken;
+
+const LATENCY_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
+/// The process's Prometheus recorder (installed once; later calls share it).
+pub fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("tandem_wal_batch_entries".into()), BATCH_BUCKETS))
+                .expect("static, non-empty buckets");
+            let handle = match builder.install_recorder() {
+                Ok(handle) => handle,
+                // Another recorder is installed (a test process): render what this one sees.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            };
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!("tandem_jobs_enqueued_total", "Jobs accepted through this coordinator.");
+    describe_counter!("tandem_jobs_rejected_total", "Enqueues refused by this coordinator, by reason.");
+    describe_counter!("tandem_jobs_created_total", "Jobs created in the cluster (replicated).");
+    describe_counter!("tandem_jobs_completed_total", "Results recorded in the cluster (replicated).");
+    describe_counter!("tandem_jobs_requeued_total", "Leases that ended without a result (replicated).");
+    describe_gauge!("tandem_queue_depth", "Jobs waiting for a worker.");
+    describe_gauge!("tandem_queue_iterations", "Iterations still to compute over the waiting jobs.");
+    describe_gauge!("tandem_oldest_queued_job_age_seconds", "Age of the oldest waiting job.");
+    describe_gauge!("tandem_leases_outstanding", "Jobs leased to workers.");
+    describe_gauge!("tandem_workers", "Registered workers, by state.");
+    describe_histogram!("tandem_enqueue_duration_seconds", "Time to acknowledge an enqueue on this coordinator.");
+    describe_histogram!("tandem_enqueue_to_result_seconds", "Time from enqueue to recorded result.");
+    describe_gauge!("tandem_raft_term", "The Raft term this node is in.");
+    describe_gauge!("tandem_raft_is_leader", "1 if this node leads.");
+    describe_gauge!("tandem_raft_has_leader", "1 if this node knows a leader.");
+    describe_counter!("tandem_raft_leader_changes_total", "Leader changes seen by this node.");
+    describe_gauge!("tandem_raft_last_log_index", "Index of the last entry in this node's log.");
+    describe_gauge!("tandem_raft_applied_index", "Index of the last entry applied to this node's state.");
+    describe_gauge!("tandem_raft_replication_lag_entries", "Entries a peer lacks, as its leader sees it.");
+    describe_counter!("tandem_wal_fsyncs_total", "fsyncs of this node's write-ahead log.");
+    describe_histogram!("tandem_wal_fsync_seconds", "Duration of one WAL fsync.");
+    describe_histogram!("tandem_wal_batch_entries", "Log entries made durable by one fsync.");
+}
+
+/// Sample the replicated state and Raft into gauges once a second until `shutdown`.
+pub async fn sample(node: Node, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut leader = None;
+    let mut last_seq = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = crate::now_ms();
+        let raft = node.metrics();
+        if raft.current_leader != leader {
+            if leader.is_some() {
+                counter!("tandem_raft_leader_changes_total").increment(1);
+            }
+            leader = raft.current_leader;
+        }
+        gauge!("tandem_raft_term").set(raft.current_term as f64);
+        let is_leader = node.leadership().borrow().is_self;
+        gauge!("tandem_raft_is_leader").set(f64::from(u8::from(is_leader)));
+        gauge!("tandem_raft_has_leader").set(f64::from(u8::from(raft.current_leader.is_some())));
+        gauge!("tandem_raft_last_log_index").set(raft.last_log_index.unwrap_or(0) as f64);
+        gauge!("tandem_raft_applied_index").set(raft.last_applied.map_or(0, |id| id.index) as f64);
+        if let Some(replication) = &raft.replication {
+            let last = raft.last_log_index.unwrap_or(0);
+            for (peer, matched) in replication {
+                let lag = last.saturating_sub(matched.map_or(0, |id| id.index));
+                gauge!("tandem_raft_replication_lag_entries", "peer" => peer.to_string()).set(lag as f64);
+            }
+        }
+        node.state_machine().read(|table| {
+            let totals = table.totals();
+            counter!("tandem_jobs_created_total").absolute(totals.enqueued);
+            counter!("tandem_jobs_completed_total").absolute(totals.completed);
+            counter!("tandem_jobs_requeued_total").absolute(totals.requeued);
+            gauge!("tandem_queue_depth").set(table.queued_len() as f64);
+            gauge!("tandem_queue_iterations").set(table.queued_iterations() as f64);
+            let age = table.oldest_queued_at_ms().map_or(0, |at| now.saturating_sub(at));
+            gauge!("tandem_oldest_queued_job_age_seconds").set(age as f64 / 1_000.0);
+            gauge!("tandem_leases_outstanding").set(table.leases().len() as f64);
+            for state in [WorkerState::Active, WorkerState::Draining] {
+                let count = table.workers().values().filter(|w| w.state == state).count();
+                let label = if state == WorkerState::Active { "active" } else { "draining" };
+                gauge!("tandem_workers", "state" => label).set(count as f64);
+            }
+            // New completions since the last sample (the first sample only sets the cursor).
+            let from = *last_seq.get_or_insert(table.last_completion_seq());
+            for job in table.completed_after(from, 100_000) {
+                let seconds = job.completed_at_ms.saturating_sub(job.enqueued_at_ms) as f64 / 1_000.0;
+                histogram!("tandem_enqueue_to_result_seconds").record(seconds);
+            }
+            last_seq = Some(table.last_completion_seq());
+        });
+    }
+}
