@@ -43,9 +43,7 @@ pub(crate) async fn heartbeat(state: Arc<WorkerState>, stop: CancellationToken) 
             worker: registration.worker,
             progress: reported.values().map(|job| job.progress()).collect(),
         };
-        // Half a lease at most per coordinator, so that failing over still renews in time.
-        let longest = Duration::from_millis(registration.lease_ms / 2).clamp(MIN_CALL_TIMEOUT, MAX_CALL_TIMEOUT);
-        let timeout = period.clamp(MIN_CALL_TIMEOUT, longest);
+        let timeout = period.clamp(MIN_CALL_TIMEOUT, MAX_CALL_TIMEOUT);
         let answer = tokio::select! {
             _ = stop.cancelled() => return,
             answer = state.coordinators.call::<_, HeartbeatResponse>(wire::worker::HEARTBEAT, &request, timeout) => answer,
@@ -67,7 +65,10 @@ pub(crate) async fn heartbeat(state: Arc<WorkerState>, stop: CancellationToken) 
                     state.stop_leasing.cancel();
                 }
             }
-            Err(CallError::UnknownWorker) => state.forget(request.worker),
+            Err(CallError::UnknownWorker) => {
+                tracing::info!(worker = request.worker, "the coordinators forgot this worker; registering again");
+                state.forget(request.worker);
+            }
             Err(e) => {
                 if !failing {
                     tracing::warn!(error = %e, jobs = request.progress.len(), "heartbeat failed; retrying");

@@ -1,222 +1,194 @@
 //! Tandem's worker: pulls jobs from the coordinators, computes them on every core, reports the
-//! results; with `--witness` it also runs the cluster's third Raft voter.
+//! results; with `--witness` it also runs the cluster's third voter.
 //!
 //! - [`config`]: flags and defaults.
-//! - [`coordinator_client`]: the worker protocol over one HTTP client, failing over between
-//!   coordinators.
-//! - [`compute`]: one job's chain, in chunks, checkpointed and stoppable.
-//! - `worker_state`: the registration and the held jobs, shared by the tasks below.
-//! - `heartbeat`: checkpoints to the coordinators, lost leases and drain requests back.
-//! - `reporter`: results in batches, retried until acknowledged.
-//! - [`witness`]: the witness voter on its own thread and runtime.
+//! - [`coordinator_client`]: the worker protocol over HTTP, failing over between coordinators.
+//! - [`compute`]: one job's chain, in chunks, checkpointed and cancellable.
+//! - [`witness`]: the witness voter on its own runtime.
 //!
-//! [`run`] is the whole worker: register, then long-poll for as many jobs as there is room for
-//! (one per core for long jobs, a short backlog of short ones), compute each on a blocking
-//! thread with at most one computation per core, heartbeat the checkpoints (which keeps the
-//! leases alive) and report results in batches. On shutdown, or when the coordinators ask it to
-//! drain, it stops leasing, stops what runs at the next chunk boundary, hands the checkpoints
-//! back with `release`, flushes the results and returns. If no coordinator answers, it gives up
-//! after `--drain-timeout-ms`: the leases then expire and the jobs resume from their last
-//! heartbeat checkpoint elsewhere.
+//! [`run`] is the whole worker: register, then long-poll for as many jobs as there are free cores,
+//! compute each on a blocking thread, heartbeat the checkpoints (which keeps the leases alive),
+//! and report results in batches. On shutdown it stops leasing, cancels what runs, hands the
+//! checkpoints back with `release`, flushes results and returns.
 
 pub mod compute;
 pub mod config;
 pub mod coordinator_client;
-mod heartbeat;
-mod reporter;
 pub mod witness;
-mod worker_state;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use wire::worker::{
-    Assignment, Finished, LeaseRequest, LeaseResponse, Progress, RegisterRequest, RegisterResponse, ReleaseRequest,
-    ReleaseResponse,
+    CompleteRequest, CompleteResponse, Finished, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse,
+    Progress, RegisterRequest, RegisterResponse, ReleaseRequest, ReleaseResponse,
 };
 
 use crate::compute::RunningJob;
 use crate::config::Config;
-use crate::coordinator_client::CallError;
-use crate::witness::Witness;
-use crate::worker_state::WorkerState;
+use crate::coordinator_client::{CallError, Coordinators};
 
-/// Timeout of one call to one coordinator (a lease adds its long-poll wait).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause before retrying a call that no coordinator took.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
-/// Registration backs off from [`RETRY_PAUSE`] up to this.
-const MAX_REGISTER_PAUSE: Duration = Duration::from_secs(2);
-/// Results get at least this long to be flushed after the jobs were handed back, even when
-/// handing them back used up the drain timeout.
+const REPORT_BATCH: usize = 64;
+const REPORT_LINGER: Duration = Duration::from_millis(2);
+/// How long a shutting-down worker tries to hand its jobs back before giving up.
+const DRAIN_BUDGET: Duration = Duration::from_secs(5);
+/// At least this long is left for flushing results at the end of a drain.
 const REPORT_FLUSH: Duration = Duration::from_secs(1);
-/// After giving up, how long to wait for the tasks to notice before returning anyway.
-const GIVE_UP_GRACE: Duration = Duration::from_secs(1);
 
-/// Run the worker (and, with `--witness`, the witness voter) until `shutdown` is cancelled or
-/// the coordinators ask it to drain; then drain and return.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let witness = if config.witness {
-        let witness = Witness::start(config.witness_config()).await.context("starting the witness voter")?;
-        Some(witness)
-    } else {
-        None
-    };
-    let outcome = work(config, shutdown).await;
-    // The witness outlives the drain: with one coordinator down, handing jobs back needs it.
-    if let Some(witness) = witness {
-        witness.stop().await;
-    }
-    outcome
+/// Jobs held per core at most, when jobs are short enough to keep a backlog.
+const MAX_BACKLOG_PER_CORE: usize = 256;
+/// How much queued work (by recent job durations) a worker keeps in hand per core: enough that
+/// short jobs do not wait on lease round trips, little enough that long jobs are not hoarded.
+const BACKLOG_TARGET: Duration = Duration::from_millis(250);
+
+/// What the worker's tasks share.
+struct Shared {
+    config: Config,
+    coordinators: Coordinators,
+    worker_id: AtomicU64,
+    heartbeat_ms: AtomicU64,
+    running: Mutex<HashMap<u64, Arc<RunningJob>>>,
+    /// Woken whenever a job ends, so the lease loop can ask for more.
+    job_ended: Notify,
+    /// Cancelled to stop taking work (shutdown, or the coordinator says drain).
+    stop_leasing: CancellationToken,
+    /// One permit per core: held jobs beyond the cores wait here for their turn.
+    cores: Arc<tokio::sync::Semaphore>,
+    /// Recent mean computation time per job, in microseconds (an exponential moving average).
+    mean_job_micros: AtomicU64,
 }
 
-/// The worker without the witness.
-async fn work(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let state = Arc::new(WorkerState::new(config, shutdown.child_token())?);
-    if !register(&state).await? {
+impl Shared {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<RunningJob>>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Run the worker until `shutdown` is cancelled (or the coordinators tell it to drain).
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let _witness = if config.witness { Some(witness::Witness::start(&config)?) } else { None };
+    let shared = Arc::new(Shared {
+        coordinators: Coordinators::new(config.coordinators.clone())?,
+        worker_id: AtomicU64::new(0),
+        heartbeat_ms: AtomicU64::new(1_000),
+        running: Mutex::new(HashMap::new()),
+        job_ended: Notify::new(),
+        stop_leasing: shutdown.child_token(),
+        cores: Arc::new(tokio::sync::Semaphore::new(config.cores())),
+        mean_job_micros: AtomicU64::new(u64::MAX),
+        config,
+    });
+    if !register(&shared, &shutdown).await {
         return Ok(());
     }
-    let tasks = TaskTracker::new();
     let (results_tx, results_rx) = mpsc::unbounded_channel();
-    let stop_heartbeats = CancellationToken::new();
-    let give_up = CancellationToken::new();
-    tasks.spawn(reporter::report(state.clone(), results_rx, give_up.clone()));
-    tasks.spawn(heartbeat::heartbeat(state.clone(), stop_heartbeats.clone()));
+    let reporter = tokio::spawn(report(shared.clone(), results_rx));
+    let heartbeats = tokio::spawn(heartbeat(shared.clone()));
+    lease_loop(&shared, &results_tx).await;
 
-    let leasing = lease_loop(&state, &tasks, &results_tx).await;
-    let deadline = Instant::now() + Duration::from_millis(state.config.drain_timeout_ms);
-    let unfinished = stop_jobs(&state, deadline).await;
-    stop_heartbeats.cancel();
+    // Draining: stop what runs, hand it back, flush results.
+    let unfinished: Vec<Arc<RunningJob>> = shared.running().values().cloned().collect();
+    for job in &unfinished {
+        job.cancel();
+    }
+    // One budget for the whole drain: stop, hand back, flush.
+    let deadline = tokio::time::Instant::now() + DRAIN_BUDGET;
+    while !shared.running().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let progress: Vec<Progress> =
+        unfinished.iter().filter(|job| !job.is_finished()).map(|job| job.progress()).collect();
+    heartbeats.abort();
     drop(results_tx);
-    release(&state, unfinished, deadline).await;
-
-    tasks.close();
-    let flush_deadline = deadline.max(Instant::now() + REPORT_FLUSH);
-    if tokio::time::timeout_at(flush_deadline, tasks.wait()).await.is_err() {
-        give_up.cancel();
-        if tokio::time::timeout(GIVE_UP_GRACE, tasks.wait()).await.is_err() {
-            tracing::warn!(tasks = tasks.len(), "tasks still running at exit");
+    if !progress.is_empty() {
+        let request = ReleaseRequest { worker: shared.worker_id.load(Ordering::Relaxed), progress };
+        let release = shared.coordinators.call::<_, ReleaseResponse>(wire::worker::RELEASE, &request, CALL_TIMEOUT);
+        match tokio::time::timeout_at(deadline, release).await {
+            Ok(Ok(answer)) => tracing::info!(requeued = answer.requeued, "handed unfinished jobs back"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not hand jobs back; their leases will expire"),
+            Err(_) => tracing::warn!("handing jobs back timed out; their leases will expire"),
         }
     }
-    tracing::info!("worker stopped");
-    leasing
+    if tokio::time::timeout_at(deadline.max(tokio::time::Instant::now() + REPORT_FLUSH), reporter).await.is_err() {
+        tracing::warn!("results still unreported at exit; their jobs will be computed again");
+    }
+    Ok(())
 }
 
-/// Register (again), backing off while no coordinator takes it. `false` if told to stop first.
-async fn register(state: &WorkerState) -> anyhow::Result<bool> {
-    let cores = state.config.cores();
+/// Register (again); `false` if shut down first.
+async fn register(shared: &Shared, shutdown: &CancellationToken) -> bool {
     let request = RegisterRequest {
-        name: state.config.name(),
-        cores: u32::try_from(cores).unwrap_or(u32::MAX),
-        instance_id: state.config.instance_id.clone(),
+        name: shared.config.name(),
+        cores: shared.config.cores() as u32,
+        instance_id: shared.config.instance_id.clone(),
     };
-    let mut pause = RETRY_PAUSE;
-    let mut failing = false;
     loop {
-        let answer = tokio::select! {
-            _ = state.stop_leasing.cancelled() => return Ok(false),
-            answer = state.coordinators.call::<_, RegisterResponse>(wire::worker::REGISTER, &request, CALL_TIMEOUT) => answer,
-        };
-        match answer {
+        match shared.coordinators.call::<_, RegisterResponse>(wire::worker::REGISTER, &request, CALL_TIMEOUT).await {
             Ok(answer) => {
-                state.registered(&answer);
-                tracing::info!(
-                    worker = answer.worker,
-                    name = %request.name,
-                    cores,
-                    lease_ms = answer.lease_ms,
-                    heartbeat_ms = answer.heartbeat_ms,
-                    via = state.coordinators.current(),
-                    "registered"
-                );
-                return Ok(true);
+                shared.worker_id.store(answer.worker, Ordering::Relaxed);
+                shared.heartbeat_ms.store(answer.heartbeat_ms.max(50), Ordering::Relaxed);
+                tracing::info!(worker = answer.worker, name = %request.name, cores = request.cores, via = shared.coordinators.current(), "registered");
+                return true;
             }
-            Err(CallError::Rejected(e)) => {
-                return Err(anyhow::anyhow!(e)).context("the coordinator refused to register this worker");
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e, "registration failed; retrying");
-                    failing = true;
-                }
-            }
+            Err(e) => tracing::warn!(error = %e, "registration failed; retrying"),
         }
         tokio::select! {
-            _ = state.stop_leasing.cancelled() => return Ok(false),
-            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(RETRY_PAUSE * 5) => {}
         }
-        pause = (pause * 2).min(MAX_REGISTER_PAUSE);
     }
 }
 
-/// Lease jobs for the room there is until told to stop; register again when forgotten.
-async fn lease_loop(
-    state: &Arc<WorkerState>,
-    tasks: &TaskTracker,
-    results: &mpsc::UnboundedSender<Finished>,
-) -> anyhow::Result<()> {
-    let mut failing = false;
+async fn lease_loop(shared: &Arc<Shared>, results: &mpsc::UnboundedSender<Finished>) {
+    let cores = shared.config.cores();
     loop {
-        if state.stop_leasing.is_cancelled() {
-            return Ok(());
+        if shared.stop_leasing.is_cancelled() {
+            return;
         }
-        let registration = state.registration();
-        if registration.forgotten {
-            // Its leases are gone with it: stop their computations.
-            for job in state.held().values() {
-                job.mark_lost();
-            }
-            if !register(state).await? {
-                return Ok(());
-            }
-            continue;
-        }
-        // Created before the room is measured, so that an end in between is not missed.
-        let job_ended = state.job_ended.notified();
-        let forgotten = state.forgotten.notified();
-        let room = state.capacity().saturating_sub(state.held().len());
-        if room == 0 {
+        let ended = shared.job_ended.notified();
+        let free = capacity(shared, cores).saturating_sub(shared.running().len());
+        if free == 0 {
             tokio::select! {
-                _ = state.stop_leasing.cancelled() => return Ok(()),
-                _ = job_ended => {}
-                _ = forgotten => {}
+                _ = shared.stop_leasing.cancelled() => return,
+                _ = ended => {}
             }
             continue;
         }
         let request = LeaseRequest {
-            worker: registration.worker,
-            max_jobs: u32::try_from(room).unwrap_or(u32::MAX),
-            wait_ms: state.config.long_poll_ms,
+            worker: shared.worker_id.load(Ordering::Relaxed),
+            max_jobs: free as u32,
+            wait_ms: shared.config.long_poll_ms,
         };
-        let timeout = CALL_TIMEOUT + Duration::from_millis(state.config.long_poll_ms);
-        // A lease answer dropped here (stopping mid-poll) only leaves leases that expire.
+        let timeout = CALL_TIMEOUT + Duration::from_millis(shared.config.long_poll_ms);
         let answer = tokio::select! {
-            _ = state.stop_leasing.cancelled() => return Ok(()),
-            answer = state.coordinators.call::<_, LeaseResponse>(wire::worker::LEASE, &request, timeout) => answer,
+            _ = shared.stop_leasing.cancelled() => return,
+            answer = shared.coordinators.call::<_, LeaseResponse>(wire::worker::LEASE, &request, timeout) => answer,
         };
         match answer {
             Ok(leased) => {
-                if failing {
-                    tracing::info!(via = state.coordinators.current(), "leasing works again");
-                    failing = false;
-                }
-                for assignment in &leased.jobs {
-                    start_job(state, tasks, assignment, results.clone());
+                for assignment in leased.jobs {
+                    start_job(shared, RunningJob::new(&assignment), results.clone());
                 }
             }
-            Err(CallError::UnknownWorker) => state.forget(request.worker),
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e, "leasing failed; retrying");
-                    failing = true;
+            Err(CallError::UnknownWorker) => {
+                // The registry forgot this worker (it was silent too long): its leases are gone.
+                for job in shared.running().values() {
+                    job.cancel();
                 }
+                if !register(shared, &shared.stop_leasing).await {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "lease failed; retrying");
                 tokio::select! {
-                    _ = state.stop_leasing.cancelled() => return Ok(()),
+                    _ = shared.stop_leasing.cancelled() => return,
                     _ = tokio::time::sleep(RETRY_PAUSE) => {}
                 }
             }
@@ -224,95 +196,92 @@ async fn lease_loop(
     }
 }
 
-/// Hold the job and compute it when a core is free; send its result to the reporter.
-fn start_job(
-    state: &Arc<WorkerState>,
-    tasks: &TaskTracker,
-    assignment: &Assignment,
-    results: mpsc::UnboundedSender<Finished>,
-) {
-    let job = Arc::new(RunningJob::new(assignment));
-    state.hold(job.clone());
-    let state = state.clone();
-    tasks.spawn(async move {
-        // The semaphore is never closed; without a permit there is nothing to do but end.
-        if let Ok(_core) = state.cores.clone().acquire_owned().await {
-            let computing = job.clone();
-            let chunk = state.config.chunk_iterations;
-            let started = std::time::Instant::now();
-            match tokio::task::spawn_blocking(move || computing.compute(chunk)).await {
-                Ok(Some(result)) if !job.is_lost() => {
-                    state.record_job_time(started.elapsed());
-                    job.mark_finished();
-                    if results.send(Finished { job: job.job, result }).is_err() {
-                        tracing::debug!(job = job.job, "result computed after the reporter stopped");
-                    }
-                }
-                Ok(Some(_)) => tracing::debug!(job = job.job, "the lease was lost; result dropped"),
-                Ok(None) => tracing::debug!(job = job.job, done = job.progress().done, "computation stopped"),
-                Err(e) => tracing::error!(job = job.job, error = %e, "computation failed"),
+/// How many jobs to hold: one per core for long jobs, a backlog for short ones.
+fn capacity(shared: &Shared, cores: usize) -> usize {
+    let mean = shared.mean_job_micros.load(Ordering::Relaxed).max(1);
+    let per_core = (BACKLOG_TARGET.as_micros() as u64 / mean).clamp(1, MAX_BACKLOG_PER_CORE as u64);
+    cores * per_core as usize
+}
+
+fn start_job(shared: &Arc<Shared>, job: RunningJob, results: mpsc::UnboundedSender<Finished>) {
+    let job = Arc::new(job);
+    shared.running().insert(job.job, job.clone());
+    let shared = shared.clone();
+    let chunk = shared.config.chunk_iterations;
+    tokio::spawn(async move {
+        let Ok(_core) = shared.cores.clone().acquire_owned().await else { return };
+        let computing = job.clone();
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || computing.compute(chunk)).await;
+        let micros = started.elapsed().as_micros() as u64;
+        let mean = shared.mean_job_micros.load(Ordering::Relaxed);
+        let mean = if mean == u64::MAX { micros } else { (mean * 7 + micros) / 8 };
+        shared.mean_job_micros.store(mean, Ordering::Relaxed);
+        match result {
+            Ok(Some(result)) if !job.is_cancelled() => {
+                job.mark_finished();
+                let _ = results.send(Finished { job: job.job, result });
             }
+            Ok(_) => tracing::debug!(job = job.job, "computation cancelled"),
+            Err(e) => tracing::error!(job = job.job, error = %e, "computation panicked"),
         }
-        state.job_ended(&job);
+        shared.running().remove(&job.job);
+        shared.job_ended.notify_one();
     });
 }
 
-/// Stop every held job at its next chunk boundary and wait (until `deadline`) for them to
-/// stop. Returns the checkpoints of those that neither finished nor were lost.
-async fn stop_jobs(state: &WorkerState, deadline: Instant) -> Vec<Progress> {
-    let held: Vec<Arc<RunningJob>> = state.held().values().cloned().collect();
-    for job in &held {
-        job.stop();
-    }
-    loop {
-        let ended = state.job_ended.notified();
-        if state.held().is_empty() {
-            break;
-        }
-        tokio::select! {
-            _ = ended => {}
-            _ = tokio::time::sleep_until(deadline) => {
-                tracing::warn!(jobs = state.held().len(), "computations did not stop in time");
-                break;
+/// Report results in batches until the channel closes; never drop one because a coordinator
+/// was down.
+async fn report(shared: Arc<Shared>, mut results: mpsc::UnboundedReceiver<Finished>) {
+    while let Some(first) = results.recv().await {
+        let mut batch = vec![first];
+        let linger = tokio::time::sleep(REPORT_LINGER);
+        tokio::pin!(linger);
+        while batch.len() < REPORT_BATCH {
+            tokio::select! {
+                _ = &mut linger => break,
+                next = results.recv() => match next { Some(next) => batch.push(next), None => break },
             }
         }
-    }
-    held.iter().filter(|job| !job.is_finished() && !job.is_lost()).map(|job| job.progress()).collect()
-}
-
-/// Hand unfinished jobs back with their checkpoints, retrying with failover until `deadline`.
-async fn release(state: &WorkerState, progress: Vec<Progress>, deadline: Instant) {
-    if progress.is_empty() {
-        return;
-    }
-    let jobs = progress.len();
-    let mut request = ReleaseRequest { worker: 0, progress };
-    let mut failing = false;
-    loop {
-        request.worker = state.registration().worker;
-        let timeout = deadline.saturating_duration_since(Instant::now()).min(CALL_TIMEOUT);
-        if timeout.is_zero() {
-            tracing::warn!(jobs, "could not hand jobs back in time; they resume from their last heartbeat");
-            return;
-        }
-        let call = state.coordinators.call::<_, ReleaseResponse>(wire::worker::RELEASE, &request, timeout);
-        match tokio::time::timeout_at(deadline, call).await {
-            Ok(Ok(answer)) => {
-                tracing::info!(jobs, requeued = answer.requeued, "handed unfinished jobs back");
-                return;
-            }
-            Ok(Err(e @ (CallError::Rejected(_) | CallError::UnknownWorker))) => {
-                tracing::warn!(error = %e, jobs, "could not hand jobs back; their leases will expire");
-                return;
-            }
-            Ok(Err(e)) => {
-                if !failing {
-                    tracing::warn!(error = %e, jobs, "handing jobs back failed; retrying");
-                    failing = true;
+        loop {
+            let request = CompleteRequest { worker: shared.worker_id.load(Ordering::Relaxed), results: batch.clone() };
+            match shared.coordinators.call::<_, CompleteResponse>(wire::worker::COMPLETE, &request, CALL_TIMEOUT).await
+            {
+                Ok(answer) => {
+                    tracing::debug!(recorded = answer.recorded, duplicate = answer.duplicate, "results reported");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, results = batch.len(), "reporting results failed; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
                 }
             }
-            Err(_) => continue,
         }
-        tokio::time::sleep_until(deadline.min(Instant::now() + RETRY_PAUSE)).await;
+    }
+}
+
+/// Heartbeat checkpoints; cancel jobs the coordinator says are lost; drain when told to.
+async fn heartbeat(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(shared.heartbeat_ms.load(Ordering::Relaxed))).await;
+        let progress: Vec<Progress> = shared.running().values().map(|job| job.progress()).collect();
+        let request = HeartbeatRequest { worker: shared.worker_id.load(Ordering::Relaxed), progress };
+        match shared.coordinators.call::<_, HeartbeatResponse>(wire::worker::HEARTBEAT, &request, CALL_TIMEOUT).await {
+            Ok(answer) => {
+                let running = shared.running();
+                for job in answer.lost {
+                    if let Some(job) = running.get(&job) {
+                        tracing::info!(job = job.job, "lease lost; stopping the job");
+                        job.cancel();
+                    }
+                }
+                if answer.draining && !shared.stop_leasing.is_cancelled() {
+                    tracing::info!("the coordinators asked this worker to drain");
+                    shared.stop_leasing.cancel();
+                }
+            }
+            // An unknown worker is handled by the lease loop, which re-registers.
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
     }
 }

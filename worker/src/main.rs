@@ -1,8 +1,6 @@
-//! `worker`: see `worker --help`. Parses flags, sets up logging, and runs [`worker::run`] until
-//! SIGINT or SIGTERM; a second signal exits at once.
+//! `worker`: see `worker --help`.
 
 use clap::Parser;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use worker::config::{Config, LogFormat};
 
@@ -16,22 +14,21 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
     }
     let shutdown = CancellationToken::new();
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
     let signals = shutdown.clone();
     tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
         tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
         }
         tracing::info!("stopping: handing unfinished jobs back");
         signals.cancel();
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-        tracing::warn!("second signal: exiting without finishing the drain");
-        std::process::exit(130);
     });
     worker::run(config, shutdown).await
 }

@@ -103,7 +103,6 @@ impl WorkerState {
         if registration.worker == worker && !registration.forgotten {
             registration.forgotten = true;
             drop(registration);
-            tracing::info!(worker, "the coordinators forgot this worker (its leases are gone); registering again");
             self.forgotten.notify_one();
         }
     }
