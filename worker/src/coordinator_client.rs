@@ -6,28 +6,29 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wire::worker::WorkerErrorBody;
 
-/// A coordinator that does not accept a connection within this long is taken as down, even
-/// when the call itself may take longer (a long-poll).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// Why a call failed after trying every coordinator.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallError {
-    /// The coordinator does not know this worker id (410): register again.
-    #[error("the coordinator does not know this worker")]
+    /// The coordinator does not know this worker id: register again.
     UnknownWorker,
-    /// The coordinator refused the message as malformed (400), or its answer was undecodable:
-    /// a bug on one side; retrying will not help.
-    #[error("rejected: {0}")]
+    /// The coordinator refused the message as malformed (a bug; retrying will not help).
     Rejected(String),
-    /// No coordinator could take it right now (unreachable, timed out, or 503).
-    #[error("no coordinator available: {0}")]
+    /// No coordinator could take it right now.
     Unavailable(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::UnknownWorker => f.write_str("unknown worker"),
+            CallError::Rejected(e) => write!(f, "rejected: {e}"),
+            CallError::Unavailable(e) => write!(f, "no coordinator available: {e}"),
+        }
+    }
 }
 
 /// The coordinators, and which one is in use.
@@ -40,16 +41,10 @@ pub struct Coordinators {
 
 impl Coordinators {
     /// Talk to `urls` (base URLs), starting with the first.
-    pub fn new(urls: &[String]) -> anyhow::Result<Self> {
-        let urls: Vec<String> =
-            urls.iter().map(|url| url.trim().trim_end_matches('/').to_owned()).filter(|url| !url.is_empty()).collect();
+    pub fn new(urls: Vec<String>) -> anyhow::Result<Self> {
         anyhow::ensure!(!urls.is_empty(), "at least one --coordinator is needed");
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .tcp_nodelay(true)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .context("building the HTTP client")?;
+        let http = reqwest::Client::builder().no_proxy().tcp_nodelay(true).build()?;
+        let urls = urls.into_iter().map(|u| u.trim_end_matches('/').to_owned()).collect();
         Ok(Coordinators { http, urls, current: AtomicUsize::new(0) })
     }
 
@@ -63,14 +58,7 @@ impl Coordinators {
         let _ = self.current.compare_exchange(from, (from + 1) % self.urls.len(), Ordering::Relaxed, Ordering::Relaxed);
     }
 
-    /// The coordinators' base URLs.
-    pub fn urls(&self) -> &[String] {
-        &self.urls
-    }
-
-    /// POST `req` to `path`, trying each coordinator once (starting with the one in use), each
-    /// with `timeout`. Moves on to the next one on a transport error or a status other than
-    /// 400 and 410.
+    /// POST `req` to `path`, trying each coordinator once (starting with the one in use).
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         path: &str,
@@ -122,35 +110,5 @@ impl Coordinators {
             }
         }
         Err(CallError::Unavailable(last))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_are_trimmed_and_empty_ones_dropped() {
-        let coordinators =
-            Coordinators::new(&[" http://a:1/ ".into(), String::new(), "http://b:2".into()]).expect("valid urls");
-        assert_eq!(coordinators.urls(), ["http://a:1", "http://b:2"]);
-        assert_eq!(coordinators.current(), "http://a:1");
-    }
-
-    #[test]
-    fn no_coordinator_is_an_error() {
-        assert!(Coordinators::new(&[]).is_err());
-        assert!(Coordinators::new(&[" ".into()]).is_err());
-    }
-
-    #[test]
-    fn failing_over_moves_once_and_wraps_around() {
-        let coordinators = Coordinators::new(&["http://a".into(), "http://b".into()]).expect("valid urls");
-        coordinators.fail_over(0);
-        // A second caller that saw the same failure does not move it on again.
-        coordinators.fail_over(0);
-        assert_eq!(coordinators.current(), "http://b");
-        coordinators.fail_over(1);
-        assert_eq!(coordinators.current(), "http://a");
     }
 }
