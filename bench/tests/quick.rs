@@ -60,3 +60,10 @@ fn workers_quick_serves_simulated_workers() {
     assert_eq!(report["figures"]["connected_workers"], 100);
     assert!(report["figures"]["leases_per_s"].as_f64().expect("rate") > 0.0);
 }
+
+#[test]
+fn failover_by_hand_over_quick_loses_nothing() {
+    let report = bench(&["failover", "--clients", "2", "--mode", "handover"]);
+    assert_eq!(report["figures"]["lost"], 0);
+    assert_eq!(report["figures"]["wrong"], 0);
+}

@@ -77,6 +77,9 @@ pub struct Config {
     /// Shared secret required on the internal /raft routes (unset: open, for local runs).
     #[arg(long, env = "TANDEM_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// Token the /admin routes require (`Authorization: Bearer TOKEN`); unset disables them.
+    #[arg(long, env = "TANDEM_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Largest `iterations` a job may ask for.
     #[arg(long, env = "TANDEM_MAX_ITERATIONS", default_value_t = 1_000_000_000)]
     pub max_iterations: u64,

@@ -10,6 +10,7 @@
 //! [`run`] binds nothing itself: it serves on a listener it is given, so tests start the real
 //! server on port 0.
 
+pub mod admin;
 pub mod api;
 pub mod api_error;
 pub mod config;
@@ -67,6 +68,7 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
+        .route("/admin/failover", post(admin::failover))
         .route(wire::worker::REGISTER, post(worker_routes::register))
         .route(wire::worker::LEASE, post(worker_routes::lease))
         .route(wire::worker::HEARTBEAT, post(worker_routes::heartbeat))

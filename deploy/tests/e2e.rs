@@ -325,3 +325,53 @@ async fn each_coordinator_exposes_metrics_and_exactly_one_leads() {
     }
     cluster.stop(Duration::from_secs(10));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_failover_moves_leadership_and_requires_the_token() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut layout = options(&dir, 0);
+    layout.coordinator_args.extend(["--admin-token".into(), "s3cret-token".into()]);
+    let mut cluster = LocalCluster::start(layout).expect("start the local cluster");
+    cluster.wait_ready(Duration::from_secs(60)).await.expect("cluster ready");
+    let urls = cluster.api_urls();
+    let http = reqwest::Client::builder().no_proxy().build().expect("client");
+    let leader_now =
+        || async { ApiClient::new(urls[0].clone()).cluster().await.expect("cluster").leader.expect("leader") };
+    let before = leader_now().await;
+    // Without the token, or with a wrong one: 401 and nothing moves.
+    for auth in [None, Some("Bearer guess")] {
+        let mut request = http.post(format!("{}/admin/failover", urls[0]));
+        if let Some(auth) = auth {
+            request = request.header("Authorization", auth);
+        }
+        let response = request.send().await.expect("send");
+        assert_eq!(response.status(), 401);
+        assert!(response.text().await.expect("body").contains("admin token"));
+    }
+    assert_eq!(leader_now().await, before);
+    // Never to the witness.
+    let response = http
+        .post(format!("{}/admin/failover?to=3", urls[0]))
+        .header("Authorization", "Bearer s3cret-token")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 409, "{}", response.text().await.unwrap_or_default());
+    // Asked on the follower: forwarded to the leader, which hands over to the other coordinator.
+    let follower_url = &urls[if before == 1 { 1 } else { 0 }];
+    let response = http
+        .post(format!("{follower_url}/admin/failover"))
+        .header("Authorization", "Bearer s3cret-token")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.expect("json");
+    let expected = if before == 1 { 2 } else { 1 };
+    assert_eq!(answer["leader"], expected);
+    assert_eq!(answer["previous_leader"], before);
+    assert_eq!(leader_now().await, expected);
+    // And the cluster still takes writes.
+    ApiClient::new(urls[0].clone()).enqueue(b"after failover".to_vec(), 1, None).await.expect("enqueue");
+    cluster.stop(Duration::from_secs(10));
+}

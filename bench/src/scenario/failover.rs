@@ -1,6 +1,7 @@
 //! `failover`: a steady stream of enqueues on both coordinators while the leader is killed
-//! (SIGKILL; the local cluster only), K times. Reports the longest gap in successful enqueues per
-//! trial, and checks that no acknowledged job is lost and no result is wrong.
+//! (SIGKILL; the local cluster only) or asked to hand over (`POST /admin/failover`), K times.
+//! Reports the longest gap in successful enqueues per trial, and checks that no acknowledged job
+//! is lost and no result is wrong.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,6 +27,21 @@ pub struct FailoverArgs {
     /// Concurrent enqueue streams.
     #[arg(long, default_value_t = 4)]
     pub clients: usize,
+    /// How the leader goes: killed, or asked to hand over.
+    #[arg(long, value_enum, default_value = "kill")]
+    pub mode: Mode,
+    /// The admin token for hand-overs (a --local cluster gets a fresh one).
+    #[arg(long, env = "TANDEM_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+/// How a trial removes the leader.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// SIGKILL the leader's process (local cluster only), then restart it.
+    Kill,
+    /// `POST /admin/failover`: leadership moves to the other coordinator.
+    Handover,
 }
 
 /// (request sent, acknowledged, job id, body) of every acknowledged enqueue.
@@ -33,11 +49,19 @@ type Acks = Arc<Mutex<Vec<(Instant, Instant, u64, Vec<u8>)>>>;
 
 /// Run `failover`.
 pub async fn run(args: &FailoverArgs, quick: bool) -> anyhow::Result<Report> {
-    anyhow::ensure!(args.target.local, "failover kills processes: it needs --local");
+    anyhow::ensure!(args.target.local || args.mode == Mode::Handover, "killing processes needs --local");
     let trials = if quick { args.trials.min(2) } else { args.trials };
+    let mode = format!("{:?}", args.mode).to_lowercase();
     let mut report =
-        Report::new("failover", serde_json::json!({ "trials": trials, "clients": args.clients, "mode": "kill" }));
-    let mut target = Target::open(&args.target, &[]).await?;
+        Report::new("failover", serde_json::json!({ "trials": trials, "clients": args.clients, "mode": mode }));
+    let token = match (&args.admin_token, args.target.local) {
+        (Some(token), _) => token.clone(),
+        (None, true) => format!("bench-{}", std::process::id()),
+        (None, false) if args.mode == Mode::Handover => anyhow::bail!("--admin-token is needed for hand-overs"),
+        (None, false) => String::new(),
+    };
+    let mut target = Target::open(&args.target, &["--admin-token", &token]).await?;
+    let http = reqwest::Client::builder().no_proxy().build()?;
     let started = Instant::now();
     let acks: Acks = Arc::default();
     let mut gaps = Vec::new();
@@ -55,9 +79,18 @@ pub async fn run(args: &FailoverArgs, quick: bool) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(1_000)).await;
         let trial_start = Instant::now();
         let victim = format!("coordinator-{leader}");
-        let cluster = target.local.as_mut().expect("--local");
-        cluster.process(&victim).signal(Signal::SIGKILL);
-        cluster.process(&victim).kill();
+        if args.mode == Mode::Kill {
+            let cluster = target.local.as_mut().expect("--local");
+            cluster.process(&victim).signal(Signal::SIGKILL);
+            cluster.process(&victim).kill();
+        } else {
+            let response = http
+                .post(format!("{}/admin/failover", target.clients[0].base()))
+                .header("Authorization", format!("Bearer {token}"))
+                .send()
+                .await?;
+            anyhow::ensure!(response.status().is_success(), "hand-over refused: {}", response.text().await?);
+        }
         tokio::time::sleep(Duration::from_millis(2_500)).await;
         stop.store(true, Ordering::Relaxed);
         for s in streams {
@@ -74,8 +107,11 @@ pub async fn run(args: &FailoverArgs, quick: bool) -> anyhow::Result<Report> {
         times.sort();
         let gap = times.windows(2).map(|w| w[1].duration_since(w[0])).max().unwrap_or_default();
         gaps.push(gap.as_secs_f64());
-        cluster.restart(&victim)?;
-        cluster.wait_ready(Duration::from_secs(30)).await?;
+        if args.mode == Mode::Kill {
+            let cluster = target.local.as_mut().expect("--local");
+            cluster.restart(&victim)?;
+            cluster.wait_ready(Duration::from_secs(30)).await?;
+        }
     }
     progress.finish_and_clear();
     // Every acknowledged job must complete with the right result.

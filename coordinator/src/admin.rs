@@ -1,0 +1,108 @@
+//! Operator routes under `/admin/`, each requiring the admin token (`Authorization: Bearer ...`).
+//!
+//! `POST /admin/failover[?to=ID]` moves leadership to the other coordinator (or to `to`): the
+//! leader checks that the target is a caught-up, recently heard-from coordinator and transfers;
+//! a follower forwards the request to the leader. The answer says who leads now.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use raft_store::TransferError;
+use serde::{Deserialize, Serialize};
+use wire::api::ErrorBody;
+
+use crate::App;
+
+/// `POST /admin/failover` answer.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FailoverResponse {
+    /// Who led before.
+    pub previous_leader: u64,
+    /// Who leads now.
+    pub leader: u64,
+    /// How long the hand-over took, in milliseconds.
+    pub took_ms: u64,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(ErrorBody { error: message.into() })).into_response()
+}
+
+/// Refuse requests without the configured admin token.
+fn authorize(app: &App, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = &app.config.admin_token else {
+        return Err(error(StatusCode::UNAUTHORIZED, "admin routes are disabled: no --admin-token is configured"));
+    };
+    let given =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if given != Some(token.as_str()) {
+        return Err(error(StatusCode::UNAUTHORIZED, "missing or wrong admin token (Authorization: Bearer ...)"));
+    }
+    Ok(())
+}
+
+/// `POST /admin/failover[?to=ID]`
+pub async fn failover(
+    State(app): State<App>,
+    headers: HeaderMap,
+    params: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(refusal) = authorize(&app, &headers) {
+        return refusal;
+    }
+    let to = match params.map(|Query(p)| p.get("to").cloned()) {
+        Ok(None) => None,
+        Ok(Some(raw)) => match raw.parse::<u64>() {
+            Ok(id) => Some(id),
+            Err(_) => return error(StatusCode::BAD_REQUEST, format!("to must be a node id, got {raw:?}")),
+        },
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed query string: {e}")),
+    };
+    let leadership = *app.node.leadership().borrow();
+    let Some(leader) = leadership.leader else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no leader right now; retry shortly");
+    };
+    if !leadership.is_self {
+        return forward(&app, leader, &headers, to).await;
+    }
+    let started = Instant::now();
+    match app.node.transfer_leadership(to).await {
+        Ok(new_leader) => Json(FailoverResponse {
+            previous_leader: leader,
+            leader: new_leader,
+            took_ms: started.elapsed().as_millis() as u64,
+        })
+        .into_response(),
+        Err(TransferError::NoEligibleTarget(why)) => error(StatusCode::CONFLICT, format!("refused: {why}")),
+        Err(TransferError::NotLeader) => error(StatusCode::SERVICE_UNAVAILABLE, "leadership moved meanwhile; retry"),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// Send the request to the leader coordinator's API (one hop: the leader never forwards).
+async fn forward(app: &App, leader: u64, headers: &HeaderMap, to: Option<u64>) -> Response {
+    let membership = app.node.metrics().membership_config.clone();
+    let Some(node) = membership.membership().get_node(&leader).filter(|n| !n.api_addr.is_empty()) else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the leader is the witness, which hands over by itself; retry");
+    };
+    let mut url = format!("http://{}/admin/failover", node.api_addr);
+    if let Some(to) = to {
+        url.push_str(&format!("?to={to}"));
+    }
+    let mut request = app.http.post(url).timeout(Duration::from_secs(10));
+    if let Some(auth) = headers.get(header::AUTHORIZATION) {
+        request = request.header(header::AUTHORIZATION, auth.clone());
+    }
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status();
+            let body = response.bytes().await.unwrap_or_default();
+            (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("could not reach the leader: {e}")),
+    }
+}
