@@ -32,15 +32,15 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(ErrorBody { error: message.into() })).into_response()
 }
 
-/// Refuse requests without the configured admin token.
-fn authorize(app: &App, headers: &HeaderMap) -> Result<(), Response> {
+/// Refuse requests without the configured admin token; the error says why (for a 401).
+fn authorize(app: &App, headers: &HeaderMap) -> Result<(), &'static str> {
     let Some(token) = &app.config.admin_token else {
-        return Err(error(StatusCode::UNAUTHORIZED, "admin routes are disabled: no --admin-token is configured"));
+        return Err("admin routes are disabled: no --admin-token is configured");
     };
     let given =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     if given != Some(token.as_str()) {
-        return Err(error(StatusCode::UNAUTHORIZED, "missing or wrong admin token (Authorization: Bearer ...)"));
+        return Err("missing or wrong admin token (Authorization: Bearer ...)");
     }
     Ok(())
 }
@@ -51,8 +51,8 @@ pub async fn failover(
     headers: HeaderMap,
     params: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(refusal) = authorize(&app, &headers) {
-        return refusal;
+    if let Err(why) = authorize(&app, &headers) {
+        return error(StatusCode::UNAUTHORIZED, why);
     }
     let to = match params.map(|Query(p)| p.get("to").cloned()) {
         Ok(None) => None,
