@@ -114,8 +114,16 @@ pub enum Command {
     /// Hand up to `max_jobs` waiting jobs to `worker` until `deadline_ms`.
     Lease { worker: WorkerId, max_jobs: u32, now_ms: u64, deadline_ms: u64 },
     /// `worker` is alive and running the jobs it lists: extend those leases to `deadline_ms`
-    /// and record their checkpoints.
-    Heartbeat { worker: WorkerId, now_ms: u64, deadline_ms: u64, checkpoints: Vec<Checkpoint> },
+    /// and record their checkpoints and its current hash rate.
+    Heartbeat {
+        worker: WorkerId,
+        now_ms: u64,
+        deadline_ms: u64,
+        checkpoints: Vec<Checkpoint>,
+        /// Chain steps per second over its last heartbeat period (0 from older workers).
+        #[serde(default)]
+        hashes_per_s: u64,
+    },
     /// Record results. Idempotent per job.
     Complete { worker: WorkerId, now_ms: u64, results: Vec<JobResult> },
     /// `worker` hands leased jobs back (draining): they are requeued from these checkpoints.
@@ -306,6 +314,9 @@ pub struct Worker {
     pub last_seen_ms: u64,
     /// How many leases it holds.
     pub leases: u32,
+    /// Its hash rate (chain steps per second) as of its last heartbeat.
+    #[serde(default)]
+    pub hashes_per_s: u64,
 }
 
 /// One launch the autoscaler decided on.
@@ -408,8 +419,8 @@ impl JobTable {
             Command::Lease { worker, max_jobs, now_ms, deadline_ms } => {
                 self.lease(*worker, *max_jobs, *now_ms, *deadline_ms)
             }
-            Command::Heartbeat { worker, now_ms, deadline_ms, checkpoints } => {
-                self.heartbeat(*worker, *now_ms, *deadline_ms, checkpoints)
+            Command::Heartbeat { worker, now_ms, deadline_ms, checkpoints, hashes_per_s } => {
+                self.heartbeat(*worker, *now_ms, *deadline_ms, checkpoints, *hashes_per_s)
             }
             Command::Complete { worker, now_ms, results } => self.complete(*worker, *now_ms, results),
             Command::Release { worker, checkpoints } => self.release(*worker, checkpoints),
@@ -427,6 +438,7 @@ impl JobTable {
                         registered_at_ms: *now_ms,
                         last_seen_ms: *now_ms,
                         leases: 0,
+                        hashes_per_s: 0,
                     },
                 );
                 Response::WorkerRegistered(id)
@@ -526,11 +538,19 @@ impl JobTable {
         Response::Leased(leased)
     }
 
-    fn heartbeat(&mut self, worker: WorkerId, now_ms: u64, deadline_ms: u64, checkpoints: &[Checkpoint]) -> Response {
+    fn heartbeat(
+        &mut self,
+        worker: WorkerId,
+        now_ms: u64,
+        deadline_ms: u64,
+        checkpoints: &[Checkpoint],
+        hashes_per_s: u64,
+    ) -> Response {
         let Some(w) = self.workers.get_mut(&worker) else {
             return Response::Rejected(Rejection::UnknownWorker);
         };
         w.last_seen_ms = w.last_seen_ms.max(now_ms);
+        w.hashes_per_s = hashes_per_s;
         let state = w.state;
         // Only the leases the worker reports on are extended: a lease whose grant never reached
         // the worker (the answer was lost in a failover) must expire, not live on forever.
@@ -910,6 +930,7 @@ mod tests {
             now_ms: 15,
             deadline_ms: 25,
             checkpoints: vec![checkpoint, Checkpoint { job: 2, done: 5, digest: Digest([1; 64]) }],
+            hashes_per_s: 0,
         });
         assert_eq!(ack, Response::HeartbeatAck { lost: vec![2], state: WorkerState::Active });
         assert_eq!(table.apply(&Command::ExpireLeases { now_ms: 24 }), Response::Requeued(vec![]));
@@ -941,6 +962,7 @@ mod tests {
             now_ms: 5,
             deadline_ms: 100,
             checkpoints: vec![Checkpoint { job: 1, done: 2, digest: Digest([2; 64]) }],
+            hashes_per_s: 0,
         });
         assert_eq!(table.apply(&Command::ExpireLeases { now_ms: 10 }), Response::Requeued(vec![2]));
         assert!(matches!(table.job_status(1), Some(JobStatus::Running(_))));
@@ -1039,7 +1061,7 @@ mod tests {
         let before = table.clone();
         for command in [
             Command::Lease { worker: 9, max_jobs: 1, now_ms: 0, deadline_ms: 1 },
-            Command::Heartbeat { worker: 9, now_ms: 0, deadline_ms: 1, checkpoints: vec![] },
+            Command::Heartbeat { worker: 9, now_ms: 0, deadline_ms: 1, checkpoints: vec![], hashes_per_s: 0 },
             Command::UpdateWorker { worker: 9, state: WorkerState::Draining, now_ms: 0 },
             Command::RemoveWorker { worker: 9 },
         ] {

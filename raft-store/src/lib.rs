@@ -8,7 +8,8 @@
 //! - [`state_machine`]: openraft's state machine over the job table, with snapshots on disk.
 //! - [`network`]: the voters' HTTP transport (axum routes and a shared reqwest client).
 //! - [`node`]: the API the coordinator and the witness use: start, initialize, propose, read
-//!   barrier, leadership.
+//!   barrier, leadership, and each voter's self-reported [`node::VoterStatus`].
+//! - [`raft_metrics`]: the `tandem_raft_*` Prometheus gauges, for coordinators and the witness.
 //!
 //! This crate knows nothing of the client API, EC2 or scaling policy.
 
@@ -16,12 +17,14 @@ pub mod job_table;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod raft_metrics;
 pub mod state_machine;
 pub mod test_cluster;
 pub mod type_config;
 pub mod wal;
 
 pub use job_table::{Command, JobTable, Response};
-pub use node::{Leadership, Node, NodeConfig, ProposeError, ReadError, StartError, Timing, TransferError};
+pub use node::PeerReplication;
+pub use node::{Leadership, Node, NodeConfig, ProposeError, ReadError, StartError, Timing, TransferError, VoterStatus};
 pub use type_config::{NodeId, NodeInfo, Role, TypeConfig};
 pub use wire::Digest;

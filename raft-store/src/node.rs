@@ -74,10 +74,18 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The cluster secret for `/raft/` routes; `None` leaves them open (tests, local runs).
     pub secret: Option<String>,
+    /// Serve `POST /raft/faults`, which lets a test harness in another process cut this voter's
+    /// links to chosen peers. Off unless asked for; never in production.
+    pub fault_injection: bool,
     /// Raft timing.
     pub timing: Timing,
-    /// Build a snapshot after this many entries since the last one.
+    /// Build a snapshot after at most this many entries since the last one. Before that, a
+    /// snapshot is built once the log written since the last one outgrows both the snapshot
+    /// itself and `snapshot_min_log_bytes`: snapshotting costs O(state), so it waits until the
+    /// log has grown by as much, which bounds its share of the work whatever the state's size.
     pub snapshot_every: u64,
+    /// Log bytes written since the last snapshot below which no size-triggered snapshot is built.
+    pub snapshot_min_log_bytes: u64,
     /// Entries kept in the log behind a snapshot, so that a briefly lagging follower catches up
     /// from the log rather than from a snapshot.
     pub logs_kept_after_snapshot: u64,
@@ -95,8 +103,10 @@ impl NodeConfig {
             role,
             data_dir: data_dir.into(),
             secret: None,
+            fault_injection: false,
             timing: Timing::default(),
-            snapshot_every: 10_000,
+            snapshot_every: 200_000,
+            snapshot_min_log_bytes: 16 << 20,
             logs_kept_after_snapshot: 1_000,
             request_timeout: Duration::from_secs(5),
             log: LogStoreOptions::default(),
@@ -184,6 +194,32 @@ pub struct Leadership {
     pub is_self: bool,
 }
 
+/// One voter's own account of itself (served on `/raft/status`, shown by `GET /cluster`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VoterStatus {
+    /// Its node id.
+    pub id: NodeId,
+    /// "leader", "follower", "candidate", "learner" or "shutdown".
+    pub state: String,
+    /// Its term.
+    pub term: u64,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// The last index in its log.
+    pub last_log_index: Option<u64>,
+    /// The last index applied to its state machine.
+    pub applied_index: Option<u64>,
+}
+
+/// A peer as the leader sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerReplication {
+    /// The last log index it is known to hold.
+    pub matched_index: Option<u64>,
+    /// How long ago it last answered the leader.
+    pub last_contact: Option<Duration>,
+}
+
 type ReadRound = Shared<Pin<Box<dyn Future<Output = Result<(), ReadError>> + Send>>>;
 
 struct NodeInner {
@@ -199,7 +235,8 @@ struct NodeInner {
     pending_read: Mutex<Option<ReadRound>>,
     /// Held by the read round in progress, so that the next one starts after it.
     read_running: tokio::sync::Mutex<()>,
-    watcher: Mutex<Option<JoinHandle<()>>>,
+    /// Background tasks (leadership watch, snapshot policy), aborted on shutdown.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// A running voter. Cheap to clone.
@@ -213,6 +250,9 @@ impl Node {
     /// earlier run: the log, vote and snapshot are recovered.
     pub async fn start(config: NodeConfig, faults: Arc<NetworkFaults>) -> Result<Node, StartError> {
         let (log, recovery) = LogStore::open(&config.data_dir, config.log)?;
+        if config.fault_injection {
+            tracing::warn!(node = config.id, "fault injection is enabled (POST /raft/faults): for tests only");
+        }
         tracing::info!(
             node = config.id,
             role = %config.role,
@@ -228,7 +268,8 @@ impl Node {
             election_timeout_min: config.timing.election_min_ms,
             election_timeout_max: config.timing.election_max_ms,
             install_snapshot_timeout: 10_000,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            // Snapshots are triggered by `snapshot_policy` below, which also weighs sizes.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
             purge_batch_size: config.logs_kept_after_snapshot.clamp(1, 256),
             enable_pre_vote: Some(true),
@@ -253,11 +294,12 @@ impl Node {
                 leadership,
                 pending_read: Mutex::new(None),
                 read_running: tokio::sync::Mutex::new(()),
-                watcher: Mutex::new(None),
+                tasks: Mutex::new(Vec::new()),
             }),
         };
         let watcher = tokio::spawn(watch_metrics(Arc::downgrade(&node.inner), leadership_tx));
-        *node.inner.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(watcher);
+        let snapshots = tokio::spawn(snapshot_policy(Arc::downgrade(&node.inner)));
+        node.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).extend([watcher, snapshots]);
         Ok(node)
     }
 
@@ -296,6 +338,53 @@ impl Node {
         self.inner.raft.metrics().borrow_watched().clone()
     }
 
+    /// This voter's own status.
+    pub fn status(&self) -> VoterStatus {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let state = match metrics.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        VoterStatus {
+            id: self.id(),
+            state: state.into(),
+            term: metrics.current_term,
+            leader: metrics.current_leader,
+            last_log_index: metrics.last_log_index,
+            applied_index: metrics.last_applied.map(|id| id.index),
+        }
+    }
+
+    /// On the leader: for each peer, the last log index it is known to hold and how long ago it
+    /// last answered. Empty on a node that does not lead.
+    pub fn peer_replication(&self) -> BTreeMap<NodeId, PeerReplication> {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let (Some(replication), Some(heartbeat)) = (&metrics.replication, &metrics.heartbeat) else {
+            return BTreeMap::new();
+        };
+        replication
+            .iter()
+            .map(|(id, matched)| {
+                let last_contact = heartbeat.get(id).cloned().flatten().map(|at| at.elapsed());
+                (*id, PeerReplication { matched_index: matched.map(|log_id| log_id.index), last_contact })
+            })
+            .collect()
+    }
+
+    /// Ask voter `id` for its status (this node answers for itself without a round trip).
+    pub async fn voter_status(&self, id: NodeId, timeout: Duration) -> Result<VoterStatus, String> {
+        if id == self.id() {
+            return Ok(self.status());
+        }
+        let addr = self.raft_addr_of(id).ok_or_else(|| format!("node {id} is not a member"))?;
+        self.inner.transport.call(id, &addr, "status", &(), timeout).await.map_err(|e| e.to_string())
+    }
+
     /// Leadership as this node sees it, updated on every change.
     pub fn leadership(&self) -> watch::Receiver<Leadership> {
         self.inner.leadership.clone()
@@ -309,11 +398,17 @@ impl Node {
             secret: self.inner.transport.secret.clone(),
             faults: self.inner.transport.faults.clone(),
         };
-        let app_routes = Router::new()
+        let mut app_routes = Router::new()
             .route("/raft/propose", post(handle_propose))
             .route("/raft/read-index", post(handle_read_index))
+            .route("/raft/status", post(handle_status))
             .route("/raft/health", axum::routing::get(|| async { "ok" }))
             .with_state((self.clone(), state.clone()));
+        if self.inner.config.fault_injection {
+            app_routes = app_routes.merge(
+                Router::new().route("/raft/faults", post(handle_faults)).with_state((self.clone(), state.clone())),
+            );
+        }
         raft_rpc_router(state).merge(app_routes)
     }
 
@@ -403,8 +498,9 @@ impl Node {
     }
 
     fn raft_addr_of(&self, id: NodeId) -> Option<String> {
-        let metrics = self.inner.raft.metrics().borrow_watched().membership_config.clone();
-        metrics.membership().get_node(&id).map(|node| node.raft_addr.clone())
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        metrics.membership_config.membership().get_node(&id).map(|node| node.raft_addr.clone())
     }
 
     /// Wait until this node's state machine includes every write committed before the call, so
@@ -530,8 +626,8 @@ impl Node {
 
     /// Stop Raft and the background tasks. The data directory can be opened again afterwards.
     pub async fn shutdown(&self) {
-        if let Some(watcher) = self.inner.watcher.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            watcher.abort();
+        for task in self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            task.abort();
         }
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(node = self.id(), error = %e, "raft shutdown reported an error");
@@ -602,6 +698,41 @@ fn eligible_target(
     }
 }
 
+/// Trigger a snapshot when enough log has accumulated since the last one (see
+/// [`NodeConfig::snapshot_every`]), and wait for it before looking again.
+async fn snapshot_policy(node: std::sync::Weak<NodeInner>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Log bytes written when the last snapshot was asked for (or when this node started).
+    let mut written_at_last = None;
+    loop {
+        tick.tick().await;
+        let Some(inner) = node.upgrade() else { return };
+        let metrics = inner.raft.metrics().borrow_watched().clone();
+        let written = inner.wal_stats.snapshot().bytes_written;
+        let grown = written.saturating_sub(*written_at_last.get_or_insert(written));
+        let applied = metrics.last_applied.map_or(0, |id| id.index);
+        let since = applied.saturating_sub(metrics.snapshot.map_or(0, |id| id.index));
+        let config = &inner.config;
+        let outgrown = grown >= config.snapshot_min_log_bytes.max(inner.state_machine.last_snapshot_bytes());
+        if since < config.snapshot_every.min(1_000) || !(outgrown || since >= config.snapshot_every) {
+            continue;
+        }
+        written_at_last = Some(written);
+        if inner.raft.trigger().snapshot().await.is_err() {
+            return;
+        }
+        let built = inner
+            .raft
+            .wait(Some(Duration::from_secs(300)))
+            .metrics(|m| m.snapshot.is_some_and(|id| id.index >= applied), "snapshot built")
+            .await;
+        if let Err(e) = built {
+            tracing::warn!(node = config.id, error = %e, "a snapshot did not complete; trying again later");
+        }
+    }
+}
+
 /// Publish leadership changes, and make a witness that leads hand leadership back.
 async fn watch_metrics(node: std::sync::Weak<NodeInner>, leadership: watch::Sender<Leadership>) {
     let Some(inner) = node.upgrade() else { return };
@@ -611,18 +742,23 @@ async fn watch_metrics(node: std::sync::Weak<NodeInner>, leadership: watch::Send
     let mut handback_tick = tokio::time::interval(Duration::from_millis(20));
     handback_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let metrics = metrics_rx.borrow_watched().clone();
-        let now = Leadership {
-            leader: metrics.current_leader,
-            term: metrics.current_term,
-            is_self: metrics.state == ServerState::Leader,
+        // Read the three fields in place: the metrics change several times per entry, and
+        // cloning them whole (membership, replication maps) each time is measurable.
+        let (now, state) = {
+            let metrics = metrics_rx.borrow_watched();
+            let now = Leadership {
+                leader: metrics.current_leader,
+                term: metrics.current_term,
+                is_self: metrics.state == ServerState::Leader,
+            };
+            (now, metrics.state)
         };
         leadership.send_if_modified(|seen| {
             let changed = *seen != now;
             *seen = now;
             changed
         });
-        let witness_leads = role == Role::Witness && metrics.state == ServerState::Leader;
+        let witness_leads = role == Role::Witness && state == ServerState::Leader;
         tokio::select! {
             changed = metrics_rx.changed() => if changed.is_err() { return },
             _ = handback_tick.tick(), if witness_leads => {
@@ -659,6 +795,41 @@ async fn handle_propose(
     };
     // One hop only: the receiver never forwards again, so a stale view cannot make a loop.
     msgpack_response(&node.propose_local(command).await)
+}
+
+/// The body of `POST /raft/faults`: the peers this voter is cut off from (both ways), replacing
+/// the previous set; an empty list heals every link.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct FaultSettings {
+    /// Peers this voter neither sends to nor accepts requests from.
+    pub isolated_from: Vec<NodeId>,
+}
+
+async fn handle_faults(
+    State((node, routes)): State<(Node, RaftRoutesState)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResponse {
+    if let Err(refusal) = check_request(&routes, &headers) {
+        return refusal.into_response();
+    }
+    let Ok(settings) = serde_json::from_slice::<FaultSettings>(&body) else {
+        return (axum::http::StatusCode::BAD_REQUEST, "expected {\"isolated_from\": [node ids]}").into_response();
+    };
+    let faults = node.faults();
+    faults.heal_all();
+    for peer in &settings.isolated_from {
+        faults.isolate_from(*peer);
+    }
+    tracing::warn!(node = node.id(), isolated_from = ?settings.isolated_from, "fault injection: links changed");
+    axum::Json(settings).into_response()
+}
+
+async fn handle_status(State((node, routes)): State<(Node, RaftRoutesState)>, headers: HeaderMap) -> HttpResponse {
+    if let Err(refusal) = check_request(&routes, &headers) {
+        return refusal.into_response();
+    }
+    msgpack_response(&node.status())
 }
 
 async fn handle_read_index(State((node, routes)): State<(Node, RaftRoutesState)>, headers: HeaderMap) -> HttpResponse {

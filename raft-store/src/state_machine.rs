@@ -49,6 +49,8 @@ struct Inner {
     current: Mutex<Option<SnapshotMeta>>,
     /// The last applied log index, published after every apply batch and snapshot install.
     applied: tokio::sync::watch::Sender<u64>,
+    /// Size of the newest snapshot built or installed, for the snapshot policy.
+    snapshot_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// The job state machine of one voter. Cheap to clone; clones share the table.
@@ -115,13 +117,16 @@ impl StateMachineStore {
     /// openraft restores the snapshot on disk (if newer) and re-applies committed entries.
     pub fn open(dir: &Path) -> io::Result<StateMachineStore> {
         std::fs::create_dir_all(dir)?;
-        let current = read_snapshot_file(dir)?.map(|file| file.meta);
+        let file = read_snapshot_file(dir)?;
+        let snapshot_bytes = file.as_ref().map_or(0, |file| file.data.len() as u64);
+        let current = file.map(|file| file.meta);
         Ok(StateMachineStore {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
                 state: RwLock::new(Applied::default()),
                 current: Mutex::new(current),
                 applied: tokio::sync::watch::Sender::new(0),
+                snapshot_bytes: snapshot_bytes.into(),
             }),
         })
     }
@@ -146,7 +151,13 @@ impl StateMachineStore {
         self.inner.state.read().unwrap_or_else(|poison| poison.into_inner()).last_applied
     }
 
-    fn set_current(&self, meta: &SnapshotMeta) {
+    /// Size in bytes of the newest snapshot this voter built or installed (0 before the first).
+    pub fn last_snapshot_bytes(&self) -> u64 {
+        self.inner.snapshot_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_current(&self, meta: &SnapshotMeta, bytes: usize) {
+        self.inner.snapshot_bytes.store(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         let mut current = self.inner.current.lock().unwrap_or_else(|poison| poison.into_inner());
         if current.as_ref().is_none_or(|c| c.last_log_id <= meta.last_log_id) {
             *current = Some(meta.clone());
@@ -175,7 +186,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         })
         .await
         .map_err(io::Error::other)??;
-        self.store.set_current(&meta);
+        self.store.set_current(&meta, data.len());
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built a snapshot");
         Ok(Snapshot { meta, snapshot: data })
     }
@@ -227,6 +238,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
         let dir = self.inner.dir.clone();
         let file_meta = meta.clone();
+        let bytes = snapshot.len();
         let table = tokio::task::spawn_blocking(move || -> io::Result<JobTable> {
             let table = decode_table(&snapshot)?;
             write_snapshot_file(&dir, &file_meta, &snapshot)?;
@@ -238,7 +250,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mut state = self.inner.state.write().unwrap_or_else(|poison| poison.into_inner());
             *state = Applied { table, last_applied: meta.last_log_id, last_membership: meta.last_membership.clone() };
         }
-        self.set_current(meta);
+        self.set_current(meta, bytes);
         self.publish_applied(meta.last_log_id.map(|id| id.index));
         tracing::info!(last_log_id = ?meta.last_log_id, "installed a snapshot");
         Ok(())

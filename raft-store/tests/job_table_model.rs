@@ -96,7 +96,13 @@ impl Generator {
                         digest: self.digest(),
                     })
                     .collect();
-                Command::Heartbeat { worker, now_ms, deadline_ms: now_ms + self.rng.random_range(0..400), checkpoints }
+                Command::Heartbeat {
+                    worker,
+                    now_ms,
+                    deadline_ms: now_ms + self.rng.random_range(0..400),
+                    checkpoints,
+                    hashes_per_s: self.rng.random_range(0..1_000),
+                }
             }
             60..=79 => {
                 let worker = self.some_worker();

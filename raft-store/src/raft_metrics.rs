@@ -1,0 +1,67 @@
+//! Prometheus gauges of one voter's Raft state, shared by the coordinators and the witness.
+//!
+//! [`RaftGauges::sample`] copies this node's view into `tandem_raft_*` gauges; call it once a
+//! second. The WAL's own counters and histograms are recorded by the log writer as it works.
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
+
+use crate::Node;
+use crate::type_config::NodeId;
+
+/// Describe every metric raft-store records (once per process).
+pub fn describe() {
+    describe_gauge!("tandem_raft_term", "The Raft term this node is in.");
+    describe_gauge!("tandem_raft_is_leader", "1 if this node leads.");
+    describe_gauge!("tandem_raft_has_leader", "1 if this node knows a leader.");
+    describe_counter!("tandem_raft_leader_changes_total", "Leader changes seen by this node.");
+    describe_gauge!("tandem_raft_last_log_index", "Index of the last entry in this node's log.");
+    describe_gauge!("tandem_raft_applied_index", "Index of the last entry applied to this node's state.");
+    describe_gauge!(
+        "tandem_raft_replication_lag_entries",
+        "Entries a peer lacks, as the leader sees it (0 on a node that does not lead)."
+    );
+    describe_gauge!("tandem_raft_snapshot_bytes", "Size of this node's newest snapshot.");
+    describe_counter!("tandem_wal_fsyncs_total", "fsyncs of this node's write-ahead log.");
+    describe_histogram!("tandem_wal_fsync_seconds", "Duration of one WAL fsync.");
+    describe_histogram!("tandem_wal_batch_entries", "Log entries made durable by one fsync.");
+}
+
+/// What the sampler remembers between samples.
+#[derive(Debug, Default)]
+pub struct RaftGauges {
+    leader: Option<NodeId>,
+    peers: Vec<NodeId>,
+}
+
+impl RaftGauges {
+    /// Copy `node`'s Raft state into the gauges.
+    pub fn sample(&mut self, node: &Node) {
+        let raft = node.metrics();
+        if raft.current_leader != self.leader {
+            if self.leader.is_some() {
+                counter!("tandem_raft_leader_changes_total").increment(1);
+            }
+            self.leader = raft.current_leader;
+        }
+        gauge!("tandem_raft_term").set(raft.current_term as f64);
+        let is_leader = node.leadership().borrow().is_self;
+        gauge!("tandem_raft_is_leader").set(f64::from(u8::from(is_leader)));
+        gauge!("tandem_raft_has_leader").set(f64::from(u8::from(raft.current_leader.is_some())));
+        gauge!("tandem_raft_last_log_index").set(raft.last_log_index.unwrap_or(0) as f64);
+        gauge!("tandem_raft_applied_index").set(raft.last_applied.map_or(0, |id| id.index) as f64);
+        gauge!("tandem_raft_snapshot_bytes").set(node.state_machine().last_snapshot_bytes() as f64);
+        let last = raft.last_log_index.unwrap_or(0);
+        let replication = raft.replication.clone().unwrap_or_default();
+        // A node that stopped leading reports no lag rather than its last leader's view.
+        for peer in &self.peers {
+            if !replication.contains_key(peer) {
+                gauge!("tandem_raft_replication_lag_entries", "peer" => peer.to_string()).set(0.0);
+            }
+        }
+        self.peers = replication.keys().copied().collect();
+        for (peer, matched) in replication {
+            let lag = last.saturating_sub(matched.map_or(0, |id| id.index));
+            gauge!("tandem_raft_replication_lag_entries", "peer" => peer.to_string()).set(lag as f64);
+        }
+    }
+}
