@@ -94,6 +94,64 @@ pub struct VoterView {
     pub reachable: bool,
     /// Whether it leads.
     pub is_leader: bool,
+    /// Its own account: "leader", "follower", "candidate", "learner", "shutdown", or
+    /// "unreachable" when it did not answer.
+    pub state: String,
+    /// Its term, as it reported it.
+    pub term: Option<u64>,
+    /// The last index in its log, as it reported it.
+    pub last_log_index: Option<u64>,
+    /// The last index it applied, as it reported it.
+    pub applied_index: Option<u64>,
+    /// The last index the leader knows it holds (only when the answering node leads).
+    pub matched_index: Option<u64>,
+    /// Entries it lacks, as the leader sees it (only when the answering node leads).
+    pub lag_entries: Option<u64>,
+    /// Milliseconds since the leader last heard from it (only when the answering node leads).
+    pub last_contact_ms: Option<u64>,
+}
+
+/// Queue figures in `GET /cluster` (the replicated state as the answering node holds it).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct QueueView {
+    /// Jobs waiting.
+    pub queued: u64,
+    /// Iterations still to compute over the waiting jobs.
+    pub queued_iterations: u64,
+    /// Age of the oldest waiting job (0 when none waits).
+    pub oldest_queued_age_ms: u64,
+    /// Jobs leased to workers.
+    pub running: u64,
+    /// Jobs ever created.
+    pub enqueued_total: u64,
+    /// Results ever recorded.
+    pub completed_total: u64,
+    /// Leases that ended without a result.
+    pub requeued_total: u64,
+    /// Results still retained (answerable by `GET /jobs/{id}`).
+    pub completed_retained: u64,
+    /// The newest completion sequence number.
+    pub last_completion_seq: u64,
+}
+
+/// One committed autoscaler decision in `GET /cluster`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ScalerDecisionView {
+    /// When it was decided (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// "launch" or "terminate".
+    pub action: String,
+    /// The launch token and instance, or the instance terminated.
+    pub detail: String,
+}
+
+/// The autoscaler's state in `GET /cluster`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct ScalerView {
+    /// Workers the autoscaler wants (none until it runs).
+    pub desired_workers: Option<u64>,
+    /// Its most recent committed decisions, newest first.
+    pub decisions: Vec<ScalerDecisionView>,
 }
 
 /// `GET /cluster` answer.
@@ -103,6 +161,8 @@ pub struct ClusterView {
     pub node_id: u64,
     /// The answering node's role.
     pub role: String,
+    /// The answering node's clock (ms since the Unix epoch), to age the timestamps below.
+    pub now_ms: u64,
     /// The leader this node knows of.
     pub leader: Option<u64>,
     /// The current term.
@@ -119,8 +179,12 @@ pub struct ClusterView {
     pub running: u64,
     /// Results retained.
     pub completed_retained: u64,
+    /// Queue figures.
+    pub queue: QueueView,
     /// Registered workers.
     pub workers: Vec<WorkerView>,
+    /// The autoscaler's decisions.
+    pub scaler: ScalerView,
 }
 
 /// One registered worker in `GET /cluster`.
@@ -138,6 +202,32 @@ pub struct WorkerView {
     pub leases: u32,
     /// The last time it was heard from (ms since the Unix epoch).
     pub last_seen_ms: u64,
+    /// When it registered (ms since the Unix epoch).
+    pub registered_at_ms: u64,
+    /// The EC2 instance it runs on, if any.
+    pub instance_id: Option<String>,
+    /// Chain steps per second, as of its last heartbeat.
+    pub hash_rate: u64,
+}
+
+/// `POST /admin/failover` answer.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FailoverResponse {
+    /// Who led before.
+    pub previous_leader: u64,
+    /// Who leads now.
+    pub leader: u64,
+    /// How long the hand-over took, in milliseconds.
+    pub took_ms: u64,
+}
+
+/// `POST /admin/workers/{id}/drain` and `/resume` answer.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct WorkerStateResponse {
+    /// The worker.
+    pub worker: u64,
+    /// Its state now: "draining" or "active".
+    pub state: String,
 }
 
 /// Every error's body.

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use crate::api::{ClusterView, EnqueueResponse, ErrorBody, JobView, PullResponse};
+use crate::api::{
+    ClusterView, EnqueueResponse, ErrorBody, FailoverResponse, JobView, PullResponse, WorkerStateResponse,
+};
 
 /// Why a call failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -98,6 +100,28 @@ impl ApiClient {
     /// `GET /cluster`.
     pub async fn cluster(&self) -> Result<ClusterView, ClientError> {
         decode(self.http.get(format!("{}/cluster", self.base)).send().await).await
+    }
+
+    /// `POST /admin/failover[?to=ID]` with the admin token: leadership moves to the other
+    /// coordinator (or to `to`).
+    pub async fn failover(&self, token: &str, to: Option<u64>) -> Result<FailoverResponse, ClientError> {
+        let mut url = format!("{}/admin/failover", self.base);
+        if let Some(to) = to {
+            url.push_str(&format!("?to={to}"));
+        }
+        decode(self.http.post(url).bearer_auth(token).send().await).await
+    }
+
+    /// `POST /admin/workers/{id}/drain` (or `/resume` when `drain` is false) with the admin token.
+    pub async fn set_worker_draining(
+        &self,
+        token: &str,
+        worker: u64,
+        drain: bool,
+    ) -> Result<WorkerStateResponse, ClientError> {
+        let action = if drain { "drain" } else { "resume" };
+        let url = format!("{}/admin/workers/{worker}/{action}", self.base);
+        decode(self.http.post(url).bearer_auth(token).send().await).await
     }
 
     /// `GET /readyz`: whether the node can serve linearizable reads and forward writes.

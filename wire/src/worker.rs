@@ -92,6 +92,9 @@ pub struct HeartbeatRequest {
     pub worker: u64,
     /// Checkpoints of running jobs.
     pub progress: Vec<Progress>,
+    /// Chain steps computed per second since the previous heartbeat (0 if unknown).
+    #[serde(default)]
+    pub hashes_per_s: u64,
 }
 
 /// What the worker should know.
