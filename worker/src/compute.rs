@@ -5,7 +5,7 @@
 //! The chunk loop itself allocates nothing and takes no lock.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use wire::Digest;
 use wire::worker::{Assignment, Progress};
@@ -60,8 +60,9 @@ impl RunningJob {
         Progress { job: self.job, done, digest }
     }
 
-    /// Compute to the end, `chunk` iterations at a time. `None` if cancelled first.
-    pub fn compute(&self, chunk: u64) -> Option<Digest> {
+    /// Compute to the end, `chunk` iterations at a time, adding each chunk's steps to `hashes`.
+    /// `None` if cancelled first.
+    pub fn compute(&self, chunk: u64, hashes: &AtomicU64) -> Option<Digest> {
         let (mut done, mut digest) = *self.checkpoint.lock().unwrap_or_else(|p| p.into_inner());
         let chunk = chunk.max(1);
         while done < self.iterations {
@@ -71,6 +72,7 @@ impl RunningJob {
             let steps = chunk.min(self.iterations - done);
             digest = wire::chain::continue_chain(digest, steps);
             done += steps;
+            hashes.fetch_add(steps, Ordering::Relaxed);
             *self.checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = (done, digest);
         }
         Some(digest)
@@ -89,12 +91,15 @@ mod tests {
     fn chunked_computation_equals_the_whole_chain() {
         for (iterations, chunk) in [(1, 1), (2, 1), (10, 3), (1_000, 7), (1_000, 5_000), (12_345, 1_000)] {
             let job = RunningJob::new(&assignment(b"body", iterations));
+            let hashes = AtomicU64::new(0);
             assert_eq!(
-                job.compute(chunk),
+                job.compute(chunk, &hashes),
                 Some(wire::chain::sha512_chain(b"body", iterations)),
                 "{iterations}/{chunk}"
             );
             assert_eq!(job.progress().done, iterations);
+            // The first step was done at ingest; the worker counts the rest.
+            assert_eq!(hashes.load(Ordering::Relaxed), iterations - 1);
         }
     }
 
@@ -102,7 +107,7 @@ mod tests {
     fn resumes_from_a_checkpoint() {
         let checkpoint = wire::chain::sha512_chain(b"body", 400);
         let job = RunningJob::new(&Assignment { job: 1, iterations: 1_000, done: 400, digest: checkpoint });
-        assert_eq!(job.compute(64), Some(wire::chain::sha512_chain(b"body", 1_000)));
+        assert_eq!(job.compute(64, &AtomicU64::new(0)), Some(wire::chain::sha512_chain(b"body", 1_000)));
     }
 
     #[test]
@@ -110,7 +115,7 @@ mod tests {
         let job = std::sync::Arc::new(RunningJob::new(&assignment(b"body", u64::MAX)));
         let worker = {
             let job = job.clone();
-            std::thread::spawn(move || job.compute(1_000))
+            std::thread::spawn(move || job.compute(1_000, &AtomicU64::new(0)))
         };
         while job.progress().done < 5_000 {
             std::thread::yield_now();

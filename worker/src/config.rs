@@ -58,6 +58,13 @@ pub struct Config {
     /// Shared secret of the internal /raft routes (as the coordinators have it).
     #[arg(long, env = "TANDEM_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// Let a test harness cut the witness's links to chosen peers (`POST /raft/faults`). For
+    /// the fault-injection suite only.
+    #[arg(long, env = "TANDEM_FAULT_INJECTION")]
+    pub fault_injection: bool,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address (unset: no metrics server).
+    #[arg(long, env = "TANDEM_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Log format.
     #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -5,6 +5,7 @@
 //! - [`coordinator_client`]: the worker protocol over HTTP, failing over between coordinators.
 //! - [`compute`]: one job's chain, in chunks, checkpointed and cancellable.
 //! - [`witness`]: the witness voter on its own runtime.
+//! - [`metrics`]: `/metrics` on `--metrics-listen`.
 //!
 //! [`run`] is the whole worker: register, then long-poll for as many jobs as there are free cores,
 //! compute each on a blocking thread, heartbeat the checkpoints (which keeps the leases alive),
@@ -14,6 +15,7 @@
 pub mod compute;
 pub mod config;
 pub mod coordinator_client;
+pub mod metrics;
 pub mod witness;
 
 use std::collections::HashMap;
@@ -48,7 +50,7 @@ const MAX_BACKLOG_PER_CORE: usize = 256;
 const BACKLOG_TARGET: Duration = Duration::from_millis(250);
 
 /// What the worker's tasks share.
-struct Shared {
+pub(crate) struct Shared {
     config: Config,
     coordinators: Coordinators,
     worker_id: AtomicU64,
@@ -56,12 +58,21 @@ struct Shared {
     running: Mutex<HashMap<u64, Arc<RunningJob>>>,
     /// Woken whenever a job ends, so the lease loop can ask for more.
     job_ended: Notify,
-    /// Cancelled to stop taking work (shutdown, or the coordinator says drain).
+    /// Cancelled to stop taking work for good (shutdown).
     stop_leasing: CancellationToken,
+    /// The coordinators asked this worker to drain: it hands its jobs back and takes no new
+    /// ones, but keeps running (and heartbeating) until it is told to resume or shut down.
+    draining: std::sync::atomic::AtomicBool,
+    /// Woken when a drain ends.
+    resumed: Notify,
     /// One permit per core: held jobs beyond the cores wait here for their turn.
     cores: Arc<tokio::sync::Semaphore>,
     /// Recent mean computation time per job, in microseconds (an exponential moving average).
     mean_job_micros: AtomicU64,
+    /// Chain steps computed so far.
+    hashes: AtomicU64,
+    /// Jobs finished and handed to the reporter.
+    jobs_completed: AtomicU64,
 }
 
 impl Shared {
@@ -80,10 +91,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         running: Mutex::new(HashMap::new()),
         job_ended: Notify::new(),
         stop_leasing: shutdown.child_token(),
+        draining: std::sync::atomic::AtomicBool::new(false),
+        resumed: Notify::new(),
         cores: Arc::new(tokio::sync::Semaphore::new(config.cores())),
         mean_job_micros: AtomicU64::new(u64::MAX),
+        hashes: AtomicU64::new(0),
+        jobs_completed: AtomicU64::new(0),
         config,
     });
+    let metrics_server = match shared.config.metrics_listen {
+        Some(listen) => {
+            let witness_node = _witness.as_ref().map(witness::Witness::node);
+            Some(tokio::spawn(metrics::serve(listen, shared.clone(), witness_node, shutdown.child_token())))
+        }
+        None => None,
+    };
     if !register(&shared, &shutdown).await {
         return Ok(());
     }
@@ -92,33 +114,42 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let heartbeats = tokio::spawn(heartbeat(shared.clone()));
     lease_loop(&shared, &results_tx).await;
 
-    // Draining: stop what runs, hand it back, flush results.
+    // Shutting down: stop what runs, hand it back, flush results, all within one budget.
+    let deadline = tokio::time::Instant::now() + DRAIN_BUDGET;
+    hand_back(&shared, deadline).await;
+    heartbeats.abort();
+    drop(results_tx);
+    if tokio::time::timeout_at(deadline.max(tokio::time::Instant::now() + REPORT_FLUSH), reporter).await.is_err() {
+        tracing::warn!("results still unreported at exit; their jobs will be computed again");
+    }
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
+    Ok(())
+}
+
+/// Cancel every job this worker holds and hand the unfinished ones back with their checkpoints,
+/// so other workers resume them at once instead of waiting for the leases to expire.
+async fn hand_back(shared: &Shared, deadline: tokio::time::Instant) {
     let unfinished: Vec<Arc<RunningJob>> = shared.running().values().cloned().collect();
     for job in &unfinished {
         job.cancel();
     }
-    // One budget for the whole drain: stop, hand back, flush.
-    let deadline = tokio::time::Instant::now() + DRAIN_BUDGET;
     while !shared.running().is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let progress: Vec<Progress> =
         unfinished.iter().filter(|job| !job.is_finished()).map(|job| job.progress()).collect();
-    heartbeats.abort();
-    drop(results_tx);
-    if !progress.is_empty() {
-        let request = ReleaseRequest { worker: shared.worker_id.load(Ordering::Relaxed), progress };
-        let release = shared.coordinators.call::<_, ReleaseResponse>(wire::worker::RELEASE, &request, CALL_TIMEOUT);
-        match tokio::time::timeout_at(deadline, release).await {
-            Ok(Ok(answer)) => tracing::info!(requeued = answer.requeued, "handed unfinished jobs back"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not hand jobs back; their leases will expire"),
-            Err(_) => tracing::warn!("handing jobs back timed out; their leases will expire"),
-        }
+    if progress.is_empty() {
+        return;
     }
-    if tokio::time::timeout_at(deadline.max(tokio::time::Instant::now() + REPORT_FLUSH), reporter).await.is_err() {
-        tracing::warn!("results still unreported at exit; their jobs will be computed again");
+    let request = ReleaseRequest { worker: shared.worker_id.load(Ordering::Relaxed), progress };
+    let release = shared.coordinators.call::<_, ReleaseResponse>(wire::worker::RELEASE, &request, CALL_TIMEOUT);
+    match tokio::time::timeout_at(deadline, release).await {
+        Ok(Ok(answer)) => tracing::info!(requeued = answer.requeued, "handed unfinished jobs back"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not hand jobs back; their leases will expire"),
+        Err(_) => tracing::warn!("handing jobs back timed out; their leases will expire"),
     }
-    Ok(())
 }
 
 /// Register (again); `false` if shut down first.
@@ -151,12 +182,25 @@ async fn lease_loop(shared: &Arc<Shared>, results: &mpsc::UnboundedSender<Finish
         if shared.stop_leasing.is_cancelled() {
             return;
         }
+        if shared.draining.load(Ordering::Relaxed) {
+            let resumed = shared.resumed.notified();
+            hand_back(shared, tokio::time::Instant::now() + DRAIN_BUDGET).await;
+            tracing::info!("drained: holding no jobs until the coordinators say resume");
+            if shared.draining.load(Ordering::Relaxed) {
+                tokio::select! {
+                    _ = shared.stop_leasing.cancelled() => return,
+                    _ = resumed => {}
+                }
+            }
+            continue;
+        }
         let ended = shared.job_ended.notified();
         let free = capacity(shared, cores).saturating_sub(shared.running().len());
         if free == 0 {
             tokio::select! {
                 _ = shared.stop_leasing.cancelled() => return,
                 _ = ended => {}
+                _ = drain_requested(shared) => {}
             }
             continue;
         }
@@ -168,6 +212,7 @@ async fn lease_loop(shared: &Arc<Shared>, results: &mpsc::UnboundedSender<Finish
         let timeout = CALL_TIMEOUT + Duration::from_millis(shared.config.long_poll_ms);
         let answer = tokio::select! {
             _ = shared.stop_leasing.cancelled() => return,
+            _ = drain_requested(shared) => continue,
             answer = shared.coordinators.call::<_, LeaseResponse>(wire::worker::LEASE, &request, timeout) => answer,
         };
         match answer {
@@ -196,6 +241,13 @@ async fn lease_loop(shared: &Arc<Shared>, results: &mpsc::UnboundedSender<Finish
     }
 }
 
+/// Resolves once a drain was requested (polled alongside the lease loop's waits).
+async fn drain_requested(shared: &Shared) {
+    while !shared.draining.load(Ordering::Relaxed) {
+        shared.job_ended.notified().await;
+    }
+}
+
 /// How many jobs to hold: one per core for long jobs, a backlog for short ones.
 fn capacity(shared: &Shared, cores: usize) -> usize {
     let mean = shared.mean_job_micros.load(Ordering::Relaxed).max(1);
@@ -212,7 +264,8 @@ fn start_job(shared: &Arc<Shared>, job: RunningJob, results: mpsc::UnboundedSend
         let Ok(_core) = shared.cores.clone().acquire_owned().await else { return };
         let computing = job.clone();
         let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || computing.compute(chunk)).await;
+        let counting = shared.clone();
+        let result = tokio::task::spawn_blocking(move || computing.compute(chunk, &counting.hashes)).await;
         let micros = started.elapsed().as_micros() as u64;
         let mean = shared.mean_job_micros.load(Ordering::Relaxed);
         let mean = if mean == u64::MAX { micros } else { (mean * 7 + micros) / 8 };
@@ -220,6 +273,7 @@ fn start_job(shared: &Arc<Shared>, job: RunningJob, results: mpsc::UnboundedSend
         match result {
             Ok(Some(result)) if !job.is_cancelled() => {
                 job.mark_finished();
+                shared.jobs_completed.fetch_add(1, Ordering::Relaxed);
                 let _ = results.send(Finished { job: job.job, result });
             }
             Ok(_) => tracing::debug!(job = job.job, "computation cancelled"),
@@ -262,10 +316,15 @@ async fn report(shared: Arc<Shared>, mut results: mpsc::UnboundedReceiver<Finish
 
 /// Heartbeat checkpoints; cancel jobs the coordinator says are lost; drain when told to.
 async fn heartbeat(shared: Arc<Shared>) {
+    let mut last = (std::time::Instant::now(), shared.hashes.load(Ordering::Relaxed));
     loop {
         tokio::time::sleep(Duration::from_millis(shared.heartbeat_ms.load(Ordering::Relaxed))).await;
         let progress: Vec<Progress> = shared.running().values().map(|job| job.progress()).collect();
-        let request = HeartbeatRequest { worker: shared.worker_id.load(Ordering::Relaxed), progress };
+        let now = (std::time::Instant::now(), shared.hashes.load(Ordering::Relaxed));
+        let seconds = now.0.duration_since(last.0).as_secs_f64().max(1e-3);
+        let hashes_per_s = (now.1.saturating_sub(last.1) as f64 / seconds) as u64;
+        last = now;
+        let request = HeartbeatRequest { worker: shared.worker_id.load(Ordering::Relaxed), progress, hashes_per_s };
         match shared.coordinators.call::<_, HeartbeatResponse>(wire::worker::HEARTBEAT, &request, CALL_TIMEOUT).await {
             Ok(answer) => {
                 let running = shared.running();
@@ -275,9 +334,14 @@ async fn heartbeat(shared: Arc<Shared>) {
                         job.cancel();
                     }
                 }
-                if answer.draining && !shared.stop_leasing.is_cancelled() {
+                drop(running);
+                let was_draining = shared.draining.swap(answer.draining, Ordering::Relaxed);
+                if answer.draining && !was_draining {
                     tracing::info!("the coordinators asked this worker to drain");
-                    shared.stop_leasing.cancel();
+                    shared.job_ended.notify_one();
+                } else if !answer.draining && was_draining {
+                    tracing::info!("the coordinators asked this worker to resume");
+                    shared.resumed.notify_one();
                 }
             }
             // An unknown worker is handled by the lease loop, which re-registers.

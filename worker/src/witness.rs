@@ -12,6 +12,7 @@ use crate::config::Config;
 
 /// A running witness; stops when dropped or when [`Witness::stop`] is called.
 pub struct Witness {
+    node: Node,
     stop: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -21,9 +22,10 @@ impl Witness {
     pub fn start(config: &Config) -> anyhow::Result<Witness> {
         let mut node_config = NodeConfig::new(config.witness_id, Role::Witness, config.witness_data_dir.clone());
         node_config.secret = config.cluster_secret.clone();
+        node_config.fault_injection = config.fault_injection;
         let listen = config.witness_listen;
         let stop = CancellationToken::new();
-        let (started_tx, started_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<anyhow::Result<Node>>();
         let token = stop.clone();
         let thread = std::thread::Builder::new().name("witness".into()).spawn(move || {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -55,7 +57,7 @@ impl Witness {
                         return;
                     }
                 };
-                let _ = started_tx.send(Ok(()));
+                let _ = started_tx.send(Ok(node.clone()));
                 tracing::info!(addr = %listen, node = node.id(), "witness voter serving");
                 let shutdown = token.clone();
                 let router = node.router();
@@ -67,8 +69,13 @@ impl Witness {
                 node.shutdown().await;
             });
         })?;
-        started_rx.recv().context("the witness thread ended during start-up")??;
-        Ok(Witness { stop, thread: Some(thread) })
+        let node = started_rx.recv().context("the witness thread ended during start-up")??;
+        Ok(Witness { node, stop, thread: Some(thread) })
+    }
+
+    /// The witness voter (for its metrics; it runs on the witness's own runtime).
+    pub fn node(&self) -> Node {
+        self.node.clone()
     }
 
     /// Stop the voter and wait for its thread.
