@@ -3,6 +3,8 @@
 //! `POST /admin/failover[?to=ID]` moves leadership to the other coordinator (or to `to`): the
 //! leader checks that the target is a caught-up, recently heard-from coordinator and transfers;
 //! a follower forwards the request to the leader. The answer says who leads now.
+//!
+//! `POST /admin/workers/{id}/drain` and `/resume` change a worker's state through Raft.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -12,21 +14,10 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use raft_store::TransferError;
-use serde::{Deserialize, Serialize};
-use wire::api::ErrorBody;
+use raft_store::job_table::{Command, Response as CommandResponse, WorkerState};
+use wire::api::{ErrorBody, FailoverResponse, WorkerStateResponse};
 
 use crate::App;
-
-/// `POST /admin/failover` answer.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct FailoverResponse {
-    /// Who led before.
-    pub previous_leader: u64,
-    /// Who leads now.
-    pub leader: u64,
-    /// How long the hand-over took, in milliseconds.
-    pub took_ms: u64,
-}
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(ErrorBody { error: message.into() })).into_response()
@@ -104,5 +95,48 @@ async fn forward(app: &App, leader: u64, headers: &HeaderMap, to: Option<u64>) -
             (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("could not reach the leader: {e}")),
+    }
+}
+
+/// `POST /admin/workers/{id}/drain`: the worker hands its jobs back (with their checkpoints) at
+/// its next heartbeat and takes no new ones until resumed. It stays registered and running.
+pub async fn drain_worker(
+    State(app): State<App>,
+    headers: HeaderMap,
+    id: Result<axum::extract::Path<u64>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    set_worker_state(app, headers, id, WorkerState::Draining).await
+}
+
+/// `POST /admin/workers/{id}/resume`: a drained worker takes work again.
+pub async fn resume_worker(
+    State(app): State<App>,
+    headers: HeaderMap,
+    id: Result<axum::extract::Path<u64>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    set_worker_state(app, headers, id, WorkerState::Active).await
+}
+
+async fn set_worker_state(
+    app: App,
+    headers: HeaderMap,
+    id: Result<axum::extract::Path<u64>, axum::extract::rejection::PathRejection>,
+    state: WorkerState,
+) -> Response {
+    if let Err(why) = authorize(&app, &headers) {
+        return error(StatusCode::UNAUTHORIZED, why);
+    }
+    let Ok(axum::extract::Path(worker)) = id else {
+        return error(StatusCode::BAD_REQUEST, "the worker id must be a non-negative integer");
+    };
+    let command = Command::UpdateWorker { worker, state, now_ms: crate::now_ms() };
+    match app.node.propose(command).await {
+        Ok(CommandResponse::Done) => {
+            let state = if state == WorkerState::Draining { "draining" } else { "active" };
+            Json(WorkerStateResponse { worker, state: state.into() }).into_response()
+        }
+        Ok(CommandResponse::Rejected(_)) => error(StatusCode::NOT_FOUND, format!("no worker {worker} is registered")),
+        Ok(other) => error(StatusCode::SERVICE_UNAVAILABLE, format!("unexpected answer {other:?}")),
+        Err(e) => crate::api_error::ApiError::from(e).into_response(),
     }
 }

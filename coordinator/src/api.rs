@@ -12,7 +12,10 @@ use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use raft_store::job_table::{EnqueueOutcome, JobStatus, NewJob};
-use wire::api::{ClusterView, CompletedJob, EnqueueResponse, JobState, JobView, PullResponse, VoterView, WorkerView};
+use wire::api::{
+    ClusterView, CompletedJob, EnqueueResponse, JobState, JobView, PullResponse, QueueView, ScalerDecisionView,
+    ScalerView, VoterView, WorkerView,
+};
 
 use crate::App;
 use crate::api_error::ApiError;
@@ -233,34 +236,55 @@ pub async fn job(
     Ok(Json(view))
 }
 
-/// `GET /cluster`: this node's view, with a fresh reachability probe of every voter.
+/// `GET /cluster`: this node's view of the voters (each asked for its own status just now),
+/// the queue, the workers and the autoscaler's decisions.
 pub async fn cluster(State(app): State<App>) -> Json<ClusterView> {
     let metrics = app.node.metrics();
+    let now = crate::now_ms();
     let membership = metrics.membership_config.membership().clone();
+    let leading = app.node.leadership().borrow().is_self;
+    let peers = app.node.peer_replication();
+    let last_log = metrics.last_log_index.unwrap_or(0);
     let probes = membership.nodes().map(|(id, info)| {
-        let app = app.clone();
+        let node = app.node.clone();
         let (id, info) = (*id, info.clone());
+        let peer = peers.get(&id).copied();
+        let matched = peer.and_then(|p| p.matched_index);
+        let last_contact_ms = peer.and_then(|p| p.last_contact).map(|d| d.as_millis() as u64);
         async move {
-            let reachable = id == app.node.id()
-                || app
-                    .http
-                    .get(format!("http://{}/raft/health", info.raft_addr))
-                    .timeout(Duration::from_millis(300))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
+            let status = node.voter_status(id, Duration::from_millis(300)).await.ok();
+            let is_self = id == node.id();
             VoterView {
                 id,
                 role: info.role.to_string(),
                 api_addr: info.api_addr.clone(),
                 raft_addr: info.raft_addr.clone(),
-                reachable,
+                reachable: status.is_some(),
                 is_leader: metrics.current_leader == Some(id),
+                state: status.as_ref().map_or_else(|| "unreachable".to_owned(), |s| s.state.clone()),
+                term: status.as_ref().map(|s| s.term),
+                last_log_index: status.as_ref().and_then(|s| s.last_log_index),
+                applied_index: status.as_ref().and_then(|s| s.applied_index),
+                matched_index: if is_self && leading { metrics.last_log_index } else { matched },
+                lag_entries: leading.then(|| if is_self { 0 } else { last_log.saturating_sub(matched.unwrap_or(0)) }),
+                last_contact_ms: if is_self && leading { Some(0) } else { last_contact_ms },
             }
         }
     });
     let voters = futures::future::join_all(probes).await;
-    let (queued, running, completed_retained, workers) = app.node.state_machine().read(|table| {
+    let (queue, workers, scaler) = app.node.state_machine().read(|table| {
+        let totals = table.totals();
+        let queue = QueueView {
+            queued: table.queued_len(),
+            queued_iterations: table.queued_iterations(),
+            oldest_queued_age_ms: table.oldest_queued_at_ms().map_or(0, |at| now.saturating_sub(at)),
+            running: table.leases().len() as u64,
+            enqueued_total: totals.enqueued,
+            completed_total: totals.completed,
+            requeued_total: totals.requeued,
+            completed_retained: table.completed_len() as u64,
+            last_completion_seq: table.last_completion_seq(),
+        };
         let workers = table
             .workers()
             .iter()
@@ -271,23 +295,56 @@ pub async fn cluster(State(app): State<App>) -> Json<ClusterView> {
                 state: format!("{:?}", w.state).to_lowercase(),
                 leases: w.leases,
                 last_seen_ms: w.last_seen_ms,
+                registered_at_ms: w.registered_at_ms,
+                instance_id: w.instance_id.clone(),
+                hash_rate: w.hashes_per_s,
             })
             .collect();
-        (table.queued_len(), table.leases().len() as u64, table.completed_len() as u64, workers)
+        (queue, workers, scaler_view(table.scaler()))
     });
     Json(ClusterView {
         node_id: app.node.id(),
         role: app.node.role().to_string(),
+        now_ms: now,
         leader: metrics.current_leader,
         term: metrics.current_term,
         last_log_index: metrics.last_log_index,
         last_applied_index: metrics.last_applied.map(|id| id.index),
         voters,
-        queued,
-        running,
-        completed_retained,
+        queued: queue.queued,
+        running: queue.running,
+        completed_retained: queue.completed_retained,
+        queue,
         workers,
+        scaler,
     })
+}
+
+/// The most recent committed autoscaler decisions, newest first.
+fn scaler_view(scaler: &raft_store::job_table::ScalerState) -> ScalerView {
+    const RECENT: usize = 20;
+    let launches = scaler.launches.iter().map(|(token, launch)| ScalerDecisionView {
+        at_ms: launch.requested_at_ms,
+        action: "launch".into(),
+        detail: match &launch.instance_id {
+            Some(instance) => format!("token {token} -> {instance}"),
+            None => format!("token {token} (no instance seen yet)"),
+        },
+    });
+    let terminations = scaler.terminations.iter().map(|(instance, at_ms)| ScalerDecisionView {
+        at_ms: *at_ms,
+        action: "terminate".into(),
+        detail: instance.clone(),
+    });
+    let mut decisions: Vec<ScalerDecisionView> = launches.chain(terminations).collect();
+    decisions.sort_by_key(|d| std::cmp::Reverse(d.at_ms));
+    decisions.truncate(RECENT);
+    ScalerView { desired_workers: None, decisions }
+}
+
+/// `GET /`: the status page, one self-contained HTML file that polls `/cluster`.
+pub async fn status_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("status_page.html"))
 }
 
 /// `GET /healthz`: the process is up.

@@ -113,6 +113,10 @@ pub struct Config {
     /// Raft election timeout, upper bound (also the leader lease).
     #[arg(long, env = "TANDEM_ELECTION_MAX_MS", default_value_t = 400)]
     pub election_max_ms: u64,
+    /// Serve `POST /raft/faults`, letting a test harness cut this voter's links to chosen
+    /// peers (the fault-injection suite). For tests only.
+    #[arg(long, env = "TANDEM_FAULT_INJECTION")]
+    pub fault_injection: bool,
     /// Log format.
     #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

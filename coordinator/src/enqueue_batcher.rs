@@ -13,7 +13,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 const MAX_BATCH: usize = 512;
-const MAX_IN_FLIGHT: usize = 8;
+const MAX_IN_FLIGHT: usize = 4;
 
 type Reply = oneshot::Sender<Result<EnqueueOutcome, ProposeError>>;
 

@@ -61,6 +61,7 @@ pub fn router(app: App) -> Router {
     let limit = app.config.max_body_bytes;
     let raft = app.node.router();
     Router::new()
+        .route("/", get(api::status_page))
         .route("/enqueue", put(api::enqueue).layer(DefaultBodyLimit::max(limit)))
         .route("/pullCompleted", post(api::pull_completed))
         .route("/jobs/{id}", get(api::job))
@@ -69,6 +70,8 @@ pub fn router(app: App) -> Router {
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
         .route("/admin/failover", post(admin::failover))
+        .route("/admin/workers/{id}/drain", post(admin::drain_worker))
+        .route("/admin/workers/{id}/resume", post(admin::resume_worker))
         .route(wire::worker::REGISTER, post(worker_routes::register))
         .route(wire::worker::LEASE, post(worker_routes::lease))
         .route(wire::worker::HEARTBEAT, post(worker_routes::heartbeat))
@@ -85,6 +88,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     config.validate().map_err(anyhow::Error::msg)?;
     let mut node_config = NodeConfig::new(config.id, Role::Coordinator, config.data_dir());
     node_config.secret = config.cluster_secret.clone();
+    node_config.fault_injection = config.fault_injection;
     node_config.timing = Timing {
         heartbeat_ms: config.heartbeat_ms,
         election_min_ms: config.election_min_ms,

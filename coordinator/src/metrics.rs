@@ -50,24 +50,16 @@ fn describe() {
     describe_gauge!("tandem_oldest_queued_job_age_seconds", "Age of the oldest waiting job.");
     describe_gauge!("tandem_leases_outstanding", "Jobs leased to workers.");
     describe_gauge!("tandem_workers", "Registered workers, by state.");
+    describe_gauge!("tandem_worker_hash_rate", "Chain steps per second of each worker, as it last reported.");
     describe_histogram!("tandem_enqueue_duration_seconds", "Time to acknowledge an enqueue on this coordinator.");
     describe_histogram!("tandem_enqueue_to_result_seconds", "Time from enqueue to recorded result.");
-    describe_gauge!("tandem_raft_term", "The Raft term this node is in.");
-    describe_gauge!("tandem_raft_is_leader", "1 if this node leads.");
-    describe_gauge!("tandem_raft_has_leader", "1 if this node knows a leader.");
-    describe_counter!("tandem_raft_leader_changes_total", "Leader changes seen by this node.");
-    describe_gauge!("tandem_raft_last_log_index", "Index of the last entry in this node's log.");
-    describe_gauge!("tandem_raft_applied_index", "Index of the last entry applied to this node's state.");
-    describe_gauge!("tandem_raft_replication_lag_entries", "Entries a peer lacks, as its leader sees it.");
-    describe_counter!("tandem_wal_fsyncs_total", "fsyncs of this node's write-ahead log.");
-    describe_histogram!("tandem_wal_fsync_seconds", "Duration of one WAL fsync.");
-    describe_histogram!("tandem_wal_batch_entries", "Log entries made durable by one fsync.");
+    raft_store::raft_metrics::describe();
 }
 
 /// Sample the replicated state and Raft into gauges once a second until `shutdown`.
 pub async fn sample(node: Node, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut leader = None;
+    let mut raft = raft_store::raft_metrics::RaftGauges::default();
     let mut last_seq = None;
     loop {
         tokio::select! {
@@ -75,26 +67,7 @@ pub async fn sample(node: Node, shutdown: CancellationToken) {
             _ = tick.tick() => {}
         }
         let now = crate::now_ms();
-        let raft = node.metrics();
-        if raft.current_leader != leader {
-            if leader.is_some() {
-                counter!("tandem_raft_leader_changes_total").increment(1);
-            }
-            leader = raft.current_leader;
-        }
-        gauge!("tandem_raft_term").set(raft.current_term as f64);
-        let is_leader = node.leadership().borrow().is_self;
-        gauge!("tandem_raft_is_leader").set(f64::from(u8::from(is_leader)));
-        gauge!("tandem_raft_has_leader").set(f64::from(u8::from(raft.current_leader.is_some())));
-        gauge!("tandem_raft_last_log_index").set(raft.last_log_index.unwrap_or(0) as f64);
-        gauge!("tandem_raft_applied_index").set(raft.last_applied.map_or(0, |id| id.index) as f64);
-        if let Some(replication) = &raft.replication {
-            let last = raft.last_log_index.unwrap_or(0);
-            for (peer, matched) in replication {
-                let lag = last.saturating_sub(matched.map_or(0, |id| id.index));
-                gauge!("tandem_raft_replication_lag_entries", "peer" => peer.to_string()).set(lag as f64);
-            }
-        }
+        raft.sample(&node);
         node.state_machine().read(|table| {
             let totals = table.totals();
             counter!("tandem_jobs_created_total").absolute(totals.enqueued);
@@ -105,6 +78,9 @@ pub async fn sample(node: Node, shutdown: CancellationToken) {
             let age = table.oldest_queued_at_ms().map_or(0, |at| now.saturating_sub(at));
             gauge!("tandem_oldest_queued_job_age_seconds").set(age as f64 / 1_000.0);
             gauge!("tandem_leases_outstanding").set(table.leases().len() as f64);
+            for (id, worker) in table.workers() {
+                gauge!("tandem_worker_hash_rate", "worker" => id.to_string()).set(worker.hashes_per_s as f64);
+            }
             for state in [WorkerState::Active, WorkerState::Draining] {
                 let count = table.workers().values().filter(|w| w.state == state).count();
                 let label = if state == WorkerState::Active { "active" } else { "draining" };

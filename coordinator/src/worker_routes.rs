@@ -180,6 +180,7 @@ pub async fn heartbeat(State(app): State<App>, body: Bytes) -> Result<HttpRespon
         now_ms: now,
         deadline_ms: now + app.config.lease_ms,
         checkpoints: checkpoints(&request.progress),
+        hashes_per_s: request.hashes_per_s,
     };
     match app.node.propose(command).await? {
         Response::HeartbeatAck { lost, state } => {
