@@ -38,6 +38,8 @@ pub struct LocalOptions {
     pub worker_args: Vec<String>,
     /// Where children's output goes: inherit (a human watches) or a log file per process.
     pub log_to_files: bool,
+    /// The coordinators' admin token (`--admin-token`); `None` leaves the admin routes off.
+    pub admin_token: Option<String>,
 }
 
 /// One process of the cluster.
@@ -47,6 +49,8 @@ pub struct Process {
     pub name: String,
     /// The arguments it was started with (to restart it the same way).
     pub args: Vec<String>,
+    /// Where its Prometheus metrics are served.
+    pub metrics_url: String,
     binary: PathBuf,
     child: Option<Child>,
 }
@@ -144,8 +148,16 @@ impl LocalCluster {
             if id == 1 {
                 args.push("--initialize".into());
             }
+            if let Some(token) = &options.admin_token {
+                args.extend(["--admin-token".into(), token.clone()]);
+            }
             args.extend(options.coordinator_args.iter().cloned());
-            cluster.spawn(format!("coordinator-{id}"), "coordinator", args)?;
+            cluster.spawn(
+                format!("coordinator-{id}"),
+                "coordinator",
+                args,
+                format!("http://127.0.0.1:{port}/metrics"),
+            )?;
         }
         let worker_args = |extra: &[String]| {
             let mut args = vec!["--coordinator".to_owned(), coordinator_urls.clone()];
@@ -167,9 +179,9 @@ impl LocalCluster {
             "--name".into(),
             "witness-worker".into(),
         ];
-        cluster.spawn("witness".into(), "worker", worker_args(&witness_extra))?;
+        cluster.spawn_worker("witness".into(), worker_args(&witness_extra))?;
         for i in 1..=options.workers {
-            cluster.spawn(format!("worker-{i}"), "worker", worker_args(&["--name".into(), format!("worker-{i}")]))?;
+            cluster.spawn_worker(format!("worker-{i}"), worker_args(&["--name".into(), format!("worker-{i}")]))?;
         }
         Ok(cluster)
     }
@@ -179,14 +191,21 @@ impl LocalCluster {
         let mut args = vec!["--coordinator".to_owned(), self.api_urls().join(",")];
         args.extend(extra.iter().cloned());
         args.extend(self.options.worker_args.iter().cloned());
-        self.spawn(name.to_owned(), "worker", args)?;
+        self.spawn_worker(name.to_owned(), args)?;
         Ok(self.processes.len() - 1)
     }
 
-    fn spawn(&mut self, name: String, binary: &str, args: Vec<String>) -> anyhow::Result<()> {
+    /// Start a worker serving its metrics on a free port.
+    fn spawn_worker(&mut self, name: String, mut args: Vec<String>) -> anyhow::Result<()> {
+        let port = free_port()?;
+        args.extend(["--metrics-listen".into(), format!("127.0.0.1:{port}")]);
+        self.spawn(name, "worker", args, format!("http://127.0.0.1:{port}/metrics"))
+    }
+
+    fn spawn(&mut self, name: String, binary: &str, args: Vec<String>, metrics_url: String) -> anyhow::Result<()> {
         let binary = self.options.bin_dir.join(binary);
         let child = spawn_child(&binary, &args, &name, &self.options)?;
-        self.processes.push(Process { name, args, binary, child: Some(child) });
+        self.processes.push(Process { name, args, metrics_url, binary, child: Some(child) });
         Ok(())
     }
 
@@ -280,6 +299,15 @@ fn die_with_parent(command: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// A random token of 32 hex characters (from the kernel's random source), for admin tokens and
+/// cluster secrets that nobody chose.
+pub fn random_token() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A port that was free a moment ago (for tests: bind port 0, note it, release it).

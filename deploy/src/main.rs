@@ -1,4 +1,5 @@
-//! `deploy`: start a Tandem cluster. `deploy local` runs one on this machine.
+//! `deploy`: start a Tandem cluster (`deploy local` runs one on this machine) and operate it
+//! (`deploy failover`, `deploy drain`, `deploy resume`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -40,15 +41,82 @@ enum Commands {
         /// demand when run through cargo).
         #[arg(long, env = "TANDEM_BIN_DIR")]
         bin_dir: Option<PathBuf>,
+        /// The coordinators' admin token for /admin routes (default: a random one, printed).
+        #[arg(long, env = "TANDEM_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
     },
+    /// Move Raft leadership to the other coordinator (or to --to), as `POST /admin/failover`
+    /// does; prints who leads now.
+    Failover {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node id to hand leadership to (default: the other coordinator).
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Drain a worker: it hands its jobs back and takes no new ones until resumed.
+    Drain {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The worker's registry id (see `curl URL/cluster`).
+        worker: u64,
+    },
+    /// Let a drained worker take work again.
+    Resume {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The worker's registry id.
+        worker: u64,
+    },
+}
+
+/// How to reach a coordinator's admin routes.
+#[derive(clap::Args, Debug)]
+struct AdminArgs {
+    /// Either coordinator's base URL.
+    #[arg(long, env = "TANDEM_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The admin token the coordinators were started with.
+    #[arg(long, env = "TANDEM_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
+}
+
+/// Run one admin call and print its answer as JSON.
+fn admin_call<T: serde::Serialize>(
+    call: impl std::future::Future<Output = Result<T, wire::client::ClientError>>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let answer = runtime.block_on(call)?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let Commands::Local { workers, worker_cores, data_dir, port_1, port_2, witness_port, bin_dir } =
-        Cli::parse().command;
+    let (workers, worker_cores, data_dir, port_1, port_2, witness_port, bin_dir, admin_token) =
+        match Cli::parse().command {
+            Commands::Local { workers, worker_cores, data_dir, port_1, port_2, witness_port, bin_dir, admin_token } => {
+                (workers, worker_cores, data_dir, port_1, port_2, witness_port, bin_dir, admin_token)
+            }
+            Commands::Failover { admin, to } => {
+                let client = wire::client::ApiClient::new(admin.url);
+                return admin_call(async { client.failover(&admin.admin_token, to).await });
+            }
+            Commands::Drain { admin, worker } => {
+                let client = wire::client::ApiClient::new(admin.url);
+                return admin_call(async { client.set_worker_draining(&admin.admin_token, worker, true).await });
+            }
+            Commands::Resume { admin, worker } => {
+                let client = wire::client::ApiClient::new(admin.url);
+                return admin_call(async { client.set_worker_draining(&admin.admin_token, worker, false).await });
+            }
+        };
+    let admin_token = match admin_token {
+        Some(token) => token,
+        None => deploy::local::random_token()?,
+    };
     let options = LocalOptions {
         bin_dir: deploy::local::locate_binaries(bin_dir)?,
         data_dir,
@@ -60,6 +128,7 @@ fn main() -> anyhow::Result<()> {
         coordinator_args: vec![],
         worker_args: vec![],
         log_to_files: true,
+        admin_token: Some(admin_token.clone()),
     };
     // Children are spawned from this (main) thread: they are tied to its life.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -75,6 +144,12 @@ fn main() -> anyhow::Result<()> {
     println!("  curl -X POST '{url_2}/pullCompleted?top=10'");
     println!("  curl {url_2}/jobs/1");
     println!("  curl {url_1}/cluster");
+    println!("  curl -X POST -H 'Authorization: Bearer {admin_token}' {url_2}/admin/failover");
+    println!();
+    println!("Status page: {url_1}/  (admin token: {admin_token})");
+    for process in &cluster.processes {
+        println!("  metrics of {:<14} {}", process.name, process.metrics_url);
+    }
     println!();
     println!("Ctrl-C stops every process.");
     runtime.block_on(async {
