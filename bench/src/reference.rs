@@ -75,6 +75,15 @@ pub fn plain_loop_rate(seconds: f64) -> f64 {
     hashes as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The plain loop's rate as the median of `runs` short runs spread over about `seconds`: on a
+/// shared VM a single run swings with its neighbours, the median of several does much less.
+pub fn plain_loop_rate_median(seconds: f64, runs: usize) -> f64 {
+    let runs = runs.max(1);
+    let mut rates: Vec<f64> = (0..runs).map(|_| plain_loop_rate(seconds / runs as f64)).collect();
+    rates.sort_by(f64::total_cmp);
+    rates[runs / 2]
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

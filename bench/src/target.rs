@@ -26,6 +26,10 @@ pub struct TargetArgs {
     /// built on demand when run through cargo).
     #[arg(long, env = "TANDEM_BIN_DIR")]
     pub bin_dir: Option<std::path::PathBuf>,
+    /// The coordinators' admin token, for scenarios that hand leadership over or drain workers
+    /// (a --local cluster gets a fresh one).
+    #[arg(long, env = "TANDEM_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 /// A cluster under test.
@@ -34,6 +38,8 @@ pub struct Target {
     pub clients: Vec<ApiClient>,
     /// The local cluster, when the bench started one.
     pub local: Option<LocalCluster>,
+    /// The admin token, if known.
+    pub admin_token: Option<String>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -44,8 +50,12 @@ impl Target {
         if !args.local {
             anyhow::ensure!(!args.url.is_empty(), "give --local or --url");
             let clients = args.url.iter().map(|url| ApiClient::with_http(http.clone(), url.clone())).collect();
-            return Ok(Target { clients, local: None, _dir: None });
+            return Ok(Target { clients, local: None, admin_token: args.admin_token.clone(), _dir: None });
         }
+        let admin_token = match &args.admin_token {
+            Some(token) => token.clone(),
+            None => deploy::local::random_token()?,
+        };
         let dir = tempfile::Builder::new().prefix("tandem-bench").tempdir().context("temporary directory")?;
         let options = LocalOptions {
             bin_dir: locate_binaries(args.bin_dir.clone())?,
@@ -58,11 +68,12 @@ impl Target {
             coordinator_args: coordinator_args.iter().map(|s| s.to_string()).collect(),
             worker_args: vec![],
             log_to_files: true,
+            admin_token: Some(admin_token.clone()),
         };
         let mut cluster = LocalCluster::start(options)?;
         cluster.wait_ready(Duration::from_secs(60)).await?;
         let clients = cluster.api_urls().iter().map(|url| ApiClient::with_http(http.clone(), url.clone())).collect();
-        Ok(Target { clients, local: Some(cluster), _dir: Some(dir) })
+        Ok(Target { clients, local: Some(cluster), admin_token: Some(admin_token), _dir: Some(dir) })
     }
 
     /// Cores the local cluster's workers can hash on at once (for the ideal time): their cores,

@@ -66,4 +66,10 @@ fn failover_by_hand_over_quick_loses_nothing() {
     let report = bench(&["failover", "--clients", "2", "--mode", "handover"]);
     assert_eq!(report["figures"]["lost"], 0);
     assert_eq!(report["figures"]["wrong"], 0);
+    // Leadership moved to the other coordinator in every trial, and the gap is reported.
+    for pair in report["figures"]["leader_before_after_per_trial"].as_array().expect("leaders") {
+        let (before, after) = (pair[0].as_u64().expect("before"), pair[1].as_u64().expect("after"));
+        assert!(before != after && [1, 2].contains(&after), "{pair}");
+    }
+    assert!(report["figures"]["max_gap_s"].as_f64().expect("gap") > 0.0);
 }

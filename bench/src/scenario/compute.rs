@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::reference::{chain, hex, plain_loop_rate};
+use crate::reference::{chain, hex, plain_loop_rate_median};
 use crate::report::Report;
 use crate::target::{Target, TargetArgs};
 
@@ -22,7 +22,7 @@ pub struct ComputeArgs {
 pub async fn run(args: &ComputeArgs, quick: bool) -> anyhow::Result<Report> {
     let iterations = if quick { args.iterations.min(3_000_000) } else { args.iterations };
     let mut report = Report::new("compute", serde_json::json!({ "iterations": iterations }));
-    let plain_before = plain_loop_rate(if quick { 1.0 } else { 3.0 });
+    let plain_before = plain_loop_rate_median(if quick { 1.0 } else { 3.0 }, 5);
     let mut target_args = args.target.clone();
     if target_args.local {
         // One worker (the witness's) with one core: its rate is the per-core rate.
@@ -42,7 +42,7 @@ pub async fn run(args: &ComputeArgs, quick: bool) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     let seconds = started.elapsed().as_secs_f64();
-    let plain_after = plain_loop_rate(if quick { 1.0 } else { 3.0 });
+    let plain_after = plain_loop_rate_median(if quick { 1.0 } else { 3.0 }, 5);
     if result != hex(&chain(&body, iterations)) {
         report.failures.push(format!("job {id} has a wrong result"));
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use nix::sys::signal::Signal;
 use tokio::sync::Mutex;
 use wire::client::ApiClient;
@@ -30,9 +31,6 @@ pub struct FailoverArgs {
     /// How the leader goes: killed, or asked to hand over.
     #[arg(long, value_enum, default_value = "kill")]
     pub mode: Mode,
-    /// The admin token for hand-overs (a --local cluster gets a fresh one).
-    #[arg(long, env = "TANDEM_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
 }
 
 /// How a trial removes the leader.
@@ -54,17 +52,16 @@ pub async fn run(args: &FailoverArgs, quick: bool) -> anyhow::Result<Report> {
     let mode = format!("{:?}", args.mode).to_lowercase();
     let mut report =
         Report::new("failover", serde_json::json!({ "trials": trials, "clients": args.clients, "mode": mode }));
-    let token = match (&args.admin_token, args.target.local) {
-        (Some(token), _) => token.clone(),
-        (None, true) => format!("bench-{}", std::process::id()),
-        (None, false) if args.mode == Mode::Handover => anyhow::bail!("--admin-token is needed for hand-overs"),
-        (None, false) => String::new(),
+    let mut target = Target::open(&args.target, &[]).await?;
+    let token = match target.admin_token.clone() {
+        Some(token) => token,
+        None if args.mode == Mode::Handover => anyhow::bail!("--admin-token is needed for hand-overs"),
+        None => String::new(),
     };
-    let mut target = Target::open(&args.target, &["--admin-token", &token]).await?;
-    let http = reqwest::Client::builder().no_proxy().build()?;
     let started = Instant::now();
     let acks: Acks = Arc::default();
     let mut gaps = Vec::new();
+    let mut leaders = Vec::new();
     let progress = crate::report::progress_bar(trials as u64, "trials");
     for trial in 0..trials {
         progress.set_position(trial as u64);
@@ -84,12 +81,10 @@ pub async fn run(args: &FailoverArgs, quick: bool) -> anyhow::Result<Report> {
             cluster.process(&victim).signal(Signal::SIGKILL);
             cluster.process(&victim).kill();
         } else {
-            let response = http
-                .post(format!("{}/admin/failover", target.clients[0].base()))
-                .header("Authorization", format!("Bearer {token}"))
-                .send()
-                .await?;
-            anyhow::ensure!(response.status().is_success(), "hand-over refused: {}", response.text().await?);
+            let answer = target.clients[0].failover(&token, None).await.context("hand-over refused")?;
+            if answer.leader == leader || answer.previous_leader != leader {
+                report.failures.push(format!("trial {trial}: leadership did not move from {leader}: {answer:?}"));
+            }
         }
         tokio::time::sleep(Duration::from_millis(2_500)).await;
         stop.store(true, Ordering::Relaxed);
@@ -107,6 +102,11 @@ pub async fn run(args: &FailoverArgs, quick: bool) -> anyhow::Result<Report> {
         times.sort();
         let gap = times.windows(2).map(|w| w[1].duration_since(w[0])).max().unwrap_or_default();
         gaps.push(gap.as_secs_f64());
+        let new_leader = leader_seen_by_others(&target.clients, leader).await;
+        leaders.push((leader, new_leader));
+        if new_leader.is_none_or(|new| new == leader) && args.mode == Mode::Handover {
+            report.failures.push(format!("trial {trial}: leader {leader} still leads after the hand-over"));
+        }
         if args.mode == Mode::Kill {
             let cluster = target.local.as_mut().expect("--local");
             cluster.restart(&victim)?;
@@ -130,6 +130,7 @@ pub async fn run(args: &FailoverArgs, quick: bool) -> anyhow::Result<Report> {
     report.figure("lost", lost);
     report.figure("wrong", wrong);
     report.figure("gap_s_per_trial", &gaps);
+    report.figure("leader_before_after_per_trial", &leaders);
     report.figure("max_gap_s", gaps.iter().copied().fold(0.0, f64::max));
     report.series = acks
         .iter()
@@ -161,6 +162,18 @@ async fn stream(clients: Vec<ApiClient>, c: usize, trial: usize, stop: Arc<Atomi
         }
         n += 1;
     }
+}
+
+/// The leader as the coordinators other than `old` see it.
+async fn leader_seen_by_others(clients: &[ApiClient], old: u64) -> Option<u64> {
+    for client in clients {
+        if let Ok(view) = client.cluster().await
+            && view.node_id != old
+        {
+            return view.leader;
+        }
+    }
+    None
 }
 
 async fn collect(client: &ApiClient, want: usize, timeout: Duration) -> BTreeMap<u64, String> {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use crate::reference::{chain, hex, plain_loop_rate};
+use crate::reference::{chain, hex, plain_loop_rate_median};
 use crate::report::Report;
 use crate::stats::Latencies;
 use crate::target::{Target, TargetArgs};
@@ -52,7 +52,10 @@ pub async fn run(args: &FlowArgs, quick: bool) -> anyhow::Result<Report> {
         "flow",
         serde_json::json!({ "jobs": jobs, "iterations": args.iterations, "clients": args.clients, "body_bytes": args.body_bytes }),
     );
-    let per_core = plain_loop_rate(if quick { 0.5 } else { 2.0 });
+    // The reference rate is measured before and after the load (the load itself takes every
+    // core), each the median of several short runs, and the two are averaged.
+    let reference_seconds = if quick { 0.5 } else { 2.0 };
+    let plain_before = plain_loop_rate_median(reference_seconds, 5);
     let target = Target::open(&args.target, &[]).await?;
     let cores = args.ideal_cores.or(target.worker_cores());
     // job id -> (job number, enqueue sent)
@@ -149,7 +152,10 @@ pub async fn run(args: &FlowArgs, quick: bool) -> anyhow::Result<Report> {
     report.figure("jobs_per_s", jobs as f64 / elapsed);
     report.figure("enqueue_to_visible_latency", latencies.summary());
     report.figure("enqueue_retries", enqueue_errors);
+    let plain_after = plain_loop_rate_median(reference_seconds, 5);
+    let per_core = (plain_before + plain_after) / 2.0;
     report.figure("plain_loop_hashes_per_s_per_core", per_core);
+    report.figure("plain_loop_before_after", serde_json::json!([plain_before, plain_after]));
     if let Some(cores) = cores {
         let ideal = (jobs * args.iterations) as f64 / (per_core * cores as f64);
         report.figure("worker_cores", cores);

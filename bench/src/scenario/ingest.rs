@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use wire::client::ApiClient;
 
 use crate::report::Report;
@@ -24,6 +25,11 @@ pub struct IngestArgs {
     /// Seconds of load for each of the cluster and the baseline.
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
+    /// Leave the workers computing while measuring. By default they are drained first
+    /// (`POST /admin/workers/{id}/drain`), so the figure is the enqueue path alone, as the
+    /// baseline's is; `flow` measures enqueues and computation together.
+    #[arg(long)]
+    pub keep_workers: bool,
 }
 
 /// Outcome of one load run.
@@ -89,6 +95,25 @@ pub async fn load(targets: &[ApiClient], clients: usize, body_bytes: usize, seco
     result
 }
 
+/// Drain every registered worker and wait until none holds a lease; returns how many.
+async fn drain_workers(target: &Target) -> anyhow::Result<usize> {
+    let token = target.admin_token.as_deref().context("draining workers needs --admin-token (or --keep-workers)")?;
+    let client = &target.clients[0];
+    let workers = client.cluster().await?.workers;
+    for worker in &workers {
+        client
+            .set_worker_draining(token, worker.id, true)
+            .await
+            .with_context(|| format!("draining worker {}", worker.id))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.cluster().await?.queue.running > 0 {
+        anyhow::ensure!(Instant::now() < deadline, "workers still hold leases 30 s after the drain");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(workers.len())
+}
+
 /// Run `ingest`.
 pub async fn run(args: &IngestArgs, quick: bool) -> anyhow::Result<Report> {
     let seconds = if quick { args.seconds.min(3.0) } else { args.seconds };
@@ -98,9 +123,8 @@ pub async fn run(args: &IngestArgs, quick: bool) -> anyhow::Result<Report> {
     );
     let baseline_url = crate::null_ingest::start()?;
     let baseline = load(&[ApiClient::new(baseline_url)], args.clients, args.body_bytes, seconds, 1).await;
-    // The cluster's workers would compute these jobs while we measure ingest: keep them idle by
-    // asking for few iterations; ingest measures enqueue only.
     let target = Target::open(&args.target, &[]).await?;
+    let drained = if args.keep_workers { 0 } else { drain_workers(&target).await? };
     let cluster = load(&target.clients, args.clients, args.body_bytes, seconds, 1).await;
     let unique: HashSet<u64> = cluster.ids.iter().copied().collect();
     if unique.len() != cluster.ids.len() {
@@ -111,6 +135,7 @@ pub async fn run(args: &IngestArgs, quick: bool) -> anyhow::Result<Report> {
     report.figure("cluster_enqueues_per_s", cluster.rate);
     report.figure("cluster_latency", cluster.latencies.summary());
     report.figure("cluster_errors", cluster.errors);
+    report.figure("workers_drained", drained);
     report.figure("ratio_cluster_to_baseline", cluster.rate / baseline.rate.max(1e-9));
     report.series = cluster.series;
     Ok(report)
