@@ -231,6 +231,8 @@ struct NodeInner {
     wal_stats: Arc<WalStats>,
     transport: Transport,
     leadership: watch::Receiver<Leadership>,
+    /// Becomes true once openraft's core has ended (shutdown, a storage failure, a panic).
+    stopped: watch::Receiver<bool>,
     /// The read round that has not started yet: readers arriving now join it.
     pending_read: Mutex<Option<ReadRound>>,
     /// Held by the read round in progress, so that the next one starts after it.
@@ -273,6 +275,11 @@ impl Node {
             max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
             purge_batch_size: config.logs_kept_after_snapshot.clamp(1, 256),
             enable_pre_vote: Some(true),
+            // A follower whose log lost acknowledged entries (a disk that lied about fsync, a
+            // truncated file) is re-sent them. Without this, openraft's leader panics on seeing
+            // the follower's log go backwards: one voter's disk fault would stop the healthy
+            // leader too. (Shown by the fault suite's truncate-tail scenario.)
+            allow_log_reversion: Some(true),
             ..Default::default()
         }
         .validate()
@@ -284,6 +291,7 @@ impl Node {
             .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let (leadership_tx, leadership) = watch::channel(Leadership { leader: None, term: 0, is_self: false });
+        let (stopped_tx, stopped) = watch::channel(false);
         let node = Node {
             inner: Arc::new(NodeInner {
                 config,
@@ -292,12 +300,13 @@ impl Node {
                 wal_stats,
                 transport,
                 leadership,
+                stopped,
                 pending_read: Mutex::new(None),
                 read_running: tokio::sync::Mutex::new(()),
                 tasks: Mutex::new(Vec::new()),
             }),
         };
-        let watcher = tokio::spawn(watch_metrics(Arc::downgrade(&node.inner), leadership_tx));
+        let watcher = tokio::spawn(watch_metrics(Arc::downgrade(&node.inner), leadership_tx, stopped_tx));
         let snapshots = tokio::spawn(snapshot_policy(Arc::downgrade(&node.inner)));
         node.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).extend([watcher, snapshots]);
         Ok(node)
@@ -383,6 +392,14 @@ impl Node {
         }
         let addr = self.raft_addr_of(id).ok_or_else(|| format!("node {id} is not a member"))?;
         self.inner.transport.call(id, &addr, "status", &(), timeout).await.map_err(|e| e.to_string())
+    }
+
+    /// Resolves once openraft's core has ended: after [`Node::shutdown`], or on its own after a
+    /// storage failure or an internal panic, when the voter can no longer do anything useful
+    /// and its process should exit so that a supervisor restarts it.
+    pub async fn stopped(&self) {
+        let mut stopped = self.inner.stopped.clone();
+        let _ = stopped.wait_for(|stopped| *stopped).await;
     }
 
     /// Leadership as this node sees it, updated on every change.
@@ -734,7 +751,11 @@ async fn snapshot_policy(node: std::sync::Weak<NodeInner>) {
 }
 
 /// Publish leadership changes, and make a witness that leads hand leadership back.
-async fn watch_metrics(node: std::sync::Weak<NodeInner>, leadership: watch::Sender<Leadership>) {
+async fn watch_metrics(
+    node: std::sync::Weak<NodeInner>,
+    leadership: watch::Sender<Leadership>,
+    stopped: watch::Sender<bool>,
+) {
     let Some(inner) = node.upgrade() else { return };
     let mut metrics_rx = inner.raft.metrics();
     let role = inner.config.role;
@@ -760,7 +781,11 @@ async fn watch_metrics(node: std::sync::Weak<NodeInner>, leadership: watch::Send
         });
         let witness_leads = role == Role::Witness && state == ServerState::Leader;
         tokio::select! {
-            changed = metrics_rx.changed() => if changed.is_err() { return },
+            changed = metrics_rx.changed() => if changed.is_err() {
+                // The core has ended: its metrics sender is gone.
+                stopped.send_replace(true);
+                return;
+            },
             _ = handback_tick.tick(), if witness_leads => {
                 let Some(inner) = node.upgrade() else { return };
                 hand_back_leadership(Node { inner }).await;

@@ -61,10 +61,23 @@ impl Witness {
                 tracing::info!(addr = %listen, node = node.id(), "witness voter serving");
                 let shutdown = token.clone();
                 let router = node.router();
-                if let Err(e) =
-                    raft_store::node::serve(listener, router, async move { shutdown.cancelled().await }).await
-                {
+                let stopped = node.clone();
+                let raft_died = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let died = raft_died.clone();
+                let until = async move {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = stopped.stopped() => died.store(true, std::sync::atomic::Ordering::Relaxed),
+                    }
+                };
+                if let Err(e) = raft_store::node::serve(listener, router, until).await {
                     tracing::error!(error = %e, "witness server failed");
+                }
+                if raft_died.load(std::sync::atomic::Ordering::Relaxed) && !token.is_cancelled() {
+                    // A voter that can no longer vote is worse than none: exit, so that the
+                    // supervisor restarts the process (worker and witness) on its data.
+                    tracing::error!("the witness's Raft stopped on its own; exiting so that it is restarted");
+                    std::process::exit(1);
                 }
                 node.shutdown().await;
             });
