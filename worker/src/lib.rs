@@ -63,8 +63,9 @@ pub(crate) struct Shared {
     /// The coordinators asked this worker to drain: it hands its jobs back and takes no new
     /// ones, but keeps running (and heartbeating) until it is told to resume or shut down.
     draining: std::sync::atomic::AtomicBool,
-    /// Woken when a drain ends.
-    resumed: Notify,
+    /// Woken (all waiters) whenever `draining` changes. Separate from `job_ended`, whose single
+    /// wake-ups belong to the lease loop alone.
+    drain_changed: Notify,
     /// One permit per core: held jobs beyond the cores wait here for their turn.
     cores: Arc<tokio::sync::Semaphore>,
     /// Recent mean computation time per job, in microseconds (an exponential moving average).
@@ -92,7 +93,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         job_ended: Notify::new(),
         stop_leasing: shutdown.child_token(),
         draining: std::sync::atomic::AtomicBool::new(false),
-        resumed: Notify::new(),
+        drain_changed: Notify::new(),
         cores: Arc::new(tokio::sync::Semaphore::new(config.cores())),
         mean_job_micros: AtomicU64::new(u64::MAX),
         hashes: AtomicU64::new(0),
@@ -183,13 +184,16 @@ async fn lease_loop(shared: &Arc<Shared>, results: &mpsc::UnboundedSender<Finish
             return;
         }
         if shared.draining.load(Ordering::Relaxed) {
-            let resumed = shared.resumed.notified();
             hand_back(shared, tokio::time::Instant::now() + DRAIN_BUDGET).await;
             tracing::info!("drained: holding no jobs until the coordinators say resume");
-            if shared.draining.load(Ordering::Relaxed) {
+            loop {
+                let changed = shared.drain_changed.notified();
+                if !shared.draining.load(Ordering::Relaxed) {
+                    break;
+                }
                 tokio::select! {
                     _ = shared.stop_leasing.cancelled() => return,
-                    _ = resumed => {}
+                    _ = changed => {}
                 }
             }
             continue;
@@ -243,8 +247,13 @@ async fn lease_loop(shared: &Arc<Shared>, results: &mpsc::UnboundedSender<Finish
 
 /// Resolves once a drain was requested (polled alongside the lease loop's waits).
 async fn drain_requested(shared: &Shared) {
-    while !shared.draining.load(Ordering::Relaxed) {
-        shared.job_ended.notified().await;
+    loop {
+        // Created before the check: a change in between still wakes it.
+        let changed = shared.drain_changed.notified();
+        if shared.draining.load(Ordering::Relaxed) {
+            return;
+        }
+        changed.await;
     }
 }
 
@@ -336,12 +345,10 @@ async fn heartbeat(shared: Arc<Shared>) {
                 }
                 drop(running);
                 let was_draining = shared.draining.swap(answer.draining, Ordering::Relaxed);
-                if answer.draining && !was_draining {
-                    tracing::info!("the coordinators asked this worker to drain");
-                    shared.job_ended.notify_one();
-                } else if !answer.draining && was_draining {
-                    tracing::info!("the coordinators asked this worker to resume");
-                    shared.resumed.notify_one();
+                if answer.draining != was_draining {
+                    let change = if answer.draining { "drain" } else { "resume" };
+                    tracing::info!("the coordinators asked this worker to {change}");
+                    shared.drain_changed.notify_waiters();
                 }
             }
             // An unknown worker is handled by the lease loop, which re-registers.
