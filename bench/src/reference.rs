@@ -84,6 +84,16 @@ pub fn plain_loop_rate_median(seconds: f64, runs: usize) -> f64 {
     rates[runs / 2]
 }
 
+/// The combined rate of `threads` plain loops running at once, for about `seconds`: what the
+/// machine's cores hash together when all are busy (on a VM whose vCPUs share physical cores,
+/// well below `threads` times the rate of one loop alone).
+pub fn plain_loop_rate_parallel(seconds: f64, threads: usize) -> f64 {
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..threads.max(1)).map(|_| scope.spawn(|| plain_loop_rate(seconds))).collect();
+        runs.into_iter().map(|run| run.join().unwrap_or(0.0)).sum()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -69,6 +69,9 @@ impl Target {
             worker_args: vec![],
             log_to_files: true,
             admin_token: Some(admin_token.clone()),
+            voter_hosts: LocalOptions::loopback_hosts(),
+            voter_netns: Default::default(),
+            worker_netns: None,
         };
         let mut cluster = LocalCluster::start(options)?;
         cluster.wait_ready(Duration::from_secs(60)).await?;

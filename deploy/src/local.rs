@@ -40,6 +40,20 @@ pub struct LocalOptions {
     pub log_to_files: bool,
     /// The coordinators' admin token (`--admin-token`); `None` leaves the admin routes off.
     pub admin_token: Option<String>,
+    /// The address each voter listens on (coordinator 1, coordinator 2, the witness):
+    /// 127.0.0.1, unless the voters run in network namespaces of their own.
+    pub voter_hosts: [String; 3],
+    /// The network namespace each voter runs in (`ip netns exec NAME`), if any.
+    pub voter_netns: [Option<String>; 3],
+    /// The network namespace and address the workers besides the witness's run in, if any.
+    pub worker_netns: Option<(String, String)>,
+}
+
+impl LocalOptions {
+    /// Every voter on 127.0.0.1, in this process's network namespace.
+    pub fn loopback_hosts() -> [String; 3] {
+        ["127.0.0.1".into(), "127.0.0.1".into(), "127.0.0.1".into()]
+    }
 }
 
 /// One process of the cluster.
@@ -52,6 +66,7 @@ pub struct Process {
     /// Where its Prometheus metrics are served.
     pub metrics_url: String,
     binary: PathBuf,
+    netns: Option<String>,
     child: Option<Child>,
 }
 
@@ -111,13 +126,26 @@ pub struct LocalCluster {
 impl LocalCluster {
     /// The client API URLs of coordinator 1 and 2.
     pub fn api_urls(&self) -> [String; 2] {
-        [format!("http://127.0.0.1:{}", self.options.port_1), format!("http://127.0.0.1:{}", self.options.port_2)]
+        let hosts = &self.options.voter_hosts;
+        [format!("http://{}:{}", hosts[0], self.options.port_1), format!("http://{}:{}", hosts[1], self.options.port_2)]
     }
 
-    fn members(options: &LocalOptions) -> String {
+    /// The Raft address (`host:port`) of voter `id` (1, 2 or 3).
+    pub fn raft_addr(&self, id: u64) -> String {
+        let o = &self.options;
+        match id {
+            1 => format!("{}:{}", o.voter_hosts[0], o.port_1),
+            2 => format!("{}:{}", o.voter_hosts[1], o.port_2),
+            _ => format!("{}:{}", o.voter_hosts[2], o.witness_port),
+        }
+    }
+
+    fn members(&self) -> String {
         format!(
-            "1=coordinator@127.0.0.1:{},2=coordinator@127.0.0.1:{},3=witness@127.0.0.1:{}",
-            options.port_1, options.port_2, options.witness_port
+            "1=coordinator@{},2=coordinator@{},3=witness@{}",
+            self.raft_addr(1),
+            self.raft_addr(2),
+            self.raft_addr(3)
         )
     }
 
@@ -132,14 +160,15 @@ impl LocalCluster {
         std::fs::create_dir_all(&options.data_dir)
             .with_context(|| format!("creating {}", options.data_dir.display()))?;
         let mut cluster = LocalCluster { options: options.clone(), processes: Vec::new() };
-        let members = Self::members(&options);
+        let members = cluster.members();
         let coordinator_urls = cluster.api_urls().join(",");
-        for (id, port) in [(1, options.port_1), (2, options.port_2)] {
+        for id in [1, 2] {
+            let listen = cluster.raft_addr(id);
             let mut args = vec![
                 "--id".to_owned(),
                 id.to_string(),
                 "--listen".into(),
-                format!("127.0.0.1:{port}"),
+                listen.clone(),
                 "--member".into(),
                 members.clone(),
                 "--data-dir".into(),
@@ -152,11 +181,13 @@ impl LocalCluster {
                 args.extend(["--admin-token".into(), token.clone()]);
             }
             args.extend(options.coordinator_args.iter().cloned());
+            let netns = options.voter_netns[id as usize - 1].clone();
             cluster.spawn(
                 format!("coordinator-{id}"),
                 "coordinator",
                 args,
-                format!("http://127.0.0.1:{port}/metrics"),
+                format!("http://{listen}/metrics"),
+                netns,
             )?;
         }
         let worker_args = |extra: &[String]| {
@@ -173,15 +204,26 @@ impl LocalCluster {
             "--witness-id".into(),
             "3".into(),
             "--witness-listen".into(),
-            format!("127.0.0.1:{}", options.witness_port),
+            cluster.raft_addr(3),
             "--witness-data-dir".into(),
             options.data_dir.join("witness").display().to_string(),
             "--name".into(),
             "witness-worker".into(),
         ];
-        cluster.spawn_worker("witness".into(), worker_args(&witness_extra))?;
+        let witness_host = options.voter_hosts[2].clone();
+        cluster.spawn_worker(
+            "witness".into(),
+            worker_args(&witness_extra),
+            &witness_host,
+            options.voter_netns[2].clone(),
+        )?;
+        let (worker_netns, worker_host) = match &options.worker_netns {
+            Some((netns, host)) => (Some(netns.clone()), host.clone()),
+            None => (None, "127.0.0.1".to_owned()),
+        };
         for i in 1..=options.workers {
-            cluster.spawn_worker(format!("worker-{i}"), worker_args(&["--name".into(), format!("worker-{i}")]))?;
+            let args = worker_args(&["--name".into(), format!("worker-{i}")]);
+            cluster.spawn_worker(format!("worker-{i}"), args, &worker_host, worker_netns.clone())?;
         }
         Ok(cluster)
     }
@@ -191,21 +233,34 @@ impl LocalCluster {
         let mut args = vec!["--coordinator".to_owned(), self.api_urls().join(",")];
         args.extend(extra.iter().cloned());
         args.extend(self.options.worker_args.iter().cloned());
-        self.spawn_worker(name.to_owned(), args)?;
+        self.spawn_worker(name.to_owned(), args, "127.0.0.1", None)?;
         Ok(self.processes.len() - 1)
     }
 
-    /// Start a worker serving its metrics on a free port.
-    fn spawn_worker(&mut self, name: String, mut args: Vec<String>) -> anyhow::Result<()> {
+    /// Start a worker serving its metrics on a free port of `host`.
+    fn spawn_worker(
+        &mut self,
+        name: String,
+        mut args: Vec<String>,
+        host: &str,
+        netns: Option<String>,
+    ) -> anyhow::Result<()> {
         let port = free_port()?;
-        args.extend(["--metrics-listen".into(), format!("127.0.0.1:{port}")]);
-        self.spawn(name, "worker", args, format!("http://127.0.0.1:{port}/metrics"))
+        args.extend(["--metrics-listen".into(), format!("{host}:{port}")]);
+        self.spawn(name, "worker", args, format!("http://{host}:{port}/metrics"), netns)
     }
 
-    fn spawn(&mut self, name: String, binary: &str, args: Vec<String>, metrics_url: String) -> anyhow::Result<()> {
+    fn spawn(
+        &mut self,
+        name: String,
+        binary: &str,
+        args: Vec<String>,
+        metrics_url: String,
+        netns: Option<String>,
+    ) -> anyhow::Result<()> {
         let binary = self.options.bin_dir.join(binary);
-        let child = spawn_child(&binary, &args, &name, &self.options)?;
-        self.processes.push(Process { name, args, metrics_url, binary, child: Some(child) });
+        let child = spawn_child(&binary, &args, &name, &self.options, netns.as_deref())?;
+        self.processes.push(Process { name, args, metrics_url, binary, netns, child: Some(child) });
         Ok(())
     }
 
@@ -219,7 +274,8 @@ impl LocalCluster {
         let options = self.options.clone();
         let process = self.process(name);
         process.kill();
-        process.child = Some(spawn_child(&process.binary, &process.args, &process.name, &options)?);
+        process.child =
+            Some(spawn_child(&process.binary, &process.args, &process.name, &options, process.netns.as_deref())?);
         Ok(())
     }
 
@@ -271,8 +327,22 @@ impl Drop for LocalCluster {
     }
 }
 
-fn spawn_child(binary: &Path, args: &[String], name: &str, options: &LocalOptions) -> anyhow::Result<Child> {
-    let mut command = Command::new(binary);
+fn spawn_child(
+    binary: &Path,
+    args: &[String],
+    name: &str,
+    options: &LocalOptions,
+    netns: Option<&str>,
+) -> anyhow::Result<Child> {
+    // `ip netns exec` execs the binary in place: the child's pid is the binary's.
+    let mut command = match netns {
+        Some(netns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", netns]).arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    };
     command.args(args).stdin(Stdio::null());
     if options.log_to_files {
         let log = options.data_dir.join(format!("{name}.log"));

@@ -129,6 +129,9 @@ fn main() -> anyhow::Result<()> {
         worker_args: vec![],
         log_to_files: true,
         admin_token: Some(admin_token.clone()),
+        voter_hosts: LocalOptions::loopback_hosts(),
+        voter_netns: Default::default(),
+        worker_netns: None,
     };
     // Children are spawned from this (main) thread: they are tied to its life.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

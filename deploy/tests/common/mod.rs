@@ -11,6 +11,9 @@ use sha2::{Digest as _, Sha256, Sha512};
 use tempfile::TempDir;
 use wire::client::ApiClient;
 
+pub mod history;
+pub mod netns;
+
 /// The reference cases, computed by Python's hashlib (copied from shared/vectors).
 #[derive(serde::Deserialize)]
 pub struct Vectors {
@@ -71,6 +74,9 @@ pub fn options(dir: &TempDir, workers: usize) -> LocalOptions {
         worker_args: vec![],
         log_to_files: true,
         admin_token: None,
+        voter_hosts: LocalOptions::loopback_hosts(),
+        voter_netns: Default::default(),
+        worker_netns: None,
     }
 }
 
