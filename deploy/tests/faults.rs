@@ -405,6 +405,45 @@ async fn a_corrupt_log_middle_is_refused_and_the_others_keep_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_disk_stops_its_voter_and_the_others_keep_serving() {
+    let scenario = "failing-disk";
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::start(1).await;
+    let workload = env.workload(scenario);
+    sleep(3.0).await;
+    let leader = env.leader().await;
+    // The leader's disk starts failing: its Raft stops, and the process must exit (so that a
+    // supervisor restarts it) rather than answer 503 forever.
+    let response = env
+        .http
+        .post(format!("http://{}/raft/faults", env.cluster.raft_addr(leader)))
+        .header("x-tandem-target", leader.to_string())
+        .json(&serde_json::json!({ "isolated_from": [], "fail_storage": true }))
+        .send()
+        .await
+        .expect("fault route");
+    assert!(response.status().is_success());
+    let failed = Instant::now();
+    let deadline = failed + Duration::from_secs(20);
+    while !env.cluster.process(name_of(leader)).has_exited() {
+        assert!(Instant::now() < deadline, "[{scenario}] a voter whose disk failed kept running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(env.cluster.options.data_dir.join(format!("{}.log", name_of(leader))))
+        .expect("its log");
+    assert!(log.contains("WAL write") && log.contains("Raft stopped on its own"), "no clear error:\n{log}");
+    // The other two elect a leader and serve; the failed voter, restarted on its data (the disk
+    // "replaced"), catches up.
+    sleep(4.0).await;
+    let served = workload.acks_received_between(failed + Duration::from_secs(2), Instant::now());
+    assert!(served > 0, "[{scenario}] the other two acknowledged nothing");
+    env.restart(name_of(leader));
+    env.cluster.wait_ready(Duration::from_secs(60)).await.expect("ready after the restart");
+    sleep(2.0).await;
+    env.finish(scenario, workload, &[0, 1]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_a_worker_mid_job() {
     let scenario = "kill-worker";
     let _serial = SERIAL.lock().await;

@@ -62,6 +62,8 @@ pub struct WalStats {
     synced_waiters: AtomicU64,
     bytes_written: AtomicU64,
     compactions: AtomicU64,
+    /// Fault injection: when set, the next write fails as a failing disk's would.
+    fail_writes: std::sync::atomic::AtomicBool,
 }
 
 /// A copy of [`WalStats`] at one moment.
@@ -82,6 +84,12 @@ pub struct WalStatsSnapshot {
 }
 
 impl WalStats {
+    /// Fault injection (tests only): make every write from now on fail with an I/O error, as a
+    /// failing or full disk would. The voter's Raft then stops.
+    pub fn inject_write_failure(&self) {
+        self.fail_writes.store(true, Ordering::Relaxed);
+    }
+
     /// Read every counter.
     pub fn snapshot(&self) -> WalStatsSnapshot {
         WalStatsSnapshot {
@@ -442,6 +450,10 @@ impl Writer {
             return;
         }
         let needs_sync = waiters.iter().any(|waiter| !matches!(waiter, Waiter::Nobody));
+        if self.failed.is_none() && self.stats.fail_writes.load(Ordering::Relaxed) {
+            tracing::error!(path = %self.path.display(), "WAL write failed (injected); this voter stops");
+            self.failed = Some(format!("WAL write to {} failed: injected I/O error", self.path.display()));
+        }
         if self.failed.is_none() {
             let result = self.file.write_all(buf).and_then(|()| {
                 self.stats.bytes_written.fetch_add(buf.len() as u64, Ordering::Relaxed);

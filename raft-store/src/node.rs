@@ -828,6 +828,10 @@ async fn handle_propose(
 pub struct FaultSettings {
     /// Peers this voter neither sends to nor accepts requests from.
     pub isolated_from: Vec<NodeId>,
+    /// Make every later write to this voter's log fail, as a failing disk would (one way: the
+    /// voter's Raft stops and its process exits).
+    #[serde(default)]
+    pub fail_storage: bool,
 }
 
 async fn handle_faults(
@@ -839,14 +843,26 @@ async fn handle_faults(
         return refusal.into_response();
     }
     let Ok(settings) = serde_json::from_slice::<FaultSettings>(&body) else {
-        return (axum::http::StatusCode::BAD_REQUEST, "expected {\"isolated_from\": [node ids]}").into_response();
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            "expected {\"isolated_from\": [node ids], \"fail_storage\": bool}",
+        )
+            .into_response();
     };
     let faults = node.faults();
     faults.heal_all();
     for peer in &settings.isolated_from {
         faults.isolate_from(*peer);
     }
-    tracing::warn!(node = node.id(), isolated_from = ?settings.isolated_from, "fault injection: links changed");
+    if settings.fail_storage {
+        node.inner.wal_stats.inject_write_failure();
+    }
+    tracing::warn!(
+        node = node.id(),
+        isolated_from = ?settings.isolated_from,
+        fail_storage = settings.fail_storage,
+        "fault injection: faults changed"
+    );
     axum::Json(settings).into_response()
 }
 
