@@ -474,7 +474,17 @@ impl Node {
         loop {
             match self.propose_local(command.clone()).await {
                 Err(ProposeError::NotLeader { leader: Some(leader) }) if leader != self.id() => {
-                    match self.forward(leader, &command, deadline).await {
+                    // A leader that froze or was cut off can hold the request until the
+                    // deadline although another leader took over long before: stop waiting
+                    // once this node knows of another leader. The write may still have been
+                    // committed, so the outcome is unknown (idempotent callers retry).
+                    let forwarded = tokio::select! {
+                        result = self.forward(leader, &command, deadline) => result,
+                        () = self.replaced(leader) => Err(ProposeError::Unknown(format!(
+                            "leader {leader} was replaced while the write was in flight"
+                        ))),
+                    };
+                    match forwarded {
                         Ok(response) => return Ok(response),
                         Err(ProposeError::NotLeader { .. }) | Err(ProposeError::Unavailable(_)) => {
                             last = format!("leader {leader} did not take the write");
@@ -492,6 +502,15 @@ impl Node {
             }
             tokio::time::sleep(RETRY_PAUSE).await;
         }
+    }
+
+    /// Resolves once this node learns of a leader other than `leader` in a later term than it
+    /// knew when called (the watch may still show an older leader than `leader` at first: that
+    /// one does not count).
+    async fn replaced(&self, leader: NodeId) {
+        let mut leadership = self.leadership();
+        let term = leadership.borrow().term;
+        let _ = leadership.wait_for(|now| now.term > term && now.leader.is_some_and(|now| now != leader)).await;
     }
 
     async fn forward(
@@ -552,7 +571,12 @@ impl Node {
                 Ok(_) => return Ok(()),
                 Err(ReadIndexError::Stopped(e)) => return Err(ReadError::Stopped(e)),
                 Err(ReadIndexError::NotLeader(Some(leader))) if leader != self.id() => {
-                    match self.read_index_remote(leader, deadline).await {
+                    // As for writes: a replaced leader is not waited for; reads just retry.
+                    let remote = tokio::select! {
+                        index = self.read_index_remote(leader, deadline) => index,
+                        () = self.replaced(leader) => Err(format!("leader {leader} was replaced")),
+                    };
+                    match remote {
                         Ok(index) => {
                             let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
                             return match self

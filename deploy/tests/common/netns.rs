@@ -42,9 +42,13 @@ impl VoterNetwork {
 
     /// Make the namespaces, veths and bridge for this test run.
     pub fn create() -> Result<VoterNetwork, String> {
+        // Names and the subnet are unique per network, not just per test process: a namespace
+        // is torn down asynchronously by the kernel, so the next scenario must not reuse names.
+        static CREATED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let serial = CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10;
         let pid = std::process::id();
-        let tag = format!("tdm{}", pid % 100_000);
-        let prefix = format!("10.{}.{}", 100 + pid % 100, (pid / 100) % 250);
+        let tag = format!("tdm{}{serial}", pid % 100_000);
+        let prefix = format!("10.{}.{}", 100 + pid % 100, (pid / 100) % 25 * 10 + serial);
         let net = VoterNetwork { tag, prefix };
         let bridge = net.bridge();
         run(&["ip", "link", "add", &bridge, "type", "bridge"])?;
@@ -111,6 +115,9 @@ impl VoterNetwork {
 impl Drop for VoterNetwork {
     fn drop(&mut self) {
         for voter in 1..=4 {
+            // Deleting our end of the veth removes both ends now, whenever the kernel gets
+            // round to destroying the namespace itself.
+            let _ = run(&["ip", "link", "del", &format!("{}v{voter}", self.tag)]);
             let _ = run(&["ip", "netns", "del", &self.netns(voter)]);
         }
         let _ = run(&["ip", "link", "del", &self.bridge()]);
