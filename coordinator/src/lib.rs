@@ -120,28 +120,17 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     tracing::info!(addr = %listener.local_addr()?, node = node.id(), "coordinator serving");
     // If Raft stops on its own (a storage failure, an internal panic), this voter can only
     // answer 503: stop serving and exit with an error, so that a supervisor restarts it.
-    let server_shutdown = shutdown.clone();
     let raft_died = CancellationToken::new();
-    let watch = {
-        let (node, raft_died, shutdown) = (node.clone(), raft_died.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = node.stopped() => raft_died.cancel(),
-            }
-        })
-    };
-    let stop_serving = raft_died.clone();
+    let (server_shutdown, stopped, died) = (shutdown.clone(), node.clone(), raft_died.clone());
     axum::serve(listener, router(app))
         .with_graceful_shutdown(async move {
             tokio::select! {
                 _ = server_shutdown.cancelled() => {}
-                _ = stop_serving.cancelled() => {}
+                _ = stopped.stopped() => died.cancel(),
             }
         })
         .await
         .context("serving HTTP")?;
-    watch.abort();
     if raft_died.is_cancelled() {
         shutdown.cancel();
         tasks.close();

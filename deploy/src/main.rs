@@ -18,33 +18,7 @@ struct Cli {
 enum Commands {
     /// Two coordinators, the witness worker and more workers as processes on 127.0.0.1, until
     /// Ctrl-C or SIGTERM. Restarting on the same data directory recovers jobs and results.
-    Local {
-        /// Workers besides the witness's own.
-        #[arg(long, env = "TANDEM_WORKERS", default_value_t = 1)]
-        workers: usize,
-        /// Cores each worker hashes on (default: all).
-        #[arg(long, env = "TANDEM_WORKER_CORES")]
-        worker_cores: Option<usize>,
-        /// Root of the processes' data directories (and their logs).
-        #[arg(long, env = "TANDEM_DATA_DIR", default_value = "data")]
-        data_dir: PathBuf,
-        /// Coordinator 1's port.
-        #[arg(long, default_value_t = 8080)]
-        port_1: u16,
-        /// Coordinator 2's port.
-        #[arg(long, default_value_t = 8081)]
-        port_2: u16,
-        /// The witness's Raft port.
-        #[arg(long, default_value_t = 8090)]
-        witness_port: u16,
-        /// Where the coordinator and worker binaries are (default: beside this one, built on
-        /// demand when run through cargo).
-        #[arg(long, env = "TANDEM_BIN_DIR")]
-        bin_dir: Option<PathBuf>,
-        /// The coordinators' admin token for /admin routes (default: a random one, printed).
-        #[arg(long, env = "TANDEM_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: Option<String>,
-    },
+    Local(LocalArgs),
     /// Move Raft leadership to the other coordinator (or to --to), as `POST /admin/failover`
     /// does; prints who leads now.
     Failover {
@@ -68,6 +42,36 @@ enum Commands {
         /// The worker's registry id.
         worker: u64,
     },
+}
+
+/// How to lay out the local cluster.
+#[derive(clap::Args, Debug)]
+struct LocalArgs {
+    /// Workers besides the witness's own.
+    #[arg(long, env = "TANDEM_WORKERS", default_value_t = 1)]
+    workers: usize,
+    /// Cores each worker hashes on (default: all).
+    #[arg(long, env = "TANDEM_WORKER_CORES")]
+    worker_cores: Option<usize>,
+    /// Root of the processes' data directories (and their logs).
+    #[arg(long, env = "TANDEM_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Coordinator 1's port.
+    #[arg(long, default_value_t = 8080)]
+    port_1: u16,
+    /// Coordinator 2's port.
+    #[arg(long, default_value_t = 8081)]
+    port_2: u16,
+    /// The witness's Raft port.
+    #[arg(long, default_value_t = 8090)]
+    witness_port: u16,
+    /// Where the coordinator and worker binaries are (default: beside this one, built on
+    /// demand when run through cargo).
+    #[arg(long, env = "TANDEM_BIN_DIR")]
+    bin_dir: Option<PathBuf>,
+    /// The coordinators' admin token for /admin routes (default: a random one, printed).
+    #[arg(long, env = "TANDEM_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 /// How to reach a coordinator's admin routes.
@@ -95,24 +99,26 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let (workers, worker_cores, data_dir, port_1, port_2, witness_port, bin_dir, admin_token) =
-        match Cli::parse().command {
-            Commands::Local { workers, worker_cores, data_dir, port_1, port_2, witness_port, bin_dir, admin_token } => {
-                (workers, worker_cores, data_dir, port_1, port_2, witness_port, bin_dir, admin_token)
-            }
-            Commands::Failover { admin, to } => {
-                let client = wire::client::ApiClient::new(admin.url);
-                return admin_call(async { client.failover(&admin.admin_token, to).await });
-            }
-            Commands::Drain { admin, worker } => {
-                let client = wire::client::ApiClient::new(admin.url);
-                return admin_call(async { client.set_worker_draining(&admin.admin_token, worker, true).await });
-            }
-            Commands::Resume { admin, worker } => {
-                let client = wire::client::ApiClient::new(admin.url);
-                return admin_call(async { client.set_worker_draining(&admin.admin_token, worker, false).await });
-            }
-        };
+    match Cli::parse().command {
+        Commands::Local(args) => run_local(args),
+        Commands::Failover { admin, to } => {
+            let client = wire::client::ApiClient::new(admin.url);
+            admin_call(async { client.failover(&admin.admin_token, to).await })
+        }
+        Commands::Drain { admin, worker } => {
+            let client = wire::client::ApiClient::new(admin.url);
+            admin_call(async { client.set_worker_draining(&admin.admin_token, worker, true).await })
+        }
+        Commands::Resume { admin, worker } => {
+            let client = wire::client::ApiClient::new(admin.url);
+            admin_call(async { client.set_worker_draining(&admin.admin_token, worker, false).await })
+        }
+    }
+}
+
+/// `deploy local`: start the cluster, print how to use it, stop it on Ctrl-C or SIGTERM.
+fn run_local(args: LocalArgs) -> anyhow::Result<()> {
+    let LocalArgs { workers, worker_cores, data_dir, port_1, port_2, witness_port, bin_dir, admin_token } = args;
     let admin_token = match admin_token {
         Some(token) => token,
         None => deploy::local::random_token()?,

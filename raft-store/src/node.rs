@@ -749,11 +749,14 @@ async fn snapshot_policy(node: std::sync::Weak<NodeInner>) {
     loop {
         tick.tick().await;
         let Some(inner) = node.upgrade() else { return };
-        let metrics = inner.raft.metrics().borrow_watched().clone();
+        let (applied, snapshot) = {
+            let metrics = inner.raft.metrics();
+            let metrics = metrics.borrow_watched();
+            (metrics.last_applied.map_or(0, |id| id.index), metrics.snapshot.map_or(0, |id| id.index))
+        };
         let written = inner.wal_stats.snapshot().bytes_written;
         let grown = written.saturating_sub(*written_at_last.get_or_insert(written));
-        let applied = metrics.last_applied.map_or(0, |id| id.index);
-        let since = applied.saturating_sub(metrics.snapshot.map_or(0, |id| id.index));
+        let since = applied.saturating_sub(snapshot);
         let config = &inner.config;
         let outgrown = grown >= config.snapshot_min_log_bytes.max(inner.state_machine.last_snapshot_bytes());
         if since < config.snapshot_every.min(1_000) || !(outgrown || since >= config.snapshot_every) {

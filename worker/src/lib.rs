@@ -84,7 +84,7 @@ impl Shared {
 
 /// Run the worker until `shutdown` is cancelled (or the coordinators tell it to drain).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let _witness = if config.witness { Some(witness::Witness::start(&config)?) } else { None };
+    let witness_voter = if config.witness { Some(witness::Witness::start(&config)?) } else { None };
     let shared = Arc::new(Shared {
         coordinators: Coordinators::new(config.coordinators.clone())?,
         worker_id: AtomicU64::new(0),
@@ -102,7 +102,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     });
     let metrics_server = match shared.config.metrics_listen {
         Some(listen) => {
-            let witness_node = _witness.as_ref().map(witness::Witness::node);
+            let witness_node = witness_voter.as_ref().map(witness::Witness::node);
             Some(tokio::spawn(metrics::serve(listen, shared.clone(), witness_node, shutdown.child_token())))
         }
         None => None,
@@ -186,15 +186,9 @@ async fn lease_loop(shared: &Arc<Shared>, results: &mpsc::UnboundedSender<Finish
         if shared.draining.load(Ordering::Relaxed) {
             hand_back(shared, tokio::time::Instant::now() + DRAIN_BUDGET).await;
             tracing::info!("drained: holding no jobs until the coordinators say resume");
-            loop {
-                let changed = shared.drain_changed.notified();
-                if !shared.draining.load(Ordering::Relaxed) {
-                    break;
-                }
-                tokio::select! {
-                    _ = shared.stop_leasing.cancelled() => return,
-                    _ = changed => {}
-                }
+            tokio::select! {
+                _ = shared.stop_leasing.cancelled() => return,
+                _ = drain_becomes(shared, false) => {}
             }
             continue;
         }
@@ -204,7 +198,7 @@ async fn lease_loop(shared: &Arc<Shared>, results: &mpsc::UnboundedSender<Finish
             tokio::select! {
                 _ = shared.stop_leasing.cancelled() => return,
                 _ = ended => {}
-                _ = drain_requested(shared) => {}
+                _ = drain_becomes(shared, true) => {}
             }
             continue;
         }
@@ -216,7 +210,7 @@ async fn lease_loop(shared: &Arc<Shared>, results: &mpsc::UnboundedSender<Finish
         let timeout = CALL_TIMEOUT + Duration::from_millis(shared.config.long_poll_ms);
         let answer = tokio::select! {
             _ = shared.stop_leasing.cancelled() => return,
-            _ = drain_requested(shared) => continue,
+            _ = drain_becomes(shared, true) => continue,
             answer = shared.coordinators.call::<_, LeaseResponse>(wire::worker::LEASE, &request, timeout) => answer,
         };
         match answer {
@@ -245,12 +239,12 @@ async fn lease_loop(shared: &Arc<Shared>, results: &mpsc::UnboundedSender<Finish
     }
 }
 
-/// Resolves once a drain was requested (polled alongside the lease loop's waits).
-async fn drain_requested(shared: &Shared) {
+/// Resolves once the worker's draining state is `draining` (a drain was requested, or it ended).
+async fn drain_becomes(shared: &Shared, draining: bool) {
     loop {
         // Created before the check: a change in between still wakes it.
         let changed = shared.drain_changed.notified();
-        if shared.draining.load(Ordering::Relaxed) {
+        if shared.draining.load(Ordering::Relaxed) == draining {
             return;
         }
         changed.await;

@@ -228,7 +228,6 @@ async fn reader(r: usize, clients: Vec<ApiClient>, log: Arc<Mutex<Log>>, stop: A
         let node = turn % clients.len();
         let client = &clients[node];
         // A cursor walk: the next page must continue exactly where the last one ended.
-        let sent = Instant::now();
         if let Ok(page) = client.pull_after(cursor, 500).await {
             let received = Instant::now();
             let mut log = lock(&log);
@@ -245,7 +244,6 @@ async fn reader(r: usize, clients: Vec<ApiClient>, log: Arc<Mutex<Log>>, stop: A
                 observe(&mut log, node, job.id, &job.result, Some(job.seq), received);
                 cursor = job.seq;
             }
-            let _ = sent;
         }
         // Re-read up to three jobs already seen by anyone: every read that starts after a
         // result was seen must show it.
