@@ -37,7 +37,10 @@ use crate::coordinator_client::{CallError, Coordinators};
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 const REPORT_BATCH: usize = 64;
-const REPORT_LINGER: Duration = Duration::from_millis(2);
+/// How long the first result of a report waits for others: half a job's recent duration, within
+/// these bounds, so short jobs report quickly and long ones share a Raft entry.
+const REPORT_LINGER_MIN: Duration = Duration::from_millis(2);
+const REPORT_LINGER_MAX: Duration = Duration::from_millis(20);
 /// How long a shutting-down worker tries to hand its jobs back before giving up.
 const DRAIN_BUDGET: Duration = Duration::from_secs(5);
 /// At least this long is left for flushing results at the end of a drain.
@@ -193,8 +196,13 @@ async fn lease_loop(shared: &Arc<Shared>, results: &mpsc::UnboundedSender<Finish
             continue;
         }
         let ended = shared.job_ended.notified();
-        let free = capacity(shared, cores).saturating_sub(shared.running().len());
-        if free == 0 {
+        let capacity = capacity(shared, cores);
+        let held = shared.running().len();
+        let free = capacity.saturating_sub(held);
+        // Top up once half the backlog is gone rather than after every job: a lease is a Raft
+        // entry, and one for several jobs costs the cluster what one for a single job does.
+        let low_water = if held == 0 { 1 } else { (capacity / 2).max(1) };
+        if free < low_water {
             tokio::select! {
                 _ = shared.stop_leasing.cancelled() => return,
                 _ = ended => {}
@@ -287,12 +295,19 @@ fn start_job(shared: &Arc<Shared>, job: RunningJob, results: mpsc::UnboundedSend
     });
 }
 
+fn report_linger(shared: &Shared) -> Duration {
+    match shared.mean_job_micros.load(Ordering::Relaxed) {
+        u64::MAX => REPORT_LINGER_MIN,
+        mean => (Duration::from_micros(mean) / 2).clamp(REPORT_LINGER_MIN, REPORT_LINGER_MAX),
+    }
+}
+
 /// Report results in batches until the channel closes; never drop one because a coordinator
 /// was down.
 async fn report(shared: Arc<Shared>, mut results: mpsc::UnboundedReceiver<Finished>) {
     while let Some(first) = results.recv().await {
         let mut batch = vec![first];
-        let linger = tokio::time::sleep(REPORT_LINGER);
+        let linger = tokio::time::sleep(report_linger(&shared));
         tokio::pin!(linger);
         while batch.len() < REPORT_BATCH {
             tokio::select! {
