@@ -79,9 +79,8 @@ pub fn plain_loop_rate(seconds: f64) -> f64 {
 /// shared VM a single run swings with its neighbours, the median of several does much less.
 pub fn plain_loop_rate_median(seconds: f64, runs: usize) -> f64 {
     let runs = runs.max(1);
-    let mut rates: Vec<f64> = (0..runs).map(|_| plain_loop_rate(seconds / runs as f64)).collect();
-    rates.sort_by(f64::total_cmp);
-    rates[runs / 2]
+    let rates: Vec<f64> = (0..runs).map(|_| plain_loop_rate(seconds / runs as f64)).collect();
+    median(&rates)
 }
 
 /// The combined rate of `threads` plain loops running at once, for about `seconds`: what the
@@ -92,6 +91,19 @@ pub fn plain_loop_rate_parallel(seconds: f64, threads: usize) -> f64 {
         let runs: Vec<_> = (0..threads.max(1)).map(|_| scope.spawn(|| plain_loop_rate(seconds))).collect();
         runs.into_iter().map(|run| run.join().unwrap_or(0.0)).sum()
     })
+}
+
+/// `runs` measurements of [`plain_loop_rate_parallel`] spread over about `seconds`.
+pub fn plain_loop_rates_parallel(seconds: f64, threads: usize, runs: usize) -> Vec<f64> {
+    let runs = runs.max(1);
+    (0..runs).map(|_| plain_loop_rate_parallel(seconds / runs as f64, threads)).collect()
+}
+
+/// The median of `rates` (0 if empty).
+pub fn median(rates: &[f64]) -> f64 {
+    let mut sorted = rates.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::reference::{chain, hex, plain_loop_rate_median};
+use crate::reference::{chain, hex, median, plain_loop_rate_median};
 use crate::report::Report;
 use crate::target::{Target, TargetArgs};
 
@@ -65,11 +65,6 @@ pub async fn run(args: &ComputeArgs, quick: bool) -> anyhow::Result<Report> {
         ratios.push(worker / beside);
         plain = plain_after;
     }
-    let median = |values: &[f64]| {
-        let mut sorted = values.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        sorted[sorted.len() / 2]
-    };
     report.figure("plain_loop_hashes_per_s", median(&plain_rates));
     report.figure("worker_hashes_per_s_per_core", median(&worker_rates));
     report.figure("ratio_worker_to_plain", median(&ratios));

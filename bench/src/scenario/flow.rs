@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use crate::reference::{chain, hex, plain_loop_rate_median, plain_loop_rate_parallel};
+use crate::reference::{chain, hex, median, plain_loop_rate_median, plain_loop_rates_parallel};
 use crate::report::Report;
 use crate::stats::Latencies;
 use crate::target::{Target, TargetArgs};
@@ -57,12 +57,13 @@ pub async fn run(args: &FlowArgs, quick: bool) -> anyhow::Result<Report> {
         "flow",
         serde_json::json!({ "jobs": jobs, "iterations": args.iterations, "clients": args.clients, "body_bytes": args.body_bytes }),
     );
-    // The reference rate is measured before and after the load (the load itself takes every
+    // The reference rates are measured before and after the load (the load itself takes every
     // core), each the median of several short runs, and the two are averaged.
     let reference_seconds = if quick { 0.5 } else { 2.0 };
-    let plain_before = plain_loop_rate_median(reference_seconds, 5);
     let target = Target::open(&args.target, &[]).await?;
     let cores = args.ideal_cores.or(target.worker_cores());
+    let plain_before = plain_loop_rate_median(reference_seconds, 5);
+    let together_before = cores.map(|cores| plain_loop_rates_parallel(reference_seconds, cores, 3));
     // job id -> (job number, enqueue sent)
     let enqueued: Arc<Mutex<HashMap<u64, (u64, Instant)>>> = Arc::default();
     let started = Instant::now();
@@ -167,13 +168,17 @@ pub async fn run(args: &FlowArgs, quick: bool) -> anyhow::Result<Report> {
     let per_core = (plain_before + plain_after) / 2.0;
     report.figure("plain_loop_hashes_per_s_per_core", per_core);
     report.figure("plain_loop_before_after", serde_json::json!([plain_before, plain_after]));
-    if let Some(cores) = cores {
-        // The ideal uses what `cores` plain loops hash together when all run at once (measured
-        // after the load, when the machine is otherwise idle), not one loop's rate times the
-        // cores: on this VM the two vCPUs do not add up to twice one.
-        let together = plain_loop_rate_parallel(reference_seconds, cores);
+    if let (Some(cores), Some(together_before)) = (cores, together_before) {
+        // The ideal uses what `cores` plain loops hash together when all run at once, not one
+        // loop's rate times the cores (on this VM the two vCPUs do not add up to twice one). It
+        // is the median of short runs before and after the load: the VM's speed drifts, and
+        // the median ignores a run that a neighbour slowed down.
+        let together_after = plain_loop_rates_parallel(reference_seconds, cores, 3);
+        let samples = [together_before, together_after].concat();
+        let together = median(&samples);
         let ideal = (jobs * args.iterations) as f64 / together;
         report.figure("plain_loops_together_hashes_per_s", together);
+        report.figure("plain_loops_together_samples", &samples);
         report.figure("worker_cores", cores);
         report.figure("ideal_s", ideal);
         report.figure("ratio_elapsed_to_ideal", elapsed / ideal);
