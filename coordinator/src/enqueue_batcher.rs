@@ -13,7 +13,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 const MAX_BATCH: usize = 512;
-fn max_in_flight() -> usize { std::env::var("TANDEM_MIF").ok().and_then(|v| v.parse().ok()).unwrap_or(4) }
+const MAX_IN_FLIGHT: usize = 4;
 
 type Reply = oneshot::Sender<Result<EnqueueOutcome, ProposeError>>;
 
@@ -40,7 +40,7 @@ impl EnqueueBatcher {
 }
 
 async fn run(node: Node, mut rx: mpsc::Receiver<(NewJob, Reply)>, shutdown: CancellationToken) {
-    let in_flight = Arc::new(Semaphore::new(max_in_flight()));
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
         let first = tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -447,20 +447,15 @@ impl Node {
     /// request timeout (a leader that lost its quorum cannot commit).
     pub async fn propose_local(&self, command: Command) -> Result<Response, ProposeError> {
         let timeout = self.inner.config.request_timeout;
-        let Ok(result) = tokio::time::timeout(timeout, self.inner.raft.client_write(command)).await else {
+        let enqueue = matches!(command, Command::Enqueue { .. });
+        let proposed = std::time::Instant::now();
+        let Ok(result) = tokio::time::timeout(timeout, client_write(&self.inner.raft, command)).await else {
             return Err(ProposeError::Unknown(format!("not committed within {timeout:?}; it may commit later")));
         };
-        match result {
-            Ok(written) => Ok(written.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(ProposeError::NotLeader { leader: forward.leader_id })
-            }
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(forward))) => Err(ProposeError::Unknown(
-                format!("entry discarded on a leader change (leader now {:?})", forward.leader_id),
-            )),
-            Err(RaftError::APIError(other)) => Err(ProposeError::Unknown(other.to_string())),
-            Err(RaftError::Fatal(fatal)) => Err(ProposeError::Stopped(fatal.to_string())),
+        if enqueue && result.is_ok() {
+            metrics::histogram!("tandem_raft_enqueue_commit_seconds").record(proposed.elapsed().as_secs_f64());
         }
+        result
     }
 
     /// Commit `command` through whichever node leads, and return its response.
@@ -472,7 +467,13 @@ impl Node {
         let deadline = tokio::time::Instant::now() + self.inner.config.request_timeout;
         let mut last;
         loop {
-            match self.propose_local(command.clone()).await {
+            // A follower that knows the leader forwards at once, without asking its own core.
+            let known = self.inner.leadership.borrow().leader;
+            let attempt = match known {
+                Some(leader) if leader != self.id() => Err(ProposeError::NotLeader { leader: Some(leader) }),
+                _ => self.propose_local(command.clone()).await,
+            };
+            match attempt {
                 Err(ProposeError::NotLeader { leader: Some(leader) }) if leader != self.id() => {
                     // A leader that froze or was cut off can hold the request until the
                     // deadline although another leader took over long before: stop waiting
@@ -818,6 +819,22 @@ async fn watch_metrics(
                 hand_back_leadership(Node { inner }).await;
             }
         }
+    }
+}
+
+/// Append `command` through this node's openraft core and wait for its commit and response.
+async fn client_write(raft: &Raft, command: Command) -> Result<Response, ProposeError> {
+    match raft.client_write(command).await {
+        Ok(written) => Ok(written.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+            Err(ProposeError::NotLeader { leader: forward.leader_id })
+        }
+        Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(forward))) => Err(ProposeError::Unknown(format!(
+            "entry discarded on a leader change (leader now {:?})",
+            forward.leader_id
+        ))),
+        Err(RaftError::APIError(other)) => Err(ProposeError::Unknown(other.to_string())),
+        Err(RaftError::Fatal(fatal)) => Err(ProposeError::Stopped(fatal.to_string())),
     }
 }
 

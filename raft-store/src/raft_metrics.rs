@@ -24,6 +24,10 @@ pub fn describe() {
     describe_counter!("tandem_wal_fsyncs_total", "fsyncs of this node's write-ahead log.");
     describe_histogram!("tandem_wal_fsync_seconds", "Duration of one WAL fsync.");
     describe_histogram!("tandem_wal_batch_entries", "Log entries made durable by one fsync.");
+    describe_histogram!(
+        "tandem_raft_enqueue_commit_seconds",
+        "On the leader: time from proposing an enqueue entry to its commit and apply."
+    );
 }
 
 /// What the sampler remembers between samples.
