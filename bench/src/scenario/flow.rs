@@ -15,8 +15,12 @@ use crate::target::{Target, TargetArgs};
 
 /// Results asked for per `pullCompleted`.
 const PAGE: usize = 10_000;
-/// The pause between polls that found less than a full page.
-const POLL_PAUSE: Duration = Duration::from_millis(5);
+/// The pause between polls that found less than a full page: about one job's computing time,
+/// within these bounds. Each poll is a read barrier (a round to the peers): polling much faster
+/// than results can arrive only takes CPU from the workers, while the pause bounds how late the
+/// bench sees the last result.
+const POLL_PAUSE_MIN: Duration = Duration::from_millis(5);
+const POLL_PAUSE_MAX: Duration = Duration::from_millis(50);
 
 /// Options of `flow`.
 #[derive(clap::Args, Clone, Debug)]
@@ -63,6 +67,8 @@ pub async fn run(args: &FlowArgs, quick: bool) -> anyhow::Result<Report> {
     let target = Target::open(&args.target, &[]).await?;
     let cores = args.ideal_cores.or(target.worker_cores());
     let plain_before = plain_loop_rate_median(reference_seconds, 5);
+    let poll_pause =
+        Duration::from_secs_f64(args.iterations as f64 / plain_before.max(1.0)).clamp(POLL_PAUSE_MIN, POLL_PAUSE_MAX);
     let together_before = cores.map(|cores| plain_loop_rates_parallel(reference_seconds, cores, 3));
     // job id -> (job number, enqueue sent)
     let enqueued: Arc<Mutex<HashMap<u64, (u64, Instant)>>> = Arc::default();
@@ -129,10 +135,10 @@ pub async fn run(args: &FlowArgs, quick: bool) -> anyhow::Result<Report> {
                 // A full page means more are waiting; otherwise pause, so the bench's polling
                 // (a read barrier each) does not take the CPU the workers hash on.
                 if !full {
-                    tokio::time::sleep(POLL_PAUSE).await;
+                    tokio::time::sleep(poll_pause).await;
                 }
             }
-            _ => tokio::time::sleep(POLL_PAUSE).await,
+            _ => tokio::time::sleep(poll_pause).await,
         }
     }
     progress.finish_and_clear();
