@@ -233,6 +233,9 @@ struct NodeInner {
     leadership: watch::Receiver<Leadership>,
     /// Becomes true once openraft's core has ended (shutdown, a storage failure, a panic).
     stopped: watch::Receiver<bool>,
+    /// True while this node leads but has not heard from a majority for longer than the
+    /// election timeout: it has most likely been replaced, and cannot commit.
+    quorum_lost: watch::Receiver<bool>,
     /// The read round that has not started yet: readers arriving now join it.
     pending_read: Mutex<Option<ReadRound>>,
     /// Held by the read round in progress, so that the next one starts after it.
@@ -292,6 +295,7 @@ impl Node {
 
         let (leadership_tx, leadership) = watch::channel(Leadership { leader: None, term: 0, is_self: false });
         let (stopped_tx, stopped) = watch::channel(false);
+        let (quorum_lost_tx, quorum_lost) = watch::channel(false);
         let node = Node {
             inner: Arc::new(NodeInner {
                 config,
@@ -301,12 +305,14 @@ impl Node {
                 transport,
                 leadership,
                 stopped,
+                quorum_lost,
                 pending_read: Mutex::new(None),
                 read_running: tokio::sync::Mutex::new(()),
                 tasks: Mutex::new(Vec::new()),
             }),
         };
-        let watcher = tokio::spawn(watch_metrics(Arc::downgrade(&node.inner), leadership_tx, stopped_tx));
+        let watcher =
+            tokio::spawn(watch_metrics(Arc::downgrade(&node.inner), leadership_tx, stopped_tx, quorum_lost_tx));
         let snapshots = tokio::spawn(snapshot_policy(Arc::downgrade(&node.inner)));
         node.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).extend([watcher, snapshots]);
         Ok(node)
@@ -447,9 +453,26 @@ impl Node {
     /// request timeout (a leader that lost its quorum cannot commit).
     pub async fn propose_local(&self, command: Command) -> Result<Response, ProposeError> {
         let timeout = self.inner.config.request_timeout;
+        let quorum_timeout = Duration::from_millis(self.inner.config.timing.election_max_ms);
+        let mut quorum_lost = self.inner.quorum_lost.clone();
+        // A leader cut off from its peers cannot commit: refuse at once rather than append an
+        // entry that would only time out. Nothing was written, so the caller may retry anywhere.
+        if *quorum_lost.borrow_and_update() {
+            return Err(ProposeError::Unavailable(format!(
+                "this leader has not heard from a majority for over {quorum_timeout:?}"
+            )));
+        }
         let enqueue = matches!(command, Command::Enqueue { .. });
         let proposed = std::time::Instant::now();
-        let Ok(result) = tokio::time::timeout(timeout, client_write(&self.inner.raft, command)).await else {
+        let written = tokio::select! {
+            written = tokio::time::timeout(timeout, client_write(&self.inner.raft, command)) => written,
+            _ = quorum_lost.wait_for(|lost| *lost) => {
+                return Err(ProposeError::Unknown(format!(
+                    "this leader lost contact with a majority for over {quorum_timeout:?} while the write was in flight"
+                )));
+            }
+        };
+        let Ok(result) = written else {
             return Err(ProposeError::Unknown(format!("not committed within {timeout:?}; it may commit later")));
         };
         if enqueue && result.is_ok() {
@@ -595,6 +618,11 @@ impl Node {
                     }
                 }
                 Err(ReadIndexError::NotLeader(leader)) => last = format!("no leader (known: {leader:?})"),
+                // Cut off from a majority for longer than an election: another leader has most
+                // likely taken over, and retrying here until the deadline cannot succeed.
+                Err(ReadIndexError::NoQuorum(e)) if *self.inner.quorum_lost.borrow() => {
+                    return Err(ReadError::Unavailable(format!("{e} (this leader has lost contact with a majority)")));
+                }
                 Err(ReadIndexError::NoQuorum(e)) => last = e,
             }
             if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
@@ -783,28 +811,49 @@ async fn watch_metrics(
     node: std::sync::Weak<NodeInner>,
     leadership: watch::Sender<Leadership>,
     stopped: watch::Sender<bool>,
+    quorum_lost: watch::Sender<bool>,
 ) {
     let Some(inner) = node.upgrade() else { return };
     let mut metrics_rx = inner.raft.metrics();
     let role = inner.config.role;
+    let quorum_timeout = Duration::from_millis(inner.config.timing.election_max_ms);
     drop(inner);
     let mut handback_tick = tokio::time::interval(Duration::from_millis(20));
     handback_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The age of the last quorum acknowledgement grows without any metrics change: look again
+    // a few times per election timeout while leading.
+    let mut quorum_tick = tokio::time::interval(quorum_timeout / 4);
+    quorum_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // Read the three fields in place: the metrics change several times per entry, and
-        // cloning them whole (membership, replication maps) each time is measurable.
-        let (now, state) = {
+        // Read the fields in place: the metrics change several times per entry, and cloning
+        // them whole (membership, replication maps) each time is measurable.
+        let (now, state, lost) = {
             let metrics = metrics_rx.borrow_watched();
             let now = Leadership {
                 leader: metrics.current_leader,
                 term: metrics.current_term,
                 is_self: metrics.state == ServerState::Leader,
             };
-            (now, metrics.state)
+            // A lone voter is its own quorum (openraft does not refresh its acknowledgement).
+            let alone = metrics.membership_config.membership().voter_ids().nth(1).is_none();
+            let lost = now.is_self
+                && !alone
+                && metrics.last_quorum_acked.as_ref().is_some_and(|at| at.elapsed() > quorum_timeout);
+            (now, metrics.state, lost)
         };
         leadership.send_if_modified(|seen| {
             let changed = *seen != now;
             *seen = now;
+            changed
+        });
+        quorum_lost.send_if_modified(|seen| {
+            let changed = *seen != lost;
+            match (changed, lost) {
+                (true, true) => tracing::warn!("this leader lost contact with a majority: refusing writes"),
+                (true, false) => tracing::info!("no longer cut off from a majority (or no longer leading)"),
+                _ => {}
+            }
+            *seen = lost;
             changed
         });
         let witness_leads = role == Role::Witness && state == ServerState::Leader;
@@ -818,6 +867,7 @@ async fn watch_metrics(
                 let Some(inner) = node.upgrade() else { return };
                 hand_back_leadership(Node { inner }).await;
             }
+            _ = quorum_tick.tick(), if state == ServerState::Leader => {}
         }
     }
 }

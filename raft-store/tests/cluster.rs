@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use raft_store::job_table::{Command, EnqueueOutcome, JobStatus, NewJob};
-use raft_store::node::TransferError;
+use raft_store::node::{ProposeError, TransferError};
 use raft_store::test_cluster::{COORDINATOR_1, COORDINATOR_2, TestCluster, WITNESS};
 use raft_store::{Digest, Node, NodeId, Response};
 use tempfile::TempDir;
@@ -215,5 +215,49 @@ async fn power_loss_of_every_voter_keeps_every_acknowledged_write() {
     for id in [COORDINATOR_1, COORDINATOR_2, WITNESS] {
         assert_visible(cluster.node(id), &ids).await;
     }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_peers_refuses_writes_and_reads_instead_of_holding_them() {
+    let dir = TempDir::new().expect("temp dir");
+    let request_timeout = Duration::from_secs(5);
+    let mut cluster = TestCluster::start(dir.path(), |config| config.request_timeout = request_timeout).await;
+    let leader = wait_for_coordinator_leader(&cluster).await;
+    enqueue(cluster.node(leader), 1).await;
+    cluster.cut(leader, other_coordinator(leader));
+    cluster.cut(leader, WITNESS);
+
+    // A write already in flight when the quorum goes silent is given up as unknown, and later
+    // writes are refused as unavailable, both well before the request timeout.
+    let started = Instant::now();
+    let in_flight = cluster.node(leader).propose_local(Command::Enqueue { jobs: vec![job(2)] }).await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(in_flight, Err(ProposeError::Unknown(_) | ProposeError::NotLeader { .. })),
+        "in flight: {in_flight:?}"
+    );
+    assert!(waited < request_timeout / 2, "the in-flight write waited {waited:?}");
+    let started = Instant::now();
+    let refused = cluster.node(leader).propose_local(Command::Enqueue { jobs: vec![job(3)] }).await;
+    assert!(
+        matches!(refused, Err(ProposeError::Unavailable(_) | ProposeError::NotLeader { .. })),
+        "after: {refused:?}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(100), "refusing took {:?}", started.elapsed());
+    // Linearizable reads there fail fast too.
+    let started = Instant::now();
+    let read = cluster.node(leader).read_barrier().await;
+    assert!(read.is_err(), "a cut-off leader confirmed a read");
+    assert!(started.elapsed() < request_timeout / 2, "the read waited {:?}", started.elapsed());
+
+    // The other side elected a leader and takes writes; healed, the old leader follows it and
+    // sees them.
+    let survivor = other_coordinator(leader);
+    let id = enqueue(cluster.node(survivor), 4).await;
+    cluster.heal_all();
+    assert_visible(cluster.node(leader), &[id]).await;
+    let id = enqueue(cluster.node(leader), 5).await;
+    assert_visible(cluster.node(survivor), &[id]).await;
     cluster.shutdown().await;
 }
