@@ -3,8 +3,20 @@
 
 use std::process::Command;
 
+/// Where the binaries are; the coordinator and worker are built once here, since `cargo test -p
+/// bench` alone builds only the bench.
+fn bin_dir() -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_BIN_EXE_bench")).parent().expect("target dir").to_owned();
+        deploy::local::build_binaries(&dir).expect("building the coordinator and worker");
+        dir
+    })
+    .clone()
+}
+
 fn bench(args: &[&str]) -> serde_json::Value {
-    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_bench")).parent().expect("target dir").to_owned();
+    let bin_dir = bin_dir();
     let dir = tempfile::TempDir::new().expect("temp dir");
     let json = dir.path().join("report.json");
     let plot = dir.path().join("plot.svg");

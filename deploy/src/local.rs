@@ -395,17 +395,23 @@ pub fn locate_binaries(bin_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     }
     let exe = std::env::current_exe().context("locating this executable")?;
     let dir = exe.parent().context("this executable has no directory")?.to_owned();
-    if let Ok(cargo) = std::env::var("CARGO") {
-        let release = dir.file_name().is_some_and(|name| name == "release");
-        let mut build = Command::new(cargo);
-        build.args(["build", "-p", "coordinator", "-p", "worker"]);
-        if release {
-            build.arg("--release");
-        }
-        let status = build.status().context("running cargo build")?;
-        if !status.success() {
-            bail!("building the coordinator and worker failed");
-        }
-    }
+    build_binaries(&dir)?;
     Ok(dir)
+}
+
+/// When running under cargo (`cargo run`, `cargo test`), build the `coordinator` and `worker`
+/// binaries into `dir` (`target/debug` or `target/release`, whose name picks the profile), so
+/// that they are never older than the sources. Outside cargo, do nothing.
+pub fn build_binaries(dir: &Path) -> anyhow::Result<()> {
+    let Ok(cargo) = std::env::var("CARGO") else { return Ok(()) };
+    let mut build = Command::new(cargo);
+    build.args(["build", "-p", "coordinator", "-p", "worker"]);
+    if dir.file_name().is_some_and(|name| name == "release") {
+        build.arg("--release");
+    }
+    let status = build.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("building the coordinator and worker failed");
+    }
+    Ok(())
 }

@@ -56,9 +56,17 @@ pub fn reference_chain(body: &[u8], iterations: u64) -> String {
     hex(&out)
 }
 
+/// Where the coordinator and worker binaries are (`target/debug`), built once per test binary:
+/// `cargo test -p deploy` alone would otherwise run whatever was built last.
 pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary");
-    exe.parent().and_then(|deps| deps.parent()).expect("target dir").to_owned()
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test binary");
+        let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir").to_owned();
+        deploy::local::build_binaries(&dir).expect("building the coordinator and worker");
+        dir
+    })
+    .clone()
 }
 
 pub fn options(dir: &TempDir, workers: usize) -> LocalOptions {
