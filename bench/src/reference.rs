@@ -78,9 +78,7 @@ pub fn plain_loop_rate(seconds: f64) -> f64 {
 /// The plain loop's rate as the median of `runs` short runs spread over about `seconds`: on a
 /// shared VM a single run swings with its neighbours, the median of several does much less.
 pub fn plain_loop_rate_median(seconds: f64, runs: usize) -> f64 {
-    let runs = runs.max(1);
-    let rates: Vec<f64> = (0..runs).map(|_| plain_loop_rate(seconds / runs as f64)).collect();
-    median(&rates)
+    median(&plain_loop_rates_parallel(seconds, 1, runs))
 }
 
 /// The combined rate of `threads` plain loops running at once, for about `seconds`: what the

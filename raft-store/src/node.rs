@@ -834,11 +834,11 @@ async fn watch_metrics(
                 term: metrics.current_term,
                 is_self: metrics.state == ServerState::Leader,
             };
-            // A lone voter is its own quorum (openraft does not refresh its acknowledgement).
-            let alone = metrics.membership_config.membership().voter_ids().nth(1).is_none();
+            // Only a leader can lose its quorum; a lone voter is its own quorum (openraft does
+            // not refresh its acknowledgement). Checked in this order, a follower pays nothing.
             let lost = now.is_self
-                && !alone
-                && metrics.last_quorum_acked.as_ref().is_some_and(|at| at.elapsed() > quorum_timeout);
+                && metrics.last_quorum_acked.as_ref().is_some_and(|at| at.elapsed() > quorum_timeout)
+                && metrics.membership_config.membership().voter_ids().nth(1).is_some();
             (now, metrics.state, lost)
         };
         leadership.send_if_modified(|seen| {

@@ -62,7 +62,7 @@ pub async fn run(args: &FlowArgs, quick: bool) -> anyhow::Result<Report> {
         serde_json::json!({ "jobs": jobs, "iterations": args.iterations, "clients": args.clients, "body_bytes": args.body_bytes }),
     );
     // The reference rates are measured before and after the load (the load itself takes every
-    // core), each the median of several short runs, and the two are averaged.
+    // core), from several short runs each.
     let reference_seconds = if quick { 0.5 } else { 2.0 };
     let target = Target::open(&args.target, &[]).await?;
     let cores = args.ideal_cores.or(target.worker_cores());
