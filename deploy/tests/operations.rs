@@ -192,7 +192,7 @@ async fn a_drained_worker_hands_its_job_back_keeps_running_and_resumes() {
         .send()
         .await
         .expect("send");
-    assert_eq!(response.status(), 200);
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
     wait_for("the job to run again", Duration::from_secs(15), || async {
         let view = client.job(id).await.ok()?;
         (view.state == JobState::Running && view.iterations_done >= checkpoint).then_some(())

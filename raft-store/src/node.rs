@@ -57,6 +57,15 @@ pub struct Timing {
     pub election_max_ms: u64,
 }
 
+impl Timing {
+    /// How long a leader may go without an acknowledgement from a majority before it gives up
+    /// its writes and refuses new ones: twice the longest election timeout, by when the others
+    /// have had time to elect a leader, and a stall shorter than that is waited out.
+    pub fn quorum_timeout(&self) -> Duration {
+        Duration::from_millis(2 * self.election_max_ms)
+    }
+}
+
 impl Default for Timing {
     fn default() -> Self {
         Timing { heartbeat_ms: 50, election_min_ms: 200, election_max_ms: 400 }
@@ -453,7 +462,7 @@ impl Node {
     /// request timeout (a leader that lost its quorum cannot commit).
     pub async fn propose_local(&self, command: Command) -> Result<Response, ProposeError> {
         let timeout = self.inner.config.request_timeout;
-        let quorum_timeout = Duration::from_millis(self.inner.config.timing.election_max_ms);
+        let quorum_timeout = self.inner.config.timing.quorum_timeout();
         let mut quorum_lost = self.inner.quorum_lost.clone();
         // A leader cut off from its peers cannot commit: refuse at once rather than append an
         // entry that would only time out. Nothing was written, so the caller may retry anywhere.
@@ -816,14 +825,20 @@ async fn watch_metrics(
     let Some(inner) = node.upgrade() else { return };
     let mut metrics_rx = inner.raft.metrics();
     let role = inner.config.role;
-    let quorum_timeout = Duration::from_millis(inner.config.timing.election_max_ms);
+    let quorum_timeout = inner.config.timing.quorum_timeout();
     drop(inner);
     let mut handback_tick = tokio::time::interval(Duration::from_millis(20));
     handback_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The age of the last quorum acknowledgement grows without any metrics change: look again
-    // a few times per election timeout while leading.
-    let mut quorum_tick = tokio::time::interval(quorum_timeout / 4);
+    // a few times per timeout while leading.
+    let quorum_check = quorum_timeout / 8;
+    let mut quorum_tick = tokio::time::interval(quorum_check);
     quorum_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When the acknowledgement first looked too old. A process that was stalled (CPU
+    // starvation) wakes with its peers' answers still queued for the core: it declares the
+    // quorum lost only if the acknowledgement still looks too old a check later, once the core
+    // has had the chance to take them in.
+    let mut stale_since: Option<std::time::Instant> = None;
     loop {
         // Read the fields in place: the metrics change several times per entry, and cloning
         // them whole (membership, replication maps) each time is measurable.
@@ -836,9 +851,16 @@ async fn watch_metrics(
             };
             // Only a leader can lose its quorum; a lone voter is its own quorum (openraft does
             // not refresh its acknowledgement). Checked in this order, a follower pays nothing.
-            let lost = now.is_self
+            let stale = now.is_self
                 && metrics.last_quorum_acked.as_ref().is_some_and(|at| at.elapsed() > quorum_timeout)
                 && metrics.membership_config.membership().voter_ids().nth(1).is_some();
+            let since = match (stale, stale_since) {
+                (false, _) => None,
+                (true, None) => Some(std::time::Instant::now()),
+                (true, since) => since,
+            };
+            stale_since = since;
+            let lost = since.is_some_and(|since| since.elapsed() >= quorum_check);
             (now, metrics.state, lost)
         };
         leadership.send_if_modified(|seen| {
