@@ -9,6 +9,11 @@
 //! one ordered writer, a later write can never become durable before an earlier one, which is the
 //! I/O ordering openraft's safety relies on (a vote is on disk before any entry of its term).
 //!
+//! The writer keeps zeros ahead of the last record: it overwrites preallocated space rather than
+//! growing the file, so an fsync persists only data, not a new file size too (measured on this
+//! project's ext4 disks: about 125 µs instead of 185 µs, and a third less CPU). The space is
+//! extended a chunk at a time, after a flush has released its waiters.
+//!
 //! After purges have made most of the file dead, the writer rewrites it as a compact image
 //! (vote, committed, purge point, live entries) into a temporary file, fsyncs it, renames it over
 //! the log and fsyncs the directory.
@@ -18,6 +23,7 @@ use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::ops::RangeBounds;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -45,11 +51,15 @@ pub struct LogStoreOptions {
     /// Rewrite the file once this many bytes were written since the last rewrite and a purge
     /// made part of it dead.
     pub compact_after_bytes: u64,
+    /// Zeros kept ahead of the last record (0: none, the file grows with every write). The
+    /// writer extends the file by this much once less than half of it is left.
+    pub preallocate_bytes: u64,
 }
 
 impl Default for LogStoreOptions {
     fn default() -> Self {
-        LogStoreOptions { compact_after_bytes: 64 << 20 }
+        // 1 MiB of zeros takes 1 to 2 ms to write and fsync here; 4 MiB took up to 21 ms.
+        LogStoreOptions { compact_after_bytes: 64 << 20, preallocate_bytes: 1 << 20 }
     }
 }
 
@@ -77,7 +87,7 @@ pub struct WalStatsSnapshot {
     pub synced_entries: u64,
     /// Callers (appends, votes, truncations) released by an fsync.
     pub synced_waiters: u64,
-    /// Bytes written to the file.
+    /// Bytes of records written to the file (preallocated zeros not counted).
     pub bytes_written: u64,
     /// Rewrites of the file after purges.
     pub compactions: u64,
@@ -313,13 +323,14 @@ impl LogStore {
             std::fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
             sync_dir(dir).map_err(io_err("fsync directory", dir))?;
         }
-        let mut file = OpenOptions::new().read(true).write(true).open(&path).map_err(io_err("open", &path))?;
+        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io_err("open", &path))?;
         if scan.torn_tail.is_some() && scan.valid_len >= wal::MAGIC.len() as u64 {
+            // Cut the torn bytes: what follows the last record must be zeros.
             file.set_len(scan.valid_len).map_err(io_err("truncate", &path))?;
             file.sync_all().map_err(io_err("fsync", &path))?;
         }
-        let end = file.metadata().map_err(io_err("stat", &path))?.len();
-        io::Seek::seek(&mut file, io::SeekFrom::Start(end)).map_err(io_err("seek", &path))?;
+        let end = scan.valid_len.max(wal::MAGIC.len() as u64);
+        let allocated = file.metadata().map_err(io_err("stat", &path))?.len();
 
         let recovery = Recovery { scan: scan.clone(), last_log_id: index.last_log_id(), vote: index.vote };
         let stats = Arc::new(WalStats::default());
@@ -330,7 +341,10 @@ impl LogStore {
             let dir = dir.to_owned();
             std::thread::Builder::new()
                 .name("wal-writer".into())
-                .spawn(move || Writer { dir, path, file, stats, failed: None }.run(rx))
+                .spawn(move || {
+                    let preallocate = options.preallocate_bytes;
+                    Writer { dir, path, file, end, allocated, preallocate, stats, failed: None }.run(rx)
+                })
                 .map_err(io_err("spawn the writer thread for", &dir_for_error))?
         };
         let store = LogStore {
@@ -410,6 +424,12 @@ struct Writer {
     dir: PathBuf,
     path: PathBuf,
     file: File,
+    /// Where the next record goes: the end of the valid records.
+    end: u64,
+    /// The file's length; the bytes from `end` to here are zeros.
+    allocated: u64,
+    /// How far ahead of `end` to keep zeros (0: none).
+    preallocate: u64,
     stats: Arc<WalStats>,
     /// Set by the first I/O failure: every later write fails too, and openraft stops the node.
     failed: Option<String>,
@@ -455,7 +475,9 @@ impl Writer {
             self.failed = Some(format!("WAL write to {} failed: injected I/O error", self.path.display()));
         }
         if self.failed.is_none() {
-            let result = self.file.write_all(buf).and_then(|()| {
+            let result = self.file.write_all_at(buf, self.end).and_then(|()| {
+                self.end += buf.len() as u64;
+                self.allocated = self.allocated.max(self.end);
                 self.stats.bytes_written.fetch_add(buf.len() as u64, Ordering::Relaxed);
                 if !needs_sync {
                     return Ok(());
@@ -482,6 +504,24 @@ impl Writer {
         }
         buf.clear();
         *entries = 0;
+        self.preallocate_if_low();
+    }
+
+    /// Extend the zeros ahead of `end` by a chunk once less than half a chunk is left, and make
+    /// them durable, so that the fsyncs of the next records do not change the file's size.
+    fn preallocate_if_low(&mut self) {
+        if self.failed.is_some() || self.allocated - self.end >= self.preallocate / 2 {
+            return;
+        }
+        let target = self.end + self.preallocate;
+        let zeros = vec![0u8; (target - self.allocated) as usize];
+        match self.file.write_all_at(&zeros, self.allocated).and_then(|()| self.file.sync_data()) {
+            Ok(()) => self.allocated = target,
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "WAL preallocation failed; this voter stops");
+                self.failed = Some(format!("WAL preallocation in {} failed: {e}", self.path.display()));
+            }
+        }
     }
 
     fn compact(&mut self, image: &[u8]) {
@@ -496,12 +536,14 @@ impl Writer {
             drop(out);
             std::fs::rename(&tmp, &self.path)?;
             sync_dir(&self.dir)?;
-            let file = OpenOptions::new().append(true).open(&self.path)?;
+            let file = OpenOptions::new().read(true).write(true).open(&self.path)?;
             Ok(file)
         })();
         match result {
             Ok(file) => {
                 self.file = file;
+                self.end = image.len() as u64;
+                self.allocated = self.end;
                 self.stats.compactions.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(path = %self.path.display(), bytes = image.len(), "compacted the log");
             }

@@ -5,11 +5,13 @@
 //! record := len: u32 LE | crc32(payload): u32 LE | payload: rmp-serde (named) of Record
 //! ```
 //!
-//! A crash can leave a torn record at the end: a short frame, a frame whose checksum fails, or
-//! zeros where the file was extended but not written. Such a tail was never acknowledged (the
-//! writer acknowledges only after fsync), so [`scan`] drops it and reports it. A damaged record
-//! *followed by a valid one* cannot be explained by a crash: the log lost acknowledged data, and
-//! [`scan`] refuses with the file and offset, so the node stops instead of guessing.
+//! The writer keeps zeros ahead of the last record (it preallocates, so that an fsync does not
+//! also have to persist a new file size), and zeros where a record would start are the clean end
+//! of the log. A crash can leave a torn record there instead: a short frame or a frame whose
+//! checksum fails. Such a tail was never acknowledged (the writer acknowledges only after fsync),
+//! so [`scan`] drops it and reports it. A damaged record *followed by a valid one* cannot be
+//! explained by a crash: the log lost acknowledged data, and [`scan`] refuses with the file and
+//! offset, so the node stops instead of guessing.
 
 use std::path::{Path, PathBuf};
 
@@ -106,7 +108,8 @@ pub struct TornTail {
 pub struct ScanSummary {
     /// Valid records read.
     pub records: u64,
-    /// Length of the valid prefix; the file must be cut to it before appending.
+    /// Length of the valid prefix: the next record goes here. After a torn tail the file must
+    /// be cut to it; zeros after it are preallocated space.
     pub valid_len: u64,
     /// The dropped tail, if the file had one.
     pub torn_tail: Option<TornTail>,
@@ -182,6 +185,7 @@ pub fn scan(
                 records += 1;
                 pos = next;
             }
+            Err(_) if buf[pos..].iter().all(|&byte| byte == 0) => break,
             Err(reason) => {
                 if valid_record_after(buf, pos + 1) {
                     return Err(WalError::Corrupt { path: path.to_owned(), offset: pos as u64, reason });
@@ -243,14 +247,28 @@ mod tests {
     }
 
     #[test]
-    fn zero_filled_tail_is_torn_not_corrupt() {
+    fn zeros_after_the_last_record_are_its_clean_end() {
         let mut buf = file_of(&[committed(1)]);
         let valid = buf.len();
         buf.extend([0u8; 4096]);
         let (offsets, summary) = read(&buf).expect("scan");
         assert_eq!(offsets.len(), 1);
         assert_eq!(summary.valid_len, valid as u64);
-        assert_eq!(summary.torn_tail.expect("torn").dropped_bytes, 4096);
+        assert_eq!(summary.torn_tail, None);
+    }
+
+    #[test]
+    fn a_record_torn_over_preallocated_zeros_is_dropped() {
+        let whole = file_of(&[committed(1), committed(2)]);
+        let second = read(&whole).expect("scan").0[1] as usize;
+        // The second record's first bytes reached the disk, the rest is still preallocation.
+        let mut buf = whole[..second + FRAME_HEADER_LEN + 3].to_vec();
+        buf.extend([0u8; 4096]);
+        let (offsets, summary) = read(&buf).expect("scan");
+        assert_eq!(offsets.len(), 1);
+        assert_eq!(summary.valid_len, second as u64);
+        let torn = summary.torn_tail.expect("torn");
+        assert_eq!((torn.offset, torn.dropped_bytes), (second as u64, (buf.len() - second) as u64));
     }
 
     #[test]

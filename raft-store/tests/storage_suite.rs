@@ -13,7 +13,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for WalStore
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
         let dir = TempDir::new().expect("temp dir");
         // Compact eagerly so the suite's purges exercise the rewrite path too.
-        let (log, _) = LogStore::open(dir.path(), LogStoreOptions { compact_after_bytes: 1 }).expect("open log store");
+        let (log, _) =
+            LogStore::open(dir.path(), LogStoreOptions { compact_after_bytes: 1, ..LogStoreOptions::default() })
+                .expect("open log store");
         let sm = StateMachineStore::open(dir.path()).expect("open state machine");
         Ok((dir, log, sm))
     }

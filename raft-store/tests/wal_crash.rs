@@ -171,16 +171,29 @@ async fn build_history(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join(WAL_FILE)).expect("read wal")
 }
 
+/// The bytes of a log file up to its last record, without the preallocated zeros after it.
+fn records_of(file: &[u8]) -> &[u8] {
+    &file[..file.iter().rposition(|&byte| byte != 0).map_or(0, |last| last + 1)]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncation_at_random_offsets_recovers_a_valid_prefix() {
     let origin = TempDir::new().expect("temp dir");
-    let bytes = build_history(origin.path()).await;
+    let file = build_history(origin.path()).await;
+    let bytes = records_of(&file);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x7a4d3e);
     let mut offsets: Vec<usize> = (0..60).map(|_| rng.random_range(0..bytes.len())).collect();
     offsets.extend([0, 1, 7, 8, 9, bytes.len() - 1]);
-    for cut in offsets {
+    for (i, cut) in offsets.into_iter().enumerate() {
         let dir = TempDir::new().expect("temp dir");
-        std::fs::write(dir.path().join(WAL_FILE), &bytes[..cut]).expect("write");
+        // Half the cuts end the file there (it grew with the write); half leave the zeros of
+        // preallocated space after the torn bytes (there is none before the header is whole:
+        // the header is written and renamed into place before any record).
+        let mut torn = bytes[..cut].to_vec();
+        if i % 2 == 1 && cut >= raft_store::wal::MAGIC.len() {
+            torn.resize(file.len(), 0);
+        }
+        std::fs::write(dir.path().join(WAL_FILE), &torn).expect("write");
         let (mut store, recovery) = LogStore::open(dir.path(), LogStoreOptions::default())
             .unwrap_or_else(|e| panic!("cut at {cut} must recover: {e}"));
         assert!(recovery.scan.valid_len <= cut as u64);
@@ -224,7 +237,7 @@ async fn a_flipped_byte_in_the_middle_is_refused_with_file_and_offset() {
     let dir = TempDir::new().expect("temp dir");
     let bytes = build_history(dir.path()).await;
     let mut damaged = bytes.clone();
-    let middle = bytes.len() / 2;
+    let middle = records_of(&bytes).len() / 2;
     damaged[middle] ^= 0x01;
     std::fs::write(dir.path().join(WAL_FILE), &damaged).expect("write");
     match LogStore::open(dir.path(), LogStoreOptions::default()) {
@@ -251,7 +264,7 @@ async fn a_second_process_cannot_open_the_same_directory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_bounds_the_file_and_keeps_the_state() {
     let dir = TempDir::new().expect("temp dir");
-    let options = LogStoreOptions { compact_after_bytes: 64 << 10 };
+    let options = LogStoreOptions { compact_after_bytes: 64 << 10, preallocate_bytes: 4 << 10 };
     let (mut store, _) = LogStore::open(dir.path(), options).expect("open");
     store.save_vote(&Vote::new_committed(1, 1)).await.expect("vote");
     let mut largest = 0;
@@ -273,4 +286,32 @@ async fn compaction_bounds_the_file_and_keeps_the_state() {
     assert_eq!(store.get_log_state().await.expect("state"), before);
     assert_eq!(all_entries(&mut store).await, entries_before);
     assert_eq!(store.read_vote().await.expect("vote"), Some(Vote::new_committed(1, 1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_overwrite_preallocated_zeros_and_a_reopen_continues_after_the_last_one() {
+    let dir = TempDir::new().expect("temp dir");
+    let wal = dir.path().join(WAL_FILE);
+    let options = LogStoreOptions { preallocate_bytes: 64 << 10, ..LogStoreOptions::default() };
+    let (mut store, _) = LogStore::open(dir.path(), options).expect("open");
+    append_durably(&mut store, (0..10).map(|i| entry(1, i)).collect()).await;
+    let records = records_of(&std::fs::read(&wal).expect("read")).len() as u64;
+    let allocated = std::fs::metadata(&wal).expect("stat").len();
+    assert!(allocated >= records + (32 << 10), "{allocated} bytes for {records} of records: no space kept ahead");
+    drop(store);
+
+    let (mut store, recovery) = LogStore::open(dir.path(), options).expect("reopen");
+    assert_eq!(recovery.scan.torn_tail, None, "preallocated zeros are the clean end, not damage");
+    assert!(recovery.scan.valid_len >= records && recovery.scan.valid_len < allocated);
+    append_durably(&mut store, (10..20).map(|i| entry(1, i)).collect()).await;
+    // The new records went over the zeros, right after the old ones: the file did not grow.
+    assert_eq!(std::fs::metadata(&wal).expect("stat").len(), allocated);
+    drop(store);
+
+    let mut store = open(dir.path()).expect("reopen again");
+    let entries = all_entries(&mut store).await;
+    assert_eq!(entries.len(), 20);
+    for entry in &entries {
+        assert_is_original(entry, 1);
+    }
 }
