@@ -4,6 +4,9 @@
 //! leader checks that the target is a caught-up, recently heard-from coordinator and transfers;
 //! a follower forwards the request to the leader. The answer says who leads now.
 //!
+//! `POST /admin/members/replace` replaces a voter lost with its disk by a new node under a new
+//! id (see [`raft_store::Node::replace_voter`]); a follower forwards it to the leader too.
+//!
 //! `POST /admin/workers/{id}/drain` and `/resume` change a worker's state through Raft.
 
 use std::collections::HashMap;
@@ -13,9 +16,9 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use raft_store::TransferError;
 use raft_store::job_table::{Command, Response as CommandResponse, WorkerState};
-use wire::api::{ErrorBody, FailoverResponse, WorkerStateResponse};
+use raft_store::{MembershipError, NodeInfo, Role, TransferError};
+use wire::api::{ErrorBody, FailoverResponse, ReplaceMemberRequest, ReplaceMemberResponse, WorkerStateResponse};
 
 use crate::App;
 
@@ -58,7 +61,8 @@ pub async fn failover(
         return error(StatusCode::SERVICE_UNAVAILABLE, "no leader right now; retry shortly");
     };
     if !leadership.is_self {
-        return forward(&app, leader, &headers, to).await;
+        let path = to.map_or("/admin/failover".to_owned(), |to| format!("/admin/failover?to={to}"));
+        return forward(&app, leader, &headers, &path, None, Duration::from_secs(10)).await;
     }
     let started = Instant::now();
     match app.node.transfer_leadership(to).await {
@@ -75,18 +79,24 @@ pub async fn failover(
 }
 
 /// Send the request to the leader coordinator's API (one hop: the leader never forwards).
-async fn forward(app: &App, leader: u64, headers: &HeaderMap, to: Option<u64>) -> Response {
+async fn forward(
+    app: &App,
+    leader: u64,
+    headers: &HeaderMap,
+    path: &str,
+    json: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Response {
     let membership = app.node.metrics().membership_config.clone();
     let Some(node) = membership.membership().get_node(&leader).filter(|n| !n.api_addr.is_empty()) else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the leader is the witness, which hands over by itself; retry");
     };
-    let mut url = format!("http://{}/admin/failover", node.api_addr);
-    if let Some(to) = to {
-        url.push_str(&format!("?to={to}"));
-    }
-    let mut request = app.http.post(url).timeout(Duration::from_secs(10));
+    let mut request = app.http.post(format!("http://{}{path}", node.api_addr)).timeout(timeout);
     if let Some(auth) = headers.get(header::AUTHORIZATION) {
         request = request.header(header::AUTHORIZATION, auth.clone());
+    }
+    if let Some(json) = json {
+        request = request.header(header::CONTENT_TYPE, "application/json").body(json);
     }
     match request.send().await {
         Ok(response) => {
@@ -95,6 +105,75 @@ async fn forward(app: &App, leader: u64, headers: &HeaderMap, to: Option<u64>) -
             (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("could not reach the leader: {e}")),
+    }
+}
+
+/// How long the leader waits for a new node to hold the whole log (a snapshot of a large job
+/// table included) before it answers that the node did not catch up.
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+/// `POST /admin/members/replace` with a [`ReplaceMemberRequest`].
+pub async fn replace_member(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Json<ReplaceMemberRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(why) = authorize(&app, &headers) {
+        return error(StatusCode::UNAUTHORIZED, why);
+    }
+    let request = match body {
+        Ok(Json(request)) => request,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "expected a JSON body {{\"remove\": ID, \"add\": NEW_ID, \"role\": \"coordinator\" or \"witness\", \
+                     \"addr\": \"HOST:PORT\"}}: {}",
+                    e.body_text()
+                ),
+            );
+        }
+    };
+    let role = match request.role.as_str() {
+        "coordinator" => Role::Coordinator,
+        "witness" => Role::Witness,
+        other => return error(StatusCode::BAD_REQUEST, format!("role must be coordinator or witness, got {other:?}")),
+    };
+    let valid_addr =
+        request.addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !valid_addr {
+        return error(StatusCode::BAD_REQUEST, format!("addr must be HOST:PORT, got {:?}", request.addr));
+    }
+    let leadership = *app.node.leadership().borrow();
+    let Some(leader) = leadership.leader else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no leader right now; retry shortly");
+    };
+    if !leadership.is_self {
+        let json = serde_json::to_vec(&request).expect("a plain struct always serializes");
+        return forward(
+            &app,
+            leader,
+            &headers,
+            "/admin/members/replace",
+            Some(json),
+            CATCH_UP + Duration::from_secs(30),
+        )
+        .await;
+    }
+    let api_addr = if role == Role::Coordinator { request.addr.clone() } else { String::new() };
+    let info = NodeInfo { role, raft_addr: request.addr.clone(), api_addr };
+    let started = Instant::now();
+    match app.node.replace_voter(request.remove, request.add, info, CATCH_UP).await {
+        Ok(replaced) => Json(ReplaceMemberResponse {
+            voters: replaced.voters.into_iter().collect(),
+            took_ms: started.elapsed().as_millis() as u64,
+        })
+        .into_response(),
+        Err(MembershipError::Refused(why)) => error(StatusCode::CONFLICT, format!("refused: {why}")),
+        Err(MembershipError::NotLeader(_)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "leadership moved meanwhile; retry")
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 

@@ -70,6 +70,7 @@ pub fn router(app: App) -> Router {
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
         .route("/admin/failover", post(admin::failover))
+        .route("/admin/members/replace", post(admin::replace_member))
         .route("/admin/workers/{id}/drain", post(admin::drain_worker))
         .route("/admin/workers/{id}/resume", post(admin::resume_worker))
         .route(wire::worker::REGISTER, post(worker_routes::register))

@@ -264,6 +264,36 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Start a coordinator that is to replace coordinator process `old_name` (already killed,
+    /// its disk lost) under the new node id `new_id`: the same address and flags, an empty data
+    /// directory `coordinator-NEW_ID`, and no `--initialize`. It joins the cluster once the
+    /// leader is asked to replace the old id (`POST /admin/members/replace`). Its process is
+    /// called `coordinator-NEW_ID`.
+    pub fn start_replacement_coordinator(&mut self, old_name: &str, new_id: u64) -> anyhow::Result<()> {
+        let old = self.process(old_name);
+        let (mut args, metrics_url, netns) = (old.args.clone(), old.metrics_url.clone(), old.netns.clone());
+        let flag = |args: &[String], name: &str| args.iter().position(|a| a == name).map(|i| i + 1);
+        let (Some(id_at), Some(member_at), Some(dir_at)) =
+            (flag(&args, "--id"), flag(&args, "--member"), flag(&args, "--data-dir"))
+        else {
+            bail!("{old_name} was not started with --id, --member and --data-dir");
+        };
+        let old_id = args[id_at].clone();
+        args[id_at] = new_id.to_string();
+        args[member_at] = args[member_at]
+            .split(',')
+            .map(|m| match m.split_once('=') {
+                Some((id, rest)) if id == old_id => format!("{new_id}={rest}"),
+                _ => m.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let dir = self.options.data_dir.join(format!("coordinator-{new_id}"));
+        args[dir_at] = dir.display().to_string();
+        args.retain(|a| a != "--initialize");
+        self.spawn(format!("coordinator-{new_id}"), "coordinator", args, metrics_url, netns)
+    }
+
     /// The process called `name`.
     pub fn process(&mut self, name: &str) -> &mut Process {
         self.processes.iter_mut().find(|p| p.name == name).unwrap_or_else(|| panic!("no process {name}"))

@@ -1,5 +1,5 @@
 //! `deploy`: start a Tandem cluster (`deploy local` runs one on this machine) and operate it
-//! (`deploy failover`, `deploy drain`, `deploy resume`).
+//! (`deploy failover`, `deploy replace-voter`, `deploy drain`, `deploy resume`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,6 +27,26 @@ enum Commands {
         /// The node id to hand leadership to (default: the other coordinator).
         #[arg(long)]
         to: Option<u64>,
+    },
+    /// Replace a voter lost with its disk by a new node under a new id, as
+    /// `POST /admin/members/replace` does. Start the new node first (empty data directory, no
+    /// --initialize); this waits until it holds the whole log, then makes it a voter in the old
+    /// one's place. Prints the voters now.
+    ReplaceVoter {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The voter to remove (its process must not come back).
+        #[arg(long)]
+        remove: u64,
+        /// The new node's id: never used before, higher than every id in the membership.
+        #[arg(long)]
+        add: u64,
+        /// `coordinator` or `witness`, as the removed voter was.
+        #[arg(long)]
+        role: String,
+        /// The new node's HOST:PORT (its --listen, or a witness's --witness-listen).
+        #[arg(long)]
+        addr: String,
     },
     /// Drain a worker: it hands its jobs back and takes no new ones until resumed.
     Drain {
@@ -104,6 +124,11 @@ fn main() -> anyhow::Result<()> {
         Commands::Failover { admin, to } => {
             let client = wire::client::ApiClient::new(admin.url);
             admin_call(async { client.failover(&admin.admin_token, to).await })
+        }
+        Commands::ReplaceVoter { admin, remove, add, role, addr } => {
+            let client = wire::client::ApiClient::new(admin.url);
+            let request = wire::api::ReplaceMemberRequest { remove, add, role, addr };
+            admin_call(async { client.replace_member(&admin.admin_token, &request).await })
         }
         Commands::Drain { admin, worker } => {
             let client = wire::client::ApiClient::new(admin.url);

@@ -213,7 +213,9 @@ async fn admin_routes_without_the_token_answer_401_and_change_nothing() {
     .await;
     let worker = before.workers[0].id;
     for url in &urls {
-        for path in ["admin/failover".to_owned(), format!("admin/workers/{worker}/drain")] {
+        for path in
+            ["admin/failover".to_owned(), "admin/members/replace".to_owned(), format!("admin/workers/{worker}/drain")]
+        {
             for auth in [None, Some("Bearer wrong"), Some(TOKEN)] {
                 let mut request = http().post(format!("{url}/{path}"));
                 if let Some(auth) = auth {
@@ -315,5 +317,83 @@ async fn the_status_page_shows_the_leader_in_headless_chromium() {
     chromium(&[format!("--screenshot={}", screenshot.display())]);
     let png = std::fs::read(&screenshot).expect("screenshot written");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real screenshot");
+    cluster.stop(Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_lost_with_its_disk_is_replaced_under_a_new_id_and_can_take_over() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = start_with_token(&dir, 0).await;
+    let urls = cluster.api_urls();
+    let first = ApiClient::new(urls[0].clone());
+    let cases: Vec<Case> = vectors().into_iter().filter(|c| c.iterations <= 100_000).collect();
+    let mut expected = std::collections::BTreeMap::new();
+    for case in &cases {
+        let id = first.enqueue(body(case), case.iterations, None).await.expect("enqueue");
+        expected.insert(id, case.result_hex.clone());
+    }
+    let ids: BTreeSet<u64> = expected.keys().copied().collect();
+    wait_for_results(&first, &ids, Duration::from_secs(60)).await;
+
+    // Coordinator 2 dies with its disk; coordinator 1 and the witness carry on.
+    cluster.process("coordinator-2").kill();
+    std::fs::remove_dir_all(cluster.options.data_dir.join("coordinator-2")).expect("wipe its disk");
+    wait_for("coordinator 1 to serve without it", Duration::from_secs(30), || async {
+        first.ready().await.ok().filter(|ready| *ready)
+    })
+    .await;
+
+    let addr = cluster.raft_addr(2);
+    let replace = |body: String| {
+        http()
+            .post(format!("{}/admin/members/replace", urls[0]))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let request = |add: u64, role: &str| {
+        serde_json::json!({ "remove": 2, "add": add, "role": role, "addr": addr.clone() }).to_string()
+    };
+    // An id used before would join with an empty log under a name the others remember: refused.
+    for (add, why) in [(2, "already a voter"), (3, "already a voter")] {
+        let response = replace(request(add, "coordinator")).await.expect("send");
+        assert_eq!(response.status(), 409);
+        let body: serde_json::Value = response.json().await.expect("a JSON error");
+        assert!(body["error"].as_str().expect("error").contains(why), "{body}");
+    }
+    assert_eq!(replace(request(4, "leader")).await.expect("send").status(), 400);
+    assert_eq!(replace("{\"remove\": 2}".into()).await.expect("send").status(), 400);
+    let voters = |view: &ClusterView| view.voters.iter().map(|v| v.id).collect::<BTreeSet<u64>>();
+    assert_eq!(voters(&first.cluster().await.expect("cluster")), BTreeSet::from([1, 2, 3]));
+
+    // Its successor runs on the same address with an empty disk, and joins under id 4.
+    cluster.start_replacement_coordinator("coordinator-2", 4).expect("start the replacement");
+    let successor = wire::api::ReplaceMemberRequest { remove: 2, add: 4, role: "coordinator".into(), addr };
+    let replaced = first.replace_member(TOKEN, &successor).await.expect("replace voter 2 by 4");
+    assert_eq!(replaced.voters, vec![1, 3, 4]);
+
+    // The new coordinator serves every result, each checked against the reference vectors.
+    let second = ApiClient::new(urls[1].clone());
+    let view = wait_for("node 4 to serve", Duration::from_secs(30), || async {
+        second.cluster().await.ok().filter(|view| view.node_id == 4)
+    })
+    .await;
+    assert_eq!(voters(&view), BTreeSet::from([1, 3, 4]));
+    let results = wait_for_results(&second, &ids, Duration::from_secs(30)).await;
+    for (id, result) in &expected {
+        assert_eq!(&results[id], result, "job {id} read through node 4");
+    }
+
+    // Coordinator 1 dies too: node 4 and the witness are a majority, and node 4 leads.
+    cluster.process("coordinator-1").kill();
+    let case = &cases[cases.len() / 2];
+    let id = wait_for("node 4 to take writes", Duration::from_secs(30), || async {
+        second.enqueue(body(case), case.iterations, None).await.ok()
+    })
+    .await;
+    let results = wait_for_results(&second, &BTreeSet::from([id]), Duration::from_secs(60)).await;
+    assert_eq!(results[&id], case.result_hex);
+    assert_eq!(second.cluster().await.expect("cluster").leader, Some(4));
     cluster.stop(Duration::from_secs(10));
 }

@@ -25,6 +25,9 @@ pub mod wal;
 
 pub use job_table::{Command, JobTable, Response};
 pub use node::PeerReplication;
-pub use node::{Leadership, Node, NodeConfig, ProposeError, ReadError, StartError, Timing, TransferError, VoterStatus};
+pub use node::{
+    Leadership, MembershipError, Node, NodeConfig, ProposeError, ReadError, Replaced, StartError, Timing,
+    TransferError, VoterStatus,
+};
 pub use type_config::{NodeId, NodeInfo, Role, TypeConfig};
 pub use wire::Digest;

@@ -45,6 +45,9 @@ use crate::state_machine::StateMachineStore;
 use crate::type_config::{NodeId, NodeInfo, Raft, RaftMetrics, Role};
 use crate::wal::WalError;
 
+mod membership;
+pub use membership::{MembershipError, Replaced};
+
 /// Raft timing. The same on every voter, the witness included.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timing {

@@ -162,6 +162,48 @@ impl TestCluster {
         self.launch(id, listener).await;
     }
 
+    /// Delete voter `id`'s data directory (it must be stopped): its disk is lost.
+    pub fn wipe(&self, id: NodeId) {
+        assert!(!self.is_running(id), "node {id} must be stopped before its disk is wiped");
+        let dir = self.data_dir(id);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("wipe {}: {e}", dir.display()));
+        }
+    }
+
+    /// Voter `id`'s address.
+    pub fn addr(&self, id: NodeId) -> SocketAddr {
+        self.members[&id].addr
+    }
+
+    /// Start a new node `id` with an empty data directory, configured like voter `like` (same
+    /// role and timing), on `at` (for example the address of the voter it replaces) or on a
+    /// free port. It belongs to no membership until the leader adds it
+    /// ([`Node::replace_voter`]); returns the record to add it with.
+    pub async fn start_replacement(&mut self, id: NodeId, like: NodeId, at: Option<SocketAddr>) -> NodeInfo {
+        assert!(!self.members.contains_key(&id), "node {id} exists");
+        let template = &self.members[&like];
+        let mut config = template.config.clone();
+        config.id = id;
+        config.data_dir = template.config.data_dir.with_file_name(format!("node-{id}"));
+        let listener = match at {
+            Some(addr) => loop {
+                match tokio::net::TcpListener::bind(addr).await {
+                    Ok(listener) => break listener,
+                    // A voter stopped a moment ago may still hold it.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            },
+            None => tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a free port"),
+        };
+        let addr = listener.local_addr().expect("bound");
+        let role = config.role;
+        self.members.insert(id, Member { config, addr, faults: Arc::new(NetworkFaults::default()), running: None });
+        self.launch(id, listener).await;
+        let api_addr = if role == Role::Coordinator { addr.to_string() } else { String::new() };
+        NodeInfo { role, raft_addr: addr.to_string(), api_addr }
+    }
+
     /// Wait until every running voter in `among` agrees on one leader that is itself running;
     /// return it.
     pub async fn wait_for_leader(&self, timeout: Duration) -> NodeId {

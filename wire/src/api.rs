@@ -221,6 +221,31 @@ pub struct FailoverResponse {
     pub took_ms: u64,
 }
 
+/// `POST /admin/members/replace` request: replace voter `remove` (lost, or about to be shut
+/// down) by the new node `add`, already running with an empty data directory at `addr`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceMemberRequest {
+    /// The voter to remove.
+    pub remove: u64,
+    /// The new node's id: never used before, higher than every id in the membership.
+    pub add: u64,
+    /// `coordinator` or `witness`, as the removed voter was.
+    pub role: String,
+    /// The new node's `host:port` (its API and Raft address for a coordinator, its Raft address
+    /// for a witness).
+    pub addr: String,
+}
+
+/// `POST /admin/members/replace` answer.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ReplaceMemberResponse {
+    /// The voters now.
+    pub voters: Vec<u64>,
+    /// How long the replacement took (mostly the new node catching up), in milliseconds.
+    pub took_ms: u64,
+}
+
 /// `POST /admin/workers/{id}/drain` and `/resume` answer.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct WorkerStateResponse {

@@ -5,7 +5,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    ClusterView, EnqueueResponse, ErrorBody, FailoverResponse, JobView, PullResponse, WorkerStateResponse,
+    ClusterView, EnqueueResponse, ErrorBody, FailoverResponse, JobView, PullResponse, ReplaceMemberRequest,
+    ReplaceMemberResponse, WorkerStateResponse,
 };
 
 /// Why a call failed.
@@ -110,6 +111,18 @@ impl ApiClient {
             url.push_str(&format!("?to={to}"));
         }
         decode(self.http.post(url).bearer_auth(token).send().await).await
+    }
+
+    /// `POST /admin/members/replace` with the admin token. It waits for the new node to catch up
+    /// (up to a minute on the leader), so it gets a longer timeout than other calls.
+    pub async fn replace_member(
+        &self,
+        token: &str,
+        request: &ReplaceMemberRequest,
+    ) -> Result<ReplaceMemberResponse, ClientError> {
+        let url = format!("{}/admin/members/replace", self.base);
+        let call = self.http.post(url).bearer_auth(token).json(request).timeout(Duration::from_secs(120));
+        decode(call.send().await).await
     }
 
     /// `POST /admin/workers/{id}/drain` (or `/resume` when `drain` is false) with the admin token.
