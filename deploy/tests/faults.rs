@@ -327,6 +327,11 @@ fn wal_of(env: &Env, id: u64) -> std::path::PathBuf {
     env.cluster.options.data_dir.join(name_of(id)).join("raft.wal")
 }
 
+/// The length of a log file's records: the file ends in preallocated zeros.
+fn records_len(wal: &[u8]) -> usize {
+    wal.iter().rposition(|&byte| byte != 0).expect("records") + 1
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_log_tail_recovers_and_catches_up() {
     let scenario = "truncate-tail";
@@ -343,8 +348,7 @@ async fn a_truncated_log_tail_recovers_and_catches_up() {
     // them, not stop.
     let wal = wal_of(&env, victim);
     // The file ends in preallocated zeros: cut within its records.
-    let bytes = std::fs::read(&wal).expect("wal");
-    let records = bytes.iter().rposition(|&byte| byte != 0).expect("records") + 1;
+    let records = records_len(&std::fs::read(&wal).expect("wal"));
     let file = std::fs::OpenOptions::new().write(true).open(&wal).expect("open wal");
     file.set_len(records as u64 * 3 / 4).expect("truncate");
     drop(file);
@@ -384,7 +388,7 @@ async fn a_corrupt_log_middle_is_refused_and_the_others_keep_serving() {
     env.kill(victim);
     let wal = wal_of(&env, victim);
     let mut bytes = std::fs::read(&wal).expect("wal");
-    let middle = bytes.len() / 2;
+    let middle = records_len(&bytes) / 2;
     for byte in &mut bytes[middle..middle + 8] {
         *byte ^= 0x5a;
     }
