@@ -5,6 +5,10 @@
 //! Raft is sampled once a second from this node's copy, so both coordinators report the same
 //! cluster figures. Names follow Prometheus conventions: `tandem_` prefix, base units,
 //! `_total` counters, `_seconds` histograms.
+//!
+//! A gauge not set for [`GAUGE_IDLE`] is dropped from the output: the sampler sets every gauge
+//! that still describes something once a second, so only series of what is gone (a worker
+//! that left the registry, a peer this node no longer replicates to) stop being reported.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -18,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+/// How long a gauge may go unset before its series is dropped (ten missed samples).
+pub const GAUGE_IDLE: Duration = Duration::from_secs(10);
 
 /// The process's Prometheus recorder (installed once; later calls share it).
 pub fn handle() -> PrometheusHandle {
@@ -25,6 +31,7 @@ pub fn handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
+                .idle_timeout(metrics_util::MetricKindMask::GAUGE, Some(GAUGE_IDLE))
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full("tandem_wal_batch_entries".into()), BATCH_BUCKETS))
                 .expect("static, non-empty buckets");

@@ -397,3 +397,46 @@ async fn a_coordinator_lost_with_its_disk_is_replaced_under_a_new_id_and_can_tak
     assert_eq!(second.cluster().await.expect("cluster").leader, Some(4));
     cluster.stop(Duration::from_secs(10));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_leaves_the_registry_leaves_the_metrics_too() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut layout = options(&dir, 1);
+    layout.coordinator_args.extend(["--worker-timeout-ms".into(), "2000".into()]);
+    let mut cluster = LocalCluster::start(layout).expect("start the local cluster");
+    cluster.wait_ready(Duration::from_secs(60)).await.expect("cluster ready");
+    let urls = cluster.api_urls();
+    let client = ApiClient::new(urls[0].clone());
+    let view = wait_for("both workers to register", Duration::from_secs(30), || async {
+        client.cluster().await.ok().filter(|view| view.workers.len() == 2)
+    })
+    .await;
+    let series = |name: &str| {
+        let id = view.workers.iter().find(|w| w.name == name).unwrap_or_else(|| panic!("{name}")).id;
+        format!("tandem_worker_hash_rate{{worker=\"{id}\"}}")
+    };
+    let (leaving, staying) = (series("worker-1"), series("witness-worker"));
+    let scrape = |url: String| async move {
+        let text = http().get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
+        Some(text)
+    };
+    for url in &urls {
+        wait_for(&format!("{url} to export {leaving}"), Duration::from_secs(15), || async {
+            scrape(url.clone()).await.filter(|text| text.contains(&leaving) && text.contains(&staying)).map(|_| ())
+        })
+        .await;
+    }
+
+    // The worker dies: the registry forgets it after --worker-timeout-ms, and its series goes
+    // once it has not been set for a while (the gauges of live workers are set every second).
+    cluster.process("worker-1").kill();
+    for url in &urls {
+        let text = wait_for(&format!("{url} to stop exporting {leaving}"), Duration::from_secs(60), || async {
+            scrape(url.clone()).await.filter(|text| !text.contains(&leaving))
+        })
+        .await;
+        assert!(text.contains(&staying), "{url} dropped the live worker's series too:\n{text}");
+        assert!(text.contains("tandem_workers{state=\"active\"} 1"), "{url}:\n{text}");
+    }
+    cluster.stop(Duration::from_secs(10));
+}
