@@ -78,7 +78,11 @@ pub async fn failover(
     }
 }
 
-/// Send the request to the leader coordinator's API (one hop: the leader never forwards).
+/// Marks a request one coordinator forwarded to another: it is not forwarded again, so two
+/// nodes with stale views of the leader cannot bounce it between them.
+const FORWARDED_HEADER: &str = "x-tandem-forwarded";
+
+/// Send the request to the leader coordinator's API, once.
 async fn forward(
     app: &App,
     leader: u64,
@@ -87,11 +91,15 @@ async fn forward(
     json: Option<Vec<u8>>,
     timeout: Duration,
 ) -> Response {
+    if headers.contains_key(FORWARDED_HEADER) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "leadership is moving (this node does not lead either); retry");
+    }
     let membership = app.node.metrics().membership_config.clone();
     let Some(node) = membership.membership().get_node(&leader).filter(|n| !n.api_addr.is_empty()) else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the leader is the witness, which hands over by itself; retry");
     };
-    let mut request = app.http.post(format!("http://{}{path}", node.api_addr)).timeout(timeout);
+    let mut request =
+        app.http.post(format!("http://{}{path}", node.api_addr)).header(FORWARDED_HEADER, "1").timeout(timeout);
     if let Some(auth) = headers.get(header::AUTHORIZATION) {
         request = request.header(header::AUTHORIZATION, auth.clone());
     }

@@ -335,18 +335,10 @@ async fn a_coordinator_lost_with_its_disk_is_replaced_under_a_new_id_and_can_tak
     let ids: BTreeSet<u64> = expected.keys().copied().collect();
     wait_for_results(&first, &ids, Duration::from_secs(60)).await;
 
-    // Coordinator 2 dies with its disk; coordinator 1 and the witness carry on.
-    cluster.process("coordinator-2").kill();
-    std::fs::remove_dir_all(cluster.options.data_dir.join("coordinator-2")).expect("wipe its disk");
-    wait_for("coordinator 1 to serve without it", Duration::from_secs(30), || async {
-        first.ready().await.ok().filter(|ready| *ready)
-    })
-    .await;
-
     let addr = cluster.raft_addr(2);
-    let replace = |body: String| {
+    let replace_via = |url: String, body: String| {
         http()
-            .post(format!("{}/admin/members/replace", urls[0]))
+            .post(format!("{url}/admin/members/replace"))
             .bearer_auth(TOKEN)
             .header("content-type", "application/json")
             .body(body)
@@ -355,17 +347,29 @@ async fn a_coordinator_lost_with_its_disk_is_replaced_under_a_new_id_and_can_tak
     let request = |add: u64, role: &str| {
         serde_json::json!({ "remove": 2, "add": add, "role": role, "addr": addr.clone() }).to_string()
     };
-    // An id used before would join with an empty log under a name the others remember: refused.
-    for (add, why) in [(2, "already a voter"), (3, "already a voter")] {
-        let response = replace(request(add, "coordinator")).await.expect("send");
-        assert_eq!(response.status(), 409);
-        let body: serde_json::Value = response.json().await.expect("a JSON error");
-        assert!(body["error"].as_str().expect("error").contains(why), "{body}");
+    // An id used before would join with an empty log under a name the others remember: refused
+    // by the leader, also when asked through the follower (which forwards).
+    for url in &urls {
+        for (add, why) in [(2, "already a voter"), (3, "already a voter")] {
+            let response = replace_via(url.clone(), request(add, "coordinator")).await.expect("send");
+            assert_eq!(response.status(), 409, "{url}");
+            let body: serde_json::Value = response.json().await.expect("a JSON error");
+            assert!(body["error"].as_str().expect("error").contains(why), "{url}: {body}");
+        }
+        assert_eq!(replace_via(url.clone(), request(4, "leader")).await.expect("send").status(), 400);
+        assert_eq!(replace_via(url.clone(), "{\"remove\": 2}".into()).await.expect("send").status(), 400);
     }
-    assert_eq!(replace(request(4, "leader")).await.expect("send").status(), 400);
-    assert_eq!(replace("{\"remove\": 2}".into()).await.expect("send").status(), 400);
     let voters = |view: &ClusterView| view.voters.iter().map(|v| v.id).collect::<BTreeSet<u64>>();
     assert_eq!(voters(&first.cluster().await.expect("cluster")), BTreeSet::from([1, 2, 3]));
+
+    // Coordinator 2 dies with its disk; coordinator 1 and the witness carry on, 1 leading (the
+    // witness hands leadership back if it wins the election).
+    cluster.process("coordinator-2").kill();
+    std::fs::remove_dir_all(cluster.options.data_dir.join("coordinator-2")).expect("wipe its disk");
+    wait_for("coordinator 1 to lead without it", Duration::from_secs(30), || async {
+        first.cluster().await.ok().filter(|view| view.leader == Some(1)).map(|_| ())
+    })
+    .await;
 
     // Its successor runs on the same address with an empty disk, and joins under id 4.
     cluster.start_replacement_coordinator("coordinator-2", 4).expect("start the replacement");

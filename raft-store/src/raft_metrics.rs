@@ -34,7 +34,6 @@ pub fn describe() {
 #[derive(Debug, Default)]
 pub struct RaftGauges {
     leader: Option<NodeId>,
-    peers: Vec<NodeId>,
 }
 
 impl RaftGauges {
@@ -56,15 +55,11 @@ impl RaftGauges {
         gauge!("tandem_raft_snapshot_bytes").set(node.state_machine().last_snapshot_bytes() as f64);
         let last = raft.last_log_index.unwrap_or(0);
         let replication = raft.replication.clone().unwrap_or_default();
-        // A node that stopped leading reports no lag rather than its last leader's view.
-        for peer in &self.peers {
-            if !replication.contains_key(peer) {
-                gauge!("tandem_raft_replication_lag_entries", "peer" => peer.to_string()).set(0.0);
-            }
-        }
-        self.peers = replication.keys().copied().collect();
-        for (peer, matched) in replication {
-            let lag = last.saturating_sub(matched.map_or(0, |id| id.index));
+        // Every peer in the membership, every second (a series not set for a while is dropped,
+        // as a removed peer's should be); a node that does not lead reports no lag.
+        for (peer, _) in raft.membership_config.membership().nodes().filter(|(id, _)| **id != raft.id) {
+            let matched = replication.get(peer).cloned().flatten();
+            let lag = if replication.is_empty() { 0 } else { last.saturating_sub(matched.map_or(0, |id| id.index)) };
             gauge!("tandem_raft_replication_lag_entries", "peer" => peer.to_string()).set(lag as f64);
         }
     }

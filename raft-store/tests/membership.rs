@@ -178,27 +178,76 @@ async fn a_replacement_that_cannot_catch_up_stays_a_learner_and_the_request_can_
     cluster.wipe(lost);
     let node = cluster.node(leader).clone();
 
-    // The operator names the new node before it runs: nothing listens at its address yet.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-    let info = coordinator_at(&addr.to_string());
-    match node.replace_voter(lost, 4, info.clone(), Duration::from_secs(1)).await {
+    // A first attempt names a wrong address: nothing ever answers there.
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    match node.replace_voter(lost, 4, coordinator_at(&free().to_string()), Duration::from_secs(1)).await {
         Err(MembershipError::CatchUpTimedOut { node: 4, matched: None, .. }) => {}
         other => panic!("expected a catch-up timeout, got {other:?}"),
     }
+    // A second one names the new node before it runs.
+    let addr = free();
+    let info = coordinator_at(&addr.to_string());
+    match node.replace_voter(lost, 5, info.clone(), Duration::from_secs(1)).await {
+        Err(MembershipError::CatchUpTimedOut { node: 5, matched: None, .. }) => {}
+        other => panic!("expected a catch-up timeout, got {other:?}"),
+    }
     let before: BTreeSet<NodeId> = [COORDINATOR_1, COORDINATOR_2, WITNESS].into();
-    assert_eq!(voters(&node), before, "the voters changed although the new node never caught up");
+    assert_eq!(voters(&node), before, "the voters changed although no new node caught up");
+    assert_eq!(members(&node), [COORDINATOR_1, COORDINATOR_2, WITNESS, 4, 5].into(), "both stay learners");
 
-    // Once it runs, the same request completes, and leaves no learner behind.
-    let started = cluster.start_replacement(4, lost, Some(addr)).await;
+    // Once it runs, the same request completes, and drops the learner of the wrong address.
+    let started = cluster.start_replacement(5, lost, Some(addr)).await;
     assert_eq!(started, info);
-    let replaced = node.replace_voter(lost, 4, info, CATCH_UP).await.expect("repeat the replacement");
-    let after: BTreeSet<NodeId> = [leader, WITNESS, 4].into();
+    let replaced = node.replace_voter(lost, 5, info, CATCH_UP).await.expect("repeat the replacement");
+    let after: BTreeSet<NodeId> = [leader, WITNESS, 5].into();
     assert_eq!(replaced.voters, after);
     assert_eq!(members(&node), after);
-    assert_visible(cluster.node(4), &ids).await;
+    assert_visible(cluster.node(5), &ids).await;
 
     // The id that left can never come back, not even for another role.
     assert_refused(node.replace_voter(WITNESS, lost, witness_at("127.0.0.1:9"), CATCH_UP).await, "may have been used");
     assert_refused(node.replace_voter(WITNESS, 3, witness_at("127.0.0.1:9"), CATCH_UP).await, "already a voter");
+    assert_refused(node.replace_voter(WITNESS, 4, witness_at("127.0.0.1:9"), CATCH_UP).await, "may have been used");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_stopped_half_way_is_finished_by_repeating_it() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = TestCluster::start(dir.path(), |_| {}).await;
+    let leader = coordinator_leader(&cluster).await;
+    let lost = other_coordinator(leader);
+    let mut ids = enqueue(cluster.node(leader), 0..20).await;
+    cluster.kill(lost).await;
+    cluster.wipe(lost);
+    let info = cluster.start_replacement(4, lost, Some(cluster.addr(lost))).await;
+    let node = cluster.node(leader).clone();
+    let raft = node.raft();
+    raft.add_learner(4, info.clone(), true).await.expect("add the learner");
+
+    // What a joint change leaves when leadership is lost between its two steps: old and new
+    // voter sets both count.
+    let observed = node.metrics().membership_config.clone();
+    let nodes: std::collections::BTreeMap<NodeId, NodeInfo> =
+        observed.membership().nodes().map(|(id, n)| (*id, n.clone())).collect();
+    let old: BTreeSet<NodeId> = [COORDINATOR_1, COORDINATOR_2, WITNESS].into();
+    let new: BTreeSet<NodeId> = [leader, WITNESS, 4].into();
+    let joint = openraft::Membership::new(vec![old.clone(), new.clone()], nodes).expect("a joint membership");
+    let based_on = openraft::raft::Precondition::LastMembershipLogId { last_membership_log_id: *observed.log_id() };
+    raft.append_membership(joint, openraft::EntryPayload::Blank, [based_on]).await.expect("append it");
+    let configs = || node.metrics().membership_config.membership().get_joint_config().clone();
+    assert_eq!(configs(), vec![old, new.clone()]);
+
+    // Another replacement is refused, and says what would finish the change.
+    assert_refused(node.replace_voter(WITNESS, 5, witness_at("127.0.0.1:9"), CATCH_UP).await, "stopped half-way");
+    // Repeating the request that started it does.
+    let replaced = node.replace_voter(lost, 4, info, CATCH_UP).await.expect("finish the replacement");
+    assert_eq!(replaced.voters, new);
+    assert_eq!(configs(), vec![new.clone()]);
+    assert_eq!(members(&node), new);
+    // No longer joint: with the witness down, the leader and node 4 are a majority.
+    cluster.kill(WITNESS).await;
+    ids.extend(enqueue(cluster.node(4), 20..30).await);
+    assert_visible(cluster.node(leader), &ids).await;
     cluster.shutdown().await;
 }

@@ -7,18 +7,26 @@
 //!
 //! On the leader: add the new node as a learner, wait until it holds the whole log (openraft's
 //! `add_learner(blocking)` returns long before that), then swap the voters in one joint change,
-//! guarded so that a concurrent membership change makes it fail rather than be overwritten.
+//! guarded so that a concurrent membership change makes it fail rather than be overwritten, and
+//! drop any learner an earlier, failed attempt left behind.
+//!
+//! The changes run in their own task: a caller that goes away (an HTTP client that hangs up)
+//! must not stop a joint change half-way. If one stops half-way anyway (leadership lost between
+//! its two steps), the cluster stays in the joint configuration, where old and new voters both
+//! count; repeating the request that started it finishes it.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::time::Duration;
 
-use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::raft::Precondition;
+use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 
 use super::Node;
-use crate::type_config::{NodeId, NodeInfo, RaftMetrics, TypeConfig};
+use crate::type_config::{NodeId, NodeInfo, Raft, RaftMetrics, TypeConfig};
 
 /// Why a voter was not replaced.
 #[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize, PartialEq, Eq)]
@@ -71,10 +79,17 @@ impl Node {
     ) -> Result<Replaced, MembershipError> {
         let raft = &self.inner.raft;
         let metrics = self.metrics();
+        if metrics.state != ServerState::Leader {
+            return Err(MembershipError::NotLeader(metrics.current_leader));
+        }
+        if let [from, to] = metrics.membership_config.membership().get_joint_config().as_slice() {
+            return finish_joint_change(raft, &metrics, from, to, old, new, catch_up).await;
+        }
         check_replacement(&metrics, old, new, &info)?;
         let already_learner = metrics.membership_config.membership().get_node(&new).is_some();
         if !already_learner {
-            within(catch_up, raft.add_learner(new, info.clone(), false)).await?;
+            let (raft, info) = (raft.clone(), info.clone());
+            within(catch_up, async move { raft.add_learner(new, info, false).await }).await?;
         }
 
         // The learner must hold everything up to the leader's last entry as of now (the
@@ -82,27 +97,84 @@ impl Node {
         let target = self.metrics().last_log_index.unwrap_or(0);
         let caught_up = raft
             .wait(Some(catch_up))
-            .metrics(|m| matched_index(m, new).is_some_and(|index| index >= target), "the new node caught up")
+            .metrics(
+                |m| m.state != ServerState::Leader || matched_index(m, new).is_some_and(|index| index >= target),
+                "the new node caught up or this node stopped leading",
+            )
             .await;
+        let metrics = self.metrics();
+        if metrics.state != ServerState::Leader {
+            return Err(MembershipError::NotLeader(metrics.current_leader));
+        }
         if caught_up.is_err() {
             return Err(MembershipError::CatchUpTimedOut {
                 node: new,
-                matched: matched_index(&self.metrics(), new),
+                matched: matched_index(&metrics, new),
                 target,
                 waited_ms: catch_up.as_millis() as u64,
             });
         }
 
-        let metrics = self.metrics();
         check_replacement(&metrics, old, new, &info)?;
         let voters: BTreeSet<NodeId> =
             metrics.membership_config.membership().voter_ids().filter(|id| *id != old).chain([new]).collect();
-        let based_on =
-            Precondition::LastMembershipLogId { last_membership_log_id: *metrics.membership_config.log_id() };
-        within(catch_up, raft.change_membership_if(voters.clone(), false, [based_on])).await?;
+        change_voters(raft, &metrics, voters.clone(), catch_up).await?;
         tracing::info!(removed = old, added = new, ?voters, "replaced a voter");
         Ok(Replaced { voters })
     }
+}
+
+/// The membership is joint: an earlier change stopped between its two steps. Finish it if it is
+/// the one this request asks for; else say which request would.
+async fn finish_joint_change(
+    raft: &Raft,
+    metrics: &RaftMetrics,
+    from: &BTreeSet<NodeId>,
+    to: &BTreeSet<NodeId>,
+    old: NodeId,
+    new: NodeId,
+    timeout: Duration,
+) -> Result<Replaced, MembershipError> {
+    let asked: BTreeSet<NodeId> = from.iter().copied().filter(|id| *id != old).chain([new]).collect();
+    if !from.contains(&old) || *to != asked {
+        return Err(MembershipError::Refused(format!(
+            "a membership change stopped half-way, from voters {from:?} to {to:?}: repeat the request that \
+             started it to finish it"
+        )));
+    }
+    // From the joint configuration of `from` and `to`, changing to `to` is one step: openraft
+    // bridges c1c2 to c2 directly.
+    change_voters(raft, metrics, to.clone(), timeout).await?;
+    tracing::info!(removed = old, added = new, voters = ?to, "finished a voter replacement that had stopped half-way");
+    Ok(Replaced { voters: to.clone() })
+}
+
+/// Make `voters` the voters, if the membership is still the one in `metrics`; then drop every
+/// learner. Tandem keeps none, so any is left from a replacement that failed (a wrong address,
+/// or an id given up on), and the leader would otherwise replicate to it and report its lag
+/// forever.
+async fn change_voters(
+    raft: &Raft,
+    metrics: &RaftMetrics,
+    voters: BTreeSet<NodeId>,
+    timeout: Duration,
+) -> Result<(), MembershipError> {
+    let based_on = Precondition::LastMembershipLogId { last_membership_log_id: *metrics.membership_config.log_id() };
+    let raft = raft.clone();
+    within(timeout, async move {
+        raft.change_membership_if(voters, false, [based_on]).await?;
+        let learners: BTreeSet<NodeId> = {
+            let metrics = raft.metrics();
+            let metrics = metrics.borrow_watched();
+            metrics.membership_config.membership().learner_ids().collect()
+        };
+        if !learners.is_empty() {
+            tracing::info!(?learners, "removing learners left by an earlier replacement");
+            raft.change_membership(ChangeMembers::RemoveNodes(learners), false).await?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// The last log index the leader knows `id` holds.
@@ -152,17 +224,23 @@ fn check_replacement(metrics: &RaftMetrics, old: NodeId, new: NodeId, info: &Nod
     }
 }
 
-/// Run a membership write, giving up after `timeout` (it cannot commit without a majority).
-async fn within<T>(
+/// Run membership writes in their own task, so that nothing the caller does (dropping this
+/// future) can stop them half-way, and wait up to `timeout` for them: they cannot commit
+/// without a majority.
+async fn within<T: Send + 'static>(
     timeout: Duration,
-    write: impl std::future::Future<Output = Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>>,
+    writes: impl Future<Output = Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>> + Send + 'static,
 ) -> Result<T, MembershipError> {
-    match tokio::time::timeout(timeout, write).await {
-        Ok(Ok(done)) => Ok(done),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+    match tokio::time::timeout(timeout, tokio::spawn(writes)).await {
+        Ok(Ok(Ok(done))) => Ok(done),
+        Ok(Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))))) => {
             Err(MembershipError::NotLeader(f.leader_id))
         }
-        Ok(Err(other)) => Err(MembershipError::Raft(other.to_string())),
+        Ok(Ok(Err(RaftError::APIError(ClientWriteError::PreconditionFailed(e))))) => Err(MembershipError::Refused(
+            format!("another membership change came first ({e}); look at the voters again"),
+        )),
+        Ok(Ok(Err(other))) => Err(MembershipError::Raft(other.to_string())),
+        Ok(Err(failed)) => Err(MembershipError::Raft(format!("the membership change task failed: {failed}"))),
         Err(_) => Err(MembershipError::Raft(format!(
             "not committed within {} ms: are a majority of the voters up? (it may still commit)",
             timeout.as_millis()
