@@ -44,6 +44,8 @@ const LOCK_FILE: &str = "LOCK";
 const COMPACT_ENTRIES_PER_RECORD: usize = 1024;
 /// Most operations the writer takes into one batch.
 const MAX_BATCH_OPS: usize = 8192;
+/// Records nobody waits for are written once this many bytes of them have waited.
+const DEFERRED_BYTES: usize = 1 << 20;
 
 /// Tuning for the log store.
 #[derive(Clone, Copy, Debug)]
@@ -170,17 +172,21 @@ impl LogIndex {
     /// The records that rebuild exactly this state, framed, after the magic header.
     fn image(&self) -> io::Result<Vec<u8>> {
         let mut out = wal::MAGIC.to_vec();
+        let mut head = Vec::new();
         if let Some(vote) = self.vote {
-            out.extend(wal::encode(&Record::Vote(vote))?);
+            head.extend(wal::encode(&Record::Vote(vote))?);
         }
         if let Some(purged) = self.last_purged {
-            out.extend(wal::encode(&Record::Purge(purged))?);
+            head.extend(wal::encode(&Record::Purge(purged))?);
         }
+        head.extend(wal::encode(&Record::Committed(self.committed))?);
+        out.extend(wal::batch(&head)?);
+        // A batch per record of entries, so that no batch outgrows the frame limit.
         let entries: Vec<&Entry> = self.entries.values().collect();
         for chunk in entries.chunks(COMPACT_ENTRIES_PER_RECORD) {
-            out.extend(wal::encode(&Record::Entries(chunk.iter().map(|e| (*e).clone()).collect()))?);
+            let record = wal::encode(&Record::Entries(chunk.iter().map(|e| (*e).clone()).collect()))?;
+            out.extend(wal::batch(&record)?);
         }
-        out.extend(wal::encode(&Record::Committed(self.committed))?);
         Ok(out)
     }
 }
@@ -437,7 +443,8 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<WriteOp>) {
-        let mut buf = Vec::new();
+        // Room for the batch header, then record frames.
+        let mut buf = vec![0u8; wal::FRAME_HEADER_LEN];
         let mut waiters = Vec::new();
         let mut entries = 0;
         while let Ok(first) = rx.recv() {
@@ -452,7 +459,7 @@ impl Writer {
                         waiters.push(waiter);
                     }
                     WriteOp::Compact { image } => {
-                        self.flush(&mut buf, &mut waiters, &mut entries);
+                        self.flush(&mut buf, &mut waiters, &mut entries, true);
                         self.compact(&image);
                     }
                 }
@@ -460,28 +467,32 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
-            self.flush(&mut buf, &mut waiters, &mut entries);
+            self.flush(&mut buf, &mut waiters, &mut entries, false);
         }
+        self.flush(&mut buf, &mut waiters, &mut entries, true);
     }
 
-    /// Write the batch, fsync if anyone waits, then release the waiters.
-    fn flush(&mut self, buf: &mut Vec<u8>, waiters: &mut Vec<Waiter>, entries: &mut u64) {
-        if buf.is_empty() {
+    /// Write the batch and fsync it, then release the waiters. Records nobody waits for (the
+    /// committed mark, purges) wait in `buf` for the next batch that somebody does, unless
+    /// `force`: every batch written is fsynced before the next is written, so that after a
+    /// crash only the last batch can be incomplete (see [`wal`]).
+    fn flush(&mut self, buf: &mut Vec<u8>, waiters: &mut Vec<Waiter>, entries: &mut u64, force: bool) {
+        if buf.len() <= wal::FRAME_HEADER_LEN {
             return;
         }
         let needs_sync = waiters.iter().any(|waiter| !matches!(waiter, Waiter::Nobody));
+        if !needs_sync && !force && buf.len() < DEFERRED_BYTES {
+            return;
+        }
         if self.failed.is_none() && self.stats.fail_writes.load(Ordering::Relaxed) {
             tracing::error!(path = %self.path.display(), "WAL write failed (injected); this voter stops");
             self.failed = Some(format!("WAL write to {} failed: injected I/O error", self.path.display()));
         }
         if self.failed.is_none() {
-            let result = self.file.write_all_at(buf, self.end).and_then(|()| {
+            let result = wal::seal_batch(buf).and_then(|()| self.file.write_all_at(buf, self.end)).and_then(|()| {
                 self.end += buf.len() as u64;
                 self.allocated = self.allocated.max(self.end);
                 self.stats.bytes_written.fetch_add(buf.len() as u64, Ordering::Relaxed);
-                if !needs_sync {
-                    return Ok(());
-                }
                 let started = Instant::now();
                 self.file.sync_data()?;
                 metrics::counter!("tandem_wal_fsyncs_total").increment(1);
@@ -502,7 +513,7 @@ impl Writer {
         for waiter in waiters.drain(..) {
             waiter.complete(outcome);
         }
-        buf.clear();
+        buf.truncate(wal::FRAME_HEADER_LEN);
         *entries = 0;
         self.preallocate_if_low();
     }

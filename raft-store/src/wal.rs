@@ -1,17 +1,21 @@
-//! The write-ahead log's file format: a magic header, then framed MessagePack records.
+//! The write-ahead log's file format: a magic header, then batches of framed MessagePack records.
 //!
 //! ```text
-//! file   := MAGIC record*
+//! file   := MAGIC batch*
+//! batch  := len: u32 LE | crc32(records): u32 LE | records: record+
 //! record := len: u32 LE | crc32(payload): u32 LE | payload: rmp-serde (named) of Record
 //! ```
 //!
-//! The writer keeps zeros ahead of the last record (it preallocates, so that an fsync does not
-//! also have to persist a new file size), and zeros where a record would start are the clean end
-//! of the log. A crash can leave a torn record there instead: a short frame or a frame whose
-//! checksum fails. Such a tail was never acknowledged (the writer acknowledges only after fsync),
-//! so [`scan`] drops it and reports it. A damaged record *followed by a valid one* cannot be
-//! explained by a crash: the log lost acknowledged data, and [`scan`] refuses with the file and
-//! offset, so the node stops instead of guessing.
+//! A batch is what the writer writes at once and then fsyncs, before it writes the next one: so
+//! after a crash or a power loss only the last batch can be incomplete, in any way (a disk may
+//! persist its pages in any order), and none of its records was acknowledged. Its checksum makes
+//! it all or nothing.
+//!
+//! The writer keeps zeros ahead of the last batch (it preallocates, so that an fsync does not
+//! also have to persist a new file size), and zeros where a batch would start are the clean end
+//! of the log. A damaged batch there is a torn tail: [`scan`] drops it and reports it. A damaged
+//! batch *followed by a valid one* cannot be explained by a crash: the log lost acknowledged
+//! data, and [`scan`] refuses with the file and offset, so the node stops instead of guessing.
 
 use std::path::{Path, PathBuf};
 
@@ -20,10 +24,10 @@ use serde::{Deserialize, Serialize};
 use crate::type_config::{Entry, LogId, Vote};
 
 /// The file's first bytes; a version bump of the format changes them.
-pub const MAGIC: &[u8; 8] = b"TNDMWAL1";
-/// Length and checksum before each payload.
+pub const MAGIC: &[u8; 8] = b"TNDMWAL2";
+/// Length and checksum before each batch and each record.
 pub const FRAME_HEADER_LEN: usize = 8;
-/// No record is larger; a length above it is damage, not a record.
+/// No batch or record is larger; a length above it is damage.
 pub const MAX_RECORD_LEN: usize = 256 << 20;
 
 /// One durable change to the log's state, in the order it happened.
@@ -129,26 +133,66 @@ pub fn encode(record: &Record) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Try to read one record at `pos`: the record and the offset after it, or why not.
-fn parse_frame(buf: &[u8], pos: usize) -> Result<(Record, usize), String> {
+/// Seal a batch: `buf` is [`FRAME_HEADER_LEN`] bytes of room followed by record frames
+/// ([`encode`]); fill in the batch's length and checksum.
+pub fn seal_batch(buf: &mut [u8]) -> std::io::Result<()> {
+    let len = buf.len() - FRAME_HEADER_LEN;
+    if len > MAX_RECORD_LEN {
+        return Err(std::io::Error::other(format!("WAL batch of {len} bytes exceeds the limit")));
+    }
+    let crc = crc32fast::hash(&buf[FRAME_HEADER_LEN..]);
+    buf[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    buf[4..8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// One batch of the given record frames, sealed.
+pub fn batch(records: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = vec![0u8; FRAME_HEADER_LEN];
+    out.extend_from_slice(records);
+    seal_batch(&mut out)?;
+    Ok(out)
+}
+
+/// Check the frame at `pos` (a batch's or a record's): where its payload starts and ends.
+fn check_frame(buf: &[u8], pos: usize) -> Result<(usize, usize), String> {
     let header = buf.get(pos..pos + FRAME_HEADER_LEN).ok_or("short frame header")?;
     let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
     let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
     if len == 0 || len > MAX_RECORD_LEN {
-        return Err(format!("implausible record length {len}"));
+        return Err(format!("implausible length {len}"));
     }
-    let end = pos + FRAME_HEADER_LEN + len;
-    let payload = buf.get(pos + FRAME_HEADER_LEN..end).ok_or("record runs past the end of the file")?;
+    let (start, end) = (pos + FRAME_HEADER_LEN, pos + FRAME_HEADER_LEN + len);
+    let payload = buf.get(start..end).ok_or("frame runs past the end of the file")?;
     if crc32fast::hash(payload) != crc {
         return Err("checksum mismatch".into());
     }
-    let record = rmp_serde::from_slice(payload).map_err(|e| format!("undecodable record: {e}"))?;
+    Ok((start, end))
+}
+
+/// Try to read one record at `pos` of `buf`: the record and the offset after it, or why not.
+fn parse_record(buf: &[u8], pos: usize) -> Result<(Record, usize), String> {
+    let (start, end) = check_frame(buf, pos)?;
+    let record = rmp_serde::from_slice(&buf[start..end]).map_err(|e| format!("undecodable record: {e}"))?;
     Ok((record, end))
 }
 
-/// Whether any complete, valid record starts anywhere in `buf[from..]`.
-fn valid_record_after(buf: &[u8], from: usize) -> bool {
-    (from..buf.len().saturating_sub(FRAME_HEADER_LEN)).any(|pos| parse_frame(buf, pos).is_ok())
+/// Whether a whole batch starts at `pos`: its checksum holds and its payload is records. (A
+/// record inside a batch is a valid frame too, but its payload is not records.)
+fn is_batch(buf: &[u8], pos: usize) -> bool {
+    let Ok((mut at, end)) = check_frame(buf, pos) else { return false };
+    while at < end {
+        match parse_record(&buf[..end], at) {
+            Ok((_, next)) => at = next,
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// Whether any whole batch starts anywhere in `buf[from..]`.
+fn valid_batch_after(buf: &[u8], from: usize) -> bool {
+    (from..buf.len().saturating_sub(FRAME_HEADER_LEN)).any(|pos| is_batch(buf, pos))
 }
 
 /// Read every valid record of `buf` (a whole WAL file) in order, handing each to `visit` with its
@@ -179,15 +223,24 @@ pub fn scan(
     let mut pos = MAGIC.len();
     let mut records = 0;
     while pos < buf.len() {
-        match parse_frame(buf, pos) {
-            Ok((record, next)) => {
-                visit(pos as u64, record)?;
-                records += 1;
-                pos = next;
+        match check_frame(buf, pos) {
+            Ok((start, end)) => {
+                // A batch whose checksum holds was written whole: a record in it that does not
+                // read is not a crash's doing.
+                let mut at = start;
+                while at < end {
+                    let corrupt =
+                        |reason: String| WalError::Corrupt { path: path.to_owned(), offset: at as u64, reason };
+                    let (record, next) = parse_record(&buf[..end], at).map_err(corrupt)?;
+                    visit(at as u64, record)?;
+                    records += 1;
+                    at = next;
+                }
+                pos = end;
             }
             Err(_) if buf[pos..].iter().all(|&byte| byte == 0) => break,
             Err(reason) => {
-                if valid_record_after(buf, pos + 1) {
+                if valid_batch_after(buf, pos + 1) {
                     return Err(WalError::Corrupt { path: path.to_owned(), offset: pos as u64, reason });
                 }
                 return Ok(ScanSummary {
@@ -205,12 +258,18 @@ pub fn scan(
 mod tests {
     use super::*;
 
+    /// A file with one batch per record.
     fn file_of(records: &[Record]) -> Vec<u8> {
         let mut buf = MAGIC.to_vec();
         for record in records {
-            buf.extend(encode(record).expect("encode"));
+            buf.extend(batch(&encode(record).expect("encode")).expect("batch"));
         }
         buf
+    }
+
+    /// Where the batch holding the record at `record_offset` starts (one record per batch).
+    fn batch_of(record_offset: u64) -> usize {
+        record_offset as usize - FRAME_HEADER_LEN
     }
 
     fn committed(index: u64) -> Record {
@@ -260,9 +319,9 @@ mod tests {
     #[test]
     fn a_record_torn_over_preallocated_zeros_is_dropped() {
         let whole = file_of(&[committed(1), committed(2)]);
-        let second = read(&whole).expect("scan").0[1] as usize;
-        // The second record's first bytes reached the disk, the rest is still preallocation.
-        let mut buf = whole[..second + FRAME_HEADER_LEN + 3].to_vec();
+        let second = batch_of(read(&whole).expect("scan").0[1]);
+        // The second batch's first bytes reached the disk, the rest is still preallocation.
+        let mut buf = whole[..second + 2 * FRAME_HEADER_LEN + 3].to_vec();
         buf.extend([0u8; 4096]);
         let (offsets, summary) = read(&buf).expect("scan");
         assert_eq!(offsets.len(), 1);
@@ -275,12 +334,39 @@ mod tests {
     fn damage_before_a_valid_record_is_refused_with_its_offset() {
         let mut buf = file_of(&[committed(1), committed(2), committed(3)]);
         let (offsets, _) = read(&buf).expect("scan");
-        let second = offsets[1] as usize;
-        buf[second + FRAME_HEADER_LEN + 2] ^= 0x40;
+        let second = batch_of(offsets[1]);
+        buf[second + 2 * FRAME_HEADER_LEN + 2] ^= 0x40;
         match read(&buf) {
             Err(WalError::Corrupt { offset, .. }) => assert_eq!(offset, second as u64),
             other => panic!("expected corruption, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_last_batch_with_pages_missing_in_its_middle_is_a_torn_tail() {
+        // A power loss before the fsync: the disk kept the batch's last page but not an earlier
+        // one. Its records were never acknowledged, whichever of them survived whole.
+        let mut buf = file_of(&[committed(1)]);
+        let valid = buf.len();
+        let records: Vec<u8> = (2..200).flat_map(|i| encode(&committed(i)).expect("encode")).collect();
+        buf.extend(batch(&records).expect("batch"));
+        let hole = valid + FRAME_HEADER_LEN + records.len() / 3;
+        buf[hole..hole + 512].fill(0);
+        buf.extend([0u8; 4096]);
+        let (offsets, summary) = read(&buf).expect("not corruption");
+        assert_eq!(offsets.len(), 1);
+        assert_eq!(summary.valid_len, valid as u64);
+        assert_eq!(summary.torn_tail.expect("torn").offset, valid as u64);
+    }
+
+    #[test]
+    fn a_whole_batch_with_an_unreadable_record_is_refused() {
+        // Its checksum holds, so it was written as it is: not a crash's doing.
+        let mut records = encode(&committed(1)).expect("encode");
+        records.extend(b"\x05\0\0\0garbage");
+        let mut buf = MAGIC.to_vec();
+        buf.extend(batch(&records).expect("batch"));
+        assert!(matches!(read(&buf), Err(WalError::Corrupt { .. })));
     }
 
     #[test]
