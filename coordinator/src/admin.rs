@@ -142,10 +142,9 @@ pub async fn replace_member(
             );
         }
     };
-    let role = match request.role.as_str() {
-        "coordinator" => Role::Coordinator,
-        "witness" => Role::Witness,
-        other => return error(StatusCode::BAD_REQUEST, format!("role must be coordinator or witness, got {other:?}")),
+    let role: Role = match request.role.parse() {
+        Ok(role) => role,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     let valid_addr =
         request.addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
@@ -168,8 +167,7 @@ pub async fn replace_member(
         )
         .await;
     }
-    let api_addr = if role == Role::Coordinator { request.addr.clone() } else { String::new() };
-    let info = NodeInfo { role, raft_addr: request.addr.clone(), api_addr };
+    let info = NodeInfo::at(role, request.addr.clone());
     let started = Instant::now();
     match app.node.replace_voter(request.remove, request.add, info, CATCH_UP).await {
         Ok(replaced) => Json(ReplaceMemberResponse {

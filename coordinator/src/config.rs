@@ -28,11 +28,7 @@ impl std::str::FromStr for Member {
         let (id, rest) = s.split_once('=').ok_or_else(bad)?;
         let (role, addr) = rest.split_once('@').ok_or_else(bad)?;
         let id = id.trim().parse().map_err(|_| bad())?;
-        let role = match role.trim() {
-            "coordinator" => Role::Coordinator,
-            "witness" => Role::Witness,
-            _ => return Err(bad()),
-        };
+        let role: Role = role.trim().parse().map_err(|_| bad())?;
         if addr.trim().is_empty() {
             return Err(bad());
         }
@@ -130,13 +126,7 @@ impl Config {
 
     /// The membership to initialize with.
     pub fn membership(&self) -> BTreeMap<NodeId, NodeInfo> {
-        self.members
-            .iter()
-            .map(|m| {
-                let api_addr = if m.role == Role::Coordinator { m.addr.clone() } else { String::new() };
-                (m.id, NodeInfo { role: m.role, raft_addr: m.addr.clone(), api_addr })
-            })
-            .collect()
+        self.members.iter().map(|m| (m.id, NodeInfo::at(m.role, m.addr.clone()))).collect()
     }
 
     /// Check what clap cannot.

@@ -245,8 +245,8 @@ struct NodeInner {
     leadership: watch::Receiver<Leadership>,
     /// Becomes true once openraft's core has ended (shutdown, a storage failure, a panic).
     stopped: watch::Receiver<bool>,
-    /// True while this node leads but has not heard from a majority for longer than the
-    /// election timeout: it has most likely been replaced, and cannot commit.
+    /// True while this node leads but has not heard from a majority for longer than
+    /// [`Timing::quorum_timeout`]: it has most likely been replaced, and cannot commit.
     quorum_lost: watch::Receiver<bool>,
     /// The read round that has not started yet: readers arriving now join it.
     pending_read: Mutex<Option<ReadRound>>,

@@ -68,13 +68,7 @@ impl TestCluster {
 
     /// The membership this cluster was formed with.
     pub fn infos(&self) -> BTreeMap<NodeId, NodeInfo> {
-        self.members
-            .iter()
-            .map(|(id, m)| {
-                let api_addr = if m.config.role == Role::Coordinator { m.addr.to_string() } else { String::new() };
-                (*id, NodeInfo { role: m.config.role, raft_addr: m.addr.to_string(), api_addr })
-            })
-            .collect()
+        self.members.iter().map(|(id, m)| (*id, NodeInfo::at(m.config.role, m.addr.to_string()))).collect()
     }
 
     async fn launch(&mut self, id: NodeId, listener: tokio::net::TcpListener) {
@@ -151,14 +145,7 @@ impl TestCluster {
 
     /// Start voter `id` again on its data directory and its old address.
     pub async fn restart(&mut self, id: NodeId) {
-        let addr = self.members[&id].addr;
-        let listener = loop {
-            match tokio::net::TcpListener::bind(addr).await {
-                Ok(listener) => break listener,
-                // The old socket may take a moment to close.
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        };
+        let listener = bind_when_free(self.members[&id].addr).await;
         self.launch(id, listener).await;
     }
 
@@ -187,21 +174,14 @@ impl TestCluster {
         config.id = id;
         config.data_dir = template.config.data_dir.with_file_name(format!("node-{id}"));
         let listener = match at {
-            Some(addr) => loop {
-                match tokio::net::TcpListener::bind(addr).await {
-                    Ok(listener) => break listener,
-                    // A voter stopped a moment ago may still hold it.
-                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            },
+            Some(addr) => bind_when_free(addr).await,
             None => tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a free port"),
         };
         let addr = listener.local_addr().expect("bound");
         let role = config.role;
         self.members.insert(id, Member { config, addr, faults: Arc::new(NetworkFaults::default()), running: None });
         self.launch(id, listener).await;
-        let api_addr = if role == Role::Coordinator { addr.to_string() } else { String::new() };
-        NodeInfo { role, raft_addr: addr.to_string(), api_addr }
+        NodeInfo::at(role, addr.to_string())
     }
 
     /// Wait until every running voter in `among` agrees on one leader that is itself running;
@@ -231,6 +211,16 @@ impl TestCluster {
         let ids: Vec<NodeId> = self.members.keys().copied().collect();
         for id in ids {
             self.kill(id).await;
+        }
+    }
+}
+
+/// Bind `addr`, waiting for a voter stopped a moment ago to let go of it.
+async fn bind_when_free(addr: SocketAddr) -> tokio::net::TcpListener {
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
 }

@@ -43,6 +43,28 @@ pub struct NodeInfo {
     pub api_addr: String,
 }
 
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "coordinator" => Ok(Role::Coordinator),
+            "witness" => Ok(Role::Witness),
+            other => Err(format!("a role is coordinator or witness, not {other:?}")),
+        }
+    }
+}
+
+impl NodeInfo {
+    /// A voter serving everything on `addr`: a coordinator's API and Raft routes share it; a
+    /// witness has no API.
+    pub fn at(role: Role, addr: impl Into<String>) -> NodeInfo {
+        let raft_addr = addr.into();
+        let api_addr = if role == Role::Coordinator { raft_addr.clone() } else { String::new() };
+        NodeInfo { role, raft_addr, api_addr }
+    }
+}
+
 impl fmt::Display for NodeInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}", self.role, self.raft_addr)

@@ -123,27 +123,26 @@ pub struct ScanSummary {
 pub fn encode(record: &Record) -> std::io::Result<Vec<u8>> {
     let mut out = vec![0u8; FRAME_HEADER_LEN];
     rmp_serde::encode::write_named(&mut out, record).map_err(std::io::Error::other)?;
-    let payload_len = out.len() - FRAME_HEADER_LEN;
-    if payload_len > MAX_RECORD_LEN {
-        return Err(std::io::Error::other(format!("WAL record of {payload_len} bytes exceeds the limit")));
-    }
-    let crc = crc32fast::hash(&out[FRAME_HEADER_LEN..]);
-    out[..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
-    out[4..8].copy_from_slice(&crc.to_le_bytes());
+    seal(&mut out, "record")?;
     Ok(out)
+}
+
+/// Fill in the frame header at the start of `frame` (a record or a batch) for what follows it.
+fn seal(frame: &mut [u8], what: &str) -> std::io::Result<()> {
+    let len = frame.len() - FRAME_HEADER_LEN;
+    if len > MAX_RECORD_LEN {
+        return Err(std::io::Error::other(format!("WAL {what} of {len} bytes exceeds the limit")));
+    }
+    let crc = crc32fast::hash(&frame[FRAME_HEADER_LEN..]);
+    frame[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    frame[4..8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
 }
 
 /// Seal a batch: `buf` is [`FRAME_HEADER_LEN`] bytes of room followed by record frames
 /// ([`encode`]); fill in the batch's length and checksum.
 pub fn seal_batch(buf: &mut [u8]) -> std::io::Result<()> {
-    let len = buf.len() - FRAME_HEADER_LEN;
-    if len > MAX_RECORD_LEN {
-        return Err(std::io::Error::other(format!("WAL batch of {len} bytes exceeds the limit")));
-    }
-    let crc = crc32fast::hash(&buf[FRAME_HEADER_LEN..]);
-    buf[..4].copy_from_slice(&(len as u32).to_le_bytes());
-    buf[4..8].copy_from_slice(&crc.to_le_bytes());
-    Ok(())
+    seal(buf, "batch")
 }
 
 /// One batch of the given record frames, sealed.

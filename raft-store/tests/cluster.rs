@@ -3,58 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use raft_store::job_table::{Command, EnqueueOutcome, JobStatus, NewJob};
+use raft_store::job_table::Command;
 use raft_store::node::{ProposeError, TransferError};
 use raft_store::test_cluster::{COORDINATOR_1, COORDINATOR_2, TestCluster, WITNESS};
-use raft_store::{Digest, Node, NodeId, Response};
 use tempfile::TempDir;
 
-const ELECTION: Duration = Duration::from_secs(10);
+mod common;
 
-fn job(i: u64) -> NewJob {
-    NewJob { digest: Digest([(i % 251) as u8; 64]), iterations: i + 1, enqueued_at_ms: i, idempotency_key: None }
-}
-
-/// Enqueue one job through `node` (forwarded to the leader if need be); return its id.
-async fn enqueue(node: &Node, i: u64) -> u64 {
-    match node.propose(Command::Enqueue { jobs: vec![job(i)] }).await {
-        Ok(Response::Enqueued(outcomes)) => match outcomes.as_slice() {
-            [EnqueueOutcome::Created(id)] => *id,
-            other => panic!("unexpected outcome {other:?}"),
-        },
-        other => panic!("enqueue {i} through node {} failed: {other:?}", node.id()),
-    }
-}
-
-/// After a read barrier on `node`, every id in `ids` is queued there.
-async fn assert_visible(node: &Node, ids: &[u64]) {
-    node.read_barrier().await.unwrap_or_else(|e| panic!("read barrier on node {}: {e}", node.id()));
-    node.state_machine().read(|table| {
-        for id in ids {
-            assert!(
-                matches!(table.job_status(*id), Some(JobStatus::Queued(_))),
-                "job {id} not visible on node {}",
-                node.id()
-            );
-        }
-    });
-}
-
-async fn wait_for_coordinator_leader(cluster: &TestCluster) -> NodeId {
-    let deadline = Instant::now() + ELECTION;
-    loop {
-        let leader = cluster.wait_for_leader(ELECTION).await;
-        if leader != WITNESS {
-            return leader;
-        }
-        assert!(Instant::now() < deadline, "the witness kept leadership");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn other_coordinator(id: NodeId) -> NodeId {
-    if id == COORDINATOR_1 { COORDINATOR_2 } else { COORDINATOR_1 }
-}
+use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn elects_replicates_and_reads_linearizably_on_every_voter() {

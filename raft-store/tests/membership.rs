@@ -3,77 +3,43 @@
 //! without changing the membership.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use raft_store::job_table::{Command, EnqueueOutcome, JobStatus, NewJob};
 use raft_store::test_cluster::{COORDINATOR_1, COORDINATOR_2, TestCluster, WITNESS};
-use raft_store::{Digest, MembershipError, Node, NodeId, NodeInfo, Response, Role};
+use raft_store::{MembershipError, Node, NodeId, NodeInfo, Role};
 use tempfile::TempDir;
 
-const ELECTION: Duration = Duration::from_secs(10);
+mod common;
+
+use common::*;
+
 const CATCH_UP: Duration = Duration::from_secs(20);
 
-fn job(i: u64) -> NewJob {
-    NewJob { digest: Digest([(i % 251) as u8; 64]), iterations: i + 1, enqueued_at_ms: i, idempotency_key: None }
-}
-
 /// Enqueue jobs `range` through `node`; return their ids.
-async fn enqueue(node: &Node, range: std::ops::Range<u64>) -> Vec<u64> {
+async fn enqueue_all(node: &Node, range: std::ops::Range<u64>) -> Vec<u64> {
     let mut ids = Vec::new();
     for i in range {
-        match node.propose(Command::Enqueue { jobs: vec![job(i)] }).await {
-            Ok(Response::Enqueued(outcomes)) => match outcomes.as_slice() {
-                [EnqueueOutcome::Created(id)] => ids.push(*id),
-                other => panic!("unexpected outcome {other:?}"),
-            },
-            other => panic!("enqueue {i} through node {} failed: {other:?}", node.id()),
-        }
+        ids.push(enqueue(node, i).await);
     }
     ids
-}
-
-/// After a read barrier on `node`, every id in `ids` is queued there.
-async fn assert_visible(node: &Node, ids: &[u64]) {
-    node.read_barrier().await.unwrap_or_else(|e| panic!("read barrier on node {}: {e}", node.id()));
-    node.state_machine().read(|table| {
-        for id in ids {
-            assert!(matches!(table.job_status(*id), Some(JobStatus::Queued(_))), "job {id} missing on {}", node.id());
-        }
-    });
 }
 
 fn voters(node: &Node) -> BTreeSet<NodeId> {
     node.metrics().membership_config.membership().voter_ids().collect()
 }
 
-async fn coordinator_leader(cluster: &TestCluster) -> NodeId {
-    let deadline = Instant::now() + ELECTION;
-    loop {
-        let leader = cluster.wait_for_leader(ELECTION).await;
-        if cluster.node(leader).role() == Role::Coordinator {
-            return leader;
-        }
-        assert!(Instant::now() < deadline, "the witness kept leadership");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn other_coordinator(id: NodeId) -> NodeId {
-    if id == COORDINATOR_1 { COORDINATOR_2 } else { COORDINATOR_1 }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_coordinator_is_replaced_under_a_new_id_and_the_cluster_again_survives_any_one_loss() {
     let dir = TempDir::new().expect("temp dir");
     let mut cluster = TestCluster::start(dir.path(), |_| {}).await;
-    let leader = coordinator_leader(&cluster).await;
+    let leader = wait_for_coordinator_leader(&cluster).await;
     let lost = other_coordinator(leader);
-    let mut ids = enqueue(cluster.node(leader), 0..30).await;
+    let mut ids = enqueue_all(cluster.node(leader), 0..30).await;
 
     // The follower coordinator dies with its disk; the other two carry on.
     cluster.kill(lost).await;
     cluster.wipe(lost);
-    ids.extend(enqueue(cluster.node(leader), 30..60).await);
+    ids.extend(enqueue_all(cluster.node(leader), 30..60).await);
 
     // Its successor runs on the same address, empty, under a new id.
     let info = cluster.start_replacement(4, lost, Some(cluster.addr(lost))).await;
@@ -85,15 +51,15 @@ async fn a_lost_coordinator_is_replaced_under_a_new_id_and_the_cluster_again_sur
 
     // Node 4 votes: with the witness gone, the leader commits only with it.
     cluster.kill(WITNESS).await;
-    ids.extend(enqueue(cluster.node(4), 60..70).await);
+    ids.extend(enqueue_all(cluster.node(4), 60..70).await);
     assert_visible(cluster.node(leader), &ids).await;
 
     // And node 4 can lead: the old leader dies, the witness comes back.
     cluster.restart(WITNESS).await;
     cluster.kill(leader).await;
-    let new_leader = coordinator_leader(&cluster).await;
+    let new_leader = wait_for_coordinator_leader(&cluster).await;
     assert_eq!(new_leader, 4, "the only coordinator left must lead");
-    ids.extend(enqueue(cluster.node(4), 70..80).await);
+    ids.extend(enqueue_all(cluster.node(4), 70..80).await);
     assert_visible(cluster.node(WITNESS), &ids).await;
     assert_eq!(voters(cluster.node(4)), expected);
     cluster.shutdown().await;
@@ -103,8 +69,8 @@ async fn a_lost_coordinator_is_replaced_under_a_new_id_and_the_cluster_again_sur
 async fn a_lost_witness_is_replaced_on_a_new_address_and_counts_in_the_quorum() {
     let dir = TempDir::new().expect("temp dir");
     let mut cluster = TestCluster::start(dir.path(), |_| {}).await;
-    let leader = coordinator_leader(&cluster).await;
-    let mut ids = enqueue(cluster.node(leader), 0..20).await;
+    let leader = wait_for_coordinator_leader(&cluster).await;
+    let mut ids = enqueue_all(cluster.node(leader), 0..20).await;
     cluster.kill(WITNESS).await;
     cluster.wipe(WITNESS);
 
@@ -115,17 +81,17 @@ async fn a_lost_witness_is_replaced_on_a_new_address_and_counts_in_the_quorum() 
 
     // The other coordinator dies: the leader and the new witness are a majority.
     cluster.kill(other_coordinator(leader)).await;
-    ids.extend(enqueue(cluster.node(leader), 20..30).await);
+    ids.extend(enqueue_all(cluster.node(leader), 20..30).await);
     assert_visible(cluster.node(4), &ids).await;
     cluster.shutdown().await;
 }
 
 fn coordinator_at(addr: &str) -> NodeInfo {
-    NodeInfo { role: Role::Coordinator, raft_addr: addr.into(), api_addr: addr.into() }
+    NodeInfo::at(Role::Coordinator, addr)
 }
 
 fn witness_at(addr: &str) -> NodeInfo {
-    NodeInfo { role: Role::Witness, raft_addr: addr.into(), api_addr: String::new() }
+    NodeInfo::at(Role::Witness, addr)
 }
 
 fn assert_refused<T: std::fmt::Debug>(result: Result<T, MembershipError>, needle: &str) {
@@ -144,7 +110,7 @@ fn members(node: &Node) -> BTreeSet<NodeId> {
 async fn replacements_that_could_do_harm_are_refused_and_change_nothing() {
     let dir = TempDir::new().expect("temp dir");
     let mut cluster = TestCluster::start(dir.path(), |_| {}).await;
-    let leader = coordinator_leader(&cluster).await;
+    let leader = wait_for_coordinator_leader(&cluster).await;
     let follower = other_coordinator(leader);
     let node = cluster.node(leader).clone();
     let nowhere = coordinator_at("127.0.0.1:9");
@@ -171,9 +137,9 @@ async fn replacements_that_could_do_harm_are_refused_and_change_nothing() {
 async fn a_replacement_that_cannot_catch_up_stays_a_learner_and_the_request_can_be_repeated() {
     let dir = TempDir::new().expect("temp dir");
     let mut cluster = TestCluster::start(dir.path(), |_| {}).await;
-    let leader = coordinator_leader(&cluster).await;
+    let leader = wait_for_coordinator_leader(&cluster).await;
     let lost = other_coordinator(leader);
-    let ids = enqueue(cluster.node(leader), 0..20).await;
+    let ids = enqueue_all(cluster.node(leader), 0..20).await;
     cluster.kill(lost).await;
     cluster.wipe(lost);
     let node = cluster.node(leader).clone();
@@ -215,9 +181,9 @@ async fn a_replacement_that_cannot_catch_up_stays_a_learner_and_the_request_can_
 async fn a_replacement_stopped_half_way_is_finished_by_repeating_it() {
     let dir = TempDir::new().expect("temp dir");
     let mut cluster = TestCluster::start(dir.path(), |_| {}).await;
-    let leader = coordinator_leader(&cluster).await;
+    let leader = wait_for_coordinator_leader(&cluster).await;
     let lost = other_coordinator(leader);
-    let mut ids = enqueue(cluster.node(leader), 0..20).await;
+    let mut ids = enqueue_all(cluster.node(leader), 0..20).await;
     cluster.kill(lost).await;
     cluster.wipe(lost);
     let info = cluster.start_replacement(4, lost, Some(cluster.addr(lost))).await;
@@ -247,7 +213,7 @@ async fn a_replacement_stopped_half_way_is_finished_by_repeating_it() {
     assert_eq!(members(&node), new);
     // No longer joint: with the witness down, the leader and node 4 are a majority.
     cluster.kill(WITNESS).await;
-    ids.extend(enqueue(cluster.node(4), 20..30).await);
+    ids.extend(enqueue_all(cluster.node(4), 20..30).await);
     assert_visible(cluster.node(leader), &ids).await;
     cluster.shutdown().await;
 }

@@ -295,9 +295,20 @@ async fn records_overwrite_preallocated_zeros_and_a_reopen_continues_after_the_l
     let options = LogStoreOptions { preallocate_bytes: 64 << 10, ..LogStoreOptions::default() };
     let (mut store, _) = LogStore::open(dir.path(), options).expect("open");
     append_durably(&mut store, (0..10).map(|i| entry(1, i)).collect()).await;
-    let records = records_of(&std::fs::read(&wal).expect("read")).len() as u64;
-    let allocated = std::fs::metadata(&wal).expect("stat").len();
-    assert!(allocated >= records + (32 << 10), "{allocated} bytes for {records} of records: no space kept ahead");
+    // The writer extends the zeros just after it has released the append's waiters.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let (records, allocated) = loop {
+        let records = records_of(&std::fs::read(&wal).expect("read")).len() as u64;
+        let allocated = std::fs::metadata(&wal).expect("stat").len();
+        if allocated >= records + (32 << 10) {
+            break (records, allocated);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{allocated} bytes for {records} of records: no space kept ahead"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
     drop(store);
 
     let (mut store, recovery) = LogStore::open(dir.path(), options).expect("reopen");

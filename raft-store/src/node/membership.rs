@@ -183,10 +183,8 @@ fn matched_index(metrics: &RaftMetrics, id: NodeId) -> Option<u64> {
 }
 
 /// Everything that can be said against the replacement before touching the membership.
+/// The caller has checked that this node leads.
 fn check_replacement(metrics: &RaftMetrics, old: NodeId, new: NodeId, info: &NodeInfo) -> Result<(), MembershipError> {
-    if metrics.state != ServerState::Leader {
-        return Err(MembershipError::NotLeader(metrics.current_leader));
-    }
     let membership = metrics.membership_config.membership();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     let refuse = |why: String| Err(MembershipError::Refused(why));
