@@ -295,6 +295,13 @@ impl Node {
             // the follower's log go backwards: one voter's disk fault would stop the healthy
             // leader too. (Shown by the fault suite's truncate-tail scenario.)
             allow_log_reversion: Some(true),
+            // A leader that restarts stands for election like any voter. openraft would let it
+            // resume its old term at once, but its log may have lost the tail it had sent to
+            // the followers (appended in memory, not yet written when it died): it would then
+            // propose different entries under the same log ids as theirs, and the replicas
+            // would diverge for good. Its committed mark may be stale too, so its reads would
+            // go back in time. (Shown by the fault suite's power-loss scenario.)
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()

@@ -174,6 +174,41 @@ async fn power_loss_of_every_voter_keeps_every_acknowledged_write() {
     cluster.shutdown().await;
 }
 
+/// A voter that led before a restart must win an election before it leads again; it may not
+/// resume its old term. Its log may have lost the tail it had already sent to the followers
+/// (appended in memory, not yet written when it died): proposing again in the old term would put
+/// different entries under the same log ids as theirs, and the replicas would diverge for good.
+/// (The fault suite's power-loss scenario showed exactly that before the leader restore was
+/// turned off.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_wins_an_election_before_it_leads_again() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = TestCluster::start(dir.path(), |_| {}).await;
+    let leader = wait_for_coordinator_leader(&cluster).await;
+    let before = enqueue(cluster.node(leader), 1).await;
+    let term = cluster.node(leader).metrics().current_term;
+    for id in [COORDINATOR_1, COORDINATOR_2, WITNESS] {
+        cluster.kill(id).await;
+    }
+    // The old leader first: it could resume its term before anyone else is up.
+    for id in [leader, other_coordinator(leader), WITNESS] {
+        cluster.restart(id).await;
+    }
+    let now = wait_for_coordinator_leader(&cluster).await;
+    let metrics = cluster.node(now).metrics();
+    assert!(
+        metrics.current_term > term,
+        "node {now} leads in term {} after every voter restarted; the last leader led term {term}: \
+         leadership was resumed, not won in an election",
+        metrics.current_term
+    );
+    let after = enqueue(cluster.node(now), 2).await;
+    for id in [COORDINATOR_1, COORDINATOR_2, WITNESS] {
+        assert_visible(cluster.node(id), &[before, after]).await;
+    }
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_its_peers_refuses_writes_and_reads_instead_of_holding_them() {
     let dir = TempDir::new().expect("temp dir");
