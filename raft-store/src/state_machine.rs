@@ -5,6 +5,11 @@
 //! is consistent with its `last_applied`), and encoding and writing run on a blocking thread while
 //! apply goes on. A snapshot file is written to a temporary name, fsynced, renamed and its
 //! directory fsynced, so a crash leaves either the old snapshot or the new one, never half of one.
+//!
+//! openraft builds snapshots in a task of their own, so a build may still be writing when the
+//! leader's snapshot is installed. Writes are serialized and a snapshot older than the one on disk
+//! is never written: a build that finishes late cannot replace the newer snapshot the log was
+//! already purged up to (the voter could not restart from it).
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -45,7 +50,7 @@ struct SnapshotFile {
 struct Inner {
     dir: PathBuf,
     state: RwLock<Applied>,
-    /// Metadata of the snapshot on disk, if any.
+    /// Metadata of the snapshot on disk, if any. Held while a snapshot file is written.
     current: Mutex<Option<SnapshotMeta>>,
     /// The last applied log index, published after every apply batch and snapshot install.
     applied: tokio::sync::watch::Sender<u64>,
@@ -156,12 +161,17 @@ impl StateMachineStore {
         self.inner.snapshot_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn set_current(&self, meta: &SnapshotMeta, bytes: usize) {
-        self.inner.snapshot_bytes.store(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+    /// Make `data` the snapshot on disk, unless the one there is at least as new (then `false`).
+    /// Blocking: call it off the runtime.
+    fn store_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<bool> {
         let mut current = self.inner.current.lock().unwrap_or_else(|poison| poison.into_inner());
-        if current.as_ref().is_none_or(|c| c.last_log_id <= meta.last_log_id) {
-            *current = Some(meta.clone());
+        if current.as_ref().is_some_and(|c| c.last_log_id >= meta.last_log_id) {
+            return Ok(false);
         }
+        write_snapshot_file(&self.inner.dir, meta, data)?;
+        *current = Some(meta.clone());
+        self.inner.snapshot_bytes.store(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(true)
     }
 }
 
@@ -176,18 +186,21 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
         let copy = self.copy.take().ok_or_else(|| io::Error::other("snapshot builder used twice"))?;
-        let dir = self.store.inner.dir.clone();
         let meta = SnapshotMeta { last_log_id: copy.last_applied, last_membership: copy.last_membership.clone() };
-        let file_meta = meta.clone();
-        let data = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+        let (store, file_meta) = (self.store.clone(), meta.clone());
+        let (data, stored) = tokio::task::spawn_blocking(move || -> io::Result<(Vec<u8>, bool)> {
             let data = encode_table(&copy.table)?;
-            write_snapshot_file(&dir, &file_meta, &data)?;
-            Ok(data)
+            let stored = store.store_snapshot(&file_meta, &data)?;
+            Ok((data, stored))
         })
         .await
         .map_err(io::Error::other)??;
-        self.store.set_current(&meta, data.len());
-        tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built a snapshot");
+        if stored {
+            tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built a snapshot");
+        } else {
+            // openraft ignores a snapshot older than the one it has.
+            tracing::info!(last_log_id = ?meta.last_log_id, "built a snapshot older than the one on disk; kept that one");
+        }
         Ok(Snapshot { meta, snapshot: data })
     }
 }
@@ -236,12 +249,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
-        let dir = self.inner.dir.clone();
-        let file_meta = meta.clone();
-        let bytes = snapshot.len();
+        let (store, file_meta) = (self.clone(), meta.clone());
         let table = tokio::task::spawn_blocking(move || -> io::Result<JobTable> {
             let table = decode_table(&snapshot)?;
-            write_snapshot_file(&dir, &file_meta, &snapshot)?;
+            store.store_snapshot(&file_meta, &snapshot)?;
             Ok(table)
         })
         .await
@@ -250,7 +261,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mut state = self.inner.state.write().unwrap_or_else(|poison| poison.into_inner());
             *state = Applied { table, last_applied: meta.last_log_id, last_membership: meta.last_membership.clone() };
         }
-        self.set_current(meta, bytes);
         self.publish_applied(meta.last_log_id.map(|id| id.index));
         tracing::info!(last_log_id = ?meta.last_log_id, "installed a snapshot");
         Ok(())
@@ -260,5 +270,56 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let dir = self.inner.dir.clone();
         let file = tokio::task::spawn_blocking(move || read_snapshot_file(&dir)).await.map_err(io::Error::other)??;
         Ok(file.map(|file| Snapshot { meta: file.meta, snapshot: file.data }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job_table::{Command, NewJob};
+    use wire::Digest;
+
+    fn meta_at(index: u64) -> SnapshotMeta {
+        let leader = openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 };
+        SnapshotMeta { last_log_id: Some(LogId::new(leader, index)), last_membership: StoredMembership::default() }
+    }
+
+    fn table_with_jobs(jobs: u64) -> JobTable {
+        let mut table = JobTable::default();
+        for i in 0..jobs {
+            let job = NewJob { digest: Digest([i as u8; 64]), iterations: 1, enqueued_at_ms: i, idempotency_key: None };
+            table.apply(&Command::Enqueue { jobs: vec![job] });
+        }
+        table
+    }
+
+    /// openraft builds snapshots in a task of their own while the state machine goes on, so a
+    /// leader's snapshot can be installed while an older build is still under way. The build
+    /// that finishes last must not replace the newer snapshot on disk.
+    #[tokio::test]
+    async fn a_build_that_finishes_after_a_newer_install_keeps_the_newer_snapshot() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let mut store = StateMachineStore::open(dir.path()).expect("open");
+        store
+            .install_snapshot(&meta_at(10), encode_table(&table_with_jobs(1)).expect("encode"))
+            .await
+            .expect("install");
+        // A build starts from the table as of index 10 ...
+        let mut builder = store.get_snapshot_builder().await;
+        // ... the leader's snapshot at index 20 is installed meanwhile ...
+        let newer = table_with_jobs(2);
+        store.install_snapshot(&meta_at(20), encode_table(&newer).expect("encode")).await.expect("install");
+        // ... and the build finishes last.
+        let built = builder.build_snapshot().await.expect("build");
+        assert_eq!(built.meta, meta_at(10), "the build describes the table it copied");
+
+        let current = store.get_current_snapshot().await.expect("read").expect("a snapshot");
+        assert_eq!(current.meta, meta_at(20), "the newer snapshot stays on disk");
+        assert_eq!(decode_table(&current.snapshot).expect("decode"), newer);
+        // And a restart finds it too.
+        drop(store);
+        let mut reopened = StateMachineStore::open(dir.path()).expect("reopen");
+        let on_disk = reopened.get_current_snapshot().await.expect("read").expect("a snapshot");
+        assert_eq!(on_disk.meta, meta_at(20));
     }
 }
