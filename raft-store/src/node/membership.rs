@@ -245,3 +245,41 @@ async fn within<T: Send + 'static>(
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_cluster::{COORDINATOR_1, COORDINATOR_2, TestCluster, WITNESS};
+    use crate::type_config::Role;
+
+    /// The swap is guarded by the membership it was decided on: a change decided before another
+    /// change committed is refused, instead of undoing that change. (Two replacements started
+    /// together would otherwise both pass their checks, and the second would write voters
+    /// computed from a membership that no longer exists.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_decided_on_an_older_membership_is_refused() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let mut cluster = TestCluster::start(dir.path(), |_| {}).await;
+        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+        let node = cluster.node(leader).clone();
+        let decided_on = node.metrics();
+        // Another membership change commits in between: a learner joins.
+        node.inner
+            .raft
+            .add_learner(9, NodeInfo::at(Role::Coordinator, "127.0.0.1:9".to_string()), false)
+            .await
+            .expect("add");
+
+        let voters: BTreeSet<NodeId> = [COORDINATOR_1, COORDINATOR_2].into();
+        let outcome = change_voters(&node.inner.raft, &decided_on, voters, Duration::from_secs(10)).await;
+        assert!(
+            matches!(&outcome, Err(MembershipError::Refused(why)) if why.contains("another membership change came first")),
+            "a change decided on the older membership went ahead: {outcome:?}"
+        );
+        let now = node.metrics();
+        let voters_now: BTreeSet<NodeId> = now.membership_config.membership().voter_ids().collect();
+        assert_eq!(voters_now, [COORDINATOR_1, COORDINATOR_2, WITNESS].into(), "the voters are unchanged");
+        assert!(now.membership_config.membership().get_node(&9).is_some(), "the learner that came first stays");
+        cluster.shutdown().await;
+    }
+}
