@@ -34,7 +34,8 @@ pub enum MembershipError {
     /// Only the leader changes the membership.
     #[error("this node is not the leader; the leader is {0:?}")]
     NotLeader(Option<NodeId>),
-    /// The request contradicts the membership (nothing was changed).
+    /// The request contradicts the membership, or another change came first. Nothing was
+    /// changed, except when a change was overtaken between its two steps (the message says so).
     #[error("{0}")]
     Refused(String),
     /// The new node did not receive the whole log in time. It stays a learner, which votes in
@@ -188,6 +189,14 @@ fn check_replacement(metrics: &RaftMetrics, old: NodeId, new: NodeId, info: &Nod
     let membership = metrics.membership_config.membership();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     let refuse = |why: String| Err(MembershipError::Refused(why));
+    // Another change is half-way (it may have started while this one waited for its node to
+    // catch up): the voters of a joint membership are both sets together, and a swap computed
+    // from them would bring back the voter that change removes.
+    if let [from, to] = membership.get_joint_config().as_slice() {
+        return refuse(format!(
+            "another membership change is under way, from voters {from:?} to {to:?}: look at the voters again"
+        ));
+    }
     let Some(old_info) = membership.get_node(&old).filter(|_| voters.contains(&old)) else {
         return refuse(format!("node {old} is not a voter (voters: {voters:?})"));
     };
@@ -234,9 +243,14 @@ async fn within<T: Send + 'static>(
         Ok(Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))))) => {
             Err(MembershipError::NotLeader(f.leader_id))
         }
-        Ok(Ok(Err(RaftError::APIError(ClientWriteError::PreconditionFailed(e))))) => Err(MembershipError::Refused(
-            format!("another membership change came first ({e}); look at the voters again"),
-        )),
+        // Before the first step nothing has changed; before the second, the joint membership
+        // stays, and repeating the request that started it finishes it.
+        Ok(Ok(Err(RaftError::APIError(ClientWriteError::PreconditionFailed(e))))) => {
+            Err(MembershipError::Refused(format!(
+                "another membership change came first ({e}); look at the voters again (if they are joint, \
+                 repeat the request that started the change to finish it)"
+            )))
+        }
         Ok(Ok(Err(other))) => Err(MembershipError::Raft(other.to_string())),
         Ok(Err(failed)) => Err(MembershipError::Raft(format!("the membership change task failed: {failed}"))),
         Err(_) => Err(MembershipError::Raft(format!(
@@ -260,8 +274,7 @@ mod tests {
     async fn a_change_decided_on_an_older_membership_is_refused() {
         let dir = tempfile::TempDir::new().expect("temp dir");
         let mut cluster = TestCluster::start(dir.path(), |_| {}).await;
-        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-        let node = cluster.node(leader).clone();
+        let node = settled_leader(&cluster).await;
         let decided_on = node.metrics();
         // Another membership change commits in between: a learner joins.
         node.inner
@@ -281,5 +294,49 @@ mod tests {
         assert_eq!(voters_now, [COORDINATOR_1, COORDINATOR_2, WITNESS].into(), "the voters are unchanged");
         assert!(now.membership_config.membership().get_node(&9).is_some(), "the learner that came first stays");
         cluster.shutdown().await;
+    }
+    /// A replacement re-checks the membership after its node caught up. If another change went
+    /// joint meanwhile, it is refused: the joint voters are both sets together, and "all voters
+    /// but the old one, plus the new one" computed from them would restore a removed voter.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replacement_that_finds_another_change_half_way_is_refused() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let mut cluster = TestCluster::start(dir.path(), |_| {}).await;
+        let node = settled_leader(&cluster).await;
+        let leader = node.id();
+        let raft = &node.inner.raft;
+        let learner = NodeInfo::at(Role::Witness, "127.0.0.1:9".to_string());
+        raft.add_learner(9, learner, false).await.expect("add");
+        // Another replacement (the witness by node 9) stopped between its two steps.
+        let observed = node.metrics().membership_config.clone();
+        let nodes: std::collections::BTreeMap<NodeId, NodeInfo> =
+            observed.membership().nodes().map(|(id, n)| (*id, n.clone())).collect();
+        let from: BTreeSet<NodeId> = [COORDINATOR_1, COORDINATOR_2, WITNESS].into();
+        let to: BTreeSet<NodeId> = [COORDINATOR_1, COORDINATOR_2, 9].into();
+        let joint = openraft::Membership::new(vec![from, to], nodes).expect("a joint membership");
+        let based_on = Precondition::LastMembershipLogId { last_membership_log_id: *observed.log_id() };
+        raft.append_membership(joint, openraft::EntryPayload::Blank, [based_on]).await.expect("append it");
+
+        let other = other_coordinator(leader);
+        let outcome =
+            check_replacement(&node.metrics(), other, 10, &NodeInfo::at(Role::Coordinator, "127.0.0.1:10".to_string()));
+        assert!(
+            matches!(&outcome, Err(MembershipError::Refused(why)) if why.contains("under way")),
+            "a swap computed from a joint membership was allowed: {outcome:?}"
+        );
+        cluster.shutdown().await;
+    }
+
+    /// The leader of a fresh cluster, once it has committed an entry of its own (before that,
+    /// openraft refuses membership changes: the initial membership is not yet committed).
+    async fn settled_leader(cluster: &TestCluster) -> Node {
+        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+        let node = cluster.node(leader).clone();
+        node.propose(crate::job_table::Command::ExpireLeases { now_ms: 0 }).await.expect("a first write commits");
+        node
+    }
+
+    fn other_coordinator(id: NodeId) -> NodeId {
+        if id == COORDINATOR_1 { COORDINATOR_2 } else { COORDINATOR_1 }
     }
 }
