@@ -839,6 +839,7 @@ async fn watch_metrics(
     drop(inner);
     let mut handback_tick = tokio::time::interval(Duration::from_millis(20));
     handback_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut handback: Option<tokio::task::JoinHandle<()>> = None;
     // The age of the last quorum acknowledgement grows without any metrics change: look again
     // a few times per timeout while leading.
     let quorum_check = quorum_timeout / 8;
@@ -895,9 +896,11 @@ async fn watch_metrics(
                 stopped.send_replace(true);
                 return;
             },
-            _ = handback_tick.tick(), if witness_leads => {
+            _ = handback_tick.tick(), if witness_leads && handback.as_ref().is_none_or(|h| h.is_finished()) => {
+                // In a task of its own: a transfer can take a second, and meanwhile this loop
+                // must keep publishing leadership and quorum changes.
                 let Some(inner) = node.upgrade() else { return };
-                hand_back_leadership(Node { inner }).await;
+                handback = Some(tokio::spawn(hand_back_leadership(Node { inner })));
             }
             _ = quorum_tick.tick(), if state == ServerState::Leader => {}
         }
