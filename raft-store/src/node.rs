@@ -252,6 +252,8 @@ struct NodeInner {
     pending_read: Mutex<Option<ReadRound>>,
     /// Held by the read round in progress, so that the next one starts after it.
     read_running: tokio::sync::Mutex<()>,
+    /// Held by the voter replacement in progress: one at a time per node.
+    replacing: tokio::sync::Mutex<()>,
     /// Background tasks (leadership watch, snapshot policy), aborted on shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -327,6 +329,7 @@ impl Node {
                 quorum_lost,
                 pending_read: Mutex::new(None),
                 read_running: tokio::sync::Mutex::new(()),
+                replacing: tokio::sync::Mutex::new(()),
                 tasks: Mutex::new(Vec::new()),
             }),
         };

@@ -83,6 +83,13 @@ impl Node {
         if metrics.state != ServerState::Leader {
             return Err(MembershipError::NotLeader(metrics.current_leader));
         }
+        // One at a time: a second replacement would decide on a membership the first is about to
+        // change, and the first's learner sweep would remove the second's learner.
+        let Ok(_one_at_a_time) = self.inner.replacing.try_lock() else {
+            return Err(MembershipError::Refused(
+                "another voter replacement is in progress on this leader; repeat this one once it has finished".into(),
+            ));
+        };
         if let [from, to] = metrics.membership_config.membership().get_joint_config().as_slice() {
             return finish_joint_change(raft, &metrics, from, to, old, new, catch_up).await;
         }
@@ -324,6 +331,41 @@ mod tests {
             matches!(&outcome, Err(MembershipError::Refused(why)) if why.contains("under way")),
             "a swap computed from a joint membership was allowed: {outcome:?}"
         );
+        cluster.shutdown().await;
+    }
+
+    /// A second replacement while one is under way is refused at once, changing nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_replacement_while_one_is_under_way_is_refused() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let mut cluster = TestCluster::start(dir.path(), |_| {}).await;
+        let node = settled_leader(&cluster).await;
+        let other = other_coordinator(node.id());
+        // Nothing runs at this address: the first replacement waits for a node that never catches up.
+        let nobody = NodeInfo::at(Role::Coordinator, "127.0.0.1:9".to_string());
+        let first = tokio::spawn({
+            let node = node.clone();
+            async move { node.replace_voter(other, 4, nobody, Duration::from_secs(3)).await }
+        });
+        // It holds the replacement once its learner is in the membership.
+        node.inner
+            .raft
+            .wait(Some(Duration::from_secs(10)))
+            .metrics(|m| m.membership_config.membership().get_node(&4).is_some(), "the first replacement's learner")
+            .await
+            .expect("the learner joins");
+
+        let second = node
+            .replace_voter(WITNESS, 5, NodeInfo::at(Role::Witness, "127.0.0.1:10".to_string()), Duration::from_secs(3))
+            .await;
+        assert!(
+            matches!(&second, Err(MembershipError::Refused(why)) if why.contains("in progress")),
+            "a second replacement went ahead while one was under way: {second:?}"
+        );
+        let membership = node.metrics().membership_config.membership().clone();
+        assert!(membership.get_node(&5).is_none(), "the refused replacement added nothing");
+        let first = first.await.expect("the first replacement's task");
+        assert!(matches!(first, Err(MembershipError::CatchUpTimedOut { node: 4, .. })), "{first:?}");
         cluster.shutdown().await;
     }
 
