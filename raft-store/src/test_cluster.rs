@@ -2,7 +2,7 @@
 //! its own data directory and its own HTTP server on a free port. For tests and benchmarks:
 //! voters can be killed (Raft stopped, server closed) and restarted on their data.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -213,6 +213,22 @@ impl TestCluster {
             self.kill(id).await;
         }
     }
+}
+
+/// The coordinator that is not `id` (the first one when `id` is the witness).
+pub fn other_coordinator(id: NodeId) -> NodeId {
+    if id == COORDINATOR_1 { COORDINATOR_2 } else { COORDINATOR_1 }
+}
+
+/// On the leader `node`: leave the membership joint, from voters `from` to voters `to` (every
+/// node of `to` already a member), as a change does when leadership is lost between its two
+/// steps.
+pub async fn stop_change_half_way(node: &Node, from: BTreeSet<NodeId>, to: BTreeSet<NodeId>) {
+    let observed = node.metrics().membership_config.clone();
+    let nodes: BTreeMap<NodeId, NodeInfo> = observed.membership().nodes().map(|(id, n)| (*id, n.clone())).collect();
+    let joint = openraft::Membership::new(vec![from, to], nodes).expect("a joint membership");
+    let based_on = openraft::raft::Precondition::LastMembershipLogId { last_membership_log_id: *observed.log_id() };
+    node.raft().append_membership(joint, openraft::EntryPayload::Blank, [based_on]).await.expect("append it");
 }
 
 /// Bind `addr`, waiting for a voter stopped a moment ago to let go of it.

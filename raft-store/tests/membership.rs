@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use raft_store::test_cluster::{COORDINATOR_1, COORDINATOR_2, TestCluster, WITNESS};
+use raft_store::test_cluster::{COORDINATOR_1, COORDINATOR_2, TestCluster, WITNESS, stop_change_half_way};
 use raft_store::{MembershipError, Node, NodeId, NodeInfo, Role};
 use tempfile::TempDir;
 
@@ -188,19 +188,13 @@ async fn a_replacement_stopped_half_way_is_finished_by_repeating_it() {
     cluster.wipe(lost);
     let info = cluster.start_replacement(4, lost, Some(cluster.addr(lost))).await;
     let node = cluster.node(leader).clone();
-    let raft = node.raft();
-    raft.add_learner(4, info.clone(), true).await.expect("add the learner");
+    node.raft().add_learner(4, info.clone(), true).await.expect("add the learner");
 
     // What a joint change leaves when leadership is lost between its two steps: old and new
     // voter sets both count.
-    let observed = node.metrics().membership_config.clone();
-    let nodes: std::collections::BTreeMap<NodeId, NodeInfo> =
-        observed.membership().nodes().map(|(id, n)| (*id, n.clone())).collect();
     let old: BTreeSet<NodeId> = [COORDINATOR_1, COORDINATOR_2, WITNESS].into();
     let new: BTreeSet<NodeId> = [leader, WITNESS, 4].into();
-    let joint = openraft::Membership::new(vec![old.clone(), new.clone()], nodes).expect("a joint membership");
-    let based_on = openraft::raft::Precondition::LastMembershipLogId { last_membership_log_id: *observed.log_id() };
-    raft.append_membership(joint, openraft::EntryPayload::Blank, [based_on]).await.expect("append it");
+    stop_change_half_way(&node, old.clone(), new.clone()).await;
     let configs = || node.metrics().membership_config.membership().get_joint_config().clone();
     assert_eq!(configs(), vec![old, new.clone()]);
 

@@ -270,7 +270,9 @@ async fn within<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_cluster::{COORDINATOR_1, COORDINATOR_2, TestCluster, WITNESS};
+    use crate::test_cluster::{
+        COORDINATOR_1, COORDINATOR_2, TestCluster, WITNESS, other_coordinator, stop_change_half_way,
+    };
     use crate::type_config::Role;
 
     /// The swap is guarded by the membership it was decided on: a change decided before another
@@ -302,6 +304,7 @@ mod tests {
         assert!(now.membership_config.membership().get_node(&9).is_some(), "the learner that came first stays");
         cluster.shutdown().await;
     }
+
     /// A replacement re-checks the membership after its node caught up. If another change went
     /// joint meanwhile, it is refused: the joint voters are both sets together, and "all voters
     /// but the old one, plus the new one" computed from them would restore a removed voter.
@@ -311,18 +314,12 @@ mod tests {
         let mut cluster = TestCluster::start(dir.path(), |_| {}).await;
         let node = settled_leader(&cluster).await;
         let leader = node.id();
-        let raft = &node.inner.raft;
         let learner = NodeInfo::at(Role::Witness, "127.0.0.1:9".to_string());
-        raft.add_learner(9, learner, false).await.expect("add");
+        node.inner.raft.add_learner(9, learner, false).await.expect("add");
         // Another replacement (the witness by node 9) stopped between its two steps.
-        let observed = node.metrics().membership_config.clone();
-        let nodes: std::collections::BTreeMap<NodeId, NodeInfo> =
-            observed.membership().nodes().map(|(id, n)| (*id, n.clone())).collect();
         let from: BTreeSet<NodeId> = [COORDINATOR_1, COORDINATOR_2, WITNESS].into();
         let to: BTreeSet<NodeId> = [COORDINATOR_1, COORDINATOR_2, 9].into();
-        let joint = openraft::Membership::new(vec![from, to], nodes).expect("a joint membership");
-        let based_on = Precondition::LastMembershipLogId { last_membership_log_id: *observed.log_id() };
-        raft.append_membership(joint, openraft::EntryPayload::Blank, [based_on]).await.expect("append it");
+        stop_change_half_way(&node, from, to).await;
 
         let other = other_coordinator(leader);
         let outcome =
@@ -376,9 +373,5 @@ mod tests {
         let node = cluster.node(leader).clone();
         node.propose(crate::job_table::Command::ExpireLeases { now_ms: 0 }).await.expect("a first write commits");
         node
-    }
-
-    fn other_coordinator(id: NodeId) -> NodeId {
-        if id == COORDINATOR_1 { COORDINATOR_2 } else { COORDINATOR_1 }
     }
 }

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use raft_store::job_table::{Command, EnqueueOutcome, JobStatus, NewJob};
-use raft_store::test_cluster::{COORDINATOR_1, COORDINATOR_2, TestCluster};
+use raft_store::test_cluster::TestCluster;
 use raft_store::{Digest, Node, NodeId, Response, Role};
 
 pub const ELECTION: Duration = Duration::from_secs(10);
@@ -49,6 +49,4 @@ pub async fn wait_for_coordinator_leader(cluster: &TestCluster) -> NodeId {
     }
 }
 
-pub fn other_coordinator(id: NodeId) -> NodeId {
-    if id == COORDINATOR_1 { COORDINATOR_2 } else { COORDINATOR_1 }
-}
+pub use raft_store::test_cluster::other_coordinator;
