@@ -1,6 +1,7 @@
 //! `bench`: drives Tandem's client API (both coordinators), checks every result against its own
 //! SHA-512 chain, and measures against the limits. `bench --help` lists the scenarios.
 
+mod cpu;
 mod null_ingest;
 mod reference;
 mod report;

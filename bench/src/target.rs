@@ -79,6 +79,15 @@ impl Target {
         Ok(Target { clients, local: Some(cluster), admin_token: Some(admin_token), _dir: Some(dir) })
     }
 
+    /// Every process whose `/metrics` the bench may read, by name: each process of a local
+    /// cluster, or each given coordinator URL (the only hosts the bench talks to).
+    pub fn metrics_urls(&self) -> Vec<(String, String)> {
+        match &self.local {
+            Some(cluster) => cluster.processes.iter().map(|p| (p.name.clone(), p.metrics_url.clone())).collect(),
+            None => self.clients.iter().map(|c| (c.base().to_owned(), format!("{}/metrics", c.base()))).collect(),
+        }
+    }
+
     /// Cores the local cluster's workers can hash on at once (for the ideal time): their cores,
     /// but no more than this machine has, since every worker of a local cluster shares it.
     pub fn worker_cores(&self) -> Option<usize> {

@@ -43,6 +43,15 @@ fn ingest_quick_reports_a_ratio_against_the_baseline() {
     let ratio = report["figures"]["ratio_cluster_to_baseline"].as_f64().expect("ratio");
     assert!(ratio > 0.0);
     assert!(report["figures"]["baseline_enqueues_per_s"].as_f64().expect("baseline") > 0.0);
+    assert_eq!(report["figures"]["ratio_each_round"].as_array().expect("rounds").len(), 1);
+    // Every process's CPU is read from its /metrics; the coordinators did the enqueues.
+    let cpu = &report["figures"]["cpu_us_per_cluster_enqueue"];
+    for name in ["coordinator-1", "coordinator-2", "witness", "bench clients"] {
+        assert!(cpu[name].as_f64().is_some_and(|us| us > 0.0), "no CPU for {name}: {cpu}");
+    }
+    let total = report["figures"]["cpu_us_per_cluster_enqueue_total"].as_f64().expect("total");
+    assert!(total > cpu["coordinator-1"].as_f64().expect("coordinator-1"), "total {total} is not a sum: {cpu}");
+    assert!(report["figures"]["cpu_us_per_baseline_request"].as_f64().expect("baseline CPU") > 0.0);
 }
 
 #[test]

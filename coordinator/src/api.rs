@@ -376,5 +376,6 @@ pub async fn method_not_allowed() -> Response {
 
 /// `GET /metrics`: the Prometheus exposition.
 pub async fn metrics(State(app): State<App>) -> Response {
+    raft_store::raft_metrics::collect_process();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render()).into_response()
 }

@@ -334,6 +334,8 @@ async fn metrics_pass_promtool_and_describe_the_cluster() {
             "tandem_wal_fsync_seconds_bucket",
             "tandem_wal_batch_entries_bucket",
             "# HELP tandem_queue_depth",
+            "# HELP process_cpu_seconds_total",
+            "process_resident_memory_bytes",
         ] {
             assert!(exposition.contains(name), "{url} lacks {name}:\n{exposition}");
         }

@@ -79,9 +79,13 @@ async fn a_real_prometheus_scrapes_every_process_and_finds_exactly_one_leader() 
     let id = client.enqueue(b"scraped".to_vec(), 20_000, None).await.expect("enqueue");
     wait_for_results(&client, &BTreeSet::from([id]), Duration::from_secs(60)).await;
 
-    // Every process's /metrics, as Prometheus will see it, passes promtool without a word.
+    // Every process's /metrics, as Prometheus will see it, passes promtool without a word, and
+    // carries the standard process metrics (bench divides their CPU deltas by the work done).
     for process in &cluster.processes {
         let text = http().get(&process.metrics_url).send().await.expect("scrape").text().await.expect("body");
+        for name in ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_threads"] {
+            assert!(text.contains(&format!("\n{name} ")), "{} lacks {name}:\n{text}", process.name);
+        }
         let complaints = promtool_check(&text);
         assert!(complaints.trim().is_empty(), "{}: promtool says {complaints}", process.name);
     }

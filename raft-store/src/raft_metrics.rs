@@ -2,6 +2,9 @@
 //!
 //! [`RaftGauges::sample`] copies this node's view into `tandem_raft_*` gauges; call it once a
 //! second. The WAL's own counters and histograms are recorded by the log writer as it works.
+//! [`collect_process`] refreshes the standard `process_*` metrics; call it on every scrape.
+
+use std::sync::OnceLock;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
 
@@ -63,4 +66,18 @@ impl RaftGauges {
             gauge!("tandem_raft_replication_lag_entries", "peer" => peer.to_string()).set(lag as f64);
         }
     }
+}
+
+/// Refresh Prometheus's standard process metrics (`process_cpu_seconds_total`, resident memory,
+/// threads, open file descriptors) from the OS. Called on every scrape, so that the CPU counter
+/// is as fresh as the scrape: `bench` divides its deltas by the work done in between.
+pub fn collect_process() {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR
+        .get_or_init(|| {
+            let collector = metrics_process::Collector::default();
+            collector.describe();
+            collector
+        })
+        .collect();
 }

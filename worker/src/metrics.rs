@@ -54,7 +54,10 @@ pub(crate) async fn serve(
         "/metrics",
         get(move || {
             let handle = handle.clone();
-            async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response() }
+            async move {
+                raft_store::raft_metrics::collect_process();
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+            }
         }),
     );
     let sampler = tokio::spawn(sample(shared, witness, shutdown.clone()));

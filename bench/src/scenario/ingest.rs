@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use wire::client::ApiClient;
 
+use crate::cpu::CpuMeter;
 use crate::report::Report;
 use crate::stats::Latencies;
 use crate::target::{Target, TargetArgs};
@@ -22,9 +23,12 @@ pub struct IngestArgs {
     /// Body size in bytes.
     #[arg(long, default_value_t = 16_384)]
     pub body_bytes: usize,
-    /// Seconds of load for each of the cluster and the baseline.
-    #[arg(long, default_value_t = 10.0)]
+    /// Seconds of load for each of the cluster and the baseline, in every round.
+    #[arg(long, default_value_t = 4.0)]
     pub seconds: f64,
+    /// Rounds, each the baseline then the cluster: the headline is the median round's ratio.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
     /// Leave the workers computing while measuring. By default they are drained first
     /// (`POST /admin/workers/{id}/drain`), so the figure is the enqueue path alone, as the
     /// baseline's is; `flow` measures enqueues and computation together.
@@ -32,14 +36,15 @@ pub struct IngestArgs {
     pub keep_workers: bool,
 }
 
-/// Outcome of one load run.
+/// Outcome of one load run (or of several, absorbed into one).
+#[derive(Default)]
 pub struct Load {
     /// Acknowledged enqueues.
     pub acked: u64,
     /// Failed requests.
     pub errors: u64,
-    /// Acknowledgements per second.
-    pub rate: f64,
+    /// Seconds of load.
+    pub seconds: f64,
     /// Enqueue latencies.
     pub latencies: Latencies,
     /// (t, latency) samples.
@@ -81,8 +86,7 @@ pub async fn load(targets: &[ApiClient], clients: usize, body_bytes: usize, seco
             (latencies, series, ids, errors)
         }));
     }
-    let mut result =
-        Load { acked: 0, errors: 0, rate: 0.0, latencies: Latencies::default(), series: vec![], ids: vec![] };
+    let mut result = Load::default();
     for task in tasks {
         let Ok((latencies, series, ids, errors)) = task.await else { continue };
         result.latencies.merge(&latencies);
@@ -91,8 +95,25 @@ pub async fn load(targets: &[ApiClient], clients: usize, body_bytes: usize, seco
         result.ids.extend(ids);
         result.errors += errors;
     }
-    result.rate = result.acked as f64 / started.elapsed().as_secs_f64();
+    result.seconds = started.elapsed().as_secs_f64();
     result
+}
+
+impl Load {
+    /// Acknowledgements per second.
+    pub fn rate(&self) -> f64 {
+        self.acked as f64 / self.seconds.max(1e-9)
+    }
+
+    /// Add `other`'s requests and time to this one.
+    fn absorb(&mut self, other: Load) {
+        self.acked += other.acked;
+        self.errors += other.errors;
+        self.seconds += other.seconds;
+        self.latencies.merge(&other.latencies);
+        self.series.extend(other.series);
+        self.ids.extend(other.ids);
+    }
 }
 
 /// Drain every registered worker and wait until none holds a lease; returns how many.
@@ -114,29 +135,75 @@ async fn drain_workers(target: &Target) -> anyhow::Result<usize> {
     Ok(workers.len())
 }
 
-/// Run `ingest`.
+/// Run `ingest`: `rounds` pairs of (baseline, cluster) loads, so that both see the same machine
+/// (this VM's speed drifts by a fifth within minutes); the headline is the median pair's ratio.
 pub async fn run(args: &IngestArgs, quick: bool) -> anyhow::Result<Report> {
     let seconds = if quick { args.seconds.min(3.0) } else { args.seconds };
+    let rounds = if quick { 1 } else { args.rounds.max(1) };
     let mut report = Report::new(
         "ingest",
-        serde_json::json!({ "clients": args.clients, "body_bytes": args.body_bytes, "seconds": seconds }),
+        serde_json::json!({
+            "clients": args.clients, "body_bytes": args.body_bytes, "seconds": seconds, "rounds": rounds,
+        }),
     );
-    let baseline_url = crate::null_ingest::start()?;
-    let baseline = load(&[ApiClient::new(baseline_url)], args.clients, args.body_bytes, seconds, 1).await;
+    let baseline_target = [ApiClient::new(crate::null_ingest::start()?)];
     let target = Target::open(&args.target, &[]).await?;
     let drained = if args.keep_workers { 0 } else { drain_workers(&target).await? };
-    let cluster = load(&target.clients, args.clients, args.body_bytes, seconds, 1).await;
+    let meter = CpuMeter::new(reqwest::Client::builder().no_proxy().build()?, target.metrics_urls());
+
+    let mut baseline = Load::default();
+    let mut cluster = Load::default();
+    let mut ratios = Vec::new();
+    let mut baseline_cpu = 0.0;
+    let mut cluster_own_cpu = 0.0;
+    let mut cluster_cpu: Vec<Option<f64>> = meter.names().map(|_| Some(0.0)).collect();
+    for _ in 0..rounds {
+        let before = meter.sample().await;
+        let base = load(&baseline_target, args.clients, args.body_bytes, seconds, 1).await;
+        let between = meter.sample().await;
+        let offset = cluster.seconds;
+        let mut this = load(&target.clients, args.clients, args.body_bytes, seconds, 1).await;
+        let after = meter.sample().await;
+
+        ratios.push(this.rate() / base.rate().max(1e-9));
+        baseline_cpu += between.own_since(&before);
+        cluster_own_cpu += after.own_since(&between);
+        for (total, used) in cluster_cpu.iter_mut().zip(after.processes_since(&between)) {
+            *total = total.zip(used).map(|(total, used)| total + used);
+        }
+        this.series.iter_mut().for_each(|(t, _)| *t += offset);
+        baseline.absorb(base);
+        cluster.absorb(this);
+    }
+
     let unique: HashSet<u64> = cluster.ids.iter().copied().collect();
     if unique.len() != cluster.ids.len() {
         report.failures.push(format!("{} ids were answered twice", cluster.ids.len() - unique.len()));
     }
-    report.figure("baseline_enqueues_per_s", baseline.rate);
+    report.figure("baseline_enqueues_per_s", baseline.rate());
     report.figure("baseline_latency", baseline.latencies.summary());
-    report.figure("cluster_enqueues_per_s", cluster.rate);
+    report.figure("cluster_enqueues_per_s", cluster.rate());
     report.figure("cluster_latency", cluster.latencies.summary());
     report.figure("cluster_errors", cluster.errors);
     report.figure("workers_drained", drained);
-    report.figure("ratio_cluster_to_baseline", cluster.rate / baseline.rate.max(1e-9));
+    report.figure("ratio_each_round", &ratios);
+    report.figure("ratio_cluster_to_baseline", crate::reference::median(&ratios));
+
+    // Where the CPU went: microseconds per acknowledged request, by process.
+    let per_request = |cpu: f64, requests: u64| (cpu * 1e6 / requests.max(1) as f64 * 10.0).round() / 10.0;
+    report.figure("cpu_us_per_baseline_request", per_request(baseline_cpu, baseline.acked));
+    let mut by_process = serde_json::Map::new();
+    let mut total = Some(cluster_own_cpu);
+    for (name, cpu) in meter.names().zip(&cluster_cpu) {
+        by_process.insert(name.to_owned(), cpu.map(|cpu| per_request(cpu, cluster.acked)).into());
+        total = total.zip(*cpu).map(|(total, cpu)| total + cpu);
+    }
+    by_process.insert("bench clients".into(), per_request(cluster_own_cpu, cluster.acked).into());
+    report.figure("cpu_us_per_cluster_enqueue", by_process);
+    // Only when every process was measured: with `--url`, the witness and workers are not.
+    if args.target.local {
+        report.figure("cpu_us_per_cluster_enqueue_total", total.map(|cpu| per_request(cpu, cluster.acked)));
+    }
     report.series = cluster.series;
     Ok(report)
 }
