@@ -1,45 +1,53 @@
-//! CPU time spent on a piece of work, by process: the bench's own (`getrusage`) and each cluster
-//! process's (the `process_cpu_seconds_total` its `/metrics` reports). Dividing by the work done
-//! in between says where a throughput figure's CPU went, which a ratio alone cannot.
+//! CPU time spent on a piece of work, by process: the bench's own (`getrusage`), each process of
+//! a local cluster's (`/proc/<pid>/stat`, in clock ticks), and each voter's WAL fsyncs
+//! (`tandem_wal_fsyncs_total` on its `/metrics`). Dividing by the work done in between says where
+//! a throughput figure's CPU went and how well it was batched, which a ratio alone cannot.
+//!
+//! The `process_cpu_seconds_total` every process serves counts whole seconds (metrics counters
+//! are integers): right for Prometheus's long windows, too coarse for a 4 s round. So the CPU of
+//! a process the bench did not start (`--url`) is not reported.
 
 use nix::sys::resource::{UsageWho, getrusage};
 
-/// The processes whose CPU a meter reads: a name for the report and a `/metrics` URL each.
+/// The processes a meter reads: a name for the report, a `/metrics` URL and a pid if local.
 pub struct CpuMeter {
     http: reqwest::Client,
-    processes: Vec<(String, String)>,
+    processes: Vec<(String, String, Option<u32>)>,
 }
 
-/// CPU seconds used so far: the bench's own, then each process's in the meter's order (`None`
-/// where the scrape failed or lacked the counter).
+/// Counters so far: the bench's own CPU seconds, then each process's CPU seconds and fsyncs in
+/// the meter's order (`None` where the scrape failed or lacked the counter).
 #[derive(Clone, Debug)]
 pub struct CpuSample {
     own: f64,
     processes: Vec<Option<f64>>,
+    fsyncs: Vec<Option<f64>>,
 }
 
 impl CpuMeter {
-    /// A meter over `processes` (name, `/metrics` URL).
-    pub fn new(http: reqwest::Client, processes: Vec<(String, String)>) -> Self {
+    /// A meter over `processes` (name, `/metrics` URL, pid).
+    pub fn new(http: reqwest::Client, processes: Vec<(String, String, Option<u32>)>) -> Self {
         CpuMeter { http, processes }
     }
 
     /// The processes' names, in sample order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.processes.iter().map(|(name, _)| name.as_str())
+        self.processes.iter().map(|(name, _, _)| name.as_str())
     }
 
     /// Read every counter now.
     pub async fn sample(&self) -> CpuSample {
         let mut processes = Vec::with_capacity(self.processes.len());
-        for (_, url) in &self.processes {
+        let mut fsyncs = Vec::with_capacity(self.processes.len());
+        for (_, url, pid) in &self.processes {
             let text = match self.http.get(url).send().await {
                 Ok(response) => response.text().await.ok(),
                 Err(_) => None,
             };
-            processes.push(text.as_deref().and_then(cpu_seconds_in));
+            processes.push(pid.and_then(cpu_seconds_of));
+            fsyncs.push(text.as_deref().and_then(|text| counter_in(text, "tandem_wal_fsyncs_total")));
         }
-        CpuSample { own: own_cpu_seconds(), processes }
+        CpuSample { own: own_cpu_seconds(), processes, fsyncs }
     }
 }
 
@@ -51,8 +59,17 @@ impl CpuSample {
 
     /// CPU seconds each process used since `earlier` (`None` where either sample lacks it).
     pub fn processes_since(&self, earlier: &CpuSample) -> Vec<Option<f64>> {
-        self.processes.iter().zip(&earlier.processes).map(|(now, then)| Some((*now)? - (*then)?)).collect()
+        deltas(&self.processes, &earlier.processes)
     }
+
+    /// WAL fsyncs of each process since `earlier` (`None` for a process that is no voter).
+    pub fn fsyncs_since(&self, earlier: &CpuSample) -> Vec<Option<f64>> {
+        deltas(&self.fsyncs, &earlier.fsyncs)
+    }
+}
+
+fn deltas(now: &[Option<f64>], then: &[Option<f64>]) -> Vec<Option<f64>> {
+    now.iter().zip(then).map(|(now, then)| Some((*now)? - (*then)?)).collect()
 }
 
 /// User plus system CPU seconds of this process so far.
@@ -63,9 +80,15 @@ fn own_cpu_seconds() -> f64 {
     })
 }
 
-/// The value of the unlabelled `process_cpu_seconds_total` sample in a Prometheus exposition.
-fn cpu_seconds_in(exposition: &str) -> Option<f64> {
-    exposition.lines().find_map(|line| line.strip_prefix("process_cpu_seconds_total ")?.trim().parse().ok())
+/// User plus system CPU seconds of process `pid` so far, to the clock tick.
+fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    let stat = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?.stat().ok()?;
+    Some((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
+}
+
+/// The value of the unlabelled sample `name` in a Prometheus exposition.
+fn counter_in(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 #[cfg(test)]
@@ -77,8 +100,9 @@ mod tests {
                     process_cpu_seconds_total_other 9\n\
                     process_cpu_seconds_total 12.34\n\
                     process_threads 7\n";
-        assert_eq!(super::cpu_seconds_in(text), Some(12.34));
-        assert_eq!(super::cpu_seconds_in("process_threads 7\n"), None);
+        assert_eq!(super::counter_in(text, "process_cpu_seconds_total"), Some(12.34));
+        assert_eq!(super::counter_in(text, "process_threads"), Some(7.0));
+        assert_eq!(super::counter_in("process_threads 7\n", "process_cpu_seconds_total"), None);
     }
 
     #[test]
@@ -90,5 +114,18 @@ mod tests {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
         }
         assert!(super::own_cpu_seconds() - before >= 0.05, "200 ms of spinning used no CPU time");
+    }
+
+    #[test]
+    fn a_process_cpu_time_is_read_to_the_tick() {
+        let pid = std::process::id();
+        let before = super::cpu_seconds_of(pid).expect("own stat");
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(200) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+        }
+        let used = super::cpu_seconds_of(pid).expect("own stat") - before;
+        assert!((0.05..1.0).contains(&used), "200 ms of spinning read as {used} s");
     }
 }

@@ -79,12 +79,14 @@ impl Target {
         Ok(Target { clients, local: Some(cluster), admin_token: Some(admin_token), _dir: Some(dir) })
     }
 
-    /// Every process whose `/metrics` the bench may read, by name: each process of a local
-    /// cluster, or each given coordinator URL (the only hosts the bench talks to).
-    pub fn metrics_urls(&self) -> Vec<(String, String)> {
+    /// Every process whose `/metrics` the bench may read: its name, URL and, for a process of a
+    /// local cluster, its pid; or each given coordinator URL (the only hosts the bench talks to).
+    pub fn metrics_urls(&self) -> Vec<(String, String, Option<u32>)> {
         match &self.local {
-            Some(cluster) => cluster.processes.iter().map(|p| (p.name.clone(), p.metrics_url.clone())).collect(),
-            None => self.clients.iter().map(|c| (c.base().to_owned(), format!("{}/metrics", c.base()))).collect(),
+            Some(cluster) => {
+                cluster.processes.iter().map(|p| (p.name.clone(), p.metrics_url.clone(), p.pid())).collect()
+            }
+            None => self.clients.iter().map(|c| (c.base().to_owned(), format!("{}/metrics", c.base()), None)).collect(),
         }
     }
 

@@ -52,6 +52,9 @@ fn ingest_quick_reports_a_ratio_against_the_baseline() {
     let total = report["figures"]["cpu_us_per_cluster_enqueue_total"].as_f64().expect("total");
     assert!(total > cpu["coordinator-1"].as_f64().expect("coordinator-1"), "total {total} is not a sum: {cpu}");
     assert!(report["figures"]["cpu_us_per_baseline_request"].as_f64().expect("baseline CPU") > 0.0);
+    // Every voter fsyncs its log; an enqueue is durable on a majority, so at least two did.
+    let batching = report["figures"]["cluster_enqueues_per_fsync"].as_object().expect("batching");
+    assert!(batching.len() >= 2, "fsyncs seen on fewer than two voters: {batching:?}");
 }
 
 #[test]

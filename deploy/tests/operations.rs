@@ -80,7 +80,7 @@ async fn a_real_prometheus_scrapes_every_process_and_finds_exactly_one_leader() 
     wait_for_results(&client, &BTreeSet::from([id]), Duration::from_secs(60)).await;
 
     // Every process's /metrics, as Prometheus will see it, passes promtool without a word, and
-    // carries the standard process metrics (bench divides their CPU deltas by the work done).
+    // carries the standard process metrics.
     for process in &cluster.processes {
         let text = http().get(&process.metrics_url).send().await.expect("scrape").text().await.expect("body");
         for name in ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_threads"] {

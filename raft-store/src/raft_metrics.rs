@@ -69,8 +69,8 @@ impl RaftGauges {
 }
 
 /// Refresh Prometheus's standard process metrics (`process_cpu_seconds_total`, resident memory,
-/// threads, open file descriptors) from the OS. Called on every scrape, so that the CPU counter
-/// is as fresh as the scrape: `bench` divides its deltas by the work done in between.
+/// threads, open file descriptors) from the OS. Called on every scrape, so that each scrape
+/// sees the process as it is then. (The CPU counter counts whole seconds.)
 pub fn collect_process() {
     static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
     COLLECTOR

@@ -157,6 +157,7 @@ pub async fn run(args: &IngestArgs, quick: bool) -> anyhow::Result<Report> {
     let mut baseline_cpu = 0.0;
     let mut cluster_own_cpu = 0.0;
     let mut cluster_cpu: Vec<Option<f64>> = meter.names().map(|_| Some(0.0)).collect();
+    let mut cluster_fsyncs: Vec<Option<f64>> = meter.names().map(|_| Some(0.0)).collect();
     for _ in 0..rounds {
         let before = meter.sample().await;
         let base = load(&baseline_target, args.clients, args.body_bytes, seconds, 1).await;
@@ -170,6 +171,9 @@ pub async fn run(args: &IngestArgs, quick: bool) -> anyhow::Result<Report> {
         cluster_own_cpu += after.own_since(&between);
         for (total, used) in cluster_cpu.iter_mut().zip(after.processes_since(&between)) {
             *total = total.zip(used).map(|(total, used)| total + used);
+        }
+        for (total, done) in cluster_fsyncs.iter_mut().zip(after.fsyncs_since(&between)) {
+            *total = total.zip(done).map(|(total, done)| total + done);
         }
         this.series.iter_mut().for_each(|(t, _)| *t += offset);
         baseline.absorb(base);
@@ -204,6 +208,14 @@ pub async fn run(args: &IngestArgs, quick: bool) -> anyhow::Result<Report> {
     if args.target.local {
         report.figure("cpu_us_per_cluster_enqueue_total", total.map(|cpu| per_request(cpu, cluster.acked)));
     }
+    // How well commits were batched: enqueues made durable per fsync, by voter.
+    let mut batching = serde_json::Map::new();
+    for (name, fsyncs) in meter.names().zip(&cluster_fsyncs) {
+        if let Some(fsyncs) = fsyncs.filter(|fsyncs| *fsyncs > 0.0) {
+            batching.insert(name.to_owned(), ((cluster.acked as f64 / fsyncs * 10.0).round() / 10.0).into());
+        }
+    }
+    report.figure("cluster_enqueues_per_fsync", batching);
     report.series = cluster.series;
     Ok(report)
 }
