@@ -75,6 +75,7 @@ impl Target {
         };
         let mut cluster = LocalCluster::start(options)?;
         cluster.wait_ready(Duration::from_secs(60)).await?;
+        cluster.wait_workers(Duration::from_secs(60)).await?;
         let clients = cluster.api_urls().iter().map(|url| ApiClient::with_http(http.clone(), url.clone())).collect();
         Ok(Target { clients, local: Some(cluster), admin_token: Some(admin_token), _dir: Some(dir) })
     }

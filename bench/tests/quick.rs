@@ -44,7 +44,9 @@ fn ingest_quick_reports_a_ratio_against_the_baseline() {
     assert!(ratio > 0.0);
     assert!(report["figures"]["baseline_enqueues_per_s"].as_f64().expect("baseline") > 0.0);
     assert_eq!(report["figures"]["ratio_each_round"].as_array().expect("rounds").len(), 1);
-    // Every process's CPU is read from its /metrics; the coordinators did the enqueues.
+    // Both workers (the witness's and one more) were drained, none left hashing during the load.
+    assert_eq!(report["figures"]["workers_drained"], 2);
+    // Every process's CPU is read from /proc; the coordinators did the enqueues.
     let cpu = &report["figures"]["cpu_us_per_cluster_enqueue"];
     for name in ["coordinator-1", "coordinator-2", "witness", "bench clients"] {
         assert!(cpu[name].as_f64().is_some_and(|us| us > 0.0), "no CPU for {name}: {cpu}");

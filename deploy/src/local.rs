@@ -334,6 +334,24 @@ impl LocalCluster {
         }
     }
 
+    /// Wait until every worker this cluster started (the witness's too) has registered, so that
+    /// whoever drives it sees all of them in `/cluster` (to drain them, or to count their cores).
+    pub async fn wait_workers(&self, timeout: Duration) -> anyhow::Result<()> {
+        let expected = self.options.workers + 1;
+        let client = wire::client::ApiClient::new(self.api_urls()[0].clone());
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let registered = client.cluster().await.map_or(0, |view| view.workers.len());
+            if registered >= expected {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("{registered} of {expected} workers had registered after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGTERM every process, wait up to `grace` for them to exit, SIGKILL the rest.
     pub fn stop(&mut self, grace: Duration) {
         // Workers first, so they can hand their jobs back while the coordinators still run.
