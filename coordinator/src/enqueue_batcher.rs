@@ -1,9 +1,17 @@
 //! Coalesces concurrent enqueues into one Raft entry.
 //!
 //! Each request hands its job to one task, which takes whatever has queued up (up to a batch
-//! limit) and proposes it as one `Enqueue` command; several batches may be in flight at once.
+//! limit) and proposes it as one `Enqueue` command; two batches may be in flight at once.
 //! Under load this turns thousands of enqueues per second into a few hundred entries, each one
 //! round trip and one fsync on a majority.
+//!
+//! Before closing a batch the task yields to the scheduler a few times, so that request handlers
+//! already runnable (their body read, hashing it) add their jobs to this batch rather than
+//! starting the next. When the coordinator is idle nothing else is runnable and the yields cost
+//! about a microsecond; under load they make rounds fewer and fuller. Every round costs the
+//! three voters CPU whatever its size (`bench ingest` on 2 cores, 32 clients: 0.33 of the
+//! null-ingest baseline with four batches in flight and no yields, 0.37 to 0.40 with two and
+//! eight yields).
 
 use std::sync::Arc;
 
@@ -13,7 +21,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 const MAX_BATCH: usize = 512;
-const MAX_IN_FLIGHT: usize = 4;
+const MAX_IN_FLIGHT: usize = 2;
+/// Times the task yields before it takes what has queued up into a batch.
+const GATHER_YIELDS: usize = 8;
 
 type Reply = oneshot::Sender<Result<EnqueueOutcome, ProposeError>>;
 
@@ -47,7 +57,11 @@ async fn run(node: Node, mut rx: mpsc::Receiver<(NewJob, Reply)>, shutdown: Canc
             next = rx.recv() => match next { Some(first) => first, None => return },
         };
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-        // Take what queued up while waiting for a permit: the busier, the bigger the batch.
+        // Take what queued up while waiting for a permit, and what the handlers that can run
+        // now add: the busier, the bigger the batch.
+        for _ in 0..GATHER_YIELDS {
+            tokio::task::yield_now().await;
+        }
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
