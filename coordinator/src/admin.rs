@@ -33,7 +33,7 @@ fn authorize(app: &App, headers: &HeaderMap) -> Result<(), &'static str> {
     };
     let given =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if given != Some(token.as_str()) {
+    if !raft_store::network::secret_matches(given, token) {
         return Err("missing or wrong admin token (Authorization: Bearer ...)");
     }
     Ok(())

@@ -269,11 +269,19 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// Whether `given` is `expected`, compared in time that does not depend on where they differ
+/// (so a caller cannot find a secret or token byte by byte by timing refusals). Only the length
+/// can leak, and the secrets are random and of a fixed length.
+pub fn secret_matches(given: Option<&str>, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    given.is_some_and(|given| bool::from(given.as_bytes().ct_eq(expected.as_bytes())))
+}
+
 /// Refuse requests that are not for this node, lack the secret, or come over a cut link.
 pub fn check_request(state: &RaftRoutesState, headers: &HeaderMap) -> Result<(), Refusal> {
     if let Some(secret) = &state.secret {
         let given = headers.get(SECRET_HEADER).and_then(|v| v.to_str().ok());
-        if given != Some(secret.as_ref()) {
+        if !secret_matches(given, secret) {
             return Err(Refusal::new(StatusCode::UNAUTHORIZED, "missing or wrong cluster secret"));
         }
     }
@@ -372,4 +380,19 @@ pub fn raft_rpc_router(state: RaftRoutesState) -> Router {
         .route("/raft/transfer-leader", post(transfer_leader))
         .layer(axum::extract::DefaultBodyLimit::max(512 << 20))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::secret_matches;
+
+    #[test]
+    fn only_the_exact_secret_matches() {
+        assert!(secret_matches(Some("s3cret-token"), "s3cret-token"));
+        assert!(!secret_matches(Some("s3cret-tokeN"), "s3cret-token"), "same length, last byte differs");
+        assert!(!secret_matches(Some("s3cret"), "s3cret-token"), "a prefix");
+        assert!(!secret_matches(Some("s3cret-token-and-more"), "s3cret-token"), "a longer string");
+        assert!(!secret_matches(Some(""), "s3cret-token"));
+        assert!(!secret_matches(None, "s3cret-token"));
+    }
 }
