@@ -9,10 +9,20 @@
 
 use nix::sys::resource::{UsageWho, getrusage};
 
-/// The processes a meter reads: a name for the report, a `/metrics` URL and a pid if local.
+/// One process a meter reads.
+pub struct MeteredProcess {
+    /// Its name in the report.
+    pub name: String,
+    /// Its `/metrics` URL (for the fsync counter).
+    pub metrics_url: String,
+    /// Its pid, when it runs on this machine (for its CPU time).
+    pub pid: Option<u32>,
+}
+
+/// The processes whose counters a meter reads.
 pub struct CpuMeter {
     http: reqwest::Client,
-    processes: Vec<(String, String, Option<u32>)>,
+    processes: Vec<MeteredProcess>,
 }
 
 /// Counters so far: the bench's own CPU seconds, then each process's CPU seconds and fsyncs in
@@ -25,26 +35,26 @@ pub struct CpuSample {
 }
 
 impl CpuMeter {
-    /// A meter over `processes` (name, `/metrics` URL, pid).
-    pub fn new(http: reqwest::Client, processes: Vec<(String, String, Option<u32>)>) -> Self {
+    /// A meter over `processes`.
+    pub fn new(http: reqwest::Client, processes: Vec<MeteredProcess>) -> Self {
         CpuMeter { http, processes }
     }
 
     /// The processes' names, in sample order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.processes.iter().map(|(name, _, _)| name.as_str())
+        self.processes.iter().map(|process| process.name.as_str())
     }
 
     /// Read every counter now.
     pub async fn sample(&self) -> CpuSample {
         let mut processes = Vec::with_capacity(self.processes.len());
         let mut fsyncs = Vec::with_capacity(self.processes.len());
-        for (_, url, pid) in &self.processes {
-            let text = match self.http.get(url).send().await {
+        for process in &self.processes {
+            let text = match self.http.get(&process.metrics_url).send().await {
                 Ok(response) => response.text().await.ok(),
                 Err(_) => None,
             };
-            processes.push(pid.and_then(cpu_seconds_of));
+            processes.push(process.pid.and_then(cpu_seconds_of));
             fsyncs.push(text.as_deref().and_then(|text| counter_in(text, "tandem_wal_fsyncs_total")));
         }
         CpuSample { own: own_cpu_seconds(), processes, fsyncs }

@@ -7,6 +7,8 @@ use anyhow::Context;
 use deploy::local::{LocalCluster, LocalOptions, free_port, locate_binaries};
 use wire::client::ApiClient;
 
+use crate::cpu::MeteredProcess;
+
 /// How to reach the cluster under test.
 #[derive(clap::Args, Clone, Debug)]
 pub struct TargetArgs {
@@ -82,12 +84,22 @@ impl Target {
 
     /// Every process whose `/metrics` the bench may read: its name, URL and, for a process of a
     /// local cluster, its pid; or each given coordinator URL (the only hosts the bench talks to).
-    pub fn metrics_urls(&self) -> Vec<(String, String, Option<u32>)> {
+    pub fn metered_processes(&self) -> Vec<MeteredProcess> {
         match &self.local {
-            Some(cluster) => {
-                cluster.processes.iter().map(|p| (p.name.clone(), p.metrics_url.clone(), p.pid())).collect()
-            }
-            None => self.clients.iter().map(|c| (c.base().to_owned(), format!("{}/metrics", c.base()), None)).collect(),
+            Some(cluster) => cluster
+                .processes
+                .iter()
+                .map(|p| MeteredProcess { name: p.name.clone(), metrics_url: p.metrics_url.clone(), pid: p.pid() })
+                .collect(),
+            None => self
+                .clients
+                .iter()
+                .map(|c| MeteredProcess {
+                    name: c.base().to_owned(),
+                    metrics_url: format!("{}/metrics", c.base()),
+                    pid: None,
+                })
+                .collect(),
         }
     }
 

@@ -322,11 +322,7 @@ impl LocalCluster {
             if ready {
                 return Ok(());
             }
-            for process in &mut self.processes {
-                if process.child.is_some() && process.has_exited() {
-                    bail!("{} exited during start-up; see its log", process.name);
-                }
-            }
+            self.ensure_running()?;
             if tokio::time::Instant::now() >= deadline {
                 bail!("the cluster was not ready within {timeout:?}");
             }
@@ -336,7 +332,7 @@ impl LocalCluster {
 
     /// Wait until every worker this cluster started (the witness's too) has registered, so that
     /// whoever drives it sees all of them in `/cluster` (to drain them, or to count their cores).
-    pub async fn wait_workers(&self, timeout: Duration) -> anyhow::Result<()> {
+    pub async fn wait_workers(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let expected = self.options.workers + 1;
         let client = wire::client::ApiClient::new(self.api_urls()[0].clone());
         let deadline = tokio::time::Instant::now() + timeout;
@@ -345,11 +341,22 @@ impl LocalCluster {
             if registered >= expected {
                 return Ok(());
             }
+            self.ensure_running()?;
             if tokio::time::Instant::now() >= deadline {
                 bail!("{registered} of {expected} workers had registered after {timeout:?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Fail, naming it, if a process this cluster started has exited.
+    fn ensure_running(&mut self) -> anyhow::Result<()> {
+        for process in &mut self.processes {
+            if process.child.is_some() && process.has_exited() {
+                bail!("{} exited during start-up; see its log", process.name);
+            }
+        }
+        Ok(())
     }
 
     /// SIGTERM every process, wait up to `grace` for them to exit, SIGKILL the rest.

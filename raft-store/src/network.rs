@@ -270,8 +270,8 @@ impl IntoResponse for Refusal {
 }
 
 /// Whether `given` is `expected`, compared in time that does not depend on where they differ
-/// (so a caller cannot find a secret or token byte by byte by timing refusals). Only the length
-/// can leak, and the secrets are random and of a fixed length.
+/// (so a caller cannot find a secret or token byte by byte by timing refusals). Only its length
+/// can leak.
 pub fn secret_matches(given: Option<&str>, expected: &str) -> bool {
     use subtle::ConstantTimeEq;
     given.is_some_and(|given| bool::from(given.as_bytes().ct_eq(expected.as_bytes())))

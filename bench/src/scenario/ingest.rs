@@ -135,6 +135,13 @@ async fn drain_workers(target: &Target) -> anyhow::Result<usize> {
     Ok(workers.len())
 }
 
+/// Add `deltas` to `totals` element by element; a total stays `None` once a delta was missing.
+fn add_each(totals: &mut [Option<f64>], deltas: Vec<Option<f64>>) {
+    for (total, delta) in totals.iter_mut().zip(deltas) {
+        *total = total.zip(delta).map(|(total, delta)| total + delta);
+    }
+}
+
 /// Run `ingest`: `rounds` pairs of (baseline, cluster) loads, so that both see the same machine
 /// (this VM's speed drifts by a fifth within minutes); the headline is the median pair's ratio.
 pub async fn run(args: &IngestArgs, quick: bool) -> anyhow::Result<Report> {
@@ -149,7 +156,7 @@ pub async fn run(args: &IngestArgs, quick: bool) -> anyhow::Result<Report> {
     let baseline_target = [ApiClient::new(crate::null_ingest::start()?)];
     let target = Target::open(&args.target, &[]).await?;
     let drained = if args.keep_workers { 0 } else { drain_workers(&target).await? };
-    let meter = CpuMeter::new(reqwest::Client::builder().no_proxy().build()?, target.metrics_urls());
+    let meter = CpuMeter::new(reqwest::Client::builder().no_proxy().build()?, target.metered_processes());
 
     let mut baseline = Load::default();
     let mut cluster = Load::default();
@@ -169,12 +176,8 @@ pub async fn run(args: &IngestArgs, quick: bool) -> anyhow::Result<Report> {
         ratios.push(this.rate() / base.rate().max(1e-9));
         baseline_cpu += between.own_since(&before);
         cluster_own_cpu += after.own_since(&between);
-        for (total, used) in cluster_cpu.iter_mut().zip(after.processes_since(&between)) {
-            *total = total.zip(used).map(|(total, used)| total + used);
-        }
-        for (total, done) in cluster_fsyncs.iter_mut().zip(after.fsyncs_since(&between)) {
-            *total = total.zip(done).map(|(total, done)| total + done);
-        }
+        add_each(&mut cluster_cpu, after.processes_since(&between));
+        add_each(&mut cluster_fsyncs, after.fsyncs_since(&between));
         this.series.iter_mut().for_each(|(t, _)| *t += offset);
         baseline.absorb(base);
         cluster.absorb(this);
