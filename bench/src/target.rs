@@ -32,6 +32,10 @@ pub struct TargetArgs {
     /// (a --local cluster gets a fresh one).
     #[arg(long, env = "TANDEM_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// The cluster secret, for `workers`, whose simulated workers use the worker routes (a
+    /// --local cluster gets a fresh one).
+    #[arg(long, env = "TANDEM_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
 }
 
 /// A cluster under test.
@@ -42,6 +46,8 @@ pub struct Target {
     pub local: Option<LocalCluster>,
     /// The admin token, if known.
     pub admin_token: Option<String>,
+    /// The cluster secret, if known.
+    pub cluster_secret: Option<String>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -52,10 +58,20 @@ impl Target {
         if !args.local {
             anyhow::ensure!(!args.url.is_empty(), "give --local or --url");
             let clients = args.url.iter().map(|url| ApiClient::with_http(http.clone(), url.clone())).collect();
-            return Ok(Target { clients, local: None, admin_token: args.admin_token.clone(), _dir: None });
+            return Ok(Target {
+                clients,
+                local: None,
+                admin_token: args.admin_token.clone(),
+                cluster_secret: args.cluster_secret.clone(),
+                _dir: None,
+            });
         }
         let admin_token = match &args.admin_token {
             Some(token) => token.clone(),
+            None => deploy::local::random_token()?,
+        };
+        let cluster_secret = match &args.cluster_secret {
+            Some(secret) => secret.clone(),
             None => deploy::local::random_token()?,
         };
         let dir = tempfile::Builder::new().prefix("tandem-bench").tempdir().context("temporary directory")?;
@@ -71,6 +87,7 @@ impl Target {
             worker_args: vec![],
             log_to_files: true,
             admin_token: Some(admin_token.clone()),
+            cluster_secret: Some(cluster_secret.clone()),
             voter_hosts: LocalOptions::loopback_hosts(),
             voter_netns: Default::default(),
             worker_netns: None,
@@ -79,7 +96,13 @@ impl Target {
         cluster.wait_ready(Duration::from_secs(60)).await?;
         cluster.wait_workers(Duration::from_secs(60)).await?;
         let clients = cluster.api_urls().iter().map(|url| ApiClient::with_http(http.clone(), url.clone())).collect();
-        Ok(Target { clients, local: Some(cluster), admin_token: Some(admin_token), _dir: Some(dir) })
+        Ok(Target {
+            clients,
+            local: Some(cluster),
+            admin_token: Some(admin_token),
+            cluster_secret: Some(cluster_secret),
+            _dir: Some(dir),
+        })
     }
 
     /// Every process whose `/metrics` the bench may read: its name, URL and, for a process of a

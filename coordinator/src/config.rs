@@ -70,7 +70,8 @@ pub struct Config {
     /// coordinator only, and never to one whose data directory was lost.
     #[arg(long, env = "TANDEM_INITIALIZE")]
     pub initialize: bool,
-    /// Shared secret required on the internal /raft routes (unset: open, for local runs).
+    /// Shared secret required on the internal /raft and /worker routes (header `x-tandem-secret`;
+    /// unset: they are open). Prefer the environment: a flag shows in `ps`.
     #[arg(long, env = "TANDEM_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
     /// Token the /admin routes require (`Authorization: Bearer TOKEN`); unset disables them.

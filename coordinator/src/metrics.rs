@@ -52,6 +52,10 @@ fn describe() {
     describe_counter!("tandem_jobs_created_total", "Jobs created in the cluster (replicated).");
     describe_counter!("tandem_jobs_completed_total", "Results recorded in the cluster (replicated).");
     describe_counter!("tandem_jobs_requeued_total", "Leases that ended without a result (replicated).");
+    describe_counter!(
+        "tandem_worker_requests_refused_total",
+        "Worker requests refused by this coordinator for a missing or wrong cluster secret."
+    );
     describe_gauge!("tandem_queue_depth", "Jobs waiting for a worker.");
     describe_gauge!("tandem_queue_iterations", "Iterations still to compute over the waiting jobs.");
     describe_gauge!("tandem_oldest_queued_job_age_seconds", "Age of the oldest waiting job.");

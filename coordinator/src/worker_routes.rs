@@ -1,14 +1,20 @@
 //! The worker routes: register, lease (a long-poll), heartbeat, complete, release. MessagePack
-//! in and out; see `wire::worker` for the protocol and its status codes.
+//! in and out; see `wire::worker` for the protocol and its status codes. When the cluster has a
+//! secret, every worker route requires it (as the `/raft/` routes do): without it anyone who
+//! reaches the port could register, take jobs and report made-up results.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::post;
 use raft_store::job_table::{Checkpoint, Command, CompleteOutcome, JobResult, Rejection, Response, WorkerState};
+use raft_store::network::{SECRET_HEADER, secret_matches};
 use raft_store::{ProposeError, ReadError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -24,6 +30,8 @@ use crate::{App, now_ms};
 pub enum WorkerRouteError {
     /// Malformed message: 400.
     BadRequest(String),
+    /// The cluster secret is missing or wrong: 401.
+    Unauthorized,
     /// The worker id is unknown: 410, register again.
     UnknownWorker,
     /// Nothing can be committed now: 503, try the other coordinator.
@@ -46,12 +54,36 @@ impl IntoResponse for WorkerRouteError {
     fn into_response(self) -> HttpResponse {
         let (status, error) = match self {
             WorkerRouteError::BadRequest(e) => (StatusCode::BAD_REQUEST, e),
+            WorkerRouteError::Unauthorized => (StatusCode::UNAUTHORIZED, "missing or wrong cluster secret".to_owned()),
             WorkerRouteError::UnknownWorker => (StatusCode::GONE, "unknown worker: register again".to_owned()),
             WorkerRouteError::Unavailable(e) => (StatusCode::SERVICE_UNAVAILABLE, e),
         };
         let body = rmp_serde::to_vec_named(&WorkerErrorBody { error }).unwrap_or_default();
         (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/msgpack"))], body).into_response()
     }
+}
+
+/// The worker routes, behind the cluster-secret check.
+pub fn router(app: App) -> Router<App> {
+    Router::new()
+        .route(wire::worker::REGISTER, post(register))
+        .route(wire::worker::LEASE, post(lease))
+        .route(wire::worker::HEARTBEAT, post(heartbeat))
+        .route(wire::worker::COMPLETE, post(complete))
+        .route(wire::worker::RELEASE, post(release))
+        .route_layer(middleware::from_fn_with_state(app, require_secret))
+}
+
+/// Refuse a worker request without the cluster secret (when the cluster has one).
+async fn require_secret(State(app): State<App>, request: Request, next: Next) -> HttpResponse {
+    if let Some(secret) = &app.config.cluster_secret {
+        let given = request.headers().get(SECRET_HEADER).and_then(|v| v.to_str().ok());
+        if !secret_matches(given, secret) {
+            metrics::counter!("tandem_worker_requests_refused_total").increment(1);
+            return WorkerRouteError::Unauthorized.into_response();
+        }
+    }
+    next.run(request).await
 }
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, WorkerRouteError> {

@@ -29,6 +29,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start(extra: &[&str]) -> Cluster {
+        Cluster::start_with_secret(extra, None).await
+    }
+
+    /// Start the cluster with `secret` as its cluster secret on every voter, if given.
+    async fn start_with_secret(extra: &[&str], secret: Option<&str>) -> Cluster {
         let dir = TempDir::new().expect("temp dir");
         let mut listeners = Vec::new();
         for _ in 0..3 {
@@ -56,13 +61,15 @@ impl Cluster {
                 args.push("--initialize".into());
             }
             args.extend(extra.iter().map(|s| s.to_string()));
+            if let Some(secret) = secret {
+                args.extend(["--cluster-secret".to_owned(), secret.to_owned()]);
+            }
             let config = Config::parse_from(args);
             tokio::spawn(coordinator::run(config, listener, shutdown.child_token()));
         }
-        let witness =
-            Node::start(NodeConfig::new(3, Role::Witness, dir.path().join("w3")), Arc::new(NetworkFaults::default()))
-                .await
-                .expect("witness");
+        let mut witness_config = NodeConfig::new(3, Role::Witness, dir.path().join("w3"));
+        witness_config.secret = secret.map(str::to_owned);
+        let witness = Node::start(witness_config, Arc::new(NetworkFaults::default())).await.expect("witness");
         let router = witness.router();
         let stop = shutdown.child_token();
         tokio::spawn(serve(witness_listener, router, async move { stop.cancelled().await }));
@@ -105,6 +112,50 @@ impl Cluster {
         self.shutdown.cancel();
         self.witness.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_routes_refuse_a_missing_or_wrong_cluster_secret() {
+    let secret = "worker-routes-secret";
+    let cluster = Cluster::start_with_secret(&[], Some(secret)).await;
+    let register = RegisterRequest { name: "intruder".into(), cores: 8, instance_id: None };
+    let body = rmp_serde::to_vec_named(&register).expect("encode");
+    let status = |node: usize, given: Option<&'static str>| {
+        let request = cluster
+            .http
+            .post(format!("{}{}", cluster.urls[node], wire::worker::REGISTER))
+            .header("content-type", "application/msgpack")
+            .body(body.clone());
+        let request = match given {
+            Some(given) => request.header(wire::SECRET_HEADER, given),
+            None => request,
+        };
+        async move { request.send().await.expect("send").status().as_u16() }
+    };
+    for node in 0..2 {
+        assert_eq!(status(node, None).await, 401, "no secret, node {node}");
+        assert_eq!(status(node, Some("worker-routes-secreT")).await, 401, "wrong secret, node {node}");
+        assert_eq!(status(node, Some("")).await, 401, "empty secret, node {node}");
+    }
+    // Every worker route is behind the check, not just registration.
+    for path in [wire::worker::LEASE, wire::worker::HEARTBEAT, wire::worker::COMPLETE, wire::worker::RELEASE] {
+        let response =
+            cluster.http.post(format!("{}{path}", cluster.urls[0])).body(vec![0x80]).send().await.expect("send");
+        assert_eq!(response.status(), 401, "{path}");
+    }
+    let refused = cluster.client(0).cluster().await.expect("cluster view");
+    assert!(refused.workers.is_empty(), "a refused worker was registered: {:?}", refused.workers);
+    // With the secret the same request registers, on either node.
+    assert_eq!(status(1, Some(secret)).await, 200);
+    let view = cluster.client(0).cluster().await.expect("cluster view");
+    assert_eq!(view.workers.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(), ["intruder"]);
+    let metrics = cluster.http.get(format!("{}/metrics", cluster.urls[0])).send().await.expect("scrape");
+    let text = metrics.text().await.expect("body");
+    assert!(
+        text.lines().any(|line| line.starts_with("tandem_worker_requests_refused_total ")),
+        "refusals are counted: {text}"
+    );
+    cluster.stop().await;
 }
 
 async fn wait_until<F, Fut>(mut check: F)

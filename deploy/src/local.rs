@@ -15,6 +15,9 @@ use nix::unistd::Pid;
 /// The node id of coordinator 1, 2 and the witness.
 pub const IDS: [u64; 3] = [1, 2, 3];
 
+/// The environment variable the coordinators and workers read the cluster secret from.
+pub const SECRET_ENV: &str = "TANDEM_CLUSTER_SECRET";
+
 /// How to lay out a local cluster.
 #[derive(Clone, Debug)]
 pub struct LocalOptions {
@@ -40,6 +43,9 @@ pub struct LocalOptions {
     pub log_to_files: bool,
     /// The coordinators' admin token (`--admin-token`); `None` leaves the admin routes off.
     pub admin_token: Option<String>,
+    /// The cluster secret, given to every process in `TANDEM_CLUSTER_SECRET` (not on its
+    /// command line, where `ps` shows it); `None` leaves the /raft and /worker routes open.
+    pub cluster_secret: Option<String>,
     /// The address each voter listens on (coordinator 1, coordinator 2, the witness):
     /// 127.0.0.1, unless the voters run in network namespaces of their own.
     pub voter_hosts: [String; 3],
@@ -98,6 +104,11 @@ impl Process {
             Some(child) => !matches!(child.try_wait(), Ok(None)),
             None => true,
         }
+    }
+
+    /// How it exited, once it has (`None` while it runs, or once it was killed and reaped).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|child| child.try_wait().ok().flatten())
     }
 
     /// Wait for it to exit, up to `timeout`; `true` if it did.
@@ -399,6 +410,10 @@ fn spawn_child(
         None => Command::new(binary),
     };
     command.args(args).stdin(Stdio::null());
+    match &options.cluster_secret {
+        Some(secret) => command.env(SECRET_ENV, secret),
+        None => command.env_remove(SECRET_ENV),
+    };
     if options.log_to_files {
         let log = options.data_dir.join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new()

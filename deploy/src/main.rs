@@ -92,6 +92,10 @@ struct LocalArgs {
     /// The coordinators' admin token for /admin routes (default: a random one, printed).
     #[arg(long, env = "TANDEM_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// The cluster secret every process gets, required on the /raft and /worker routes (default:
+    /// a random one, printed for workers you start yourself).
+    #[arg(long, env = "TANDEM_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
 }
 
 /// How to reach a coordinator's admin routes.
@@ -143,9 +147,23 @@ fn main() -> anyhow::Result<()> {
 
 /// `deploy local`: start the cluster, print how to use it, stop it on Ctrl-C or SIGTERM.
 fn run_local(args: LocalArgs) -> anyhow::Result<()> {
-    let LocalArgs { workers, worker_cores, data_dir, port_1, port_2, witness_port, bin_dir, admin_token } = args;
+    let LocalArgs {
+        workers,
+        worker_cores,
+        data_dir,
+        port_1,
+        port_2,
+        witness_port,
+        bin_dir,
+        admin_token,
+        cluster_secret,
+    } = args;
     let admin_token = match admin_token {
         Some(token) => token,
+        None => deploy::local::random_token()?,
+    };
+    let cluster_secret = match cluster_secret {
+        Some(secret) => secret,
         None => deploy::local::random_token()?,
     };
     let options = LocalOptions {
@@ -160,6 +178,7 @@ fn run_local(args: LocalArgs) -> anyhow::Result<()> {
         worker_args: vec![],
         log_to_files: true,
         admin_token: Some(admin_token.clone()),
+        cluster_secret: Some(cluster_secret.clone()),
         voter_hosts: LocalOptions::loopback_hosts(),
         voter_netns: Default::default(),
         worker_netns: None,
@@ -184,6 +203,10 @@ fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     for process in &cluster.processes {
         println!("  metrics of {:<14} {}", process.name, process.metrics_url);
     }
+    println!();
+    println!("One more worker (the cluster secret is required on the worker routes):");
+    let worker = options.bin_dir.join("worker");
+    println!("  TANDEM_CLUSTER_SECRET={cluster_secret} {} --coordinator {url_1},{url_2}", worker.display());
     println!();
     println!("Ctrl-C stops every process.");
     runtime.block_on(async {

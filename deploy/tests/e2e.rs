@@ -208,6 +208,35 @@ async fn a_stopped_worker_hands_its_job_back_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_a_wrong_cluster_secret_exits_and_takes_no_job() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = start(&dir, 0).await;
+    // The flag overrides the right secret the cluster put in the worker's environment.
+    let args = ["--name".into(), "intruder".into(), "--cluster-secret".into(), "not-the-secret".into()];
+    cluster.add_worker("intruder", &args).expect("start the worker");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = cluster.process("intruder").exit_status() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "a worker with a wrong secret kept running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "it exited with {status}");
+    let log = std::fs::read_to_string(dir.path().join("intruder.log")).expect("its log");
+    assert!(log.contains("refused this worker's cluster secret"), "the refusal is not in its log:\n{log}");
+    // The cluster never saw it, and the witness's worker (with the right secret) still computes.
+    let client = ApiClient::new(cluster.api_urls()[0].clone());
+    let view = client.cluster().await.expect("cluster");
+    assert!(view.workers.iter().all(|w| w.name != "intruder"), "registered: {:?}", view.workers);
+    let case = vectors().into_iter().find(|c| c.length == 16_384 && c.iterations == 1_000).expect("a 16 KB case");
+    let id = client.enqueue(body(&case), case.iterations, None).await.expect("enqueue");
+    let results = wait_for_results(&client, &BTreeSet::from([id]), Duration::from_secs(30)).await;
+    assert_eq!(results[&id], case.result_hex);
+    cluster.stop(Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_coordinator_exposes_metrics_and_exactly_one_leads() {
     let dir = TempDir::new().expect("temp dir");
     let mut cluster = start(&dir, 0).await;

@@ -112,12 +112,18 @@ impl Env {
         }
     }
 
+    /// The cluster secret the voters require on `/raft/` routes.
+    fn secret(&self) -> &str {
+        self.cluster.options.cluster_secret.as_deref().expect("the suite's clusters have a secret")
+    }
+
     /// Cut voter `id` off from `peers`, both ways (an empty list heals it).
     async fn isolate(&self, id: u64, peers: &[u64]) {
         let response = self
             .http
             .post(format!("http://{}/raft/faults", self.cluster.raft_addr(id)))
             .header("x-tandem-target", id.to_string())
+            .header(wire::SECRET_HEADER, self.secret())
             .json(&serde_json::json!({ "isolated_from": peers }))
             .send()
             .await
@@ -444,6 +450,7 @@ async fn a_failing_disk_stops_its_voter_and_the_others_keep_serving() {
         .http
         .post(format!("http://{}/raft/faults", env.cluster.raft_addr(leader)))
         .header("x-tandem-target", leader.to_string())
+        .header(wire::SECRET_HEADER, env.secret())
         .json(&serde_json::json!({ "isolated_from": [], "fail_storage": true }))
         .send()
         .await

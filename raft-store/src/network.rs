@@ -42,8 +42,7 @@ use crate::type_config::{NodeId, NodeInfo, Raft, SnapshotMeta, TypeConfig, Vote}
 pub const FROM_HEADER: &str = "x-tandem-from";
 /// Header naming the node id the request is meant for.
 pub const TARGET_HEADER: &str = "x-tandem-target";
-/// Header carrying the cluster secret.
-pub const SECRET_HEADER: &str = "x-tandem-secret";
+pub use wire::SECRET_HEADER;
 /// Content type of every body on these routes.
 pub const MSGPACK: &str = "application/msgpack";
 /// Snapshots may be large and the receiver writes them to disk: give them time.

@@ -17,3 +17,6 @@ pub mod digest;
 pub mod worker;
 
 pub use digest::Digest;
+
+/// Header carrying the cluster secret, on the `/raft/` routes and the worker routes.
+pub const SECRET_HEADER: &str = "x-tandem-secret";

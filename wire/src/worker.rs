@@ -4,7 +4,8 @@
 //! progress with `heartbeat` (which also keeps its leases alive), sends results with `complete`
 //! and, when draining, hands unfinished jobs back with `release`. A coordinator answers 410 Gone
 //! when it no longer knows the worker (register again), 503 when it cannot commit (try the other
-//! coordinator), 400 for a malformed message.
+//! coordinator), 400 for a malformed message, and 401 when the coordinators have a cluster
+//! secret and the request does not carry it in the `x-tandem-secret` header.
 
 use serde::{Deserialize, Serialize};
 

@@ -55,7 +55,8 @@ pub struct Config {
     /// The witness's data directory.
     #[arg(long, env = "TANDEM_WITNESS_DATA_DIR", default_value = "data/witness")]
     pub witness_data_dir: PathBuf,
-    /// Shared secret of the internal /raft routes (as the coordinators have it).
+    /// The cluster secret, as the coordinators have it: sent on every /worker request, and
+    /// required by the witness's /raft routes. Prefer the environment: a flag shows in `ps`.
     #[arg(long, env = "TANDEM_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
     /// Let a test harness cut the witness's links to chosen peers (`POST /raft/faults`). For

@@ -6,8 +6,10 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use reqwest::header::HeaderValue;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use wire::SECRET_HEADER;
 use wire::worker::WorkerErrorBody;
 
 /// Why a call failed after trying every coordinator.
@@ -17,6 +19,8 @@ pub enum CallError {
     UnknownWorker,
     /// The coordinator refused the message as malformed (a bug; retrying will not help).
     Rejected(String),
+    /// Every coordinator refused this worker's cluster secret (missing or wrong).
+    Unauthorized,
     /// No coordinator could take it right now.
     Unavailable(String),
 }
@@ -26,6 +30,9 @@ impl std::fmt::Display for CallError {
         match self {
             CallError::UnknownWorker => f.write_str("unknown worker"),
             CallError::Rejected(e) => write!(f, "rejected: {e}"),
+            CallError::Unauthorized => {
+                f.write_str("the coordinators refused this worker's cluster secret (TANDEM_CLUSTER_SECRET)")
+            }
             CallError::Unavailable(e) => write!(f, "no coordinator available: {e}"),
         }
     }
@@ -37,15 +44,26 @@ pub struct Coordinators {
     http: reqwest::Client,
     urls: Vec<String>,
     current: AtomicUsize,
+    secret: Option<HeaderValue>,
 }
 
 impl Coordinators {
-    /// Talk to `urls` (base URLs), starting with the first.
-    pub fn new(urls: Vec<String>) -> anyhow::Result<Self> {
+    /// Talk to `urls` (base URLs), starting with the first, sending `secret` (the cluster
+    /// secret) with every request when given.
+    pub fn new(urls: Vec<String>, secret: Option<&str>) -> anyhow::Result<Self> {
         anyhow::ensure!(!urls.is_empty(), "at least one --coordinator is needed");
+        let secret = match secret {
+            Some(secret) => {
+                let mut value = HeaderValue::from_str(secret)
+                    .map_err(|_| anyhow::anyhow!("the cluster secret must be printable ASCII"))?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
         let http = reqwest::Client::builder().no_proxy().tcp_nodelay(true).build()?;
         let urls = urls.into_iter().map(|u| u.trim_end_matches('/').to_owned()).collect();
-        Ok(Coordinators { http, urls, current: AtomicUsize::new(0) })
+        Ok(Coordinators { http, urls, current: AtomicUsize::new(0), secret })
     }
 
     /// The coordinator in use.
@@ -67,17 +85,16 @@ impl Coordinators {
     ) -> Result<Resp, CallError> {
         let body = rmp_serde::to_vec_named(req).map_err(|e| CallError::Rejected(e.to_string()))?;
         let mut last = String::new();
+        let mut refused_secret = 0;
         for _ in 0..self.urls.len() {
             let index = self.current.load(Ordering::Relaxed) % self.urls.len();
             let url = format!("{}{path}", self.urls[index]);
-            let sent = self
-                .http
-                .post(&url)
-                .header("content-type", "application/msgpack")
-                .timeout(timeout)
-                .body(body.clone())
-                .send()
-                .await;
+            let mut request =
+                self.http.post(&url).header("content-type", "application/msgpack").timeout(timeout).body(body.clone());
+            if let Some(secret) = &self.secret {
+                request = request.header(SECRET_HEADER, secret.clone());
+            }
+            let sent = request.send().await;
             let response = match sent {
                 Ok(response) => response,
                 Err(e) => {
@@ -103,11 +120,15 @@ impl Coordinators {
             match status.as_u16() {
                 410 => return Err(CallError::UnknownWorker),
                 400 => return Err(CallError::Rejected(error)),
-                _ => {
-                    last = format!("{url}: HTTP {status}: {error}");
-                    self.fail_over(index);
-                }
+                // One coordinator with another secret (a misconfiguration): try the other.
+                401 => refused_secret += 1,
+                _ => {}
             }
+            last = format!("{url}: HTTP {status}: {error}");
+            self.fail_over(index);
+        }
+        if refused_secret == self.urls.len() {
+            return Err(CallError::Unauthorized);
         }
         Err(CallError::Unavailable(last))
     }

@@ -89,7 +89,7 @@ impl Shared {
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let witness_voter = if config.witness { Some(witness::Witness::start(&config)?) } else { None };
     let shared = Arc::new(Shared {
-        coordinators: Coordinators::new(config.coordinators.clone())?,
+        coordinators: Coordinators::new(config.coordinators.clone(), config.cluster_secret.as_deref())?,
         worker_id: AtomicU64::new(0),
         heartbeat_ms: AtomicU64::new(1_000),
         running: Mutex::new(HashMap::new()),
@@ -110,13 +110,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
         None => None,
     };
-    if !register(&shared, &shutdown).await {
-        return Ok(());
+    match register(&shared, &shutdown).await {
+        Ok(true) => {}
+        Ok(false) => return Ok(()),
+        Err(e) => anyhow::bail!("registration: {e}"),
     }
     let (results_tx, results_rx) = mpsc::unbounded_channel();
     let reporter = tokio::spawn(report(shared.clone(), results_rx));
     let heartbeats = tokio::spawn(heartbeat(shared.clone()));
-    lease_loop(&shared, &results_tx).await;
+    let leasing = lease_loop(&shared, &results_tx).await;
 
     // Shutting down: stop what runs, hand it back, flush results, all within one budget.
     let deadline = tokio::time::Instant::now() + DRAIN_BUDGET;
@@ -129,7 +131,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if let Some(server) = metrics_server {
         server.abort();
     }
-    Ok(())
+    leasing.map_err(|e| anyhow::anyhow!("registering again: {e}"))
 }
 
 /// Cancel every job this worker holds and hand the unfinished ones back with their checkpoints,
@@ -157,7 +159,9 @@ async fn hand_back(shared: &Shared, deadline: tokio::time::Instant) {
 }
 
 /// Register (again); `false` if shut down first.
-async fn register(shared: &Shared, shutdown: &CancellationToken) -> bool {
+/// Register (retrying while no coordinator can take it); `Ok(false)` when `shutdown` came first.
+/// Refused credentials are an error: retrying cannot fix a worker's configuration.
+async fn register(shared: &Shared, shutdown: &CancellationToken) -> Result<bool, CallError> {
     let request = RegisterRequest {
         name: shared.config.name(),
         cores: shared.config.cores() as u32,
@@ -169,28 +173,30 @@ async fn register(shared: &Shared, shutdown: &CancellationToken) -> bool {
                 shared.worker_id.store(answer.worker, Ordering::Relaxed);
                 shared.heartbeat_ms.store(answer.heartbeat_ms.max(50), Ordering::Relaxed);
                 tracing::info!(worker = answer.worker, name = %request.name, cores = request.cores, via = shared.coordinators.current(), "registered");
-                return true;
+                return Ok(true);
             }
+            Err(CallError::Unauthorized) => return Err(CallError::Unauthorized),
             Err(e) => tracing::warn!(error = %e, "registration failed; retrying"),
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return false,
+            _ = shutdown.cancelled() => return Ok(false),
             _ = tokio::time::sleep(RETRY_PAUSE * 5) => {}
         }
     }
 }
 
-async fn lease_loop(shared: &Arc<Shared>, results: &mpsc::UnboundedSender<Finished>) {
+/// Lease and start jobs until told to stop. An error only when registering again was refused.
+async fn lease_loop(shared: &Arc<Shared>, results: &mpsc::UnboundedSender<Finished>) -> Result<(), CallError> {
     let cores = shared.config.cores();
     loop {
         if shared.stop_leasing.is_cancelled() {
-            return;
+            return Ok(());
         }
         if shared.draining.load(Ordering::Relaxed) {
             hand_back(shared, tokio::time::Instant::now() + DRAIN_BUDGET).await;
             tracing::info!("drained: holding no jobs until the coordinators say resume");
             tokio::select! {
-                _ = shared.stop_leasing.cancelled() => return,
+                _ = shared.stop_leasing.cancelled() => return Ok(()),
                 _ = drain_becomes(shared, false) => {}
             }
             continue;
@@ -204,7 +210,7 @@ async fn lease_loop(shared: &Arc<Shared>, results: &mpsc::UnboundedSender<Finish
         let low_water = if held == 0 { 1 } else { (capacity / 2).max(1) };
         if free < low_water {
             tokio::select! {
-                _ = shared.stop_leasing.cancelled() => return,
+                _ = shared.stop_leasing.cancelled() => return Ok(()),
                 _ = ended => {}
                 _ = drain_becomes(shared, true) => {}
             }
@@ -217,7 +223,7 @@ async fn lease_loop(shared: &Arc<Shared>, results: &mpsc::UnboundedSender<Finish
         };
         let timeout = CALL_TIMEOUT + Duration::from_millis(shared.config.long_poll_ms);
         let answer = tokio::select! {
-            _ = shared.stop_leasing.cancelled() => return,
+            _ = shared.stop_leasing.cancelled() => return Ok(()),
             _ = drain_becomes(shared, true) => continue,
             answer = shared.coordinators.call::<_, LeaseResponse>(wire::worker::LEASE, &request, timeout) => answer,
         };
@@ -232,14 +238,14 @@ async fn lease_loop(shared: &Arc<Shared>, results: &mpsc::UnboundedSender<Finish
                 for job in shared.running().values() {
                     job.cancel();
                 }
-                if !register(shared, &shared.stop_leasing).await {
-                    return;
+                if !register(shared, &shared.stop_leasing).await? {
+                    return Ok(());
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "lease failed; retrying");
                 tokio::select! {
-                    _ = shared.stop_leasing.cancelled() => return,
+                    _ = shared.stop_leasing.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(RETRY_PAUSE) => {}
                 }
             }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wire::worker::{
@@ -70,20 +71,31 @@ pub async fn run(args: &WorkersArgs, quick: bool) -> anyhow::Result<Report> {
     }
     let target = Target::open(&target_args, &[]).await?;
     let urls: Vec<String> = target.clients.iter().map(|c| c.base().to_owned()).collect();
-    let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(4_096).build()?;
+    // Every simulated worker sends the cluster secret, as a real one does.
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(secret) = &target.cluster_secret {
+        let mut value = reqwest::header::HeaderValue::from_str(secret).context("the cluster secret")?;
+        value.set_sensitive(true);
+        headers.insert(wire::SECRET_HEADER, value);
+    }
+    let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(4_096).default_headers(headers).build()?;
     let stop = Arc::new(AtomicBool::new(false));
     let connected = Arc::new(AtomicU64::new(0));
+    let refusal = Arc::new(std::sync::OnceLock::<String>::new());
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..simulated {
-        let (http, base, stop, connected) =
-            (http.clone(), urls[w % urls.len()].clone(), stop.clone(), connected.clone());
+        let (http, base, stop, connected, refusal) =
+            (http.clone(), urls[w % urls.len()].clone(), stop.clone(), connected.clone(), refusal.clone());
         tasks.push(tokio::spawn(async move {
             let mut leases: Vec<(u64, Instant)> = Vec::new();
             let request = RegisterRequest { name: format!("simulated-{w}"), cores: 1, instance_id: None };
-            let Ok(registered) = call::<_, RegisterResponse>(&http, &base, wire::worker::REGISTER, &request).await
-            else {
-                return leases;
+            let registered = match call::<_, RegisterResponse>(&http, &base, wire::worker::REGISTER, &request).await {
+                Ok(registered) => registered,
+                Err(e) => {
+                    let _ = refusal.set(format!("{e:#}"));
+                    return leases;
+                }
             };
             connected.fetch_add(1, Ordering::Relaxed);
             while !stop.load(Ordering::Relaxed) {
@@ -165,7 +177,14 @@ pub async fn run(args: &WorkersArgs, quick: bool) -> anyhow::Result<Report> {
     if wrong > 0 {
         report.failures.push(format!("{wrong} wrong results"));
     }
-    report.figure("connected_workers", connected.load(Ordering::Relaxed));
+    let connected = connected.load(Ordering::Relaxed);
+    if connected < simulated as u64 {
+        let why = refusal.get().map_or("", String::as_str);
+        report
+            .failures
+            .push(format!("only {connected} of {simulated} simulated workers registered (first refusal: {why})"));
+    }
+    report.figure("connected_workers", connected);
     report.figure("jobs_enqueued", expected.len());
     report.figure("leases_per_s", leased as f64 / elapsed);
     report.figure("lease_latency", latencies.summary());

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use deploy::local::{LocalCluster, LocalOptions, free_port};
+use deploy::local::{LocalCluster, LocalOptions, free_port, random_token};
 use sha2::{Digest as _, Sha256, Sha512};
 use tempfile::TempDir;
 use wire::client::ApiClient;
@@ -82,6 +82,7 @@ pub fn options(dir: &TempDir, workers: usize) -> LocalOptions {
         worker_args: vec![],
         log_to_files: true,
         admin_token: None,
+        cluster_secret: Some(random_token().expect("secret")),
         voter_hosts: LocalOptions::loopback_hosts(),
         voter_netns: Default::default(),
         worker_netns: None,
