@@ -18,6 +18,9 @@ pub const IDS: [u64; 3] = [1, 2, 3];
 /// The environment variable the coordinators and workers read the cluster secret from.
 pub const SECRET_ENV: &str = "TANDEM_CLUSTER_SECRET";
 
+/// The environment variable the coordinators read the admin token from.
+pub const ADMIN_TOKEN_ENV: &str = "TANDEM_ADMIN_TOKEN";
+
 /// How to lay out a local cluster.
 #[derive(Clone, Debug)]
 pub struct LocalOptions {
@@ -41,7 +44,8 @@ pub struct LocalOptions {
     pub worker_args: Vec<String>,
     /// Where children's output goes: inherit (a human watches) or a log file per process.
     pub log_to_files: bool,
-    /// The coordinators' admin token (`--admin-token`); `None` leaves the admin routes off.
+    /// The coordinators' admin token, given to them in `TANDEM_ADMIN_TOKEN` (not on their
+    /// command line); `None` leaves the admin routes off.
     pub admin_token: Option<String>,
     /// The cluster secret, given to every process in `TANDEM_CLUSTER_SECRET` (not on its
     /// command line, where `ps` shows it); `None` leaves the /raft and /worker routes open.
@@ -187,9 +191,6 @@ impl LocalCluster {
             ];
             if id == 1 {
                 args.push("--initialize".into());
-            }
-            if let Some(token) = &options.admin_token {
-                args.extend(["--admin-token".into(), token.clone()]);
             }
             args.extend(options.coordinator_args.iter().cloned());
             let netns = options.voter_netns[id as usize - 1].clone();
@@ -410,10 +411,18 @@ fn spawn_child(
         None => Command::new(binary),
     };
     command.args(args).stdin(Stdio::null());
-    match &options.cluster_secret {
-        Some(secret) => command.env(SECRET_ENV, secret),
-        None => command.env_remove(SECRET_ENV),
-    };
+    // Secrets go in the environment, which only the process's owner can read, not on the
+    // command line, which `ps` shows everyone. Only coordinators get the admin token.
+    let secrets = [
+        (SECRET_ENV, options.cluster_secret.as_ref()),
+        (ADMIN_TOKEN_ENV, options.admin_token.as_ref().filter(|_| binary.ends_with("coordinator"))),
+    ];
+    for (name, value) in secrets {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
     if options.log_to_files {
         let log = options.data_dir.join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new()

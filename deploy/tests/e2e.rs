@@ -264,8 +264,24 @@ async fn forced_failover_moves_leadership_and_requires_the_token() {
     let dir = TempDir::new().expect("temp dir");
     let mut layout = options(&dir, 0);
     layout.admin_token = Some("s3cret-token".into());
+    let secret = layout.cluster_secret.clone().expect("tests run with a cluster secret");
     let mut cluster = LocalCluster::start(layout).expect("start the local cluster");
     cluster.wait_ready(Duration::from_secs(60)).await.expect("cluster ready");
+    // The token and the secret reach the processes in their environment, never on their command
+    // line (which `ps` shows every user); only coordinators get the admin token.
+    for process in &cluster.processes {
+        let pid = process.pid().expect("running");
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+        let environ = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).expect("environ"))
+            .split('\0')
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        assert!(!cmdline.contains("s3cret-token") && !cmdline.contains(&secret), "{}: {cmdline}", process.name);
+        assert!(environ.contains(&format!("TANDEM_CLUSTER_SECRET={secret}")), "{} lacks the secret", process.name);
+        let has_token = environ.iter().any(|v| v == "TANDEM_ADMIN_TOKEN=s3cret-token");
+        assert_eq!(has_token, process.name.starts_with("coordinator"), "{}: admin token in environ", process.name);
+    }
     let urls = cluster.api_urls();
     let http = reqwest::Client::builder().no_proxy().build().expect("client");
     let leader_now =
