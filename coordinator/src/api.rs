@@ -11,6 +11,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use raft_store::NodeId;
 use raft_store::job_table::{EnqueueOutcome, JobStatus, NewJob};
 use wire::api::{
     ClusterView, CompletedJob, EnqueueResponse, JobState, JobView, PullResponse, QueueView, ScalerDecisionView,
@@ -245,15 +246,17 @@ pub async fn cluster(State(app): State<App>) -> Json<ClusterView> {
     let leading = app.node.leadership().borrow().is_self;
     let peers = app.node.peer_replication();
     let last_log = metrics.last_log_index.unwrap_or(0);
-    let probes = membership.nodes().map(|(id, info)| {
-        let node = app.node.clone();
-        let (id, info) = (*id, info.clone());
-        let peer = peers.get(&id).copied();
-        let matched = peer.and_then(|p| p.matched_index);
-        let last_contact_ms = peer.and_then(|p| p.last_contact).map(|d| d.as_millis() as u64);
-        async move {
-            let status = node.voter_status(id, Duration::from_millis(300)).await.ok();
-            let is_self = id == node.id();
+    let ids: Vec<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+    let probed = app.voter_probes.others(&app.node, &ids).await;
+    let voters = membership
+        .nodes()
+        .map(|(id, info)| {
+            let id = *id;
+            let peer = peers.get(&id).copied();
+            let matched = peer.and_then(|p| p.matched_index);
+            let last_contact_ms = peer.and_then(|p| p.last_contact).map(|d| d.as_millis() as u64);
+            let is_self = id == app.node.id();
+            let status = if is_self { Some(app.node.status()) } else { probed.statuses.get(&id).cloned().flatten() };
             VoterView {
                 id,
                 role: info.role.to_string(),
@@ -269,9 +272,8 @@ pub async fn cluster(State(app): State<App>) -> Json<ClusterView> {
                 lag_entries: leading.then(|| if is_self { 0 } else { last_log.saturating_sub(matched.unwrap_or(0)) }),
                 last_contact_ms: if is_self && leading { Some(0) } else { last_contact_ms },
             }
-        }
-    });
-    let voters = futures::future::join_all(probes).await;
+        })
+        .collect();
     let (queue, workers, scaler) = app.node.state_machine().read(|table| {
         let totals = table.totals();
         let queue = QueueView {
@@ -311,6 +313,7 @@ pub async fn cluster(State(app): State<App>) -> Json<ClusterView> {
         last_log_index: metrics.last_log_index,
         last_applied_index: metrics.last_applied.map(|id| id.index),
         voters,
+        voters_probed_at_ms: probed.at_ms,
         queued: queue.queued,
         running: queue.running,
         completed_retained: queue.completed_retained,

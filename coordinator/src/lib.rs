@@ -17,6 +17,7 @@ pub mod config;
 pub mod enqueue_batcher;
 pub mod leader_duties;
 pub mod metrics;
+pub mod voter_probes;
 pub mod worker_routes;
 
 use std::sync::Arc;
@@ -54,6 +55,8 @@ pub struct App {
     pub lease_claims: Arc<std::sync::atomic::AtomicU64>,
     /// The Prometheus recorder's handle, for `/metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The other voters' statuses for `/cluster`, probed at most every 100 ms.
+    pub voter_probes: Arc<voter_probes::VoterProbes>,
 }
 
 /// The coordinator's routes: client API, worker routes and Raft routes on one port.
@@ -113,6 +116,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         http: reqwest::Client::builder().no_proxy().build().context("building the HTTP client")?,
         lease_claims: Arc::default(),
         metrics: metrics::handle(),
+        voter_probes: Arc::default(),
     };
     tracing::info!(addr = %listener.local_addr()?, node = node.id(), "coordinator serving");
     // If Raft stops on its own (a storage failure, an internal panic), this voter can only

@@ -395,3 +395,32 @@ async fn metrics_pass_promtool_and_describe_the_cluster() {
     }
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_view_probes_the_other_voters_at_most_every_100_ms_however_often_asked() {
+    let cluster = Cluster::start(&[]).await;
+    let client = cluster.client(0);
+    let started = std::time::Instant::now();
+    let views = futures::future::join_all((0..200).map(|_| client.cluster())).await;
+    let elapsed = started.elapsed();
+    let mut rounds = std::collections::BTreeSet::new();
+    for view in views {
+        let view = view.expect("GET /cluster");
+        assert_eq!(view.voters.len(), 3);
+        for voter in &view.voters {
+            // Shared answers are still every voter's own: all three reachable, each in its state.
+            assert!(voter.reachable, "voter {} unreachable in {view:?}", voter.id);
+            let expected = if view.leader == Some(voter.id) { "leader" } else { "follower" };
+            assert_eq!(voter.state, expected, "voter {}", voter.id);
+        }
+        rounds.insert(view.voters_probed_at_ms);
+    }
+    // One round per 100 ms at most, plus the one already under way when the first request came.
+    let bound = 2 + (elapsed.as_millis() / 100) as usize;
+    assert!(rounds.len() <= bound, "{} probe rounds for 200 requests in {elapsed:?}", rounds.len());
+    // Later requests are answered from a new round.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let later = client.cluster().await.expect("GET /cluster");
+    assert!(later.voters_probed_at_ms > *rounds.last().expect("a round"));
+    cluster.stop().await;
+}

@@ -173,6 +173,10 @@ pub struct ClusterView {
     pub last_applied_index: Option<u64>,
     /// Every voter.
     pub voters: Vec<VoterView>,
+    /// When the other voters in `voters` last answered a probe (ms since the Unix epoch): one
+    /// probe round serves every `/cluster` request for 100 ms, so their states can be that old.
+    #[serde(default)]
+    pub voters_probed_at_ms: u64,
     /// Jobs waiting.
     pub queued: u64,
     /// Jobs leased to workers.
