@@ -237,17 +237,26 @@ pub async fn job(
     Ok(Json(view))
 }
 
-/// `GET /cluster`: this node's view of the voters (each asked for its own status just now),
-/// the queue, the workers and the autoscaler's decisions.
+/// `GET /cluster`: this node's view of the voters (each other voter's own status as it answered
+/// a probe at most 100 ms ago), the queue, the workers and the autoscaler's decisions.
 pub async fn cluster(State(app): State<App>) -> Json<ClusterView> {
-    let metrics = app.node.metrics();
+    let member_ids = |metrics: &raft_store::type_config::RaftMetrics| -> Vec<NodeId> {
+        metrics.membership_config.membership().nodes().map(|(id, _)| *id).collect()
+    };
+    // Probe first, then read this node's own state, so that the answer is of one moment (the
+    // probes can wait for a round under way); probe again if the membership changed meanwhile.
+    let ids = member_ids(&app.node.metrics());
+    let mut probed = app.voter_probes.others(&app.node, &ids).await;
+    let mut metrics = app.node.metrics();
+    if member_ids(&metrics) != ids {
+        probed = app.voter_probes.others(&app.node, &member_ids(&metrics)).await;
+        metrics = app.node.metrics();
+    }
     let now = crate::now_ms();
     let membership = metrics.membership_config.membership().clone();
     let leading = app.node.leadership().borrow().is_self;
     let peers = app.node.peer_replication();
     let last_log = metrics.last_log_index.unwrap_or(0);
-    let ids: Vec<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
-    let probed = app.voter_probes.others(&app.node, &ids).await;
     let voters = membership
         .nodes()
         .map(|(id, info)| {

@@ -139,16 +139,32 @@ async fn worker_routes_refuse_a_missing_or_wrong_cluster_secret() {
     }
     // Every worker route is behind the check, not just registration.
     for path in [wire::worker::LEASE, wire::worker::HEARTBEAT, wire::worker::COMPLETE, wire::worker::RELEASE] {
-        let response =
-            cluster.http.post(format!("{}{path}", cluster.urls[0])).body(vec![0x80]).send().await.expect("send");
-        assert_eq!(response.status(), 401, "{path}");
+        for node in 0..2 {
+            for given in [None, Some("worker-routes-secreT")] {
+                let mut request = cluster.http.post(format!("{}{path}", cluster.urls[node])).body(vec![0x80]);
+                if let Some(given) = given {
+                    request = request.header(wire::SECRET_HEADER, given);
+                }
+                let response = request.send().await.expect("send");
+                assert_eq!(response.status(), 401, "{path} on node {node} with {given:?}");
+            }
+        }
     }
     let refused = cluster.client(0).cluster().await.expect("cluster view");
     assert!(refused.workers.is_empty(), "a refused worker was registered: {:?}", refused.workers);
-    // With the secret the same request registers, on either node.
-    assert_eq!(status(1, Some(secret)).await, 200);
-    let view = cluster.client(0).cluster().await.expect("cluster view");
-    assert_eq!(view.workers.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(), ["intruder"]);
+    // With the secret the same request registers, on either node. (`/cluster` reads this
+    // node's state machine without a read barrier: wait until it has applied the registration.)
+    for node in 0..2 {
+        assert_eq!(status(node, Some(secret)).await, 200, "right secret, node {node}");
+    }
+    wait_until(|| {
+        let client = cluster.client(0);
+        async move {
+            let view = client.cluster().await.expect("cluster view");
+            view.workers.iter().filter(|w| w.name == "intruder").count() == 2
+        }
+    })
+    .await;
     let metrics = cluster.http.get(format!("{}/metrics", cluster.urls[0])).send().await.expect("scrape");
     let text = metrics.text().await.expect("body");
     assert!(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use deploy::local::LocalCluster;
+use deploy::local::{LocalCluster, random_token};
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
 use wire::api::JobState;
@@ -214,14 +214,7 @@ async fn a_worker_with_a_wrong_cluster_secret_exits_and_takes_no_job() {
     // The flag overrides the right secret the cluster put in the worker's environment.
     let args = ["--name".into(), "intruder".into(), "--cluster-secret".into(), "not-the-secret".into()];
     cluster.add_worker("intruder", &args).expect("start the worker");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = cluster.process("intruder").exit_status() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "a worker with a wrong secret kept running");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = wait_for_exit_status(&mut cluster, "intruder", Duration::from_secs(20)).await;
     assert!(!status.success(), "it exited with {status}");
     let log = std::fs::read_to_string(dir.path().join("intruder.log")).expect("its log");
     assert!(log.contains("refused this worker's cluster secret"), "the refusal is not in its log:\n{log}");
@@ -229,6 +222,48 @@ async fn a_worker_with_a_wrong_cluster_secret_exits_and_takes_no_job() {
     let client = ApiClient::new(cluster.api_urls()[0].clone());
     let view = client.cluster().await.expect("cluster");
     assert!(view.workers.iter().all(|w| w.name != "intruder"), "registered: {:?}", view.workers);
+    let case = vectors().into_iter().find(|c| c.length == 16_384 && c.iterations == 1_000).expect("a 16 KB case");
+    let id = client.enqueue(body(&case), case.iterations, None).await.expect("enqueue");
+    let results = wait_for_results(&client, &BTreeSet::from([id]), Duration::from_secs(30)).await;
+    assert_eq!(results[&id], case.result_hex);
+    cluster.stop(Duration::from_secs(10));
+}
+
+/// Wait up to `timeout` for process `name` to exit; its exit status.
+async fn wait_for_exit_status(cluster: &mut LocalCluster, name: &str, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = cluster.process(name).exit_status() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{name} kept running for {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_worker_exits_once_restarted_coordinators_refuse_its_secret() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = start(&dir, 1).await;
+    let client = ApiClient::new(cluster.api_urls()[0].clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client.cluster().await.is_ok_and(|view| view.workers.iter().any(|w| w.name == "worker-1")) {
+        assert!(Instant::now() < deadline, "worker-1 never registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The coordinators come back with another secret (the two are a majority without the
+    // witness, which keeps the old one): the registered worker's calls now get 401.
+    cluster.options.cluster_secret = Some(random_token().expect("secret"));
+    for name in ["coordinator-1", "coordinator-2"] {
+        cluster.restart(name).expect("restart");
+    }
+    let status = wait_for_exit_status(&mut cluster, "worker-1", Duration::from_secs(30)).await;
+    assert!(!status.success(), "it exited with {status}");
+    let log = std::fs::read_to_string(dir.path().join("worker-1.log")).expect("its log");
+    assert!(log.contains("refused this worker's cluster secret"), "the refusal is not in its log:\n{log}");
+    // The coordinators carry on with a worker that has the new secret.
+    cluster.wait_ready(Duration::from_secs(60)).await.expect("ready with the new secret");
+    cluster.add_worker("worker-new", &["--name".into(), "worker-new".into()]).expect("start a worker");
     let case = vectors().into_iter().find(|c| c.length == 16_384 && c.iterations == 1_000).expect("a 16 KB case");
     let id = client.enqueue(body(&case), case.iterations, None).await.expect("enqueue");
     let results = wait_for_results(&client, &BTreeSet::from([id]), Duration::from_secs(30)).await;

@@ -85,9 +85,11 @@ impl Coordinators {
     ) -> Result<Resp, CallError> {
         let body = rmp_serde::to_vec_named(req).map_err(|e| CallError::Rejected(e.to_string()))?;
         let mut last = String::new();
+        // Counted per coordinator: each is tried once here, whatever concurrent calls do to
+        // the one in use, so a refusal means every coordinator refused.
         let mut refused_secret = 0;
-        for _ in 0..self.urls.len() {
-            let index = self.current.load(Ordering::Relaxed) % self.urls.len();
+        let start = self.current.load(Ordering::Relaxed);
+        for index in (0..self.urls.len()).map(|step| (start + step) % self.urls.len()) {
             let url = format!("{}{path}", self.urls[index]);
             let mut request =
                 self.http.post(&url).header("content-type", "application/msgpack").timeout(timeout).body(body.clone());

@@ -61,8 +61,12 @@ pub(crate) struct Shared {
     running: Mutex<HashMap<u64, Arc<RunningJob>>>,
     /// Woken whenever a job ends, so the lease loop can ask for more.
     job_ended: Notify,
-    /// Cancelled to stop taking work for good (shutdown).
+    /// Cancelled to stop taking work for good (shutdown, or the secret refused).
     stop_leasing: CancellationToken,
+    /// The coordinators refused this worker's cluster secret after it had registered (they
+    /// were restarted with another one): it stops, hands back what it can and exits with an
+    /// error, since retrying cannot fix its configuration.
+    refused: std::sync::atomic::AtomicBool,
     /// The coordinators asked this worker to drain: it hands its jobs back and takes no new
     /// ones, but keeps running (and heartbeating) until it is told to resume or shut down.
     draining: std::sync::atomic::AtomicBool,
@@ -80,6 +84,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Every coordinator refused this worker's secret: stop for good.
+    fn refuse(&self) {
+        if !self.refused.swap(true, Ordering::Relaxed) {
+            tracing::error!("{}; stopping", CallError::Unauthorized);
+        }
+        self.stop_leasing.cancel();
+    }
+
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<RunningJob>>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -87,6 +99,9 @@ impl Shared {
 
 /// Run the worker until `shutdown` is cancelled (or the coordinators tell it to drain).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if let Some(secret) = &config.cluster_secret {
+        wire::check_credential("the cluster secret (TANDEM_CLUSTER_SECRET)", secret).map_err(anyhow::Error::msg)?;
+    }
     let witness_voter = if config.witness { Some(witness::Witness::start(&config)?) } else { None };
     let shared = Arc::new(Shared {
         coordinators: Coordinators::new(config.coordinators.clone(), config.cluster_secret.as_deref())?,
@@ -95,6 +110,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         running: Mutex::new(HashMap::new()),
         job_ended: Notify::new(),
         stop_leasing: shutdown.child_token(),
+        refused: std::sync::atomic::AtomicBool::new(false),
         draining: std::sync::atomic::AtomicBool::new(false),
         drain_changed: Notify::new(),
         cores: Arc::new(tokio::sync::Semaphore::new(config.cores())),
@@ -131,6 +147,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if let Some(server) = metrics_server {
         server.abort();
     }
+    if shared.refused.load(Ordering::Relaxed) {
+        anyhow::bail!("{}", CallError::Unauthorized);
+    }
     leasing.map_err(|e| anyhow::anyhow!("registering again: {e}"))
 }
 
@@ -158,7 +177,6 @@ async fn hand_back(shared: &Shared, deadline: tokio::time::Instant) {
     }
 }
 
-/// Register (again); `false` if shut down first.
 /// Register (retrying while no coordinator can take it); `Ok(false)` when `shutdown` came first.
 /// Refused credentials are an error: retrying cannot fix a worker's configuration.
 async fn register(shared: &Shared, shutdown: &CancellationToken) -> Result<bool, CallError> {
@@ -232,6 +250,10 @@ async fn lease_loop(shared: &Arc<Shared>, results: &mpsc::UnboundedSender<Finish
                 for assignment in leased.jobs {
                     start_job(shared, RunningJob::new(&assignment), results.clone());
                 }
+            }
+            Err(CallError::Unauthorized) => {
+                shared.refuse();
+                return Err(CallError::Unauthorized);
             }
             Err(CallError::UnknownWorker) => {
                 // The registry forgot this worker (it was silent too long): its leases are gone.
@@ -329,6 +351,11 @@ async fn report(shared: Arc<Shared>, mut results: mpsc::UnboundedReceiver<Finish
                     tracing::debug!(recorded = answer.recorded, duplicate = answer.duplicate, "results reported");
                     break;
                 }
+                Err(CallError::Unauthorized) => {
+                    // Unreportable: their leases expire and other workers compute them again.
+                    shared.refuse();
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, results = batch.len(), "reporting results failed; retrying");
                     tokio::time::sleep(RETRY_PAUSE).await;
@@ -365,6 +392,10 @@ async fn heartbeat(shared: Arc<Shared>) {
                     tracing::info!("the coordinators asked this worker to {change}");
                     shared.drain_changed.notify_waiters();
                 }
+            }
+            Err(CallError::Unauthorized) => {
+                shared.refuse();
+                return;
             }
             // An unknown worker is handled by the lease loop, which re-registers.
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
