@@ -132,6 +132,12 @@ impl Config {
 
     /// Check what clap cannot.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(secret) = &self.cluster_secret {
+            wire::check_credential("the cluster secret (TANDEM_CLUSTER_SECRET)", secret)?;
+        }
+        if let Some(token) = &self.admin_token {
+            wire::check_credential("the admin token (TANDEM_ADMIN_TOKEN)", token)?;
+        }
         let me = self.members.iter().find(|m| m.id == self.id);
         match me {
             None => return Err(format!("--id {} is not among --member", self.id)),
@@ -185,5 +191,16 @@ mod tests {
         assert_eq!(members.len(), 3);
         assert_eq!(members[&3].role, Role::Witness);
         assert_eq!(members[&2].api_addr, "127.0.0.1:8081");
+    }
+
+    #[test]
+    fn a_secret_or_token_that_http_would_alter_is_refused_at_startup_without_showing_it() {
+        for flag in ["--cluster-secret", "--admin-token"] {
+            let config = Config::parse_from(["coordinator", flag, "hunter2 "]);
+            let error = config.validate().expect_err("a trailing space is refused");
+            assert!(error.contains("must not begin or end with a space"), "{error}");
+            assert!(!error.contains("hunter2"), "the error shows the value: {error}");
+            Config::parse_from(["coordinator", flag, "hunter2"]).validate().expect("a plain value is fine");
+        }
     }
 }

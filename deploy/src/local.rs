@@ -166,6 +166,13 @@ impl LocalCluster {
 
     /// Start every process. Returns once they are spawned; see [`LocalCluster::wait_ready`].
     pub fn start(options: LocalOptions) -> anyhow::Result<LocalCluster> {
+        for (what, value) in
+            [("the cluster secret", &options.cluster_secret), ("the admin token", &options.admin_token)]
+        {
+            if let Some(value) = value {
+                wire::check_credential(what, value).map_err(anyhow::Error::msg)?;
+            }
+        }
         for binary in ["coordinator", "worker"] {
             let path = options.bin_dir.join(binary);
             if !path.is_file() {

@@ -20,3 +20,36 @@ pub use digest::Digest;
 
 /// Header carrying the cluster secret, on the `/raft/` routes and the worker routes.
 pub const SECRET_HEADER: &str = "x-tandem-secret";
+
+/// Check a cluster secret or admin token (`what` names it in the error). It travels in an HTTP
+/// header, which holds printable ASCII only and whose parsers drop surrounding spaces: a value
+/// outside that would be refused on every request, so it is refused at startup instead. The
+/// error never contains the value.
+pub fn check_credential(what: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(format!("{what} must be printable ASCII: it is sent in an HTTP header"));
+    }
+    if value.trim() != value {
+        return Err(format!("{what} must not begin or end with a space: HTTP drops them"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_credential;
+
+    #[test]
+    fn a_credential_must_survive_an_http_header_unchanged() {
+        assert_eq!(check_credential("the secret", "s3cret-Token_1"), Ok(()));
+        assert_eq!(check_credential("the secret", "with inner space"), Ok(()));
+        for bad in ["", " leading", "trailing ", "tab\tinside", "caf\u{e9}", "new\nline\r"] {
+            let error = check_credential("the secret", bad).expect_err(bad);
+            assert!(error.starts_with("the secret must"), "{error}");
+            assert!(bad.trim().is_empty() || !error.contains(bad.trim()), "the error shows the value: {error}");
+        }
+    }
+}
