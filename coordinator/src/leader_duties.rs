@@ -51,7 +51,7 @@ pub async fn run(node: Node, config: DutyConfig, shutdown: CancellationToken) {
             tracing::info!(node = node.id(), "leading: lease expiry starts after a grace period");
             now
         });
-        if let Err(e) = perform(&node, &config, now, now >= since + config.lease_ms).await {
+        if let Err(e) = perform(&node, &config, now, now >= since.saturating_add(config.lease_ms)).await {
             tracing::warn!(error = %e, "leader duty not committed; will retry");
         }
     }
@@ -63,7 +63,7 @@ async fn perform(node: &Node, config: &DutyConfig, now: u64, past_grace: bool) -
         let silent: Vec<u64> = table
             .workers()
             .iter()
-            .filter(|(_, w)| w.last_seen_ms + config.worker_timeout_ms <= now)
+            .filter(|(_, w)| w.last_seen_ms.saturating_add(config.worker_timeout_ms) <= now)
             .map(|(id, _)| *id)
             .collect();
         (table.limits(), expired, silent)

@@ -160,6 +160,10 @@ impl Drop for LeaseClaim<'_> {
 /// `POST /worker/lease`: jobs for the worker's free cores, waiting up to `wait_ms` for some.
 pub async fn lease(State(app): State<App>, body: Bytes) -> Result<HttpResponse, WorkerRouteError> {
     let request: LeaseRequest = decode(&body)?;
+    if request.max_jobs == 0 {
+        // Nothing to hand out: proposing would only wake this long-poll again, over and over.
+        return Err(WorkerRouteError::BadRequest("max_jobs must be at least 1".into()));
+    }
     let wait = Duration::from_millis(request.wait_ms.min(app.config.long_poll_max_ms));
     let deadline = tokio::time::Instant::now() + wait;
     let mut changes = app.node.state_machine().subscribe();
@@ -177,7 +181,7 @@ pub async fn lease(State(app): State<App>, body: Bytes) -> Result<HttpResponse, 
                 worker: request.worker,
                 max_jobs: request.max_jobs,
                 now_ms: now,
-                deadline_ms: now + app.config.lease_ms,
+                deadline_ms: now.saturating_add(app.config.lease_ms),
             };
             match app.node.propose(command).await? {
                 Response::Leased(jobs) if !jobs.is_empty() => {
@@ -210,7 +214,7 @@ pub async fn heartbeat(State(app): State<App>, body: Bytes) -> Result<HttpRespon
     let command = Command::Heartbeat {
         worker: request.worker,
         now_ms: now,
-        deadline_ms: now + app.config.lease_ms,
+        deadline_ms: now.saturating_add(app.config.lease_ms),
         checkpoints: checkpoints(&request.progress),
         hashes_per_s: request.hashes_per_s,
     };

@@ -292,6 +292,17 @@ async fn jobs_flow_through_the_worker_protocol_with_cursors_and_idempotency() {
     let registered: RegisterResponse = cluster
         .worker_call(1, wire::worker::REGISTER, &RegisterRequest { name: "test".into(), cores: 64, instance_id: None })
         .await;
+    // Asking for no jobs is a malformed lease (it could only make the long-poll spin).
+    let empty = LeaseRequest { worker: registered.worker, max_jobs: 0, wait_ms: 1_000 };
+    let response = cluster
+        .http
+        .post(format!("{}{}", cluster.urls[0], wire::worker::LEASE))
+        .header("content-type", "application/msgpack")
+        .body(rmp_serde::to_vec_named(&empty).expect("encode"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 400, "max_jobs 0");
     let mut done = 0;
     while done < expected.len() {
         let leased: LeaseResponse = cluster

@@ -142,6 +142,36 @@ pub enum Command {
     Scaler(ScalerCommand),
 }
 
+impl Command {
+    /// Put the times in this command on the clock of the node that commits it (`now_ms` on
+    /// that clock), keeping each duration it carries (a lease's length).
+    ///
+    /// Commands are stamped by the node that proposes them, and a follower forwards its
+    /// proposals to the leader. Lease expiry and worker removal compare with the leader's
+    /// clock, so a lease stamped by a follower whose clock runs an hour fast would outlive its
+    /// worker by that hour (and one from a slow clock would expire at once). The leader calls
+    /// this on every command it is forwarded, so that every time in the log is its own.
+    pub fn restamp(&mut self, now_ms: u64) {
+        match self {
+            Command::Enqueue { jobs } => jobs.iter_mut().for_each(|job| job.enqueued_at_ms = now_ms),
+            Command::Lease { now_ms: at, deadline_ms, .. } | Command::Heartbeat { now_ms: at, deadline_ms, .. } => {
+                *deadline_ms = now_ms.saturating_add(deadline_ms.saturating_sub(*at));
+                *at = now_ms;
+            }
+            Command::Complete { now_ms: at, .. }
+            | Command::ExpireLeases { now_ms: at }
+            | Command::RegisterWorker { now_ms: at, .. }
+            | Command::UpdateWorker { now_ms: at, .. } => *at = now_ms,
+            Command::Scaler(
+                ScalerCommand::LaunchRequested { at_ms, .. }
+                | ScalerCommand::InstanceSeen { at_ms, .. }
+                | ScalerCommand::TerminationRequested { at_ms, .. },
+            ) => *at_ms = now_ms,
+            Command::Release { .. } | Command::RemoveWorker { .. } | Command::SetLimits(_) => {}
+        }
+    }
+}
+
 impl std::fmt::Display for Command {
     /// A one-line summary for openraft's logs (never the whole batch).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -946,10 +946,13 @@ async fn handle_propose(
     if let Err(refusal) = check_request(&routes, &headers) {
         return refusal.into_response();
     }
-    let command: Command = match decode_body(&body) {
+    let mut command: Command = match decode_body(&body) {
         Ok(command) => command,
         Err(refusal) => return refusal.into_response(),
     };
+    // The times in the log are the committing leader's, whatever the forwarding node's clock.
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    command.restamp(now_ms);
     // One hop only: the receiver never forwards again, so a stale view cannot make a loop.
     msgpack_response(&node.propose_local(command).await)
 }

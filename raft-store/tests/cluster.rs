@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use raft_store::Response;
 use raft_store::job_table::Command;
 use raft_store::node::{ProposeError, TransferError};
 use raft_store::test_cluster::{COORDINATOR_1, COORDINATOR_2, TestCluster, WITNESS};
@@ -250,5 +251,41 @@ async fn a_leader_cut_off_from_its_peers_refuses_writes_and_reads_instead_of_hol
     assert_visible(cluster.node(leader), &[id]).await;
     let id = enqueue(cluster.node(leader), 5).await;
     assert_visible(cluster.node(survivor), &[id]).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn times_in_forwarded_commands_are_the_leader_s_whatever_the_follower_s_clock() {
+    const HOUR: u64 = 3_600_000;
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = TestCluster::start(dir.path(), |_| {}).await;
+    let leader = wait_for_coordinator_leader(&cluster).await;
+    let follower = cluster.node(other_coordinator(leader)).clone();
+    let wall = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+    // The follower's clock runs an hour fast: it stamps its proposals so.
+    let before = wall();
+    let fast = before + HOUR;
+    let registered =
+        follower.propose(Command::RegisterWorker { name: "w".into(), cores: 1, instance_id: None, now_ms: fast }).await;
+    let Ok(Response::WorkerRegistered(worker)) = registered else { panic!("register: {registered:?}") };
+    enqueue(&follower, 1).await;
+    let leased =
+        follower.propose(Command::Lease { worker, max_jobs: 1, now_ms: fast, deadline_ms: fast + 3_000 }).await;
+    assert!(matches!(&leased, Ok(Response::Leased(jobs)) if jobs.len() == 1), "lease: {leased:?}");
+    let after = wall();
+    follower.read_barrier().await.expect("read barrier");
+    follower.state_machine().read(|table| {
+        // The leader's clock, and the 3 s the follower asked for.
+        let lease = table.leases().values().next().expect("one lease");
+        assert!(
+            (before + 3_000..=after + 3_000).contains(&lease.deadline_ms),
+            "lease deadline {} is not 3 s past the leader's clock ({before}..={after})",
+            lease.deadline_ms
+        );
+        assert!((before..=after).contains(&lease.leased_at_ms), "leased at {}", lease.leased_at_ms);
+        let registered = &table.workers()[&worker];
+        assert!((before..=after).contains(&registered.last_seen_ms), "last seen {}", registered.last_seen_ms);
+        assert!((before..=after).contains(&lease.job.enqueued_at_ms), "enqueued at {}", lease.job.enqueued_at_ms);
+    });
     cluster.shutdown().await;
 }
