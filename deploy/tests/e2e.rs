@@ -100,6 +100,40 @@ async fn a_killed_worker_s_job_resumes_from_its_checkpoint_elsewhere() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_coordinator_costs_its_workers_no_lease() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = start(&dir, 0).await;
+    let client = ApiClient::new(cluster.api_urls()[1].clone());
+    // Far longer than the test: what matters is that its one lease survives.
+    let id = client.enqueue(b"outlives two frozen coordinators".to_vec(), 1_000_000_000, None).await.expect("enqueue");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.job(id).await.expect("job").iterations_done < 2 {
+        assert!(Instant::now() < deadline, "the job never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Freeze each coordinator in turn for well over a lease (1.5 s here), so that whichever
+    // one the worker talks to hangs under it. Its heartbeats must reach the other in time.
+    for name in ["coordinator-1", "coordinator-2"] {
+        let before = client_for_the_other(&cluster, name).job(id).await.expect("job").iterations_done;
+        assert!(cluster.process(name).signal(Signal::SIGSTOP), "{name} was running");
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let view = client_for_the_other(&cluster, name).job(id).await.expect("job while one is frozen");
+        assert_eq!(view.attempts, 0, "a lease expired while {name} was frozen: {view:?}");
+        assert!(view.iterations_done > before, "no checkpoint reached the other coordinator: {view:?}");
+        assert!(cluster.process(name).signal(Signal::SIGCONT), "{name} was running");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let view = client.job(id).await.expect("job");
+    assert_eq!((view.state, view.attempts), (JobState::Running, 0), "{view:?}");
+    cluster.stop(Duration::from_secs(10));
+}
+
+/// A client of the coordinator that is not `name`.
+fn client_for_the_other(cluster: &LocalCluster, name: &str) -> ApiClient {
+    ApiClient::new(cluster.api_urls()[usize::from(name == "coordinator-1")].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_loses_no_acknowledged_enqueue() {
     let dir = TempDir::new().expect("temp dir");
     let mut cluster = start(&dir, 1).await;

@@ -35,6 +35,10 @@ use crate::config::Config;
 use crate::coordinator_client::{CallError, Coordinators};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// A heartbeat waits for one coordinator at most its period (a third of a lease), and not less
+/// than this: one that hangs (frozen, or its packets dropped) must not hold the next heartbeat
+/// past the lease, so the worker tries the other coordinator while its leases still stand.
+const HEARTBEAT_TIMEOUT_MIN: Duration = Duration::from_millis(250);
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 const REPORT_BATCH: usize = 64;
 /// How long the first result of a report waits for others: half a job's recent duration, within
@@ -376,7 +380,9 @@ async fn heartbeat(shared: Arc<Shared>) {
         let hashes_per_s = (now.1.saturating_sub(last.1) as f64 / seconds) as u64;
         last = now;
         let request = HeartbeatRequest { worker: shared.worker_id.load(Ordering::Relaxed), progress, hashes_per_s };
-        match shared.coordinators.call::<_, HeartbeatResponse>(wire::worker::HEARTBEAT, &request, CALL_TIMEOUT).await {
+        let timeout = Duration::from_millis(shared.heartbeat_ms.load(Ordering::Relaxed))
+            .clamp(HEARTBEAT_TIMEOUT_MIN, CALL_TIMEOUT);
+        match shared.coordinators.call::<_, HeartbeatResponse>(wire::worker::HEARTBEAT, &request, timeout).await {
             Ok(answer) => {
                 let running = shared.running();
                 for job in answer.lost {
