@@ -35,6 +35,7 @@ use std::time::Instant;
 use openraft::OptionalSend;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 
+use crate::state_machine::SNAPSHOT_FILE;
 use crate::type_config::{Entry, LogId, TypeConfig, Vote};
 use crate::wal::{self, Record, ScanSummary, WalError};
 
@@ -277,11 +278,31 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// `create_dir_all`, then fsync every directory it created and the parent of the topmost, so a
+/// power loss cannot take away a new data directory whose log was already fsynced into it.
+fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at.filter(|path| !path.as_os_str().is_empty() && !path.exists()) {
+        missing.push(path);
+        at = path.parent();
+    }
+    std::fs::create_dir_all(dir)?;
+    if let Some(topmost) = missing.last() {
+        let parent = topmost.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        sync_dir(parent)?;
+        for created in &missing {
+            sync_dir(created)?;
+        }
+    }
+    Ok(())
+}
+
 impl LogStore {
     /// Open (or create) the log in `dir`, replaying the WAL. A torn tail is cut off and reported
     /// in [`Recovery::scan`]; damage before the tail is an error and nothing is changed.
     pub fn open(dir: &Path, options: LogStoreOptions) -> Result<(LogStore, Recovery), WalError> {
-        std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        create_dir_durably(dir).map_err(io_err("create directory", dir))?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
@@ -302,6 +323,21 @@ impl LogStore {
         let path = dir.join(WAL_FILE);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
+            // The log is created, durably, before any snapshot can exist beside it, and only
+            // ever replaced by a rename. A snapshot without it means the directory was edited or
+            // half restored by hand: starting with an empty log would forget this voter's vote
+            // and let it vote twice in one term.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && dir.join(SNAPSHOT_FILE).exists() => {
+                return Err(WalError::Inconsistent {
+                    path,
+                    offset: 0,
+                    reason: format!(
+                        "the log is missing but {SNAPSHOT_FILE} is there (was the directory restored or \
+                         edited by hand?); an empty log would forget this voter's vote. Start it as a new \
+                         voter under a new id instead"
+                    ),
+                });
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(source) => {
                 return Err(WalError::Io { op: "read", path, source });

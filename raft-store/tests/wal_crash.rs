@@ -255,6 +255,26 @@ async fn a_flipped_byte_in_the_middle_is_refused_with_file_and_offset() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_without_its_log_is_refused_rather_than_started_empty() {
+    let dir = TempDir::new().expect("temp dir");
+    build_history(dir.path()).await;
+    // A hand-made restore: the snapshot came back, the log did not.
+    std::fs::write(dir.path().join(raft_store::state_machine::SNAPSHOT_FILE), b"a snapshot").expect("write");
+    std::fs::remove_file(dir.path().join(WAL_FILE)).expect("remove the log");
+    match open(dir.path()) {
+        Err(error @ WalError::Inconsistent { .. }) => {
+            let message = error.to_string();
+            assert!(message.contains("the log is missing") && message.contains("refusing to start"), "{message}");
+        }
+        Err(other) => panic!("expected Inconsistent, got {other}"),
+        Ok(_) => panic!("a voter must not start with an empty log beside its snapshot"),
+    }
+    assert!(!dir.path().join(WAL_FILE).exists(), "nothing was created");
+    // A new data directory still opens, and one without a snapshot starts empty as before.
+    open(&dir.path().join("new").join("voter")).expect("a new, nested data directory");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_cannot_open_the_same_directory() {
     let dir = TempDir::new().expect("temp dir");
     let _first = open(dir.path()).expect("open");
