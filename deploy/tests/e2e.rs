@@ -134,6 +134,51 @@ fn client_for_the_other(cluster: &LocalCluster, name: &str) -> ApiClient {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_the_registry_dropped_registers_again_at_its_next_heartbeat() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut layout = options(&dir, 1);
+    layout.coordinator_args.extend(["--worker-timeout-ms".into(), "3000".into()]);
+    let mut cluster = LocalCluster::start(layout).expect("start the local cluster");
+    cluster.wait_ready(Duration::from_secs(60)).await.expect("cluster ready");
+    let client = ApiClient::new(cluster.api_urls()[0].clone());
+    let worker_1 = || async {
+        let view = client.cluster().await.expect("cluster");
+        view.workers.iter().find(|w| w.name == "worker-1").map(|w| (w.id, w.leases))
+    };
+    // One long job for each one-core worker, so that worker-1's lease loop has nothing to do.
+    for i in 0..2u8 {
+        client.enqueue(vec![i; 64], 1_000_000_000, None).await.expect("enqueue");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let before = loop {
+        if let Some((id, 1)) = worker_1().await {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "worker-1 never took a job");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Silent past the registry's 3 s: it is removed and its job requeued.
+    assert!(cluster.process("worker-1").signal(Signal::SIGSTOP), "worker-1 was running");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while worker_1().await.is_some() {
+        assert!(Instant::now() < deadline, "worker-1 was never removed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(cluster.process("worker-1").signal(Signal::SIGCONT), "worker-1 was running");
+    // Back, it learns at its next heartbeat (0.5 s) that it was dropped, and registers again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        if let Some((id, _)) = worker_1().await {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "worker-1 did not register again within 5 s of waking");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(after, before, "a new registration has a new id");
+    cluster.stop(Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_loses_no_acknowledged_enqueue() {
     let dir = TempDir::new().expect("temp dir");
     let mut cluster = start(&dir, 1).await;

@@ -300,7 +300,11 @@ fn capacity(shared: &Shared, cores: usize) -> usize {
 
 fn start_job(shared: &Arc<Shared>, job: RunningJob, results: mpsc::UnboundedSender<Finished>) {
     let job = Arc::new(job);
-    shared.running().insert(job.job, job.clone());
+    if let Some(earlier) = shared.running().insert(job.job, job.clone()) {
+        // Leased to this worker again (its earlier lease expired): that lease is over, and the
+        // new one resumes from the last checkpoint.
+        earlier.cancel();
+    }
     let shared = shared.clone();
     let chunk = shared.config.chunk_iterations;
     tokio::spawn(async move {
@@ -322,7 +326,13 @@ fn start_job(shared: &Arc<Shared>, job: RunningJob, results: mpsc::UnboundedSend
             Ok(_) => tracing::debug!(job = job.job, "computation cancelled"),
             Err(e) => tracing::error!(job = job.job, error = %e, "computation panicked"),
         }
-        shared.running().remove(&job.job);
+        {
+            // Only this task's own entry: a new lease of the same job may have replaced it.
+            let mut running = shared.running();
+            if running.get(&job.job).is_some_and(|held| Arc::ptr_eq(held, &job)) {
+                running.remove(&job.job);
+            }
+        }
         shared.job_ended.notify_one();
     });
 }
@@ -374,24 +384,26 @@ async fn heartbeat(shared: Arc<Shared>) {
     let mut last = (std::time::Instant::now(), shared.hashes.load(Ordering::Relaxed));
     loop {
         tokio::time::sleep(Duration::from_millis(shared.heartbeat_ms.load(Ordering::Relaxed))).await;
-        let progress: Vec<Progress> = shared.running().values().map(|job| job.progress()).collect();
+        // The jobs this heartbeat speaks for: an answer about them must not touch a job leased
+        // again (under a new lease, or a new registration) while it was in flight.
+        let sent: Vec<Arc<RunningJob>> = shared.running().values().cloned().collect();
+        let progress: Vec<Progress> = sent.iter().map(|job| job.progress()).collect();
+        let worker = shared.worker_id.load(Ordering::Relaxed);
         let now = (std::time::Instant::now(), shared.hashes.load(Ordering::Relaxed));
         let seconds = now.0.duration_since(last.0).as_secs_f64().max(1e-3);
         let hashes_per_s = (now.1.saturating_sub(last.1) as f64 / seconds) as u64;
         last = now;
-        let request = HeartbeatRequest { worker: shared.worker_id.load(Ordering::Relaxed), progress, hashes_per_s };
+        let request = HeartbeatRequest { worker, progress, hashes_per_s };
         let timeout = Duration::from_millis(shared.heartbeat_ms.load(Ordering::Relaxed))
             .clamp(HEARTBEAT_TIMEOUT_MIN, CALL_TIMEOUT);
         match shared.coordinators.call::<_, HeartbeatResponse>(wire::worker::HEARTBEAT, &request, timeout).await {
             Ok(answer) => {
-                let running = shared.running();
-                for job in answer.lost {
-                    if let Some(job) = running.get(&job) {
+                for lost in answer.lost {
+                    if let Some(job) = sent.iter().find(|job| job.job == lost) {
                         tracing::info!(job = job.job, "lease lost; stopping the job");
                         job.cancel();
                     }
                 }
-                drop(running);
                 let was_draining = shared.draining.swap(answer.draining, Ordering::Relaxed);
                 if answer.draining != was_draining {
                     let change = if answer.draining { "drain" } else { "resume" };
@@ -403,7 +415,18 @@ async fn heartbeat(shared: Arc<Shared>) {
                 shared.refuse();
                 return;
             }
-            // An unknown worker is handled by the lease loop, which re-registers.
+            // The registry dropped this worker (silent too long) and requeued its jobs: stop
+            // them, so the lease loop, woken as they end, registers again. Waiting for the
+            // lease loop alone could take as long as the longest job it holds.
+            Err(CallError::UnknownWorker) if shared.worker_id.load(Ordering::Relaxed) == worker => {
+                tracing::warn!(
+                    jobs = sent.len(),
+                    "the coordinators dropped this worker; stopping its jobs and registering again"
+                );
+                for job in &sent {
+                    job.cancel();
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }
     }
