@@ -159,7 +159,7 @@ pub async fn pull_completed(
     }
     let after = parse_u64(&params, "after")?;
     app.node.read_barrier().await?;
-    let response = app.node.state_machine().read(|table| {
+    let response = app.node.state_machine().read(|table| -> Result<PullResponse, ApiError> {
         let view = |job: &raft_store::job_table::CompletedJob| CompletedJob {
             id: job.id,
             seq: job.seq,
@@ -170,18 +170,28 @@ pub async fn pull_completed(
         };
         let last_seq = table.last_completion_seq();
         match after {
+            // Every cursor this cluster handed out is at most its newest completion (reads are
+            // linearizable): a larger one is not this cluster's.
+            Some(after) if after > last_seq => Err(ApiError::BadRequest(format!(
+                "after={after} is past the newest completion ({last_seq}): not a cursor from this cluster"
+            ))),
             Some(after) => {
                 let jobs: Vec<CompletedJob> = table.completed_after(after, top as usize).map(view).collect();
                 let cursor = jobs.last().map_or(after, |job| job.seq);
-                PullResponse { jobs, cursor, last_seq }
+                // Completion numbers have no holes, so what retention dropped is the distance
+                // from the cursor to the oldest one kept.
+                let first_kept = table.oldest_retained_completion_seq().unwrap_or(last_seq + 1);
+                let skipped = first_kept.saturating_sub(after + 1);
+                Ok(PullResponse { jobs, cursor, last_seq, skipped })
             }
-            None => PullResponse {
+            None => Ok(PullResponse {
                 jobs: table.latest_completed(top as usize).map(view).collect(),
                 cursor: last_seq,
                 last_seq,
-            },
+                skipped: 0,
+            }),
         }
-    });
+    })?;
     Ok(Json(response))
 }
 

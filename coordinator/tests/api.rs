@@ -451,3 +451,52 @@ async fn cluster_view_probes_the_other_voters_at_most_every_100_ms_however_often
     assert!(later.voters_probed_at_ms > *rounds.last().expect("a round"));
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_behind_retention_is_told_how_many_results_it_missed() {
+    let cluster = Cluster::start(&["--completed-retention", "2"]).await;
+    let client = cluster.client(0);
+    let bodies: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 32]).collect();
+    for body in &bodies {
+        client.enqueue(body.clone(), 1, None).await.expect("enqueue");
+    }
+    let registered: RegisterResponse = cluster
+        .worker_call(0, wire::worker::REGISTER, &RegisterRequest { name: "w".into(), cores: 4, instance_id: None })
+        .await;
+    let mut done = 0;
+    while done < bodies.len() {
+        let leased: LeaseResponse = cluster
+            .worker_call(
+                0,
+                wire::worker::LEASE,
+                &LeaseRequest { worker: registered.worker, max_jobs: 8, wait_ms: 2000 },
+            )
+            .await;
+        let results: Vec<Finished> = leased
+            .jobs
+            .iter()
+            .map(|a| Finished { job: a.job, result: wire::chain::continue_chain(a.digest, a.iterations - a.done) })
+            .collect();
+        done += results.len();
+        let _: CompleteResponse = cluster
+            .worker_call(1, wire::worker::COMPLETE, &CompleteRequest { worker: registered.worker, results })
+            .await;
+    }
+    for node in 0..2 {
+        let client = cluster.client(node);
+        // Three completions, two kept: a cursor at 0 gets the last two and learns one is gone.
+        let page = client.pull_after(0, 10).await.expect("pull after 0");
+        assert_eq!(page.jobs.iter().map(|j| j.seq).collect::<Vec<_>>(), [2, 3], "node {node}");
+        assert_eq!((page.skipped, page.cursor, page.last_seq), (1, 3, 3), "node {node}");
+        // A client that kept up misses nothing.
+        let page = client.pull_after(1, 10).await.expect("pull after 1");
+        assert_eq!((page.jobs.len(), page.skipped), (2, 0), "node {node}");
+        let page = client.pull_after(3, 10).await.expect("pull after 3");
+        assert_eq!((page.jobs.len(), page.skipped, page.cursor), (0, 0, 3), "node {node}");
+        // A cursor past the newest completion is not this cluster's.
+        let (status, body) = status_of(client.pull_after(4, 10).await);
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("past the newest completion"), "{body}");
+    }
+    cluster.stop().await;
+}

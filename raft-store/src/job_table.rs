@@ -748,6 +748,11 @@ impl JobTable {
         self.completed.range(after.saturating_add(1)..).map(|(_, job)| job).take(limit)
     }
 
+    /// The oldest completion still retained (`None` when none is).
+    pub fn oldest_retained_completion_seq(&self) -> Option<CompletionSeq> {
+        self.completed.keys().next().copied()
+    }
+
     /// The newest completion sequence number recorded, 0 before the first.
     pub fn last_completion_seq(&self) -> CompletionSeq {
         self.next_completion_seq - 1

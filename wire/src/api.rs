@@ -35,6 +35,11 @@ pub struct PullResponse {
     pub cursor: u64,
     /// The newest completion sequence number recorded so far.
     pub last_seq: u64,
+    /// With `after`: completions after the cursor whose results retention had already dropped
+    /// (the oldest are dropped once more than `--completed-retention` are kept), so no answer
+    /// can return them. 0 unless the client fell that far behind.
+    #[serde(default)]
+    pub skipped: u64,
 }
 
 /// Where a job is.

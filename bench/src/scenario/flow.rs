@@ -123,6 +123,14 @@ pub async fn run(args: &FlowArgs, quick: bool) -> anyhow::Result<Report> {
         let client = &target.clients[reader % target.clients.len()];
         reader += 1;
         match client.pull_after(cursor, PAGE as u64).await {
+            Ok(page) if page.skipped > 0 => {
+                report.failures.push(format!(
+                    "the cluster's retention dropped {} results before the bench read them: \
+                     run it with a larger --completed-retention",
+                    page.skipped
+                ));
+                break;
+            }
             Ok(page) if !page.jobs.is_empty() => {
                 let now = Instant::now();
                 let full = page.jobs.len() >= PAGE;
