@@ -133,6 +133,9 @@ async fn enqueue_job(
     let job = NewJob { digest, iterations, enqueued_at_ms: crate::now_ms(), idempotency_key };
     match app.enqueue.enqueue(job).await? {
         EnqueueOutcome::Created(id) | EnqueueOutcome::Duplicate(id) => Ok(Json(EnqueueResponse { id })),
+        EnqueueOutcome::KeyReused(id) => Err(ApiError::KeyReused(format!(
+            "this Idempotency-Key was first used for job {id}, with another body or iterations: use a new key for a new job"
+        ))),
         EnqueueOutcome::QueueFull => Err(ApiError::QueueFull),
         EnqueueOutcome::Invalid => Err(ApiError::BadRequest("iterations must be at least 1".into())),
     }

@@ -25,6 +25,9 @@ pub enum ApiError {
     /// No such job: 404.
     #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with an earlier one (an idempotency key reused): 422.
+    #[error("{0}")]
+    KeyReused(String),
     /// The queue is at its limit: 503 with Retry-After.
     #[error("the queue is full; retry later")]
     QueueFull,
@@ -40,6 +43,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::TooLarge { .. } => "too_large",
             ApiError::NotFound(_) => "not_found",
+            ApiError::KeyReused(_) => "key_reused",
             ApiError::QueueFull => "queue_full",
             ApiError::Unavailable(_) => "unavailable",
         }
@@ -71,6 +75,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::QueueFull | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         let mut response = (status, Json(ErrorBody { error: self.to_string() })).into_response();

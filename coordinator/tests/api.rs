@@ -263,6 +263,13 @@ async fn jobs_flow_through_the_worker_protocol_with_cursors_and_idempotency() {
     let first = cluster.client(0).enqueue(b"keyed body".to_vec(), 3, Some("key-1")).await.expect("enqueue");
     let again = cluster.client(1).enqueue(b"keyed body".to_vec(), 3, Some("key-1")).await.expect("enqueue");
     assert_eq!(first, again);
+    // The same key for another request is refused, on either node: its id would carry another
+    // job's result. Nothing is added.
+    for (node, body, iterations) in [(0, b"keyed body".to_vec(), 4), (1, b"other body".to_vec(), 3)] {
+        let (status, error) = status_of(cluster.client(node).enqueue(body, iterations, Some("key-1")).await);
+        assert_eq!(status, 422, "{error}");
+        assert!(error.contains(&format!("first used for job {first}")), "{error}");
+    }
     ids.push(first);
     let mut expected: HashMap<u64, String> = ids[..12]
         .iter()

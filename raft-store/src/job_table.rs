@@ -206,8 +206,11 @@ impl std::fmt::Display for Command {
 pub enum EnqueueOutcome {
     /// A new job with this id.
     Created(JobId),
-    /// The idempotency key was seen before: this is the first job's id.
+    /// The idempotency key was seen before, with the same request: this is the first job's id.
     Duplicate(JobId),
+    /// The idempotency key was first used for job `JobId` with another body or iteration count:
+    /// nothing was added (answering with that job's id would hand the client another's result).
+    KeyReused(JobId),
     /// The queue is at its limit; nothing was added.
     QueueFull,
     /// Iterations was 0; nothing was added.
@@ -393,6 +396,22 @@ pub struct Totals {
     pub rejected_queue_full: u64,
 }
 
+/// What a keyed enqueue asked for: the first 8 bytes of its body's digest and its iteration
+/// count (16 bytes per keyed job; telling an accidental reuse apart needs no more).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+struct RequestFingerprint {
+    digest_prefix: [u8; 8],
+    iterations: u64,
+}
+
+impl RequestFingerprint {
+    fn of(job: &NewJob) -> Self {
+        let mut digest_prefix = [0; 8];
+        digest_prefix.copy_from_slice(&job.digest.0[..8]);
+        RequestFingerprint { digest_prefix, iterations: job.iterations }
+    }
+}
+
 /// The state machine's data. See the module documentation for the contract.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct JobTable {
@@ -407,6 +426,10 @@ pub struct JobTable {
     completed_by_job: BTreeMap<JobId, CompletionSeq>,
     idempotency: BTreeMap<String, JobId>,
     idempotency_by_job: BTreeMap<JobId, String>,
+    /// What each keyed job was asked for, to tell a retry from a reuse of its key (absent for
+    /// keys recorded before it existed: those are taken as retries).
+    #[serde(default)]
+    idempotency_requests: BTreeMap<JobId, RequestFingerprint>,
     workers: BTreeMap<WorkerId, Worker>,
     scaler: ScalerState,
     /// Iterations still to compute over every waiting job.
@@ -435,6 +458,7 @@ impl JobTable {
             completed_by_job: BTreeMap::new(),
             idempotency: BTreeMap::new(),
             idempotency_by_job: BTreeMap::new(),
+            idempotency_requests: BTreeMap::new(),
             workers: BTreeMap::new(),
             scaler: ScalerState::default(),
             queued_iterations: 0,
@@ -512,7 +536,10 @@ impl JobTable {
         if let Some(key) = &job.idempotency_key
             && let Some(id) = self.idempotency.get(key)
         {
-            return EnqueueOutcome::Duplicate(*id);
+            return match self.idempotency_requests.get(id) {
+                Some(first) if *first != RequestFingerprint::of(job) => EnqueueOutcome::KeyReused(*id),
+                _ => EnqueueOutcome::Duplicate(*id),
+            };
         }
         if job.iterations == 0 {
             return EnqueueOutcome::Invalid;
@@ -535,6 +562,7 @@ impl JobTable {
         if let Some(key) = &job.idempotency_key {
             self.idempotency.insert(key.clone(), id);
             self.idempotency_by_job.insert(id, key.clone());
+            self.idempotency_requests.insert(id, RequestFingerprint::of(job));
         }
         self.totals.enqueued += 1;
         EnqueueOutcome::Created(id)
@@ -690,6 +718,7 @@ impl JobTable {
             self.completed_by_job.remove(&dropped.id);
             if let Some(key) = self.idempotency_by_job.remove(&dropped.id) {
                 self.idempotency.remove(&key);
+                self.idempotency_requests.remove(&dropped.id);
             }
         }
     }
@@ -883,6 +912,9 @@ impl JobTable {
         if self.idempotency.len() != self.idempotency_by_job.len() {
             return Err("idempotency maps differ in size".into());
         }
+        if let Some(id) = self.idempotency_requests.keys().find(|id| !self.idempotency_by_job.contains_key(id)) {
+            return Err(format!("job {id} has a request fingerprint but no idempotency key"));
+        }
         Ok(())
     }
 }
@@ -926,7 +958,15 @@ mod tests {
     fn ids_are_assigned_in_order_and_idempotency_keys_dedupe() {
         let mut table = JobTable::default();
         let response = table.apply(&Command::Enqueue {
-            jobs: vec![job(3, 1, Some("a")), job(1, 2, None), job(5, 3, Some("a")), job(0, 4, None)],
+            jobs: vec![
+                job(3, 1, Some("a")),
+                job(1, 2, None),
+                job(3, 1, Some("a")),
+                job(0, 4, None),
+                // The same key for another request (other iterations, another body): refused.
+                job(5, 1, Some("a")),
+                job(3, 9, Some("a")),
+            ],
         });
         assert_eq!(
             response,
@@ -935,6 +975,8 @@ mod tests {
                 EnqueueOutcome::Created(2),
                 EnqueueOutcome::Duplicate(1),
                 EnqueueOutcome::Invalid,
+                EnqueueOutcome::KeyReused(1),
+                EnqueueOutcome::KeyReused(1),
             ])
         );
         assert_eq!(table.queued_len(), 2);
@@ -1058,8 +1100,8 @@ mod tests {
         assert_eq!(table.completed_after(0, 10).map(|j| j.seq).collect::<Vec<_>>(), vec![2, 3]);
         assert_eq!(table.job_status(1), Some(JobStatus::Forgotten));
         assert_eq!(table.job_status(4), None);
-        // k1 left with its result; k2 still deduplicates.
-        let again = table.apply(&Command::Enqueue { jobs: vec![job(1, 4, Some("k1")), job(1, 5, Some("k2"))] });
+        // k1 left with its result (any request may take it now); a retry of k2 still deduplicates.
+        let again = table.apply(&Command::Enqueue { jobs: vec![job(1, 4, Some("k1")), job(1, 2, Some("k2"))] });
         assert_eq!(again, Response::Enqueued(vec![EnqueueOutcome::Created(4), EnqueueOutcome::Duplicate(2)]));
         table.check_invariants().expect("invariants");
     }
