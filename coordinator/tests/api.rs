@@ -108,6 +108,27 @@ impl Cluster {
         rmp_serde::from_slice(&response.bytes().await.expect("body")).expect("decode")
     }
 
+    /// As worker `worker`: lease through node `lease_on`, compute, and report through node
+    /// `complete_on` until `jobs` results are recorded.
+    async fn compute_all(&self, worker: u64, jobs: usize, lease_on: usize, complete_on: usize) {
+        let mut done = 0;
+        while done < jobs {
+            let leased: LeaseResponse = self
+                .worker_call(lease_on, wire::worker::LEASE, &LeaseRequest { worker, max_jobs: 64, wait_ms: 2000 })
+                .await;
+            assert!(!leased.jobs.is_empty(), "jobs are waiting");
+            let results = leased
+                .jobs
+                .iter()
+                .map(|a| Finished { job: a.job, result: wire::chain::continue_chain(a.digest, a.iterations - a.done) })
+                .collect::<Vec<_>>();
+            done += results.len();
+            let answer: CompleteResponse =
+                self.worker_call(complete_on, wire::worker::COMPLETE, &CompleteRequest { worker, results }).await;
+            assert_eq!(answer.unknown, 0);
+        }
+    }
+
     async fn stop(self) {
         self.shutdown.cancel();
         self.witness.shutdown().await;
@@ -310,27 +331,7 @@ async fn jobs_flow_through_the_worker_protocol_with_cursors_and_idempotency() {
         .await
         .expect("send");
     assert_eq!(response.status(), 400, "max_jobs 0");
-    let mut done = 0;
-    while done < expected.len() {
-        let leased: LeaseResponse = cluster
-            .worker_call(
-                1,
-                wire::worker::LEASE,
-                &LeaseRequest { worker: registered.worker, max_jobs: 64, wait_ms: 2000 },
-            )
-            .await;
-        assert!(!leased.jobs.is_empty(), "jobs are waiting");
-        let results = leased
-            .jobs
-            .iter()
-            .map(|a| Finished { job: a.job, result: wire::chain::continue_chain(a.digest, a.iterations - a.done) })
-            .collect::<Vec<_>>();
-        done += results.len();
-        let answer: CompleteResponse = cluster
-            .worker_call(0, wire::worker::COMPLETE, &CompleteRequest { worker: registered.worker, results })
-            .await;
-        assert_eq!(answer.unknown, 0);
-    }
+    cluster.compute_all(registered.worker, expected.len(), 1, 0).await;
     // Results, from both nodes, against an independent computation.
     for i in 0..2 {
         let client = cluster.client(i);
@@ -470,25 +471,7 @@ async fn a_cursor_behind_retention_is_told_how_many_results_it_missed() {
     let registered: RegisterResponse = cluster
         .worker_call(0, wire::worker::REGISTER, &RegisterRequest { name: "w".into(), cores: 4, instance_id: None })
         .await;
-    let mut done = 0;
-    while done < bodies.len() {
-        let leased: LeaseResponse = cluster
-            .worker_call(
-                0,
-                wire::worker::LEASE,
-                &LeaseRequest { worker: registered.worker, max_jobs: 8, wait_ms: 2000 },
-            )
-            .await;
-        let results: Vec<Finished> = leased
-            .jobs
-            .iter()
-            .map(|a| Finished { job: a.job, result: wire::chain::continue_chain(a.digest, a.iterations - a.done) })
-            .collect();
-        done += results.len();
-        let _: CompleteResponse = cluster
-            .worker_call(1, wire::worker::COMPLETE, &CompleteRequest { worker: registered.worker, results })
-            .await;
-    }
+    cluster.compute_all(registered.worker, bodies.len(), 0, 1).await;
     for node in 0..2 {
         let client = cluster.client(node);
         // Three completions, two kept: a cursor at 0 gets the last two and learns one is gone.

@@ -106,11 +106,10 @@ async fn a_frozen_coordinator_costs_its_workers_no_lease() {
     let client = ApiClient::new(cluster.api_urls()[1].clone());
     // Far longer than the test: what matters is that its one lease survives.
     let id = client.enqueue(b"outlives two frozen coordinators".to_vec(), 1_000_000_000, None).await.expect("enqueue");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client.job(id).await.expect("job").iterations_done < 2 {
-        assert!(Instant::now() < deadline, "the job never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("the job to start", Duration::from_secs(60), || async {
+        (client.job(id).await.expect("job").iterations_done >= 2).then_some(())
+    })
+    .await;
     // Freeze each coordinator in turn for well over a lease (1.5 s here), so that whichever
     // one the worker talks to hangs under it. Its heartbeats must reach the other in time.
     for name in ["coordinator-1", "coordinator-2"] {
@@ -149,31 +148,20 @@ async fn a_busy_worker_the_registry_dropped_registers_again_at_its_next_heartbea
     for i in 0..2u8 {
         client.enqueue(vec![i; 64], 1_000_000_000, None).await.expect("enqueue");
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let before = loop {
-        if let Some((id, 1)) = worker_1().await {
-            break id;
-        }
-        assert!(Instant::now() < deadline, "worker-1 never took a job");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let before = wait_for("worker-1 to take a job", Duration::from_secs(60), || async {
+        worker_1().await.and_then(|(id, leases)| (leases == 1).then_some(id))
+    })
+    .await;
     // Silent past the registry's 3 s: it is removed and its job requeued.
     assert!(cluster.process("worker-1").signal(Signal::SIGSTOP), "worker-1 was running");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while worker_1().await.is_some() {
-        assert!(Instant::now() < deadline, "worker-1 was never removed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for("worker-1 to be removed", Duration::from_secs(30), || async { worker_1().await.is_none().then_some(()) })
+        .await;
     assert!(cluster.process("worker-1").signal(Signal::SIGCONT), "worker-1 was running");
     // Back, it learns at its next heartbeat (0.5 s) that it was dropped, and registers again.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let after = loop {
-        if let Some((id, _)) = worker_1().await {
-            break id;
-        }
-        assert!(Instant::now() < deadline, "worker-1 did not register again within 5 s of waking");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let after = wait_for("worker-1 to register again (within 5 s of waking)", Duration::from_secs(5), || async {
+        worker_1().await.map(|(id, _)| id)
+    })
+    .await;
     assert_ne!(after, before, "a new registration has a new id");
     cluster.stop(Duration::from_secs(10));
 }
@@ -325,11 +313,10 @@ async fn a_registered_worker_exits_once_restarted_coordinators_refuse_its_secret
     let dir = TempDir::new().expect("temp dir");
     let mut cluster = start(&dir, 1).await;
     let client = ApiClient::new(cluster.api_urls()[0].clone());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !client.cluster().await.is_ok_and(|view| view.workers.iter().any(|w| w.name == "worker-1")) {
-        assert!(Instant::now() < deadline, "worker-1 never registered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for("worker-1 to register", Duration::from_secs(30), || async {
+        client.cluster().await.ok()?.workers.iter().any(|w| w.name == "worker-1").then_some(())
+    })
+    .await;
     // The coordinators come back with another secret (the two are a majority without the
     // witness, which keeps the old one): the registered worker's calls now get 401.
     cluster.options.cluster_secret = Some(random_token().expect("secret"));

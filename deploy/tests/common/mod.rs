@@ -124,3 +124,19 @@ pub async fn wait_for_results(client: &ApiClient, ids: &BTreeSet<u64>, timeout: 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Poll `check` every 100 ms until it gives a value; fail the test after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
