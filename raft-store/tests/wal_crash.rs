@@ -64,7 +64,10 @@ async fn all_entries(store: &mut LogStore) -> Vec<TandemEntry> {
 }
 
 /// The child half of the SIGKILL test: append as fast as possible, pipelined like openraft does,
-/// and print each index once its callback has fired. Runs only as the parent's child process.
+/// and print each index once its callback has fired. Each vote is announced ("voting T") before
+/// it is saved and reported ("vote T") once durable, so whatever the parent reads, the durable
+/// vote lies between the last reported and the last announced. Runs only as the parent's child
+/// process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the child process of sigkill_while_appending_loses_no_acknowledged_entry"]
 async fn crash_child_appender() {
@@ -83,7 +86,15 @@ async fn crash_child_appender() {
     });
     let mut index = 0;
     for term in 1u64.. {
-        // A vote, durable before save_vote returns, then a burst of appends in its term.
+        // A vote, durable before save_vote returns, then a burst of appends in its term. It is
+        // announced first, on this thread, so no vote reaches the disk before the parent can
+        // know of it.
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "voting {term}").expect("stdout");
+            out.flush().expect("stdout");
+        }
         store.save_vote(&Vote::new_committed(term, 1)).await.expect("vote");
         let (tx, rx) = tokio::sync::oneshot::channel();
         tx.send(Ok(())).expect("fresh channel");
@@ -111,24 +122,33 @@ fn sigkill_while_appending_loses_no_acknowledged_entry() {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn child");
-        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
         let mut acked = None;
-        let mut voted = 0;
-        let kill_after = 2_000 + round * 3_000;
-        for line in BufReader::new(stdout).lines() {
+        // The last vote the child reported durable, and the last it announced it would save.
+        let (mut voted, mut announced) = (0, 0);
+        let mut read = |line: std::io::Result<String>| {
             let line = line.expect("child output");
             let mut parts = line.split_whitespace();
             match (parts.next(), parts.next().and_then(|v| v.parse::<u64>().ok())) {
                 (Some("acked"), Some(index)) => acked = Some(index),
                 (Some("vote"), Some(term)) => voted = term,
-                _ => continue,
+                (Some("voting"), Some(term)) => announced = term,
+                _ => {}
             }
-            if acked.is_some_and(|index| index >= kill_after) {
+            acked
+        };
+        let kill_after = 2_000 + round * 3_000;
+        for line in lines.by_ref() {
+            if read(line).is_some_and(|index| index >= kill_after) {
                 break;
             }
         }
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
+        // Everything the child printed before it died: a vote on disk was announced first.
+        lines.for_each(|line| {
+            read(line);
+        });
         let acked = acked.expect("child acknowledged appends before the kill");
 
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -142,7 +162,10 @@ fn sigkill_while_appending_loses_no_acknowledged_entry() {
             }
             let vote = store.read_vote().await.expect("vote").expect("a vote was saved");
             assert!(vote >= Vote::new_committed(voted, 1), "round {round}: vote went back");
-            assert!(vote <= Vote::new_committed(voted + 1, 1));
+            assert!(
+                vote <= Vote::new_committed(announced, 1),
+                "round {round}: vote {vote} was never announced (last announced {announced})"
+            );
             eprintln!(
                 "round {round}: acked {acked}, recovered {}, torn tail {:?}",
                 entries.len(),
