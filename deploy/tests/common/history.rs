@@ -129,6 +129,11 @@ impl Workload {
             .count()
     }
 
+    /// Enqueues acknowledged so far.
+    pub fn acknowledged(&self) -> usize {
+        lock(&self.log).ops.iter().filter(|op| op.acked.is_some()).count()
+    }
+
     /// Acknowledgements received in `[from, to)`.
     pub fn acks_received_between(&self, from: Instant, to: Instant) -> usize {
         lock(&self.log).ops.iter().filter(|op| op.acked.is_some_and(|(_, at)| at >= from && at < to)).count()
