@@ -176,7 +176,7 @@ impl LocalCluster {
         for binary in ["coordinator", "worker"] {
             let path = options.bin_dir.join(binary);
             if !path.is_file() {
-                bail!("{} not found: build it first (cargo build -p coordinator -p worker)", path.display());
+                bail!("{} not found: build it first (cargo build --workspace --bins)", path.display());
             }
         }
         std::fs::create_dir_all(&options.data_dir)
@@ -485,13 +485,16 @@ pub fn locate_binaries(bin_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// When running under cargo (`cargo run`, `cargo test`), build the `coordinator` and `worker`
-/// binaries into `dir` (`target/debug` or `target/release`, whose name picks the profile), so
-/// that they are never older than the sources. Outside cargo, do nothing.
+/// When running under cargo (`cargo run`, `cargo test`), build the workspace's binaries into
+/// `dir` (`target/debug` or `target/release`, whose name picks the profile), so that they are
+/// never older than the sources. Outside cargo, do nothing. The whole workspace, as
+/// `cargo build --workspace --bins` and README build it: building only `coordinator` and
+/// `worker` unifies dependency features differently, and would rebuild reqwest, openraft and
+/// everything above them after a workspace build, and the other way round.
 pub fn build_binaries(dir: &Path) -> anyhow::Result<()> {
     let Ok(cargo) = std::env::var("CARGO") else { return Ok(()) };
     let mut build = Command::new(cargo);
-    build.args(["build", "-p", "coordinator", "-p", "worker"]);
+    build.args(["build", "--workspace", "--bins"]);
     if dir.file_name().is_some_and(|name| name == "release") {
         build.arg("--release");
     }
