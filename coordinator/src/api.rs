@@ -11,7 +11,6 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use raft_store::NodeId;
 use raft_store::job_table::{EnqueueOutcome, JobStatus, NewJob};
 use wire::api::{
     ClusterView, CompletedJob, EnqueueResponse, JobState, JobView, PullResponse, QueueView, ScalerDecisionView,
@@ -130,7 +129,7 @@ async fn enqueue_job(
             .await
             .map_err(|e| ApiError::Unavailable(format!("hashing failed: {e}")))?
     };
-    let job = NewJob { digest, iterations, enqueued_at_ms: crate::now_ms(), idempotency_key };
+    let job = NewJob { digest, iterations, enqueued_at_ms: wire::now_ms(), idempotency_key };
     match app.enqueue.enqueue(job).await? {
         EnqueueOutcome::Created(id) | EnqueueOutcome::Duplicate(id) => Ok(Json(EnqueueResponse { id })),
         EnqueueOutcome::KeyReused(id) => Err(ApiError::KeyReused(format!(
@@ -162,38 +161,21 @@ pub async fn pull_completed(
     }
     let after = parse_u64(&params, "after")?;
     app.node.read_barrier().await?;
-    let response = app.node.state_machine().read(|table| -> Result<PullResponse, ApiError> {
-        let view = |job: &raft_store::job_table::CompletedJob| CompletedJob {
-            id: job.id,
-            seq: job.seq,
-            result: job.result.to_hex(),
-            iterations: job.iterations,
-            enqueued_at_ms: job.enqueued_at_ms,
-            completed_at_ms: job.completed_at_ms,
-        };
-        let last_seq = table.last_completion_seq();
-        match after {
-            // Every cursor this cluster handed out is at most its newest completion (reads are
-            // linearizable): a larger one is not this cluster's.
-            Some(after) if after > last_seq => Err(ApiError::BadRequest(format!(
-                "after={after} is past the newest completion ({last_seq}): not a cursor from this cluster"
-            ))),
-            Some(after) => {
-                let jobs: Vec<CompletedJob> = table.completed_after(after, top as usize).map(view).collect();
-                let cursor = jobs.last().map_or(after, |job| job.seq);
-                // Completion numbers have no holes, so what retention dropped is the distance
-                // from the cursor to the oldest one kept.
-                let first_kept = table.oldest_retained_completion_seq().unwrap_or(last_seq + 1);
-                let skipped = first_kept.saturating_sub(after + 1);
-                Ok(PullResponse { jobs, cursor, last_seq, skipped })
-            }
-            None => Ok(PullResponse {
-                jobs: table.latest_completed(top as usize).map(view).collect(),
-                cursor: last_seq,
-                last_seq,
-                skipped: 0,
-            }),
-        }
+    let response = app.node.state_machine().read(|table| {
+        let page = table.completed_page(after, top as usize).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let jobs = page
+            .jobs
+            .iter()
+            .map(|job| CompletedJob {
+                id: job.id,
+                seq: job.seq,
+                result: job.result.to_hex(),
+                iterations: job.iterations,
+                enqueued_at_ms: job.enqueued_at_ms,
+                completed_at_ms: job.completed_at_ms,
+            })
+            .collect();
+        Ok::<_, ApiError>(PullResponse { jobs, cursor: page.cursor, last_seq: page.last_seq, skipped: page.skipped })
     })?;
     Ok(Json(response))
 }
@@ -253,44 +235,40 @@ pub async fn job(
 /// `GET /cluster`: this node's view of the voters (each other voter's own status as it answered
 /// a probe at most 100 ms ago), the queue, the workers and the autoscaler's decisions.
 pub async fn cluster(State(app): State<App>) -> Json<ClusterView> {
-    let member_ids = |metrics: &raft_store::type_config::RaftMetrics| -> Vec<NodeId> {
-        metrics.membership_config.membership().nodes().map(|(id, _)| *id).collect()
-    };
     // Probe first, then read this node's own state, so that the answer is of one moment (the
     // probes can wait for a round under way); probe again if the membership changed meanwhile.
-    let ids = member_ids(&app.node.metrics());
+    let ids = app.node.view().member_ids();
     let mut probed = app.voter_probes.others(&app.node, &ids).await;
-    let mut metrics = app.node.metrics();
-    if member_ids(&metrics) != ids {
-        probed = app.voter_probes.others(&app.node, &member_ids(&metrics)).await;
-        metrics = app.node.metrics();
+    let mut view = app.node.view();
+    if view.member_ids() != ids {
+        probed = app.voter_probes.others(&app.node, &view.member_ids()).await;
+        view = app.node.view();
     }
-    let now = crate::now_ms();
-    let membership = metrics.membership_config.membership().clone();
-    let leading = app.node.leadership().borrow().is_self;
-    let peers = app.node.peer_replication();
-    let last_log = metrics.last_log_index.unwrap_or(0);
-    let voters = membership
-        .nodes()
-        .map(|(id, info)| {
-            let id = *id;
-            let peer = peers.get(&id).copied();
+    let now = wire::now_ms();
+    let leading = view.is_leader();
+    let last_log = view.status.last_log_index.unwrap_or(0);
+    let voters = view
+        .members
+        .iter()
+        .map(|member| {
+            let id = member.id;
+            let peer = view.peers.get(&id).copied();
             let matched = peer.and_then(|p| p.matched_index);
             let last_contact_ms = peer.and_then(|p| p.last_contact).map(|d| d.as_millis() as u64);
-            let is_self = id == app.node.id();
-            let status = if is_self { Some(app.node.status()) } else { probed.statuses.get(&id).cloned().flatten() };
+            let is_self = id == view.status.id;
+            let status = if is_self { Some(view.status.clone()) } else { probed.statuses.get(&id).cloned().flatten() };
             VoterView {
                 id,
-                role: info.role.to_string(),
-                api_addr: info.api_addr.clone(),
-                raft_addr: info.raft_addr.clone(),
+                role: member.info.role.to_string(),
+                api_addr: member.info.api_addr.clone(),
+                raft_addr: member.info.raft_addr.clone(),
                 reachable: status.is_some(),
-                is_leader: metrics.current_leader == Some(id),
-                state: status.as_ref().map_or_else(|| "unreachable".to_owned(), |s| s.state.clone()),
+                is_leader: view.status.leader == Some(id),
+                state: status.as_ref().map_or_else(|| "unreachable".to_owned(), |s| s.state.to_string()),
                 term: status.as_ref().map(|s| s.term),
                 last_log_index: status.as_ref().and_then(|s| s.last_log_index),
                 applied_index: status.as_ref().and_then(|s| s.applied_index),
-                matched_index: if is_self && leading { metrics.last_log_index } else { matched },
+                matched_index: if is_self && leading { view.status.last_log_index } else { matched },
                 lag_entries: leading.then(|| if is_self { 0 } else { last_log.saturating_sub(matched.unwrap_or(0)) }),
                 last_contact_ms: if is_self && leading { Some(0) } else { last_contact_ms },
             }
@@ -330,10 +308,10 @@ pub async fn cluster(State(app): State<App>) -> Json<ClusterView> {
         node_id: app.node.id(),
         role: app.node.role().to_string(),
         now_ms: now,
-        leader: metrics.current_leader,
-        term: metrics.current_term,
-        last_log_index: metrics.last_log_index,
-        last_applied_index: metrics.last_applied.map(|id| id.index),
+        leader: view.status.leader,
+        term: view.status.term,
+        last_log_index: view.status.last_log_index,
+        last_applied_index: view.status.applied_index,
         voters,
         voters_probed_at_ms: probed.at_ms,
         queued: queue.queued,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use raft_store::{NodeId, NodeInfo, Role};
+pub use wire::process::LogFormat;
 
 /// One voter as given on the command line: `ID=ROLE@HOST:PORT`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,15 +35,6 @@ impl std::str::FromStr for Member {
         }
         Ok(Member { id, role, addr: addr.trim().to_owned() })
     }
-}
-
-/// How logs are printed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// A Tandem coordinator: serves the client API and the worker routes, and votes in Raft.

@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use raft_store::job_table::{Command, EnqueueOutcome, NewJob, Response};
+use raft_store::job_table::{Command, CommandResponse, EnqueueOutcome, NewJob};
 use raft_store::{Node, ProposeError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -74,7 +74,7 @@ async fn run(node: Node, mut rx: mpsc::Receiver<(NewJob, Reply)>, shutdown: Canc
             let _permit = permit;
             let (jobs, replies): (Vec<NewJob>, Vec<Reply>) = batch.into_iter().unzip();
             match node.propose(Command::Enqueue { jobs }).await {
-                Ok(Response::Enqueued(outcomes)) if outcomes.len() == replies.len() => {
+                Ok(CommandResponse::Enqueued(outcomes)) if outcomes.len() == replies.len() => {
                     for (reply, outcome) in replies.into_iter().zip(outcomes) {
                         let _ = reply.send(Ok(outcome));
                     }

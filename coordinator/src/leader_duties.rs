@@ -11,7 +11,7 @@ use raft_store::job_table::{Command, Limits};
 use raft_store::{Node, Role};
 use tokio_util::sync::CancellationToken;
 
-use crate::now_ms;
+use wire::now_ms;
 
 /// What the duties need to know.
 #[derive(Clone, Copy, Debug)]
@@ -51,22 +51,15 @@ pub async fn run(node: Node, config: DutyConfig, shutdown: CancellationToken) {
             tracing::info!(node = node.id(), "leading: lease expiry starts after a grace period");
             now
         });
-        if let Err(e) = perform(&node, &config, now, now >= since.saturating_add(config.lease_ms)).await {
+        if let Err(e) = act(&node, &config, now, now >= since.saturating_add(config.lease_ms)).await {
             tracing::warn!(error = %e, "leader duty not committed; will retry");
         }
     }
 }
 
-async fn perform(node: &Node, config: &DutyConfig, now: u64, past_grace: bool) -> Result<(), raft_store::ProposeError> {
+async fn act(node: &Node, config: &DutyConfig, now: u64, past_grace: bool) -> Result<(), raft_store::ProposeError> {
     let (limits, expired, silent) = node.state_machine().read(|table| {
-        let expired = table.leases().values().any(|lease| lease.deadline_ms <= now);
-        let silent: Vec<u64> = table
-            .workers()
-            .iter()
-            .filter(|(_, w)| w.last_seen_ms.saturating_add(config.worker_timeout_ms) <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        (table.limits(), expired, silent)
+        (table.limits(), table.any_lease_expired(now), table.silent_workers(now, config.worker_timeout_ms))
     });
     if limits != config.limits {
         node.propose(Command::SetLimits(config.limits)).await?;

@@ -35,11 +35,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::enqueue_batcher::EnqueueBatcher;
 
-/// Milliseconds since the Unix epoch on this machine's clock.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// What every handler shares.
 #[derive(Clone)]
 pub struct App {
@@ -49,8 +44,6 @@ pub struct App {
     pub config: Arc<Config>,
     /// The enqueue batcher.
     pub enqueue: EnqueueBatcher,
-    /// A client for probing peers.
-    pub http: reqwest::Client,
     /// Waiting jobs claimed by lease proposals in flight on this node.
     pub lease_claims: Arc<std::sync::atomic::AtomicU64>,
     /// The Prometheus recorder's handle, for `/metrics`.
@@ -113,7 +106,6 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         node: node.clone(),
         enqueue: EnqueueBatcher::start(node.clone(), shutdown.child_token()),
         config: Arc::new(config),
-        http: reqwest::Client::builder().no_proxy().build().context("building the HTTP client")?,
         lease_claims: Arc::default(),
         metrics: metrics::handle(),
         voter_probes: Arc::default(),

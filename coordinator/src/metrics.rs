@@ -77,7 +77,7 @@ pub async fn sample(node: Node, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = crate::now_ms();
+        let now = wire::now_ms();
         raft.sample(&node);
         node.state_machine().read(|table| {
             let totals = table.totals();

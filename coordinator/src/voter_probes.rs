@@ -46,7 +46,7 @@ impl VoterProbes {
         }
         let probes = wanted.iter().map(|&id| async move { (id, node.voter_status(id, PROBE_TIMEOUT).await.ok()) });
         let statuses = futures::future::join_all(probes).await.into_iter().collect();
-        let round = Round { at_ms: crate::now_ms(), statuses };
+        let round = Round { at_ms: wire::now_ms(), statuses };
         *latest = Some((Instant::now(), round.clone()));
         round
     }

@@ -11,10 +11,9 @@ use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use raft_store::job_table::{Checkpoint, Command, CompleteOutcome, JobResult, Rejection, Response, WorkerState};
-use raft_store::network::{SECRET_HEADER, secret_matches};
+use raft_store::job_table::{Checkpoint, Command, CommandResponse, CompleteOutcome, JobResult, Rejection, WorkerState};
 use raft_store::{ProposeError, ReadError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -22,19 +21,26 @@ use wire::worker::{
     Assignment, CompleteRequest, CompleteResponse, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse,
     Progress, RegisterRequest, RegisterResponse, ReleaseRequest, ReleaseResponse, WorkerErrorBody,
 };
+use wire::{SECRET_HEADER, secret_matches};
 
-use crate::{App, now_ms};
+use wire::now_ms;
+
+use crate::App;
 
 /// A failure on a worker route, with the status the protocol gives it.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum WorkerRouteError {
     /// Malformed message: 400.
+    #[error("{0}")]
     BadRequest(String),
     /// The cluster secret is missing or wrong: 401.
+    #[error("missing or wrong cluster secret")]
     Unauthorized,
     /// The worker id is unknown: 410, register again.
+    #[error("unknown worker: register again")]
     UnknownWorker,
     /// Nothing can be committed now: 503, try the other coordinator.
+    #[error("{0}")]
     Unavailable(String),
 }
 
@@ -51,14 +57,14 @@ impl From<ReadError> for WorkerRouteError {
 }
 
 impl IntoResponse for WorkerRouteError {
-    fn into_response(self) -> HttpResponse {
-        let (status, error) = match self {
-            WorkerRouteError::BadRequest(e) => (StatusCode::BAD_REQUEST, e),
-            WorkerRouteError::Unauthorized => (StatusCode::UNAUTHORIZED, "missing or wrong cluster secret".to_owned()),
-            WorkerRouteError::UnknownWorker => (StatusCode::GONE, "unknown worker: register again".to_owned()),
-            WorkerRouteError::Unavailable(e) => (StatusCode::SERVICE_UNAVAILABLE, e),
+    fn into_response(self) -> Response {
+        let status = match self {
+            WorkerRouteError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            WorkerRouteError::Unauthorized => StatusCode::UNAUTHORIZED,
+            WorkerRouteError::UnknownWorker => StatusCode::GONE,
+            WorkerRouteError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
-        let body = rmp_serde::to_vec_named(&WorkerErrorBody { error }).unwrap_or_default();
+        let body = rmp_serde::to_vec_named(&WorkerErrorBody { error: self.to_string() }).unwrap_or_default();
         (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/msgpack"))], body).into_response()
     }
 }
@@ -75,7 +81,7 @@ pub fn router(app: App) -> Router<App> {
 }
 
 /// Refuse a worker request without the cluster secret (when the cluster has one).
-async fn require_secret(State(app): State<App>, request: Request, next: Next) -> HttpResponse {
+async fn require_secret(State(app): State<App>, request: Request, next: Next) -> Response {
     if let Some(secret) = &app.config.cluster_secret {
         let given = request.headers().get(SECRET_HEADER).and_then(|v| v.to_str().ok());
         if !secret_matches(given, secret) {
@@ -90,7 +96,7 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, WorkerRouteError> {
     rmp_serde::from_slice(body).map_err(|e| WorkerRouteError::BadRequest(format!("undecodable message: {e}")))
 }
 
-fn reply<T: Serialize>(value: &T) -> HttpResponse {
+fn reply<T: Serialize>(value: &T) -> Response {
     match rmp_serde::to_vec_named(value) {
         Ok(bytes) => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/msgpack"))], bytes).into_response(),
         Err(e) => WorkerRouteError::Unavailable(format!("encoding the answer failed: {e}")).into_response(),
@@ -101,13 +107,13 @@ fn checkpoints(progress: &[Progress]) -> Vec<Checkpoint> {
     progress.iter().map(|p| Checkpoint { job: p.job, done: p.done, digest: p.digest }).collect()
 }
 
-fn unexpected(response: Response) -> WorkerRouteError {
+fn unexpected(response: CommandResponse) -> WorkerRouteError {
     tracing::error!(?response, "unexpected response to a worker command");
     WorkerRouteError::Unavailable("unexpected response".into())
 }
 
 /// `POST /worker/register`
-pub async fn register(State(app): State<App>, body: Bytes) -> Result<HttpResponse, WorkerRouteError> {
+pub async fn register(State(app): State<App>, body: Bytes) -> Result<Response, WorkerRouteError> {
     let request: RegisterRequest = decode(&body)?;
     if request.cores == 0 || request.name.len() > 256 {
         return Err(WorkerRouteError::BadRequest("cores must be positive and the name at most 256 bytes".into()));
@@ -119,7 +125,7 @@ pub async fn register(State(app): State<App>, body: Bytes) -> Result<HttpRespons
         now_ms: now_ms(),
     };
     match app.node.propose(command).await? {
-        Response::WorkerRegistered(worker) => Ok(reply(&RegisterResponse {
+        CommandResponse::WorkerRegistered(worker) => Ok(reply(&RegisterResponse {
             worker,
             lease_ms: app.config.lease_ms,
             heartbeat_ms: (app.config.lease_ms / 3).max(100),
@@ -158,7 +164,7 @@ impl Drop for LeaseClaim<'_> {
 }
 
 /// `POST /worker/lease`: jobs for the worker's free cores, waiting up to `wait_ms` for some.
-pub async fn lease(State(app): State<App>, body: Bytes) -> Result<HttpResponse, WorkerRouteError> {
+pub async fn lease(State(app): State<App>, body: Bytes) -> Result<Response, WorkerRouteError> {
     let request: LeaseRequest = decode(&body)?;
     if request.max_jobs == 0 {
         // Nothing to hand out: proposing would only wake this long-poll again, over and over.
@@ -184,16 +190,18 @@ pub async fn lease(State(app): State<App>, body: Bytes) -> Result<HttpResponse, 
                 deadline_ms: now.saturating_add(app.config.lease_ms),
             };
             match app.node.propose(command).await? {
-                Response::Leased(jobs) if !jobs.is_empty() => {
+                CommandResponse::Leased(jobs) if !jobs.is_empty() => {
                     let jobs = jobs
                         .into_iter()
                         .map(|j| Assignment { job: j.job, iterations: j.iterations, done: j.done, digest: j.digest })
                         .collect();
                     return Ok(reply(&LeaseResponse { jobs }));
                 }
-                Response::Leased(_) => {}
-                Response::Rejected(Rejection::UnknownWorker) => return Err(WorkerRouteError::UnknownWorker),
-                Response::Rejected(Rejection::WorkerDraining) => return Ok(reply(&LeaseResponse { jobs: vec![] })),
+                CommandResponse::Leased(_) => {}
+                CommandResponse::Rejected(Rejection::UnknownWorker) => return Err(WorkerRouteError::UnknownWorker),
+                CommandResponse::Rejected(Rejection::WorkerDraining) => {
+                    return Ok(reply(&LeaseResponse { jobs: vec![] }));
+                }
                 other => return Err(unexpected(other)),
             }
         }
@@ -208,7 +216,7 @@ pub async fn lease(State(app): State<App>, body: Bytes) -> Result<HttpResponse, 
 }
 
 /// `POST /worker/heartbeat`
-pub async fn heartbeat(State(app): State<App>, body: Bytes) -> Result<HttpResponse, WorkerRouteError> {
+pub async fn heartbeat(State(app): State<App>, body: Bytes) -> Result<Response, WorkerRouteError> {
     let request: HeartbeatRequest = decode(&body)?;
     let now = now_ms();
     let command = Command::Heartbeat {
@@ -219,20 +227,20 @@ pub async fn heartbeat(State(app): State<App>, body: Bytes) -> Result<HttpRespon
         hashes_per_s: request.hashes_per_s,
     };
     match app.node.propose(command).await? {
-        Response::HeartbeatAck { lost, state } => {
+        CommandResponse::HeartbeatAck { lost, state } => {
             Ok(reply(&HeartbeatResponse { lost, draining: state == WorkerState::Draining }))
         }
-        Response::Rejected(Rejection::UnknownWorker) => Err(WorkerRouteError::UnknownWorker),
+        CommandResponse::Rejected(Rejection::UnknownWorker) => Err(WorkerRouteError::UnknownWorker),
         other => Err(unexpected(other)),
     }
 }
 
 /// `POST /worker/complete`
-pub async fn complete(State(app): State<App>, body: Bytes) -> Result<HttpResponse, WorkerRouteError> {
+pub async fn complete(State(app): State<App>, body: Bytes) -> Result<Response, WorkerRouteError> {
     let request: CompleteRequest = decode(&body)?;
     let results = request.results.iter().map(|r| JobResult { job: r.job, result: r.result }).collect();
     match app.node.propose(Command::Complete { worker: request.worker, now_ms: now_ms(), results }).await? {
-        Response::Completed(outcomes) => {
+        CommandResponse::Completed(outcomes) => {
             let mut answer = CompleteResponse { recorded: 0, duplicate: 0, unknown: 0 };
             for outcome in outcomes {
                 match outcome {
@@ -248,11 +256,11 @@ pub async fn complete(State(app): State<App>, body: Bytes) -> Result<HttpRespons
 }
 
 /// `POST /worker/release`
-pub async fn release(State(app): State<App>, body: Bytes) -> Result<HttpResponse, WorkerRouteError> {
+pub async fn release(State(app): State<App>, body: Bytes) -> Result<Response, WorkerRouteError> {
     let request: ReleaseRequest = decode(&body)?;
     let command = Command::Release { worker: request.worker, checkpoints: checkpoints(&request.progress) };
     match app.node.propose(command).await? {
-        Response::Requeued(jobs) => Ok(reply(&ReleaseResponse { requeued: jobs.len() as u32 })),
+        CommandResponse::Requeued(jobs) => Ok(reply(&ReleaseResponse { requeued: jobs.len() as u32 })),
         other => Err(unexpected(other)),
     }
 }

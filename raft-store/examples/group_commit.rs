@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use raft_store::job_table::{Command, NewJob};
 use raft_store::test_cluster::{COORDINATOR_1, COORDINATOR_2, TestCluster, WITNESS};
-use raft_store::{Digest, Response};
+use raft_store::{CommandResponse, Digest};
 
 fn disk_fsync_rate(dir: &std::path::Path, for_how_long: Duration) -> f64 {
     let path = dir.join("fsync-probe");
@@ -62,7 +62,7 @@ async fn main() {
                 let job =
                     NewJob { digest: Digest([p as u8; 64]), iterations: 1, enqueued_at_ms: i, idempotency_key: None };
                 match node.propose(Command::Enqueue { jobs: vec![job] }).await {
-                    Ok(Response::Enqueued(_)) => {
+                    Ok(CommandResponse::Enqueued(_)) => {
                         committed.fetch_add(1, Ordering::Relaxed);
                     }
                     other => panic!("proposal failed: {other:?}"),

@@ -2,7 +2,7 @@
 //! workers.
 //!
 //! [`JobTable::apply`] is the whole contract: given the same sequence of [`Command`]s, every
-//! replica reaches the same table and returns the same [`Response`]s. It therefore reads no clock
+//! replica reaches the same table and returns the same [`CommandResponse`]s. It therefore reads no clock
 //! (times arrive inside commands, stamped by the proposer), draws no random numbers, performs no
 //! I/O and iterates only ordered collections. Expected rejections (an unknown worker, a lease that
 //! moved on) are responses, never errors or panics: a command that arrives through Raft has been
@@ -254,7 +254,7 @@ pub enum Rejection {
 
 /// The answer to one applied command.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub enum Response {
+pub enum CommandResponse {
     /// For entries that carry no command (blank and membership entries).
     None,
     /// One outcome per job of the batch, in order.
@@ -370,6 +370,29 @@ pub struct ScalerState {
     pub terminations: BTreeMap<String, u64>,
 }
 
+/// One page of completions (see [`JobTable::completed_page`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedPage<'a> {
+    /// The completions on this page.
+    pub jobs: Vec<&'a CompletedJob>,
+    /// The cursor to continue from.
+    pub cursor: CompletionSeq,
+    /// The newest completion recorded.
+    pub last_seq: CompletionSeq,
+    /// Completions between the reader's cursor and this page that retention dropped.
+    pub skipped: u64,
+}
+
+/// A cursor past the newest completion: not one this table handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("after={after} is past the newest completion ({last_seq}): not a cursor from this cluster")]
+pub struct CursorAhead {
+    /// The cursor given.
+    pub after: CompletionSeq,
+    /// The newest completion.
+    pub last_seq: CompletionSeq,
+}
+
 /// Where a job is, as a reader sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JobStatus<'a> {
@@ -467,9 +490,9 @@ impl JobTable {
     }
 
     /// Apply one committed command. Deterministic; never panics on any input.
-    pub fn apply(&mut self, command: &Command) -> Response {
+    pub fn apply(&mut self, command: &Command) -> CommandResponse {
         match command {
-            Command::Enqueue { jobs } => Response::Enqueued(jobs.iter().map(|job| self.enqueue(job)).collect()),
+            Command::Enqueue { jobs } => CommandResponse::Enqueued(jobs.iter().map(|job| self.enqueue(job)).collect()),
             Command::Lease { worker, max_jobs, now_ms, deadline_ms } => {
                 self.lease(*worker, *max_jobs, *now_ms, *deadline_ms)
             }
@@ -495,19 +518,19 @@ impl JobTable {
                         hashes_per_s: 0,
                     },
                 );
-                Response::WorkerRegistered(id)
+                CommandResponse::WorkerRegistered(id)
             }
             Command::UpdateWorker { worker, state, now_ms } => match self.workers.get_mut(worker) {
                 Some(w) => {
                     w.state = *state;
                     w.last_seen_ms = w.last_seen_ms.max(*now_ms);
-                    Response::Done
+                    CommandResponse::Done
                 }
-                None => Response::Rejected(Rejection::UnknownWorker),
+                None => CommandResponse::Rejected(Rejection::UnknownWorker),
             },
             Command::RemoveWorker { worker } => {
                 if !self.workers.contains_key(worker) {
-                    return Response::Rejected(Rejection::UnknownWorker);
+                    return CommandResponse::Rejected(Rejection::UnknownWorker);
                 }
                 let held: Vec<JobId> =
                     self.leases.iter().filter(|(_, lease)| lease.worker == *worker).map(|(id, _)| *id).collect();
@@ -515,19 +538,19 @@ impl JobTable {
                     self.requeue(*id);
                 }
                 self.workers.remove(worker);
-                Response::Requeued(held)
+                CommandResponse::Requeued(held)
             }
             Command::SetLimits(limits) => {
                 if limits.completed_retention == 0 || limits.max_queued == 0 || limits.max_lease_batch == 0 {
-                    return Response::Rejected(Rejection::InvalidLimits);
+                    return CommandResponse::Rejected(Rejection::InvalidLimits);
                 }
                 self.limits = *limits;
                 self.enforce_retention();
-                Response::Done
+                CommandResponse::Done
             }
             Command::Scaler(decision) => {
                 self.apply_scaler(decision);
-                Response::Done
+                CommandResponse::Done
             }
         }
     }
@@ -568,12 +591,12 @@ impl JobTable {
         EnqueueOutcome::Created(id)
     }
 
-    fn lease(&mut self, worker: WorkerId, max_jobs: u32, now_ms: u64, deadline_ms: u64) -> Response {
+    fn lease(&mut self, worker: WorkerId, max_jobs: u32, now_ms: u64, deadline_ms: u64) -> CommandResponse {
         let Some(w) = self.workers.get_mut(&worker) else {
-            return Response::Rejected(Rejection::UnknownWorker);
+            return CommandResponse::Rejected(Rejection::UnknownWorker);
         };
         if w.state == WorkerState::Draining {
-            return Response::Rejected(Rejection::WorkerDraining);
+            return CommandResponse::Rejected(Rejection::WorkerDraining);
         }
         w.last_seen_ms = w.last_seen_ms.max(now_ms);
         let max_jobs = max_jobs.min(self.limits.max_lease_batch);
@@ -593,7 +616,7 @@ impl JobTable {
         if let Some(w) = self.workers.get_mut(&worker) {
             w.leases += leased.len() as u32;
         }
-        Response::Leased(leased)
+        CommandResponse::Leased(leased)
     }
 
     fn heartbeat(
@@ -603,9 +626,9 @@ impl JobTable {
         deadline_ms: u64,
         checkpoints: &[Checkpoint],
         hashes_per_s: u64,
-    ) -> Response {
+    ) -> CommandResponse {
         let Some(w) = self.workers.get_mut(&worker) else {
-            return Response::Rejected(Rejection::UnknownWorker);
+            return CommandResponse::Rejected(Rejection::UnknownWorker);
         };
         w.last_seen_ms = w.last_seen_ms.max(now_ms);
         w.hashes_per_s = hashes_per_s;
@@ -622,16 +645,16 @@ impl JobTable {
                 _ => lost.push(checkpoint.job),
             }
         }
-        Response::HeartbeatAck { lost, state }
+        CommandResponse::HeartbeatAck { lost, state }
     }
 
-    fn complete(&mut self, worker: WorkerId, now_ms: u64, results: &[JobResult]) -> Response {
+    fn complete(&mut self, worker: WorkerId, now_ms: u64, results: &[JobResult]) -> CommandResponse {
         if let Some(w) = self.workers.get_mut(&worker) {
             w.last_seen_ms = w.last_seen_ms.max(now_ms);
         }
         let outcomes = results.iter().map(|result| self.complete_one(result, now_ms)).collect();
         self.enforce_retention();
-        Response::Completed(outcomes)
+        CommandResponse::Completed(outcomes)
     }
 
     fn complete_one(&mut self, result: &JobResult, now_ms: u64) -> CompleteOutcome {
@@ -672,7 +695,7 @@ impl JobTable {
         CompleteOutcome::Recorded(seq)
     }
 
-    fn release(&mut self, worker: WorkerId, checkpoints: &[Checkpoint]) -> Response {
+    fn release(&mut self, worker: WorkerId, checkpoints: &[Checkpoint]) -> CommandResponse {
         let mut requeued = Vec::new();
         for checkpoint in checkpoints {
             if let Some(lease) = self.leases.get_mut(&checkpoint.job)
@@ -683,16 +706,16 @@ impl JobTable {
                 requeued.push(checkpoint.job);
             }
         }
-        Response::Requeued(requeued)
+        CommandResponse::Requeued(requeued)
     }
 
-    fn expire_leases(&mut self, now_ms: u64) -> Response {
+    fn expire_leases(&mut self, now_ms: u64) -> CommandResponse {
         let expired: Vec<JobId> =
             self.leases.iter().filter(|(_, lease)| lease.deadline_ms <= now_ms).map(|(id, _)| *id).collect();
         for id in &expired {
             self.requeue(*id);
         }
-        Response::Requeued(expired)
+        CommandResponse::Requeued(expired)
     }
 
     /// Move a leased job back to the waiting jobs, keeping its last checkpoint.
@@ -780,6 +803,42 @@ impl JobTable {
     /// The oldest completion still retained (`None` when none is).
     pub fn oldest_retained_completion_seq(&self) -> Option<CompletionSeq> {
         self.completed.keys().next().copied()
+    }
+
+    /// A page of completions for a reader: the `top` newest when `after` is `None`, newest
+    /// first; else up to `top` after the cursor `after`, oldest first, with the number of
+    /// completions retention dropped between the cursor and the first one kept. A cursor past
+    /// the newest completion was never handed out by this table.
+    pub fn completed_page(&self, after: Option<CompletionSeq>, top: usize) -> Result<CompletedPage<'_>, CursorAhead> {
+        let last_seq = self.last_completion_seq();
+        let Some(after) = after else {
+            let jobs = self.latest_completed(top).collect();
+            return Ok(CompletedPage { jobs, cursor: last_seq, last_seq, skipped: 0 });
+        };
+        if after > last_seq {
+            return Err(CursorAhead { after, last_seq });
+        }
+        let jobs: Vec<&CompletedJob> = self.completed_after(after, top).collect();
+        let cursor = jobs.last().map_or(after, |job| job.seq);
+        // Completion numbers have no holes, so what retention dropped is the distance from the
+        // cursor to the oldest one kept.
+        let first_kept = self.oldest_retained_completion_seq().unwrap_or(last_seq + 1);
+        let skipped = first_kept.saturating_sub(after + 1);
+        Ok(CompletedPage { jobs, cursor, last_seq, skipped })
+    }
+
+    /// Workers not heard from for `timeout_ms` or longer at `now_ms`.
+    pub fn silent_workers(&self, now_ms: u64, timeout_ms: u64) -> Vec<WorkerId> {
+        self.workers
+            .iter()
+            .filter(|(_, worker)| worker.last_seen_ms.saturating_add(timeout_ms) <= now_ms)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Whether any lease has reached its deadline at `now_ms`.
+    pub fn any_lease_expired(&self, now_ms: u64) -> bool {
+        self.leases.values().any(|lease| lease.deadline_ms <= now_ms)
     }
 
     /// The newest completion sequence number recorded, 0 before the first.
@@ -942,16 +1001,77 @@ mod tests {
 
     fn register(table: &mut JobTable, name: &str) -> WorkerId {
         match table.apply(&Command::RegisterWorker { name: name.into(), cores: 2, instance_id: None, now_ms: 0 }) {
-            Response::WorkerRegistered(id) => id,
+            CommandResponse::WorkerRegistered(id) => id,
             other => panic!("unexpected {other:?}"),
         }
     }
 
-    fn leased_ids(response: Response) -> Vec<JobId> {
+    fn leased_ids(response: CommandResponse) -> Vec<JobId> {
         match response {
-            Response::Leased(jobs) => jobs.iter().map(|j| j.job).collect(),
+            CommandResponse::Leased(jobs) => jobs.iter().map(|j| j.job).collect(),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// A table with completions 1..=5 of which retention keeps the newest 3 (seq 3, 4, 5).
+    fn table_with_five_completions_three_kept() -> JobTable {
+        let mut table = JobTable::new(Limits { completed_retention: 3, ..Limits::default() });
+        let worker = register(&mut table, "w");
+        table.apply(&Command::Enqueue { jobs: (1..=5).map(|at| job(1, at, None)).collect() });
+        for id in leased_ids(table.apply(&Command::Lease { worker, max_jobs: 5, now_ms: 10, deadline_ms: 99 })) {
+            let results = vec![JobResult { job: id, result: Digest([7; 64]) }];
+            table.apply(&Command::Complete { worker, now_ms: 11, results });
+        }
+        table
+    }
+
+    #[test]
+    fn a_page_of_completions_counts_what_retention_dropped_before_it() {
+        let table = table_with_five_completions_three_kept();
+        let seqs = |page: &CompletedPage| page.jobs.iter().map(|job| job.seq).collect::<Vec<_>>();
+        // (after, top, seqs on the page, cursor, skipped)
+        let cases = [
+            (None, 2, vec![5, 4], 5, 0),
+            (None, 10, vec![5, 4, 3], 5, 0),
+            (Some(0), 10, vec![3, 4, 5], 5, 2),
+            (Some(1), 1, vec![3], 3, 1),
+            (Some(2), 10, vec![3, 4, 5], 5, 0),
+            (Some(3), 1, vec![4], 4, 0),
+            (Some(5), 10, vec![], 5, 0),
+        ];
+        for (after, top, expected, cursor, skipped) in cases {
+            let page = table.completed_page(after, top).expect("a cursor this table handed out");
+            assert_eq!(seqs(&page), expected, "after {after:?} top {top}");
+            assert_eq!((page.cursor, page.last_seq, page.skipped), (cursor, 5, skipped), "after {after:?} top {top}");
+        }
+        assert_eq!(table.completed_page(Some(6), 10), Err(CursorAhead { after: 6, last_seq: 5 }));
+        let empty = JobTable::default();
+        let page = empty.completed_page(Some(0), 10).expect("cursor 0 before any completion");
+        assert_eq!((page.jobs.len(), page.cursor, page.last_seq, page.skipped), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn a_worker_is_silent_once_the_timeout_has_passed_since_it_was_last_seen() {
+        let mut table = JobTable::default();
+        let quiet = register(&mut table, "quiet");
+        let chatty = register(&mut table, "chatty");
+        let heartbeat =
+            Command::Heartbeat { worker: chatty, now_ms: 500, deadline_ms: 600, checkpoints: vec![], hashes_per_s: 0 };
+        table.apply(&heartbeat);
+        assert_eq!(table.silent_workers(999, 1_000), Vec::<WorkerId>::new());
+        assert_eq!(table.silent_workers(1_000, 1_000), vec![quiet]);
+        assert_eq!(table.silent_workers(1_500, 1_000), vec![quiet, chatty]);
+        assert_eq!(table.silent_workers(1_500, u64::MAX), Vec::<WorkerId>::new(), "the timeout saturates, never wraps");
+    }
+
+    #[test]
+    fn a_lease_expires_at_its_deadline() {
+        let mut table = JobTable::default();
+        let worker = register(&mut table, "w");
+        table.apply(&Command::Enqueue { jobs: vec![job(1, 1, None)] });
+        table.apply(&Command::Lease { worker, max_jobs: 1, now_ms: 10, deadline_ms: 20 });
+        assert!(!table.any_lease_expired(19));
+        assert!(table.any_lease_expired(20));
     }
 
     #[test]
@@ -970,7 +1090,7 @@ mod tests {
         });
         assert_eq!(
             response,
-            Response::Enqueued(vec![
+            CommandResponse::Enqueued(vec![
                 EnqueueOutcome::Created(1),
                 EnqueueOutcome::Created(2),
                 EnqueueOutcome::Duplicate(1),
@@ -988,7 +1108,7 @@ mod tests {
     fn queue_full_refuses_and_counts() {
         let mut table = JobTable::new(Limits { max_queued: 1, ..Limits::default() });
         let response = table.apply(&Command::Enqueue { jobs: vec![job(1, 1, None), job(1, 2, None)] });
-        assert_eq!(response, Response::Enqueued(vec![EnqueueOutcome::Created(1), EnqueueOutcome::QueueFull]));
+        assert_eq!(response, CommandResponse::Enqueued(vec![EnqueueOutcome::Created(1), EnqueueOutcome::QueueFull]));
         assert_eq!(table.totals().rejected_queue_full, 1);
     }
 
@@ -1009,14 +1129,14 @@ mod tests {
             checkpoints: vec![checkpoint, Checkpoint { job: 2, done: 5, digest: Digest([1; 64]) }],
             hashes_per_s: 0,
         });
-        assert_eq!(ack, Response::HeartbeatAck { lost: vec![2], state: WorkerState::Active });
-        assert_eq!(table.apply(&Command::ExpireLeases { now_ms: 24 }), Response::Requeued(vec![]));
-        assert_eq!(table.apply(&Command::ExpireLeases { now_ms: 25 }), Response::Requeued(vec![1]));
+        assert_eq!(ack, CommandResponse::HeartbeatAck { lost: vec![2], state: WorkerState::Active });
+        assert_eq!(table.apply(&Command::ExpireLeases { now_ms: 24 }), CommandResponse::Requeued(vec![]));
+        assert_eq!(table.apply(&Command::ExpireLeases { now_ms: 25 }), CommandResponse::Requeued(vec![1]));
         table.check_invariants().expect("invariants");
         // The requeued job (older) comes before job 2, and resumes from the checkpoint.
         let w2 = register(&mut table, "w2");
         match table.apply(&Command::Lease { worker: w2, max_jobs: 4, now_ms: 30, deadline_ms: 40 }) {
-            Response::Leased(jobs) => {
+            CommandResponse::Leased(jobs) => {
                 assert_eq!(jobs.len(), 2);
                 assert_eq!(jobs[0], LeasedJob { job: 1, iterations: 100, done: 40, digest: Digest([9; 64]) });
                 assert_eq!(jobs[1].job, 2);
@@ -1041,7 +1161,7 @@ mod tests {
             checkpoints: vec![Checkpoint { job: 1, done: 2, digest: Digest([2; 64]) }],
             hashes_per_s: 0,
         });
-        assert_eq!(table.apply(&Command::ExpireLeases { now_ms: 10 }), Response::Requeued(vec![2]));
+        assert_eq!(table.apply(&Command::ExpireLeases { now_ms: 10 }), CommandResponse::Requeued(vec![2]));
         assert!(matches!(table.job_status(1), Some(JobStatus::Running(_))));
         table.check_invariants().expect("invariants");
     }
@@ -1058,13 +1178,13 @@ mod tests {
         let result = JobResult { job: 1, result: Digest([4; 64]) };
         // The expired holder's late result is recorded; the current holder's is a no-op.
         let first = table.apply(&Command::Complete { worker: w1, now_ms: 7, results: vec![result] });
-        assert_eq!(first, Response::Completed(vec![CompleteOutcome::Recorded(1)]));
+        assert_eq!(first, CommandResponse::Completed(vec![CompleteOutcome::Recorded(1)]));
         let second = table.apply(&Command::Complete {
             worker: w2,
             now_ms: 8,
             results: vec![JobResult { job: 1, result: Digest([5; 64]) }],
         });
-        assert_eq!(second, Response::Completed(vec![CompleteOutcome::AlreadyCompleted(1)]));
+        assert_eq!(second, CommandResponse::Completed(vec![CompleteOutcome::AlreadyCompleted(1)]));
         match table.job_status(1) {
             Some(JobStatus::Completed(done)) => assert_eq!(done.result, Digest([4; 64])),
             other => panic!("unexpected {other:?}"),
@@ -1082,7 +1202,7 @@ mod tests {
             now_ms: 0,
             results: vec![JobResult { job: 1, result: Digest([0; 64]) }],
         });
-        assert_eq!(response, Response::Completed(vec![CompleteOutcome::Unknown]));
+        assert_eq!(response, CommandResponse::Completed(vec![CompleteOutcome::Unknown]));
         assert!(matches!(table.job_status(1), Some(JobStatus::Queued(_))));
     }
 
@@ -1102,7 +1222,7 @@ mod tests {
         assert_eq!(table.job_status(4), None);
         // k1 left with its result (any request may take it now); a retry of k2 still deduplicates.
         let again = table.apply(&Command::Enqueue { jobs: vec![job(1, 4, Some("k1")), job(1, 2, Some("k2"))] });
-        assert_eq!(again, Response::Enqueued(vec![EnqueueOutcome::Created(4), EnqueueOutcome::Duplicate(2)]));
+        assert_eq!(again, CommandResponse::Enqueued(vec![EnqueueOutcome::Created(4), EnqueueOutcome::Duplicate(2)]));
         table.check_invariants().expect("invariants");
     }
 
@@ -1115,18 +1235,18 @@ mod tests {
         table.apply(&Command::UpdateWorker { worker: w, state: WorkerState::Draining, now_ms: 1 });
         assert_eq!(
             table.apply(&Command::Lease { worker: w, max_jobs: 1, now_ms: 2, deadline_ms: 9 }),
-            Response::Rejected(Rejection::WorkerDraining)
+            CommandResponse::Rejected(Rejection::WorkerDraining)
         );
         let released = table.apply(&Command::Release {
             worker: w,
             checkpoints: vec![Checkpoint { job: 2, done: 7, digest: Digest([7; 64]) }],
         });
-        assert_eq!(released, Response::Requeued(vec![2]));
+        assert_eq!(released, CommandResponse::Requeued(vec![2]));
         match table.job_status(2) {
             Some(JobStatus::Queued(job)) => assert_eq!((job.done, job.attempts), (7, 1)),
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(table.apply(&Command::RemoveWorker { worker: w }), Response::Requeued(vec![1]));
+        assert_eq!(table.apply(&Command::RemoveWorker { worker: w }), CommandResponse::Requeued(vec![1]));
         assert_eq!(table.queued_iterations(), 9 + 3);
         table.check_invariants().expect("invariants");
     }
@@ -1142,7 +1262,7 @@ mod tests {
             Command::UpdateWorker { worker: 9, state: WorkerState::Draining, now_ms: 0 },
             Command::RemoveWorker { worker: 9 },
         ] {
-            assert_eq!(table.apply(&command), Response::Rejected(Rejection::UnknownWorker));
+            assert_eq!(table.apply(&command), CommandResponse::Rejected(Rejection::UnknownWorker));
         }
         assert_eq!(table, before);
     }

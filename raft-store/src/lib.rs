@@ -8,7 +8,8 @@
 //! - [`state_machine`]: openraft's state machine over the job table, with snapshots on disk.
 //! - [`network`]: the voters' HTTP transport (axum routes and a shared reqwest client).
 //! - [`node`]: the API the coordinator and the witness use: start, initialize, propose, read
-//!   barrier, leadership, and each voter's self-reported [`node::VoterStatus`].
+//!   barrier, leadership, membership, and views of the voter's state in Tandem's types
+//!   ([`node::NodeView`], [`node::VoterStatus`]).
 //! - [`raft_metrics`]: the `tandem_raft_*` Prometheus gauges, for coordinators and the witness.
 //!
 //! This crate knows nothing of the client API, EC2 or scaling policy.
@@ -23,11 +24,10 @@ pub mod test_cluster;
 pub mod type_config;
 pub mod wal;
 
-pub use job_table::{Command, JobTable, Response};
-pub use node::PeerReplication;
+pub use job_table::{Command, CommandResponse, JobTable};
 pub use node::{
-    Leadership, MembershipError, Node, NodeConfig, ProposeError, ReadError, Replaced, StartError, Timing,
-    TransferError, VoterStatus,
+    Failover, Leadership, Member, MembershipError, Node, NodeConfig, NodeView, PeerReplication, ProposeError,
+    ReadError, Replaced, StartError, Timing, TransferError, VoterState, VoterStatus,
 };
 pub use type_config::{NodeId, NodeInfo, Role, TypeConfig};
 pub use wire::Digest;

@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use openraft::alias::SnapshotOf;
@@ -225,11 +226,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     }
 }
 
-/// What every `/raft/` handler needs.
+/// What the check in front of every `/raft/` route needs.
 #[derive(Clone)]
-pub struct RaftRoutesState {
-    /// The local Raft.
-    pub raft: Raft,
+pub struct PeerCheck {
     /// This node's id: requests for another id are refused.
     pub self_id: NodeId,
     /// Required in [`SECRET_HEADER`] when set.
@@ -250,14 +249,16 @@ pub fn msgpack_response<T: Serialize>(value: &T) -> Response {
 }
 
 /// Why a `/raft/` request was refused, with the status it gets.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
 pub struct Refusal {
     status: StatusCode,
     message: String,
 }
 
 impl Refusal {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    /// A refusal with `status`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Refusal { status, message: message.into() }
     }
 }
@@ -268,29 +269,21 @@ impl IntoResponse for Refusal {
     }
 }
 
-/// Whether `given` is `expected`, compared in time that does not depend on where they differ
-/// (so a caller cannot find a secret or token byte by byte by timing refusals). Only its length
-/// can leak.
-pub fn secret_matches(given: Option<&str>, expected: &str) -> bool {
-    use subtle::ConstantTimeEq;
-    given.is_some_and(|given| bool::from(given.as_bytes().ct_eq(expected.as_bytes())))
-}
-
 /// Refuse requests that are not for this node, lack the secret, or come over a cut link.
-pub fn check_request(state: &RaftRoutesState, headers: &HeaderMap) -> Result<(), Refusal> {
-    if let Some(secret) = &state.secret {
+fn check_request(check: &PeerCheck, headers: &HeaderMap) -> Result<(), Refusal> {
+    if let Some(secret) = &check.secret {
         let given = headers.get(SECRET_HEADER).and_then(|v| v.to_str().ok());
-        if !secret_matches(given, secret) {
+        if !wire::secret_matches(given, secret) {
             return Err(Refusal::new(StatusCode::UNAUTHORIZED, "missing or wrong cluster secret"));
         }
     }
     let header_id = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<NodeId>().ok());
     match header_id(TARGET_HEADER) {
-        Some(target) if target == state.self_id => {}
+        Some(target) if target == check.self_id => {}
         Some(target) => {
             return Err(Refusal::new(
                 StatusCode::MISDIRECTED_REQUEST,
-                format!("this is node {}, not node {target}", state.self_id),
+                format!("this is node {}, not node {target}", check.self_id),
             ));
         }
         None => {
@@ -298,79 +291,72 @@ pub fn check_request(state: &RaftRoutesState, headers: &HeaderMap) -> Result<(),
         }
     }
     if let Some(from) = header_id(FROM_HEADER)
-        && state.faults.is_cut(from)
+        && check.faults.is_cut(from)
     {
         return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "link cut by fault injection"));
     }
     Ok(())
 }
 
-/// Decode a MessagePack request body, or answer 400.
-pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
-    rmp_serde::from_slice(body)
-        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("undecodable MessagePack body: {e}")))
-}
-
-async fn append(State(state): State<RaftRoutesState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(refusal) = check_request(&state, &headers) {
-        return refusal.into_response();
-    }
-    match decode_body(&body) {
-        Ok(req) => msgpack_response(&state.raft.append_entries(req).await),
+/// The layer in front of every `/raft/` route: it refuses a request that is not for this
+/// node, lacks the secret or comes over a cut link, before its body is read.
+pub async fn require_peer(State(check): State<PeerCheck>, request: Request, next: Next) -> Response {
+    match check_request(&check, request.headers()) {
+        Ok(()) => next.run(request).await,
         Err(refusal) => refusal.into_response(),
     }
 }
 
-async fn vote(State(state): State<RaftRoutesState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(refusal) = check_request(&state, &headers) {
-        return refusal.into_response();
-    }
-    match decode_body(&body) {
-        Ok(req) => msgpack_response(&state.raft.vote(req).await),
-        Err(refusal) => refusal.into_response(),
+/// A MessagePack request body, decoded; a body that does not decode is a 400.
+pub struct MsgPack<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for MsgPack<T> {
+    type Rejection = Refusal;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Refusal> {
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(|e| Refusal::new(e.status(), format!("could not read the body: {}", e.body_text())))?;
+        rmp_serde::from_slice(&body)
+            .map(MsgPack)
+            .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("undecodable MessagePack body: {e}")))
     }
 }
 
-async fn pre_vote(State(state): State<RaftRoutesState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(refusal) = check_request(&state, &headers) {
-        return refusal.into_response();
-    }
-    match decode_body(&body) {
-        Ok(req) => msgpack_response(&state.raft.pre_vote(req).await),
-        Err(refusal) => refusal.into_response(),
-    }
+async fn append(State(raft): State<Raft>, MsgPack(req): MsgPack<AppendEntriesRequest<TypeConfig>>) -> Response {
+    msgpack_response(&raft.append_entries(req).await)
 }
 
-async fn snapshot(State(state): State<RaftRoutesState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(refusal) = check_request(&state, &headers) {
-        return refusal.into_response();
-    }
-    let (vote, meta, data): (Vote, SnapshotMeta, serde_bytes::ByteBuf) = match decode_body(&body) {
-        Ok(req) => req,
-        Err(refusal) => return refusal.into_response(),
-    };
+async fn vote(State(raft): State<Raft>, MsgPack(req): MsgPack<VoteRequest<TypeConfig>>) -> Response {
+    msgpack_response(&raft.vote(req).await)
+}
+
+async fn pre_vote(State(raft): State<Raft>, MsgPack(req): MsgPack<VoteRequest<TypeConfig>>) -> Response {
+    msgpack_response(&raft.pre_vote(req).await)
+}
+
+async fn snapshot(
+    State(raft): State<Raft>,
+    MsgPack((vote, meta, data)): MsgPack<(Vote, SnapshotMeta, serde_bytes::ByteBuf)>,
+) -> Response {
     let snapshot = Snapshot { meta, snapshot: data.into_vec() };
     let result: Result<SnapshotResponse<TypeConfig>, RaftError<TypeConfig>> =
-        state.raft.install_full_snapshot(vote, snapshot).await.map_err(RaftError::Fatal);
+        raft.install_full_snapshot(vote, snapshot).await.map_err(RaftError::Fatal);
     msgpack_response(&result)
 }
 
-async fn transfer_leader(State(state): State<RaftRoutesState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(refusal) = check_request(&state, &headers) {
-        return refusal.into_response();
-    }
-    match decode_body(&body) {
-        Ok(req) => {
-            let result: Result<TransferLeaderResponse<TypeConfig>, RaftError<TypeConfig>> =
-                state.raft.handle_transfer_leader(req).await.map_err(RaftError::Fatal);
-            msgpack_response(&result)
-        }
-        Err(refusal) => refusal.into_response(),
-    }
+async fn transfer_leader(
+    State(raft): State<Raft>,
+    MsgPack(req): MsgPack<TransferLeaderRequest<TypeConfig>>,
+) -> Response {
+    let result: Result<TransferLeaderResponse<TypeConfig>, RaftError<TypeConfig>> =
+        raft.handle_transfer_leader(req).await.map_err(RaftError::Fatal);
+    msgpack_response(&result)
 }
 
-/// The routes openraft's peers call: append, vote, pre-vote, snapshot, transfer-leader.
-pub fn raft_rpc_router(state: RaftRoutesState) -> Router {
+/// The routes openraft's peers call (append, vote, pre-vote, snapshot, transfer-leader), behind
+/// [`require_peer`]. Add other `/raft/` routes before the layer is applied (see `Node::router`).
+pub fn raft_rpc_router(raft: Raft) -> Router {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
@@ -378,20 +364,5 @@ pub fn raft_rpc_router(state: RaftRoutesState) -> Router {
         .route("/raft/snapshot", post(snapshot))
         .route("/raft/transfer-leader", post(transfer_leader))
         .layer(axum::extract::DefaultBodyLimit::max(512 << 20))
-        .with_state(state)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::secret_matches;
-
-    #[test]
-    fn only_the_exact_secret_matches() {
-        assert!(secret_matches(Some("s3cret-token"), "s3cret-token"));
-        assert!(!secret_matches(Some("s3cret-tokeN"), "s3cret-token"), "same length, last byte differs");
-        assert!(!secret_matches(Some("s3cret"), "s3cret-token"), "a prefix");
-        assert!(!secret_matches(Some("s3cret-token-and-more"), "s3cret-token"), "a longer string");
-        assert!(!secret_matches(Some(""), "s3cret-token"));
-        assert!(!secret_matches(None, "s3cret-token"));
-    }
+        .with_state(raft)
 }

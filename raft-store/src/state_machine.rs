@@ -22,7 +22,7 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, S
 use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 
-use crate::job_table::{JobTable, Response};
+use crate::job_table::{CommandResponse, JobTable};
 use crate::type_config::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// The current snapshot's file name inside a data directory.
@@ -224,11 +224,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 let mut state = self.inner.state.write().unwrap_or_else(|poison| poison.into_inner());
                 state.last_applied = Some(entry.log_id);
                 match &entry.payload {
-                    EntryPayload::Blank => Response::None,
+                    EntryPayload::Blank => CommandResponse::None,
                     EntryPayload::Normal(command) => state.table.apply(command),
                     EntryPayload::Membership(membership) => {
                         state.last_membership = StoredMembership::new(Some(entry.log_id), membership.clone());
-                        Response::None
+                        CommandResponse::None
                     }
                 }
             };

@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::job_table::{Command, Response};
+use crate::job_table::{Command, CommandResponse};
 
 /// A voter's id. Never reused with an empty disk: a replacement joins under a new id.
 pub type NodeId = u64;
@@ -72,10 +72,10 @@ impl fmt::Display for NodeInfo {
 }
 
 openraft::declare_raft_types!(
-    /// Tandem's openraft types: commands are [`Command`]s, responses [`Response`]s.
+    /// Tandem's openraft types: commands are [`Command`]s, responses [`CommandResponse`]s.
     pub TypeConfig:
         D = Command,
-        R = Response,
+        R = CommandResponse,
         NodeId = NodeId,
         Node = NodeInfo,
 );
@@ -94,3 +94,5 @@ pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 /// Raft metrics in Tandem's configuration.
 pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
+/// The monotonic instant openraft's metrics are measured in.
+pub type Instant = openraft::alias::InstantOf<TypeConfig>;

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use raft_store::Response;
+use raft_store::CommandResponse;
 use raft_store::job_table::Command;
 use raft_store::node::{ProposeError, TransferError};
 use raft_store::test_cluster::{COORDINATOR_1, COORDINATOR_2, TestCluster, WITNESS};
@@ -267,11 +267,11 @@ async fn times_in_forwarded_commands_are_the_leader_s_whatever_the_follower_s_cl
     let fast = before + HOUR;
     let registered =
         follower.propose(Command::RegisterWorker { name: "w".into(), cores: 1, instance_id: None, now_ms: fast }).await;
-    let Ok(Response::WorkerRegistered(worker)) = registered else { panic!("register: {registered:?}") };
+    let Ok(CommandResponse::WorkerRegistered(worker)) = registered else { panic!("register: {registered:?}") };
     enqueue(&follower, 1).await;
     let leased =
         follower.propose(Command::Lease { worker, max_jobs: 1, now_ms: fast, deadline_ms: fast + 3_000 }).await;
-    assert!(matches!(&leased, Ok(Response::Leased(jobs)) if jobs.len() == 1), "lease: {leased:?}");
+    assert!(matches!(&leased, Ok(CommandResponse::Leased(jobs)) if jobs.len() == 1), "lease: {leased:?}");
     let after = wall();
     follower.read_barrier().await.expect("read barrier");
     follower.state_machine().read(|table| {

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use raft_store::Digest;
 use raft_store::job_table::{
-    Checkpoint, Command, CompleteOutcome, EnqueueOutcome, JobId, JobResult, JobStatus, JobTable, Limits, NewJob,
-    Response, WorkerId, WorkerState,
+    Checkpoint, Command, CommandResponse, CompleteOutcome, EnqueueOutcome, JobId, JobResult, JobStatus, JobTable,
+    Limits, NewJob, WorkerId, WorkerState,
 };
 use raft_store::state_machine::encode_table;
 use rand::rngs::StdRng;
@@ -138,10 +138,10 @@ impl Generator {
         }
     }
 
-    fn observe(&mut self, command: &Command, response: &Response) {
+    fn observe(&mut self, command: &Command, response: &CommandResponse) {
         match (command, response) {
-            (Command::RegisterWorker { .. }, Response::WorkerRegistered(id)) => self.workers.push(*id),
-            (Command::Lease { worker, .. }, Response::Leased(jobs)) => {
+            (Command::RegisterWorker { .. }, CommandResponse::WorkerRegistered(id)) => self.workers.push(*id),
+            (Command::Lease { worker, .. }, CommandResponse::Leased(jobs)) => {
                 self.leased.extend(jobs.iter().map(|job| (*worker, job.job, job.iterations)));
             }
             _ => {}
@@ -165,7 +165,7 @@ fn run_sequence(seed: u64, steps: usize) -> (Vec<Command>, JobTable) {
             panic!("seed {seed} step {step}: {broken}\ncommand: {command:?}\nresponse: {response:?}");
         }
         match (&command, &response) {
-            (Command::Enqueue { jobs }, Response::Enqueued(outcomes)) => {
+            (Command::Enqueue { jobs }, CommandResponse::Enqueued(outcomes)) => {
                 assert_eq!(jobs.len(), outcomes.len());
                 for outcome in outcomes {
                     if let EnqueueOutcome::Created(id) = outcome {
@@ -173,7 +173,7 @@ fn run_sequence(seed: u64, steps: usize) -> (Vec<Command>, JobTable) {
                     }
                 }
             }
-            (Command::Complete { results, .. }, Response::Completed(outcomes)) => {
+            (Command::Complete { results, .. }, CommandResponse::Completed(outcomes)) => {
                 for (result, outcome) in results.iter().zip(outcomes) {
                     if let CompleteOutcome::Recorded(_) = outcome {
                         assert!(
@@ -184,7 +184,7 @@ fn run_sequence(seed: u64, steps: usize) -> (Vec<Command>, JobTable) {
                     }
                 }
             }
-            (_, Response::Rejected(_)) => {
+            (_, CommandResponse::Rejected(_)) => {
                 assert!(table == before, "seed {seed} step {step}: rejected {command:?} changed the table");
             }
             _ => {}

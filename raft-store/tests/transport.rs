@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::errors::RPCError;
-use raft_store::job_table::{Command, Response};
+use raft_store::job_table::{Command, CommandResponse};
 use raft_store::network::{NetworkFaults, Transport};
 use raft_store::test_cluster::{COORDINATOR_1, COORDINATOR_2, TestCluster};
 use raft_store::{NodeId, ProposeError};
@@ -38,7 +38,7 @@ async fn the_secret_is_required_and_the_target_must_match() {
     // The cluster itself works with the secret.
     cluster.wait_for_leader(Duration::from_secs(10)).await;
     let response = cluster.node(COORDINATOR_2).propose(Command::ExpireLeases { now_ms: 1 }).await;
-    assert_eq!(response, Ok(Response::Requeued(vec![])));
+    assert_eq!(response, Ok(CommandResponse::Requeued(vec![])));
     let addr = cluster.infos()[&COORDINATOR_1].raft_addr.clone();
 
     let faults = Arc::new(NetworkFaults::default());

@@ -5,6 +5,7 @@
 //! - [`api`]: the client API's JSON bodies (what curl users and the bench see).
 //! - [`worker`]: the MessagePack messages between workers and coordinators.
 //! - [`client`]: a typed client of the client API, for tests and the bench.
+//! - `process` (feature `process`): log set-up and signal handling, the same in every binary.
 //!
 //! Wire types are distinct from Raft commands on purpose: the coordinator converts between them,
 //! so the replicated log can evolve without breaking clients, and clients of the API (the bench)
@@ -14,9 +15,16 @@ pub mod api;
 pub mod chain;
 pub mod client;
 pub mod digest;
+#[cfg(feature = "process")]
+pub mod process;
 pub mod worker;
 
 pub use digest::Digest;
+
+/// Milliseconds since the Unix epoch on this machine's clock (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
 
 /// Header carrying the cluster secret, on the `/raft/` routes and the worker routes.
 pub const SECRET_HEADER: &str = "x-tandem-secret";
@@ -38,9 +46,27 @@ pub fn check_credential(what: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `given` is `expected`, compared in time that does not depend on where they differ
+/// (so a caller cannot find a secret or token byte by byte by timing refusals). Only its length
+/// can leak.
+pub fn secret_matches(given: Option<&str>, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    given.is_some_and(|given| bool::from(given.as_bytes().ct_eq(expected.as_bytes())))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::check_credential;
+    use super::{check_credential, secret_matches};
+
+    #[test]
+    fn only_the_exact_secret_matches() {
+        assert!(secret_matches(Some("s3cret-token"), "s3cret-token"));
+        assert!(!secret_matches(Some("s3cret-tokeN"), "s3cret-token"), "same length, last byte differs");
+        assert!(!secret_matches(Some("s3cret"), "s3cret-token"), "a prefix");
+        assert!(!secret_matches(Some("s3cret-token-and-more"), "s3cret-token"), "a longer string");
+        assert!(!secret_matches(Some(""), "s3cret-token"));
+        assert!(!secret_matches(None, "s3cret-token"));
+    }
 
     #[test]
     fn a_credential_must_survive_an_http_header_unchanged() {

@@ -5,15 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-
-/// How logs are printed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use wire::process::LogFormat;
 
 /// A Tandem worker: leases jobs from the coordinators, computes them on every core, reports
 /// results. With --witness it also runs the cluster's third Raft voter.

@@ -26,6 +26,8 @@ use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 
 use super::Node;
+use super::leader_calls::CallError;
+use super::rpc_routes::ReplaceVoter;
 use crate::type_config::{NodeId, NodeInfo, Raft, RaftMetrics, TypeConfig};
 
 /// Why a voter was not replaced.
@@ -58,16 +60,54 @@ pub enum MembershipError {
     /// openraft refused or failed the change (another change in progress, leadership lost).
     #[error("membership change failed: {0}")]
     Raft(String),
+    /// No leader is known right now (an election is under way).
+    #[error("no leader right now; retry shortly")]
+    NoLeader,
+    /// The leader could not be asked, or its answer was lost (the change may be under way:
+    /// repeating the request is safe).
+    #[error("could not reach the leader: {0}")]
+    Unreachable(String),
 }
 
+impl From<CallError> for MembershipError {
+    fn from(e: CallError) -> Self {
+        MembershipError::Unreachable(e.to_string())
+    }
+}
+
+/// How much longer than the leader's catch-up wait a follower waits for the leader's answer:
+/// the two membership changes after the catch-up.
+const FORWARDED_CHANGE_MARGIN: Duration = Duration::from_secs(30);
+
 /// The voters after a successful replacement.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replaced {
     /// The voter ids now.
     pub voters: BTreeSet<NodeId>,
 }
 
 impl Node {
+    /// Replace voter `old` by the new node `new` wherever this node stands: the leader does it
+    /// ([`Node::replace_voter`]); a follower asks the leader to, and waits a little longer than
+    /// `catch_up` for its answer.
+    pub async fn replace_member(
+        &self,
+        old: NodeId,
+        new: NodeId,
+        info: NodeInfo,
+        catch_up: Duration,
+    ) -> Result<Replaced, MembershipError> {
+        let Some(leader) = self.parts.leadership.borrow().leader else {
+            return Err(MembershipError::NoLeader);
+        };
+        if leader == self.id() {
+            return self.replace_voter(old, new, info, catch_up).await;
+        }
+        let request = ReplaceVoter { old, new, info, catch_up_ms: catch_up.as_millis() as u64 };
+        let timeout = catch_up + FORWARDED_CHANGE_MARGIN;
+        self.call_voter::<_, Result<Replaced, MembershipError>>(leader, "replace-voter", &request, timeout).await?
+    }
+
     /// On the leader: replace voter `old` by the new node `new` (a fresh process with an empty
     /// data directory, already running at `info.raft_addr`). Waits up to `catch_up` for the new
     /// node to hold the whole log before it becomes a voter. Safe to repeat after a failure.
@@ -78,14 +118,14 @@ impl Node {
         info: NodeInfo,
         catch_up: Duration,
     ) -> Result<Replaced, MembershipError> {
-        let raft = &self.inner.raft;
+        let raft = &self.parts.raft;
         let metrics = self.metrics();
         if metrics.state != ServerState::Leader {
             return Err(MembershipError::NotLeader(metrics.current_leader));
         }
         // One at a time: a second replacement would decide on a membership the first is about to
         // change, and the first's learner sweep would remove the second's learner.
-        let Ok(_one_at_a_time) = self.inner.replacing.try_lock() else {
+        let Ok(_one_at_a_time) = self.parts.replacing.try_lock() else {
             return Err(MembershipError::Refused(
                 "another voter replacement is in progress on this leader; repeat this one once it has finished".into(),
             ));
@@ -286,14 +326,14 @@ mod tests {
         let node = settled_leader(&cluster).await;
         let decided_on = node.metrics();
         // Another membership change commits in between: a learner joins.
-        node.inner
+        node.parts
             .raft
             .add_learner(9, NodeInfo::at(Role::Coordinator, "127.0.0.1:9".to_string()), false)
             .await
             .expect("add");
 
         let voters: BTreeSet<NodeId> = [COORDINATOR_1, COORDINATOR_2].into();
-        let outcome = change_voters(&node.inner.raft, &decided_on, voters, Duration::from_secs(10)).await;
+        let outcome = change_voters(&node.parts.raft, &decided_on, voters, Duration::from_secs(10)).await;
         assert!(
             matches!(&outcome, Err(MembershipError::Refused(why)) if why.contains("another membership change came first")),
             "a change decided on the older membership went ahead: {outcome:?}"
@@ -315,7 +355,7 @@ mod tests {
         let node = settled_leader(&cluster).await;
         let leader = node.id();
         let learner = NodeInfo::at(Role::Witness, "127.0.0.1:9".to_string());
-        node.inner.raft.add_learner(9, learner, false).await.expect("add");
+        node.parts.raft.add_learner(9, learner, false).await.expect("add");
         // Another replacement (the witness by node 9) stopped between its two steps.
         let from: BTreeSet<NodeId> = [COORDINATOR_1, COORDINATOR_2, WITNESS].into();
         let to: BTreeSet<NodeId> = [COORDINATOR_1, COORDINATOR_2, 9].into();
@@ -345,7 +385,7 @@ mod tests {
             async move { node.replace_voter(other, 4, nobody, Duration::from_secs(3)).await }
         });
         // It holds the replacement once its learner is in the membership.
-        node.inner
+        node.parts
             .raft
             .wait(Some(Duration::from_secs(10)))
             .metrics(|m| m.membership_config.membership().get_node(&4).is_some(), "the first replacement's learner")

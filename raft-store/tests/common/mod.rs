@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use raft_store::job_table::{Command, EnqueueOutcome, JobStatus, NewJob};
 use raft_store::test_cluster::TestCluster;
-use raft_store::{Digest, Node, NodeId, Response, Role};
+use raft_store::{CommandResponse, Digest, Node, NodeId, Role};
 
 pub const ELECTION: Duration = Duration::from_secs(10);
 
@@ -15,7 +15,7 @@ pub fn job(i: u64) -> NewJob {
 /// Enqueue one job through `node` (forwarded to the leader if need be); return its id.
 pub async fn enqueue(node: &Node, i: u64) -> u64 {
     match node.propose(Command::Enqueue { jobs: vec![job(i)] }).await {
-        Ok(Response::Enqueued(outcomes)) => match outcomes.as_slice() {
+        Ok(CommandResponse::Enqueued(outcomes)) => match outcomes.as_slice() {
             [EnqueueOutcome::Created(id)] => *id,
             other => panic!("unexpected outcome {other:?}"),
         },

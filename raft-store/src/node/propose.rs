@@ -1,0 +1,132 @@
+//! Proposing a command: commit it on this node if it leads, else forward it to the leader, and
+//! retry while an election is under way.
+
+use openraft::errors::{ClientWriteError, RaftError};
+use serde::{Deserialize, Serialize};
+
+use super::leader_calls::CallError;
+use super::{Node, RETRY_PAUSE};
+use crate::job_table::{Command, CommandResponse};
+use crate::type_config::{NodeId, Raft};
+
+/// Why a proposal has no response.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ProposeError {
+    /// No leader could take it before the deadline (no quorum, or an election that did not end).
+    #[error("no leader accepted the write within the deadline: {0}")]
+    Unavailable(String),
+    /// It may or may not have been committed (the leader changed, or the answer was lost).
+    /// Retrying is safe only for idempotent commands.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// This node does not lead (only from [`Node::propose_local`]).
+    #[error("not the leader; the leader is {leader:?}")]
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader: Option<NodeId>,
+    },
+    /// The local Raft has stopped (a storage failure, or shutdown).
+    #[error("raft has stopped: {0}")]
+    Stopped(String),
+}
+
+impl From<CallError> for ProposeError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::NotDelivered(why) => ProposeError::Unavailable(why),
+            // The request may have reached the leader and been committed.
+            CallError::Lost(why) => ProposeError::Unknown(why),
+        }
+    }
+}
+
+impl Node {
+    /// Commit `command` on this node if it leads; otherwise say who does. Gives up after the
+    /// request timeout (a leader that lost its quorum cannot commit).
+    pub async fn propose_local(&self, command: Command) -> Result<CommandResponse, ProposeError> {
+        let timeout = self.parts.config.request_timeout;
+        let quorum_timeout = self.parts.config.timing.quorum_timeout();
+        let mut quorum_lost = self.parts.quorum_lost.clone();
+        // A leader cut off from its peers cannot commit: refuse at once rather than append an
+        // entry that would only time out. Nothing was written, so the caller may retry anywhere.
+        if *quorum_lost.borrow_and_update() {
+            return Err(ProposeError::Unavailable(format!(
+                "this leader has not heard from a majority for over {quorum_timeout:?}"
+            )));
+        }
+        let enqueue = matches!(command, Command::Enqueue { .. });
+        let proposed = std::time::Instant::now();
+        let written = tokio::select! {
+            written = tokio::time::timeout(timeout, client_write(&self.parts.raft, command)) => written,
+            _ = quorum_lost.wait_for(|lost| *lost) => {
+                return Err(ProposeError::Unknown(format!(
+                    "this leader lost contact with a majority for over {quorum_timeout:?} while the write was in flight"
+                )));
+            }
+        };
+        let Ok(result) = written else {
+            return Err(ProposeError::Unknown(format!("not committed within {timeout:?}; it may commit later")));
+        };
+        if enqueue && result.is_ok() {
+            metrics::histogram!("tandem_raft_enqueue_commit_seconds").record(proposed.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    /// Commit `command` through whichever node leads, and return its response.
+    ///
+    /// Retries while there is no leader or the leader is not yet writable, until the request
+    /// timeout. A command is sent again only when it certainly was not appended; when the outcome
+    /// is unknown the caller gets [`ProposeError::Unknown`].
+    pub async fn propose(&self, command: Command) -> Result<CommandResponse, ProposeError> {
+        let deadline = tokio::time::Instant::now() + self.parts.config.request_timeout;
+        let mut last;
+        loop {
+            // A follower that knows the leader forwards at once, without asking its own core.
+            let known = self.parts.leadership.borrow().leader;
+            let attempt = match known {
+                Some(leader) if leader != self.id() => Err(ProposeError::NotLeader { leader: Some(leader) }),
+                _ => self.propose_local(command.clone()).await,
+            };
+            match attempt {
+                Err(ProposeError::NotLeader { leader: Some(leader) }) if leader != self.id() => {
+                    // One hop only: the leader never forwards again, so a stale view cannot
+                    // make a loop. The leader stamps the command's times with its own clock.
+                    let forwarded: Result<Result<CommandResponse, ProposeError>, CallError> =
+                        self.call_leader(leader, "propose", &command, deadline).await;
+                    match forwarded.map_err(ProposeError::from).and_then(|answer| answer) {
+                        Ok(response) => return Ok(response),
+                        Err(ProposeError::NotLeader { .. }) | Err(ProposeError::Unavailable(_)) => {
+                            last = format!("leader {leader} did not take the write");
+                        }
+                        Err(other) => return Err(other),
+                    }
+                }
+                Err(ProposeError::NotLeader { leader }) => {
+                    last = format!("no writable leader (known: {leader:?})");
+                }
+                other => return other,
+            }
+            if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(ProposeError::Unavailable(last));
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+}
+
+/// Append `command` through this node's openraft core and wait for its commit and response.
+async fn client_write(raft: &Raft, command: Command) -> Result<CommandResponse, ProposeError> {
+    match raft.client_write(command).await {
+        Ok(written) => Ok(written.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+            Err(ProposeError::NotLeader { leader: forward.leader_id })
+        }
+        Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(forward))) => Err(ProposeError::Unknown(format!(
+            "entry discarded on a leader change (leader now {:?})",
+            forward.leader_id
+        ))),
+        Err(RaftError::APIError(other)) => Err(ProposeError::Unknown(other.to_string())),
+        Err(RaftError::Fatal(fatal)) => Err(ProposeError::Stopped(fatal.to_string())),
+    }
+}
