@@ -47,7 +47,8 @@ struct SnapshotFile {
     data: Vec<u8>,
 }
 
-struct Inner {
+/// What the state machine store is made of, shared by its clones.
+struct MachineParts {
     dir: PathBuf,
     state: RwLock<Applied>,
     /// Metadata of the snapshot on disk, if any. Held while a snapshot file is written.
@@ -61,12 +62,12 @@ struct Inner {
 /// The job state machine of one voter. Cheap to clone; clones share the table.
 #[derive(Clone)]
 pub struct StateMachineStore {
-    inner: Arc<Inner>,
+    parts: Arc<MachineParts>,
 }
 
 impl std::fmt::Debug for StateMachineStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateMachineStore").field("dir", &self.inner.dir).finish()
+        f.debug_struct("StateMachineStore").field("dir", &self.parts.dir).finish()
     }
 }
 
@@ -126,7 +127,7 @@ impl StateMachineStore {
         let snapshot_bytes = file.as_ref().map_or(0, |file| file.data.len() as u64);
         let current = file.map(|file| file.meta);
         Ok(StateMachineStore {
-            inner: Arc::new(Inner {
+            parts: Arc::new(MachineParts {
                 dir: dir.to_owned(),
                 state: RwLock::new(Applied::default()),
                 current: Mutex::new(current),
@@ -138,39 +139,39 @@ impl StateMachineStore {
 
     /// Read the table. Runs `read` under a read lock: keep it short and never await inside.
     pub fn read<R>(&self, read: impl FnOnce(&JobTable) -> R) -> R {
-        read(&self.inner.state.read().unwrap_or_else(|poison| poison.into_inner()).table)
+        read(&self.parts.state.read().unwrap_or_else(|poison| poison.into_inner()).table)
     }
 
     /// Notified whenever the table changes (the value is the last applied log index), e.g. to
     /// wake long-polls when jobs arrive.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.inner.applied.subscribe()
+        self.parts.applied.subscribe()
     }
 
     fn publish_applied(&self, index: Option<u64>) {
-        self.inner.applied.send_replace(index.unwrap_or(0));
+        self.parts.applied.send_replace(index.unwrap_or(0));
     }
 
     /// The last log id applied to the table.
     pub fn last_applied(&self) -> Option<LogId> {
-        self.inner.state.read().unwrap_or_else(|poison| poison.into_inner()).last_applied
+        self.parts.state.read().unwrap_or_else(|poison| poison.into_inner()).last_applied
     }
 
     /// Size in bytes of the newest snapshot this voter built or installed (0 before the first).
     pub fn last_snapshot_bytes(&self) -> u64 {
-        self.inner.snapshot_bytes.load(std::sync::atomic::Ordering::Relaxed)
+        self.parts.snapshot_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Make `data` the snapshot on disk, unless the one there is at least as new (then `false`).
     /// Blocking: call it off the runtime.
     fn store_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<bool> {
-        let mut current = self.inner.current.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut current = self.parts.current.lock().unwrap_or_else(|poison| poison.into_inner());
         if current.as_ref().is_some_and(|c| c.last_log_id >= meta.last_log_id) {
             return Ok(false);
         }
-        write_snapshot_file(&self.inner.dir, meta, data)?;
+        write_snapshot_file(&self.parts.dir, meta, data)?;
         *current = Some(meta.clone());
-        self.inner.snapshot_bytes.store(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.parts.snapshot_bytes.store(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(true)
     }
 }
@@ -210,7 +211,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        let state = self.inner.state.read().unwrap_or_else(|poison| poison.into_inner());
+        let state = self.parts.state.read().unwrap_or_else(|poison| poison.into_inner());
         Ok((state.last_applied, state.last_membership.clone()))
     }
 
@@ -221,7 +222,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut last = None;
         while let Some((entry, responder)) = entries.try_next().await? {
             let response = {
-                let mut state = self.inner.state.write().unwrap_or_else(|poison| poison.into_inner());
+                let mut state = self.parts.state.write().unwrap_or_else(|poison| poison.into_inner());
                 state.last_applied = Some(entry.log_id);
                 match &entry.payload {
                     EntryPayload::Blank => CommandResponse::None,
@@ -244,7 +245,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        let copy = self.inner.state.read().unwrap_or_else(|poison| poison.into_inner()).clone();
+        let copy = self.parts.state.read().unwrap_or_else(|poison| poison.into_inner()).clone();
         SnapshotBuilder { store: self.clone(), copy: Some(copy) }
     }
 
@@ -258,7 +259,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         .await
         .map_err(io::Error::other)??;
         {
-            let mut state = self.inner.state.write().unwrap_or_else(|poison| poison.into_inner());
+            let mut state = self.parts.state.write().unwrap_or_else(|poison| poison.into_inner());
             *state = Applied { table, last_applied: meta.last_log_id, last_membership: meta.last_membership.clone() };
         }
         self.publish_applied(meta.last_log_id.map(|id| id.index));
@@ -267,7 +268,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
-        let dir = self.inner.dir.clone();
+        let dir = self.parts.dir.clone();
         let file = tokio::task::spawn_blocking(move || read_snapshot_file(&dir)).await.map_err(io::Error::other)??;
         Ok(file.map(|file| Snapshot { meta: file.meta, snapshot: file.data }))
     }

@@ -1,0 +1,231 @@
+//! The commands that change the table, and what applying one answers.
+
+use serde::{Deserialize, Serialize};
+use wire::Digest;
+
+use super::{CompletionSeq, JobId, Limits, WorkerId};
+
+/// A job to add, as the ingesting coordinator prepared it: the body is already reduced to its
+/// first digest.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NewJob {
+    /// SHA-512 of the body: the chain after iteration 1.
+    pub digest: Digest,
+    /// Total iterations asked for, at least 1.
+    pub iterations: u64,
+    /// When the coordinator received it (ms since the Unix epoch, the proposer's clock).
+    pub enqueued_at_ms: u64,
+    /// A client-chosen key that makes a retried enqueue return the first job's id.
+    pub idempotency_key: Option<String>,
+}
+
+/// A worker's progress on a leased job: the chain value after `done` iterations.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The job.
+    pub job: JobId,
+    /// Iterations completed so far (at least 1).
+    pub done: u64,
+    /// The chain value after `done` iterations.
+    pub digest: Digest,
+}
+
+/// A finished job's result as a worker reports it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobResult {
+    /// The job.
+    pub job: JobId,
+    /// The chain value after all iterations.
+    pub result: Digest,
+}
+
+/// Whether a registered worker takes new work.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WorkerState {
+    /// Takes leases.
+    Active,
+    /// Finishes or hands back what it holds and takes nothing new.
+    Draining,
+}
+
+/// The autoscaler's decisions, committed before they are acted on so that a deposed leader
+/// cannot act twice. The policy that makes them arrives with the autoscaling issue.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum ScalerCommand {
+    /// The leader decided to launch one worker; `token` is the EC2 idempotency token.
+    LaunchRequested { token: String, at_ms: u64 },
+    /// The launch with `token` produced `instance_id`.
+    InstanceSeen { token: String, instance_id: String, at_ms: u64 },
+    /// The leader decided to terminate `instance_id`.
+    TerminationRequested { instance_id: String, at_ms: u64 },
+}
+
+/// Everything that changes the table. Each is one Raft entry's payload.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Add jobs (a batch, so concurrent enqueues can share one entry).
+    Enqueue { jobs: Vec<NewJob> },
+    /// Hand up to `max_jobs` waiting jobs to `worker` until `deadline_ms`.
+    Lease { worker: WorkerId, max_jobs: u32, now_ms: u64, deadline_ms: u64 },
+    /// `worker` is alive and running the jobs it lists: extend those leases to `deadline_ms`
+    /// and record their checkpoints and its current hash rate.
+    Heartbeat {
+        worker: WorkerId,
+        now_ms: u64,
+        deadline_ms: u64,
+        checkpoints: Vec<Checkpoint>,
+        /// Chain steps per second over its last heartbeat period (0 from older workers).
+        #[serde(default)]
+        hashes_per_s: u64,
+    },
+    /// Record results. Idempotent per job.
+    Complete { worker: WorkerId, now_ms: u64, results: Vec<JobResult> },
+    /// `worker` hands leased jobs back (draining): they are requeued from these checkpoints.
+    Release { worker: WorkerId, checkpoints: Vec<Checkpoint> },
+    /// Requeue every lease whose deadline is at or before `now_ms`.
+    ExpireLeases { now_ms: u64 },
+    /// Add a worker to the registry; its id is assigned here.
+    RegisterWorker { name: String, cores: u32, instance_id: Option<String>, now_ms: u64 },
+    /// Change a worker's state (drain it, or make it active again).
+    UpdateWorker { worker: WorkerId, state: WorkerState, now_ms: u64 },
+    /// Remove a worker; its leases are requeued.
+    RemoveWorker { worker: WorkerId },
+    /// Replace the table's limits.
+    SetLimits(Limits),
+    /// Record an autoscaler decision.
+    Scaler(ScalerCommand),
+}
+
+impl Command {
+    /// Put the times in this command on the clock of the node that commits it (`now_ms` on
+    /// that clock), keeping each duration it carries (a lease's length).
+    ///
+    /// Commands are stamped by the node that proposes them, and a follower forwards its
+    /// proposals to the leader. Lease expiry and worker removal compare with the leader's
+    /// clock, so a lease stamped by a follower whose clock runs an hour fast would outlive its
+    /// worker by that hour (and one from a slow clock would expire at once). The leader calls
+    /// this on every command it is forwarded, so that every time in the log is its own.
+    pub fn restamp(&mut self, now_ms: u64) {
+        match self {
+            Command::Enqueue { jobs } => jobs.iter_mut().for_each(|job| job.enqueued_at_ms = now_ms),
+            Command::Lease { now_ms: at, deadline_ms, .. } | Command::Heartbeat { now_ms: at, deadline_ms, .. } => {
+                *deadline_ms = now_ms.saturating_add(deadline_ms.saturating_sub(*at));
+                *at = now_ms;
+            }
+            Command::Complete { now_ms: at, .. }
+            | Command::ExpireLeases { now_ms: at }
+            | Command::RegisterWorker { now_ms: at, .. }
+            | Command::UpdateWorker { now_ms: at, .. } => *at = now_ms,
+            Command::Scaler(
+                ScalerCommand::LaunchRequested { at_ms, .. }
+                | ScalerCommand::InstanceSeen { at_ms, .. }
+                | ScalerCommand::TerminationRequested { at_ms, .. },
+            ) => *at_ms = now_ms,
+            Command::Release { .. } | Command::RemoveWorker { .. } | Command::SetLimits(_) => {}
+        }
+    }
+}
+
+impl std::fmt::Display for Command {
+    /// A one-line summary for openraft's logs (never the whole batch).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Enqueue { jobs } => write!(f, "Enqueue({} jobs)", jobs.len()),
+            Command::Lease { worker, max_jobs, .. } => write!(f, "Lease(worker {worker}, up to {max_jobs})"),
+            Command::Heartbeat { worker, checkpoints, .. } => {
+                write!(f, "Heartbeat(worker {worker}, {} checkpoints)", checkpoints.len())
+            }
+            Command::Complete { worker, results, .. } => {
+                write!(f, "Complete(worker {worker}, {} results)", results.len())
+            }
+            Command::Release { worker, checkpoints } => {
+                write!(f, "Release(worker {worker}, {} jobs)", checkpoints.len())
+            }
+            Command::ExpireLeases { now_ms } => write!(f, "ExpireLeases(as of {now_ms})"),
+            Command::RegisterWorker { name, cores, .. } => {
+                write!(f, "RegisterWorker({name}, {cores} cores)")
+            }
+            Command::UpdateWorker { worker, state, .. } => {
+                write!(f, "UpdateWorker({worker} -> {state:?})")
+            }
+            Command::RemoveWorker { worker } => write!(f, "RemoveWorker({worker})"),
+            Command::SetLimits(limits) => write!(f, "SetLimits({limits:?})"),
+            Command::Scaler(decision) => write!(f, "Scaler({decision:?})"),
+        }
+    }
+}
+
+/// What happened to one job of an [`Command::Enqueue`] batch.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnqueueOutcome {
+    /// A new job with this id.
+    Created(JobId),
+    /// The idempotency key was seen before, with the same request: this is the first job's id.
+    Duplicate(JobId),
+    /// The idempotency key was first used for job `JobId` with another body or iteration count:
+    /// nothing was added (answering with that job's id would hand the client another's result).
+    KeyReused(JobId),
+    /// The queue is at its limit; nothing was added.
+    QueueFull,
+    /// Iterations was 0; nothing was added.
+    Invalid,
+}
+
+/// A job handed to a worker: continue the chain from `digest` for `iterations - done` more steps.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeasedJob {
+    /// The job.
+    pub job: JobId,
+    /// Total iterations.
+    pub iterations: u64,
+    /// Iterations already done (the checkpoint the worker resumes from).
+    pub done: u64,
+    /// The chain value after `done` iterations.
+    pub digest: Digest,
+}
+
+/// What happened to one result of a [`Command::Complete`] batch.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompleteOutcome {
+    /// Recorded now, at this completion sequence number.
+    Recorded(CompletionSeq),
+    /// Already recorded earlier (the first result stands).
+    AlreadyCompleted(CompletionSeq),
+    /// The job is unknown, was never leased, or its result has left retention.
+    Unknown,
+}
+
+/// Why a command was refused. Refusals change nothing.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// No worker with that id is registered.
+    UnknownWorker,
+    /// The worker is draining and takes no new leases.
+    WorkerDraining,
+    /// A limit was out of range (a retention or queue bound of zero).
+    InvalidLimits,
+}
+
+/// The answer to one applied command.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum CommandResponse {
+    /// For entries that carry no command (blank and membership entries).
+    None,
+    /// One outcome per job of the batch, in order.
+    Enqueued(Vec<EnqueueOutcome>),
+    /// The jobs now leased to the worker (possibly none).
+    Leased(Vec<LeasedJob>),
+    /// Heartbeat applied. `lost` lists checkpointed jobs the worker no longer holds; `state` tells
+    /// the worker whether to keep taking work.
+    HeartbeatAck { lost: Vec<JobId>, state: WorkerState },
+    /// One outcome per result, in order.
+    Completed(Vec<CompleteOutcome>),
+    /// How many jobs went back to the queue.
+    Requeued(Vec<JobId>),
+    /// The new worker's id.
+    WorkerRegistered(WorkerId),
+    /// Applied, nothing to report.
+    Done,
+    /// Refused; nothing changed.
+    Rejected(Rejection),
+}

@@ -1,0 +1,417 @@
+//! The replicated job state machine: a pure, deterministic table of jobs, leases, results and
+//! workers.
+//!
+//! [`JobTable::apply`] is the whole contract: given the same sequence of [`Command`]s, every
+//! replica reaches the same table and returns the same [`CommandResponse`]s. It therefore reads no clock
+//! (times arrive inside commands, stamped by the proposer), draws no random numbers, performs no
+//! I/O and iterates only ordered collections. Expected rejections (an unknown worker, a lease that
+//! moved on) are responses, never errors or panics: a command that arrives through Raft has been
+//! committed and must be applied the same way everywhere.
+//!
+//! A job is in exactly one place at a time:
+//!
+//! ```text
+//!   Enqueue ──▶ queue ──Lease──▶ leases ──Complete──▶ completed ──retention──▶ (dropped)
+//!                         ▲          │
+//!                         │          │ ExpireLeases / Release / RemoveWorker
+//!               requeued ◀┴──────────┘   (keeps the last checkpoint)
+//! ```
+//!
+//! `queue` holds jobs never leased, in id order; `requeued` holds jobs that came back from a lease.
+//! Every requeued id is smaller than every id still in `queue` (jobs leave `queue` only from the
+//! front), so leasing from `requeued` first hands out the oldest job first.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+mod command;
+mod reads;
+mod records;
+#[cfg(test)]
+mod tests;
+
+pub use command::*;
+pub use records::*;
+
+/// A job's id, assigned in apply: unique whichever coordinator received the job.
+pub type JobId = u64;
+/// A worker's id, assigned in apply when it registers.
+pub type WorkerId = u64;
+/// The position of a completion in the order results were recorded, starting at 1.
+pub type CompletionSeq = u64;
+
+/// Bounds the table enforces. Replicated (see [`Command::SetLimits`]) so every replica agrees.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// How many completed results are kept; the oldest is dropped first.
+    pub completed_retention: u64,
+    /// How many jobs may wait (queued or requeued) before enqueues are refused.
+    pub max_queued: u64,
+    /// The most jobs one lease command hands to one worker.
+    pub max_lease_batch: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { completed_retention: 1_000_000, max_queued: 10_000_000, max_lease_batch: 1024 }
+    }
+}
+
+/// What a keyed enqueue asked for: the first 8 bytes of its body's digest and its iteration
+/// count (16 bytes per keyed job; telling an accidental reuse apart needs no more).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+struct RequestFingerprint {
+    digest_prefix: [u8; 8],
+    iterations: u64,
+}
+
+impl RequestFingerprint {
+    fn of(job: &NewJob) -> Self {
+        let mut digest_prefix = [0; 8];
+        digest_prefix.copy_from_slice(&job.digest.0[..8]);
+        RequestFingerprint { digest_prefix, iterations: job.iterations }
+    }
+}
+
+/// The state machine's data. See the module documentation for the contract.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct JobTable {
+    limits: Limits,
+    next_job_id: JobId,
+    next_worker_id: WorkerId,
+    next_completion_seq: CompletionSeq,
+    queue: VecDeque<QueuedJob>,
+    requeued: BTreeMap<JobId, QueuedJob>,
+    leases: BTreeMap<JobId, Lease>,
+    completed: BTreeMap<CompletionSeq, CompletedRecord>,
+    completed_by_job: BTreeMap<JobId, CompletionSeq>,
+    idempotency: BTreeMap<String, JobId>,
+    idempotency_by_job: BTreeMap<JobId, String>,
+    /// What each keyed job was asked for, to tell a retry from a reuse of its key (absent for
+    /// keys recorded before it existed: those are taken as retries).
+    #[serde(default)]
+    idempotency_requests: BTreeMap<JobId, RequestFingerprint>,
+    workers: BTreeMap<WorkerId, Worker>,
+    scaler: ScalerState,
+    /// Iterations still to compute over every waiting job.
+    queued_iterations: u64,
+    totals: Totals,
+}
+
+impl Default for JobTable {
+    fn default() -> Self {
+        JobTable::new(Limits::default())
+    }
+}
+
+impl JobTable {
+    /// An empty table with these limits.
+    pub fn new(limits: Limits) -> Self {
+        JobTable {
+            limits,
+            next_job_id: 1,
+            next_worker_id: 1,
+            next_completion_seq: 1,
+            queue: VecDeque::new(),
+            requeued: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            completed: BTreeMap::new(),
+            completed_by_job: BTreeMap::new(),
+            idempotency: BTreeMap::new(),
+            idempotency_by_job: BTreeMap::new(),
+            idempotency_requests: BTreeMap::new(),
+            workers: BTreeMap::new(),
+            scaler: ScalerState::default(),
+            queued_iterations: 0,
+            totals: Totals::default(),
+        }
+    }
+
+    /// Apply one committed command. Deterministic; never panics on any input.
+    pub fn apply(&mut self, command: &Command) -> CommandResponse {
+        match command {
+            Command::Enqueue { jobs } => CommandResponse::Enqueued(jobs.iter().map(|job| self.enqueue(job)).collect()),
+            Command::Lease { worker, max_jobs, now_ms, deadline_ms } => {
+                self.lease(*worker, *max_jobs, *now_ms, *deadline_ms)
+            }
+            Command::Heartbeat { worker, now_ms, deadline_ms, checkpoints, hashes_per_s } => {
+                self.heartbeat(*worker, *now_ms, *deadline_ms, checkpoints, *hashes_per_s)
+            }
+            Command::Complete { worker, now_ms, results } => self.complete(*worker, *now_ms, results),
+            Command::Release { worker, checkpoints } => self.release(*worker, checkpoints),
+            Command::ExpireLeases { now_ms } => self.expire_leases(*now_ms),
+            Command::RegisterWorker { name, cores, instance_id, now_ms } => {
+                let id = self.next_worker_id;
+                self.next_worker_id += 1;
+                self.workers.insert(
+                    id,
+                    Worker {
+                        name: name.clone(),
+                        cores: *cores,
+                        instance_id: instance_id.clone(),
+                        state: WorkerState::Active,
+                        registered_at_ms: *now_ms,
+                        last_seen_ms: *now_ms,
+                        leases: 0,
+                        hashes_per_s: 0,
+                    },
+                );
+                CommandResponse::WorkerRegistered(id)
+            }
+            Command::UpdateWorker { worker, state, now_ms } => match self.workers.get_mut(worker) {
+                Some(w) => {
+                    w.state = *state;
+                    w.last_seen_ms = w.last_seen_ms.max(*now_ms);
+                    CommandResponse::Done
+                }
+                None => CommandResponse::Rejected(Rejection::UnknownWorker),
+            },
+            Command::RemoveWorker { worker } => {
+                if !self.workers.contains_key(worker) {
+                    return CommandResponse::Rejected(Rejection::UnknownWorker);
+                }
+                let held: Vec<JobId> =
+                    self.leases.iter().filter(|(_, lease)| lease.worker == *worker).map(|(id, _)| *id).collect();
+                for id in &held {
+                    self.requeue(*id);
+                }
+                self.workers.remove(worker);
+                CommandResponse::Requeued(held)
+            }
+            Command::SetLimits(limits) => {
+                if limits.completed_retention == 0 || limits.max_queued == 0 || limits.max_lease_batch == 0 {
+                    return CommandResponse::Rejected(Rejection::InvalidLimits);
+                }
+                self.limits = *limits;
+                self.enforce_retention();
+                CommandResponse::Done
+            }
+            Command::Scaler(decision) => {
+                self.apply_scaler(decision);
+                CommandResponse::Done
+            }
+        }
+    }
+
+    fn enqueue(&mut self, job: &NewJob) -> EnqueueOutcome {
+        if let Some(key) = &job.idempotency_key
+            && let Some(id) = self.idempotency.get(key)
+        {
+            return match self.idempotency_requests.get(id) {
+                Some(first) if *first != RequestFingerprint::of(job) => EnqueueOutcome::KeyReused(*id),
+                _ => EnqueueOutcome::Duplicate(*id),
+            };
+        }
+        if job.iterations == 0 {
+            return EnqueueOutcome::Invalid;
+        }
+        if self.queued_len() >= self.limits.max_queued {
+            self.totals.rejected_queue_full += 1;
+            return EnqueueOutcome::QueueFull;
+        }
+        let id = self.next_job_id;
+        self.next_job_id += 1;
+        self.queue.push_back(QueuedJob {
+            id,
+            enqueued_at_ms: job.enqueued_at_ms,
+            iterations: job.iterations,
+            done: 1,
+            attempts: 0,
+            digest: job.digest,
+        });
+        self.queued_iterations = self.queued_iterations.saturating_add(job.iterations - 1);
+        if let Some(key) = &job.idempotency_key {
+            self.idempotency.insert(key.clone(), id);
+            self.idempotency_by_job.insert(id, key.clone());
+            self.idempotency_requests.insert(id, RequestFingerprint::of(job));
+        }
+        self.totals.enqueued += 1;
+        EnqueueOutcome::Created(id)
+    }
+
+    fn lease(&mut self, worker: WorkerId, max_jobs: u32, now_ms: u64, deadline_ms: u64) -> CommandResponse {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return CommandResponse::Rejected(Rejection::UnknownWorker);
+        };
+        if w.state == WorkerState::Draining {
+            return CommandResponse::Rejected(Rejection::WorkerDraining);
+        }
+        w.last_seen_ms = w.last_seen_ms.max(now_ms);
+        let max_jobs = max_jobs.min(self.limits.max_lease_batch);
+        let mut leased = Vec::new();
+        while leased.len() < max_jobs as usize {
+            let job = match self.requeued.pop_first() {
+                Some((_, job)) => job,
+                None => match self.queue.pop_front() {
+                    Some(job) => job,
+                    None => break,
+                },
+            };
+            self.queued_iterations = self.queued_iterations.saturating_sub(job.iterations - job.done);
+            leased.push(LeasedJob { job: job.id, iterations: job.iterations, done: job.done, digest: job.digest });
+            self.leases.insert(job.id, Lease { job, worker, leased_at_ms: now_ms, leased_from: job.done, deadline_ms });
+        }
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.leases += leased.len() as u32;
+        }
+        CommandResponse::Leased(leased)
+    }
+
+    fn heartbeat(
+        &mut self,
+        worker: WorkerId,
+        now_ms: u64,
+        deadline_ms: u64,
+        checkpoints: &[Checkpoint],
+        hashes_per_s: u64,
+    ) -> CommandResponse {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return CommandResponse::Rejected(Rejection::UnknownWorker);
+        };
+        w.last_seen_ms = w.last_seen_ms.max(now_ms);
+        w.hashes_per_s = hashes_per_s;
+        let state = w.state;
+        // Only the leases the worker reports on are extended: a lease whose grant never reached
+        // the worker (the answer was lost in a failover) must expire, not live on forever.
+        let mut lost = Vec::new();
+        for checkpoint in checkpoints {
+            match self.leases.get_mut(&checkpoint.job) {
+                Some(lease) if lease.worker == worker => {
+                    lease.deadline_ms = lease.deadline_ms.max(deadline_ms);
+                    record_checkpoint(&mut lease.job, checkpoint);
+                }
+                _ => lost.push(checkpoint.job),
+            }
+        }
+        CommandResponse::HeartbeatAck { lost, state }
+    }
+
+    fn complete(&mut self, worker: WorkerId, now_ms: u64, results: &[JobResult]) -> CommandResponse {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.last_seen_ms = w.last_seen_ms.max(now_ms);
+        }
+        let outcomes = results.iter().map(|result| self.complete_one(result, now_ms)).collect();
+        self.enforce_retention();
+        CommandResponse::Completed(outcomes)
+    }
+
+    fn complete_one(&mut self, result: &JobResult, now_ms: u64) -> CompleteOutcome {
+        if let Some(seq) = self.completed_by_job.get(&result.job) {
+            return CompleteOutcome::AlreadyCompleted(*seq);
+        }
+        // A result is accepted from whoever computed it, as long as the job was handed out at
+        // some point: the chain is deterministic, so a late result equals the one a current
+        // holder would report. A job never leased (still in `queue`) cannot have a result.
+        let (job, resumed_from) = if let Some(lease) = self.leases.remove(&result.job) {
+            if let Some(holder) = self.workers.get_mut(&lease.worker) {
+                holder.leases = holder.leases.saturating_sub(1);
+            }
+            (lease.job, lease.leased_from)
+        } else if let Some(job) = self.requeued.remove(&result.job) {
+            self.queued_iterations = self.queued_iterations.saturating_sub(job.iterations - job.done);
+            (job, job.done)
+        } else {
+            return CompleteOutcome::Unknown;
+        };
+        let seq = self.next_completion_seq;
+        self.next_completion_seq += 1;
+        self.completed.insert(
+            seq,
+            CompletedRecord {
+                id: job.id,
+                seq,
+                iterations: job.iterations,
+                enqueued_at_ms: job.enqueued_at_ms,
+                completed_at_ms: now_ms,
+                attempts: job.attempts,
+                resumed_from,
+                result: result.result,
+            },
+        );
+        self.completed_by_job.insert(job.id, seq);
+        self.totals.completed += 1;
+        CompleteOutcome::Recorded(seq)
+    }
+
+    fn release(&mut self, worker: WorkerId, checkpoints: &[Checkpoint]) -> CommandResponse {
+        let mut requeued = Vec::new();
+        for checkpoint in checkpoints {
+            if let Some(lease) = self.leases.get_mut(&checkpoint.job)
+                && lease.worker == worker
+            {
+                record_checkpoint(&mut lease.job, checkpoint);
+                self.requeue(checkpoint.job);
+                requeued.push(checkpoint.job);
+            }
+        }
+        CommandResponse::Requeued(requeued)
+    }
+
+    fn expire_leases(&mut self, now_ms: u64) -> CommandResponse {
+        let expired: Vec<JobId> =
+            self.leases.iter().filter(|(_, lease)| lease.deadline_ms <= now_ms).map(|(id, _)| *id).collect();
+        for id in &expired {
+            self.requeue(*id);
+        }
+        CommandResponse::Requeued(expired)
+    }
+
+    /// Move a leased job back to the waiting jobs, keeping its last checkpoint.
+    fn requeue(&mut self, id: JobId) {
+        let Some(lease) = self.leases.remove(&id) else {
+            return;
+        };
+        if let Some(holder) = self.workers.get_mut(&lease.worker) {
+            holder.leases = holder.leases.saturating_sub(1);
+        }
+        let mut job = lease.job;
+        job.attempts = job.attempts.saturating_add(1);
+        self.queued_iterations = self.queued_iterations.saturating_add(job.iterations - job.done);
+        self.requeued.insert(id, job);
+        self.totals.requeued += 1;
+    }
+
+    fn enforce_retention(&mut self) {
+        while self.completed.len() as u64 > self.limits.completed_retention {
+            let Some((_, dropped)) = self.completed.pop_first() else {
+                break;
+            };
+            self.completed_by_job.remove(&dropped.id);
+            if let Some(key) = self.idempotency_by_job.remove(&dropped.id) {
+                self.idempotency.remove(&key);
+                self.idempotency_requests.remove(&dropped.id);
+            }
+        }
+    }
+
+    fn apply_scaler(&mut self, decision: &ScalerCommand) {
+        match decision {
+            ScalerCommand::LaunchRequested { token, at_ms } => {
+                self.scaler
+                    .launches
+                    .entry(token.clone())
+                    .or_insert(Launch { requested_at_ms: *at_ms, instance_id: None });
+            }
+            ScalerCommand::InstanceSeen { token, instance_id, at_ms } => {
+                let launch = self
+                    .scaler
+                    .launches
+                    .entry(token.clone())
+                    .or_insert(Launch { requested_at_ms: *at_ms, instance_id: None });
+                launch.instance_id = Some(instance_id.clone());
+            }
+            ScalerCommand::TerminationRequested { instance_id, at_ms } => {
+                self.scaler.terminations.entry(instance_id.clone()).or_insert(*at_ms);
+            }
+        }
+    }
+}
+
+/// Take a checkpoint only if it moves the job forward and stays within its iterations.
+fn record_checkpoint(job: &mut QueuedJob, checkpoint: &Checkpoint) {
+    if checkpoint.done > job.done && checkpoint.done <= job.iterations {
+        job.done = checkpoint.done;
+        job.digest = checkpoint.digest;
+    }
+}

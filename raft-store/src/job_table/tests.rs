@@ -1,0 +1,275 @@
+//! Table tests of [`JobTable::apply`] and its reads.
+
+use wire::Digest;
+
+use super::*;
+
+fn job(iterations: u64, at: u64, key: Option<&str>) -> NewJob {
+    NewJob { digest: Digest([at as u8; 64]), iterations, enqueued_at_ms: at, idempotency_key: key.map(str::to_owned) }
+}
+
+fn register(table: &mut JobTable, name: &str) -> WorkerId {
+    match table.apply(&Command::RegisterWorker { name: name.into(), cores: 2, instance_id: None, now_ms: 0 }) {
+        CommandResponse::WorkerRegistered(id) => id,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn leased_ids(response: CommandResponse) -> Vec<JobId> {
+    match response {
+        CommandResponse::Leased(jobs) => jobs.iter().map(|j| j.job).collect(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// A table with completions 1..=5 of which retention keeps the newest 3 (seq 3, 4, 5).
+fn table_with_five_completions_three_kept() -> JobTable {
+    let mut table = JobTable::new(Limits { completed_retention: 3, ..Limits::default() });
+    let worker = register(&mut table, "w");
+    table.apply(&Command::Enqueue { jobs: (1..=5).map(|at| job(1, at, None)).collect() });
+    for id in leased_ids(table.apply(&Command::Lease { worker, max_jobs: 5, now_ms: 10, deadline_ms: 99 })) {
+        let results = vec![JobResult { job: id, result: Digest([7; 64]) }];
+        table.apply(&Command::Complete { worker, now_ms: 11, results });
+    }
+    table
+}
+
+#[test]
+fn a_page_of_completions_counts_what_retention_dropped_before_it() {
+    let table = table_with_five_completions_three_kept();
+    let seqs = |page: &CompletedPage| page.jobs.iter().map(|job| job.seq).collect::<Vec<_>>();
+    // (after, top, seqs on the page, cursor, skipped)
+    let cases = [
+        (None, 2, vec![5, 4], 5, 0),
+        (None, 10, vec![5, 4, 3], 5, 0),
+        (Some(0), 10, vec![3, 4, 5], 5, 2),
+        (Some(1), 1, vec![3], 3, 1),
+        (Some(2), 10, vec![3, 4, 5], 5, 0),
+        (Some(3), 1, vec![4], 4, 0),
+        (Some(5), 10, vec![], 5, 0),
+    ];
+    for (after, top, expected, cursor, skipped) in cases {
+        let page = table.completed_page(after, top).expect("a cursor this table handed out");
+        assert_eq!(seqs(&page), expected, "after {after:?} top {top}");
+        assert_eq!((page.cursor, page.last_seq, page.skipped), (cursor, 5, skipped), "after {after:?} top {top}");
+    }
+    assert_eq!(table.completed_page(Some(6), 10), Err(CursorAhead { after: 6, last_seq: 5 }));
+    let empty = JobTable::default();
+    let page = empty.completed_page(Some(0), 10).expect("cursor 0 before any completion");
+    assert_eq!((page.jobs.len(), page.cursor, page.last_seq, page.skipped), (0, 0, 0, 0));
+}
+
+#[test]
+fn a_worker_is_silent_once_the_timeout_has_passed_since_it_was_last_seen() {
+    let mut table = JobTable::default();
+    let quiet = register(&mut table, "quiet");
+    let chatty = register(&mut table, "chatty");
+    let heartbeat =
+        Command::Heartbeat { worker: chatty, now_ms: 500, deadline_ms: 600, checkpoints: vec![], hashes_per_s: 0 };
+    table.apply(&heartbeat);
+    assert_eq!(table.silent_workers(999, 1_000), Vec::<WorkerId>::new());
+    assert_eq!(table.silent_workers(1_000, 1_000), vec![quiet]);
+    assert_eq!(table.silent_workers(1_500, 1_000), vec![quiet, chatty]);
+    assert_eq!(table.silent_workers(1_500, u64::MAX), Vec::<WorkerId>::new(), "the timeout saturates, never wraps");
+}
+
+#[test]
+fn a_lease_expires_at_its_deadline() {
+    let mut table = JobTable::default();
+    let worker = register(&mut table, "w");
+    table.apply(&Command::Enqueue { jobs: vec![job(1, 1, None)] });
+    table.apply(&Command::Lease { worker, max_jobs: 1, now_ms: 10, deadline_ms: 20 });
+    assert!(!table.any_lease_expired(19));
+    assert!(table.any_lease_expired(20));
+}
+
+#[test]
+fn ids_are_assigned_in_order_and_idempotency_keys_dedupe() {
+    let mut table = JobTable::default();
+    let response = table.apply(&Command::Enqueue {
+        jobs: vec![
+            job(3, 1, Some("a")),
+            job(1, 2, None),
+            job(3, 1, Some("a")),
+            job(0, 4, None),
+            // The same key for another request (other iterations, another body): refused.
+            job(5, 1, Some("a")),
+            job(3, 9, Some("a")),
+        ],
+    });
+    assert_eq!(
+        response,
+        CommandResponse::Enqueued(vec![
+            EnqueueOutcome::Created(1),
+            EnqueueOutcome::Created(2),
+            EnqueueOutcome::Duplicate(1),
+            EnqueueOutcome::Invalid,
+            EnqueueOutcome::KeyReused(1),
+            EnqueueOutcome::KeyReused(1),
+        ])
+    );
+    assert_eq!(table.queued_len(), 2);
+    assert_eq!(table.queued_iterations(), 2);
+    table.check_invariants().expect("invariants");
+}
+
+#[test]
+fn queue_full_refuses_and_counts() {
+    let mut table = JobTable::new(Limits { max_queued: 1, ..Limits::default() });
+    let response = table.apply(&Command::Enqueue { jobs: vec![job(1, 1, None), job(1, 2, None)] });
+    assert_eq!(response, CommandResponse::Enqueued(vec![EnqueueOutcome::Created(1), EnqueueOutcome::QueueFull]));
+    assert_eq!(table.totals().rejected_queue_full, 1);
+}
+
+#[test]
+fn lease_expire_and_resume_from_checkpoint() {
+    let mut table = JobTable::default();
+    table.apply(&Command::Enqueue { jobs: vec![job(100, 1, None), job(100, 2, None)] });
+    let w = register(&mut table, "w1");
+    assert_eq!(
+        leased_ids(table.apply(&Command::Lease { worker: w, max_jobs: 1, now_ms: 10, deadline_ms: 20 })),
+        vec![1]
+    );
+    let checkpoint = Checkpoint { job: 1, done: 40, digest: Digest([9; 64]) };
+    let ack = table.apply(&Command::Heartbeat {
+        worker: w,
+        now_ms: 15,
+        deadline_ms: 25,
+        checkpoints: vec![checkpoint, Checkpoint { job: 2, done: 5, digest: Digest([1; 64]) }],
+        hashes_per_s: 0,
+    });
+    assert_eq!(ack, CommandResponse::HeartbeatAck { lost: vec![2], state: WorkerState::Active });
+    assert_eq!(table.apply(&Command::ExpireLeases { now_ms: 24 }), CommandResponse::Requeued(vec![]));
+    assert_eq!(table.apply(&Command::ExpireLeases { now_ms: 25 }), CommandResponse::Requeued(vec![1]));
+    table.check_invariants().expect("invariants");
+    // The requeued job (older) comes before job 2, and resumes from the checkpoint.
+    let w2 = register(&mut table, "w2");
+    match table.apply(&Command::Lease { worker: w2, max_jobs: 4, now_ms: 30, deadline_ms: 40 }) {
+        CommandResponse::Leased(jobs) => {
+            assert_eq!(jobs.len(), 2);
+            assert_eq!(jobs[0], LeasedJob { job: 1, iterations: 100, done: 40, digest: Digest([9; 64]) });
+            assert_eq!(jobs[1].job, 2);
+            assert_eq!(jobs[1].done, 1);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    table.check_invariants().expect("invariants");
+}
+
+#[test]
+fn heartbeats_extend_only_the_leases_the_worker_reports() {
+    let mut table = JobTable::default();
+    table.apply(&Command::Enqueue { jobs: vec![job(10, 1, None), job(10, 2, None)] });
+    let w = register(&mut table, "w");
+    leased_ids(table.apply(&Command::Lease { worker: w, max_jobs: 2, now_ms: 0, deadline_ms: 10 }));
+    // The worker only learned of job 1 (the answer for job 2 was lost, say).
+    table.apply(&Command::Heartbeat {
+        worker: w,
+        now_ms: 5,
+        deadline_ms: 100,
+        checkpoints: vec![Checkpoint { job: 1, done: 2, digest: Digest([2; 64]) }],
+        hashes_per_s: 0,
+    });
+    assert_eq!(table.apply(&Command::ExpireLeases { now_ms: 10 }), CommandResponse::Requeued(vec![2]));
+    assert!(matches!(table.job_status(1), Some(JobStatus::Running(_))));
+    table.check_invariants().expect("invariants");
+}
+
+#[test]
+fn completion_is_idempotent_and_late_results_are_harmless() {
+    let mut table = JobTable::default();
+    table.apply(&Command::Enqueue { jobs: vec![job(1, 1, None)] });
+    let w1 = register(&mut table, "w1");
+    let w2 = register(&mut table, "w2");
+    leased_ids(table.apply(&Command::Lease { worker: w1, max_jobs: 1, now_ms: 0, deadline_ms: 5 }));
+    table.apply(&Command::ExpireLeases { now_ms: 5 });
+    leased_ids(table.apply(&Command::Lease { worker: w2, max_jobs: 1, now_ms: 6, deadline_ms: 50 }));
+    let result = JobResult { job: 1, result: Digest([4; 64]) };
+    // The expired holder's late result is recorded; the current holder's is a no-op.
+    let first = table.apply(&Command::Complete { worker: w1, now_ms: 7, results: vec![result] });
+    assert_eq!(first, CommandResponse::Completed(vec![CompleteOutcome::Recorded(1)]));
+    let second = table.apply(&Command::Complete {
+        worker: w2,
+        now_ms: 8,
+        results: vec![JobResult { job: 1, result: Digest([5; 64]) }],
+    });
+    assert_eq!(second, CommandResponse::Completed(vec![CompleteOutcome::AlreadyCompleted(1)]));
+    match table.job_status(1) {
+        Some(JobStatus::Completed(done)) => assert_eq!(done.result, Digest([4; 64])),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(table.workers()[&w2].leases, 0);
+    table.check_invariants().expect("invariants");
+}
+
+#[test]
+fn never_leased_jobs_cannot_complete() {
+    let mut table = JobTable::default();
+    table.apply(&Command::Enqueue { jobs: vec![job(1, 1, None)] });
+    let response = table.apply(&Command::Complete {
+        worker: 1,
+        now_ms: 0,
+        results: vec![JobResult { job: 1, result: Digest([0; 64]) }],
+    });
+    assert_eq!(response, CommandResponse::Completed(vec![CompleteOutcome::Unknown]));
+    assert!(matches!(table.job_status(1), Some(JobStatus::Queued(_))));
+}
+
+#[test]
+fn retention_drops_oldest_results_and_their_keys() {
+    let mut table = JobTable::new(Limits { completed_retention: 2, ..Limits::default() });
+    table.apply(&Command::Enqueue { jobs: vec![job(1, 1, Some("k1")), job(1, 2, Some("k2")), job(1, 3, Some("k3"))] });
+    let w = register(&mut table, "w");
+    leased_ids(table.apply(&Command::Lease { worker: w, max_jobs: 3, now_ms: 0, deadline_ms: 9 }));
+    let results = (1..=3).map(|job| JobResult { job, result: Digest([job as u8; 64]) }).collect();
+    table.apply(&Command::Complete { worker: w, now_ms: 1, results });
+    assert_eq!(table.latest_completed(10).map(|j| j.id).collect::<Vec<_>>(), vec![3, 2]);
+    assert_eq!(table.completed_after(0, 10).map(|j| j.seq).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(table.job_status(1), Some(JobStatus::Forgotten));
+    assert_eq!(table.job_status(4), None);
+    // k1 left with its result (any request may take it now); a retry of k2 still deduplicates.
+    let again = table.apply(&Command::Enqueue { jobs: vec![job(1, 4, Some("k1")), job(1, 2, Some("k2"))] });
+    assert_eq!(again, CommandResponse::Enqueued(vec![EnqueueOutcome::Created(4), EnqueueOutcome::Duplicate(2)]));
+    table.check_invariants().expect("invariants");
+}
+
+#[test]
+fn draining_worker_gets_no_leases_and_release_requeues_checkpoints() {
+    let mut table = JobTable::default();
+    table.apply(&Command::Enqueue { jobs: vec![job(10, 1, None), job(10, 2, None)] });
+    let w = register(&mut table, "w");
+    leased_ids(table.apply(&Command::Lease { worker: w, max_jobs: 2, now_ms: 0, deadline_ms: 9 }));
+    table.apply(&Command::UpdateWorker { worker: w, state: WorkerState::Draining, now_ms: 1 });
+    assert_eq!(
+        table.apply(&Command::Lease { worker: w, max_jobs: 1, now_ms: 2, deadline_ms: 9 }),
+        CommandResponse::Rejected(Rejection::WorkerDraining)
+    );
+    let released = table.apply(&Command::Release {
+        worker: w,
+        checkpoints: vec![Checkpoint { job: 2, done: 7, digest: Digest([7; 64]) }],
+    });
+    assert_eq!(released, CommandResponse::Requeued(vec![2]));
+    match table.job_status(2) {
+        Some(JobStatus::Queued(job)) => assert_eq!((job.done, job.attempts), (7, 1)),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(table.apply(&Command::RemoveWorker { worker: w }), CommandResponse::Requeued(vec![1]));
+    assert_eq!(table.queued_iterations(), 9 + 3);
+    table.check_invariants().expect("invariants");
+}
+
+#[test]
+fn unknown_worker_is_rejected_without_change() {
+    let mut table = JobTable::default();
+    table.apply(&Command::Enqueue { jobs: vec![job(1, 1, None)] });
+    let before = table.clone();
+    for command in [
+        Command::Lease { worker: 9, max_jobs: 1, now_ms: 0, deadline_ms: 1 },
+        Command::Heartbeat { worker: 9, now_ms: 0, deadline_ms: 1, checkpoints: vec![], hashes_per_s: 0 },
+        Command::UpdateWorker { worker: 9, state: WorkerState::Draining, now_ms: 0 },
+        Command::RemoveWorker { worker: 9 },
+    ] {
+        assert_eq!(table.apply(&command), CommandResponse::Rejected(Rejection::UnknownWorker));
+    }
+    assert_eq!(table, before);
+}
