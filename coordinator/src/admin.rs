@@ -18,7 +18,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use raft_store::job_table::{Command, CommandResponse, WorkerState};
+use raft_store::job_table::{CommandResponse, Proposal, WorkerState};
 use raft_store::{MembershipError, NodeInfo, ProposeError, Role, TransferError};
 use wire::api::{ErrorBody, FailoverResponse, ReplaceMemberRequest, ReplaceMemberResponse, WorkerStateResponse};
 
@@ -193,7 +193,7 @@ async fn set_worker_state(
 ) -> Result<Json<WorkerStateResponse>, AdminError> {
     authorize(&app, &headers)?;
     let Path(worker) = id.map_err(|_| AdminError::BadRequest("the worker id must be a non-negative integer".into()))?;
-    let command = Command::UpdateWorker { worker, state, now_ms: wire::now_ms() };
+    let command = Proposal::UpdateWorker { worker, state };
     match app.node.propose(command).await? {
         CommandResponse::Done => {
             let state = if state == WorkerState::Draining { "draining" } else { "active" };

@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use raft_store::job_table::{EnqueueOutcome, JobStatus, NewJob};
+use raft_store::job_table::{EnqueueOutcome, JobRequest, JobStatus};
 use wire::api::{
     ClusterView, CompletedJob, EnqueueResponse, JobState, JobView, PullResponse, QueueView, ScalerDecisionView,
     ScalerView, VoterView, WorkerView,
@@ -129,7 +129,7 @@ async fn enqueue_job(
             .await
             .map_err(|e| ApiError::Unavailable(format!("hashing failed: {e}")))?
     };
-    let job = NewJob { digest, iterations, enqueued_at_ms: wire::now_ms(), idempotency_key };
+    let job = JobRequest { digest, iterations, idempotency_key };
     match app.enqueue.enqueue(job).await? {
         EnqueueOutcome::Created(id) | EnqueueOutcome::Duplicate(id) => Ok(Json(EnqueueResponse { id })),
         EnqueueOutcome::KeyReused(id) => Err(ApiError::KeyReused(format!(

@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use raft_store::job_table::{Command, CommandResponse, EnqueueOutcome, NewJob};
+use raft_store::job_table::{CommandResponse, EnqueueOutcome, JobRequest, Proposal};
 use raft_store::{Node, ProposeError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -30,7 +30,7 @@ type Reply = oneshot::Sender<Result<EnqueueOutcome, ProposeError>>;
 /// A handle to the batching task.
 #[derive(Clone)]
 pub struct EnqueueBatcher {
-    tx: mpsc::Sender<(NewJob, Reply)>,
+    tx: mpsc::Sender<(JobRequest, Reply)>,
 }
 
 impl EnqueueBatcher {
@@ -42,14 +42,14 @@ impl EnqueueBatcher {
     }
 
     /// Enqueue one job; resolves once its batch is committed.
-    pub async fn enqueue(&self, job: NewJob) -> Result<EnqueueOutcome, ProposeError> {
+    pub async fn enqueue(&self, job: JobRequest) -> Result<EnqueueOutcome, ProposeError> {
         let (reply, answer) = oneshot::channel();
         self.tx.send((job, reply)).await.map_err(|_| ProposeError::Stopped("shutting down".into()))?;
         answer.await.map_err(|_| ProposeError::Stopped("shutting down".into()))?
     }
 }
 
-async fn run(node: Node, mut rx: mpsc::Receiver<(NewJob, Reply)>, shutdown: CancellationToken) {
+async fn run(node: Node, mut rx: mpsc::Receiver<(JobRequest, Reply)>, shutdown: CancellationToken) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
         let first = tokio::select! {
@@ -72,8 +72,8 @@ async fn run(node: Node, mut rx: mpsc::Receiver<(NewJob, Reply)>, shutdown: Canc
         let node = node.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let (jobs, replies): (Vec<NewJob>, Vec<Reply>) = batch.into_iter().unzip();
-            match node.propose(Command::Enqueue { jobs }).await {
+            let (jobs, replies): (Vec<JobRequest>, Vec<Reply>) = batch.into_iter().unzip();
+            match node.propose(Proposal::Enqueue { jobs }).await {
                 Ok(CommandResponse::Enqueued(outcomes)) if outcomes.len() == replies.len() => {
                     for (reply, outcome) in replies.into_iter().zip(outcomes) {
                         let _ = reply.send(Ok(outcome));

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use raft_store::job_table::{Command, Limits};
+use raft_store::job_table::{Limits, Proposal};
 use raft_store::{Node, Role};
 use tokio_util::sync::CancellationToken;
 
@@ -62,17 +62,17 @@ async fn act(node: &Node, config: &DutyConfig, now: u64, past_grace: bool) -> Re
         (table.limits(), table.any_lease_expired(now), table.silent_workers(now, config.worker_timeout_ms))
     });
     if limits != config.limits {
-        node.propose(Command::SetLimits(config.limits)).await?;
+        node.propose(Proposal::SetLimits(config.limits)).await?;
     }
     if !past_grace {
         return Ok(());
     }
     if expired {
-        node.propose(Command::ExpireLeases { now_ms: now }).await?;
+        node.propose(Proposal::ExpireLeases).await?;
     }
     for worker in silent {
         tracing::info!(worker, "removing a worker that stopped heartbeating");
-        node.propose(Command::RemoveWorker { worker }).await?;
+        node.propose(Proposal::RemoveWorker { worker }).await?;
     }
     Ok(())
 }

@@ -13,7 +13,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use raft_store::job_table::{Checkpoint, Command, CommandResponse, CompleteOutcome, JobResult, Rejection, WorkerState};
+use raft_store::job_table::{
+    Checkpoint, CommandResponse, CompleteOutcome, JobResult, Proposal, Rejection, WorkerState,
+};
 use raft_store::{ProposeError, ReadError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -22,8 +24,6 @@ use wire::worker::{
     Progress, RegisterRequest, RegisterResponse, ReleaseRequest, ReleaseResponse, WorkerErrorBody,
 };
 use wire::{SECRET_HEADER, secret_matches};
-
-use wire::now_ms;
 
 use crate::App;
 
@@ -118,12 +118,8 @@ pub async fn register(State(app): State<App>, body: Bytes) -> Result<Response, W
     if request.cores == 0 || request.name.len() > 256 {
         return Err(WorkerRouteError::BadRequest("cores must be positive and the name at most 256 bytes".into()));
     }
-    let command = Command::RegisterWorker {
-        name: request.name,
-        cores: request.cores,
-        instance_id: request.instance_id,
-        now_ms: now_ms(),
-    };
+    let command =
+        Proposal::RegisterWorker { name: request.name, cores: request.cores, instance_id: request.instance_id };
     match app.node.propose(command).await? {
         CommandResponse::WorkerRegistered(worker) => Ok(reply(&RegisterResponse {
             worker,
@@ -182,13 +178,8 @@ pub async fn lease(State(app): State<App>, body: Bytes) -> Result<Response, Work
         // local view only costs a wasted proposal, never a wrong answer: apply decides.
         let claim = LeaseClaim::take(&app.lease_claims, queued, request.max_jobs);
         if claim.is_some() || !known {
-            let now = now_ms();
-            let command = Command::Lease {
-                worker: request.worker,
-                max_jobs: request.max_jobs,
-                now_ms: now,
-                deadline_ms: now.saturating_add(app.config.lease_ms),
-            };
+            let command =
+                Proposal::Lease { worker: request.worker, max_jobs: request.max_jobs, lease_ms: app.config.lease_ms };
             match app.node.propose(command).await? {
                 CommandResponse::Leased(jobs) if !jobs.is_empty() => {
                     let jobs = jobs
@@ -218,11 +209,9 @@ pub async fn lease(State(app): State<App>, body: Bytes) -> Result<Response, Work
 /// `POST /worker/heartbeat`
 pub async fn heartbeat(State(app): State<App>, body: Bytes) -> Result<Response, WorkerRouteError> {
     let request: HeartbeatRequest = decode(&body)?;
-    let now = now_ms();
-    let command = Command::Heartbeat {
+    let command = Proposal::Heartbeat {
         worker: request.worker,
-        now_ms: now,
-        deadline_ms: now.saturating_add(app.config.lease_ms),
+        lease_ms: app.config.lease_ms,
         checkpoints: checkpoints(&request.progress),
         hashes_per_s: request.hashes_per_s,
     };
@@ -239,7 +228,7 @@ pub async fn heartbeat(State(app): State<App>, body: Bytes) -> Result<Response, 
 pub async fn complete(State(app): State<App>, body: Bytes) -> Result<Response, WorkerRouteError> {
     let request: CompleteRequest = decode(&body)?;
     let results = request.results.iter().map(|r| JobResult { job: r.job, result: r.result }).collect();
-    match app.node.propose(Command::Complete { worker: request.worker, now_ms: now_ms(), results }).await? {
+    match app.node.propose(Proposal::Complete { worker: request.worker, results }).await? {
         CommandResponse::Completed(outcomes) => {
             let mut answer = CompleteResponse { recorded: 0, duplicate: 0, unknown: 0 };
             for outcome in outcomes {
@@ -258,7 +247,7 @@ pub async fn complete(State(app): State<App>, body: Bytes) -> Result<Response, W
 /// `POST /worker/release`
 pub async fn release(State(app): State<App>, body: Bytes) -> Result<Response, WorkerRouteError> {
     let request: ReleaseRequest = decode(&body)?;
-    let command = Command::Release { worker: request.worker, checkpoints: checkpoints(&request.progress) };
+    let command = Proposal::Release { worker: request.worker, checkpoints: checkpoints(&request.progress) };
     match app.node.propose(command).await? {
         CommandResponse::Requeued(jobs) => Ok(reply(&ReleaseResponse { requeued: jobs.len() as u32 })),
         other => Err(unexpected(other)),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use raft_store::job_table::{Command, NewJob};
+use raft_store::job_table::{JobRequest, Proposal};
 use raft_store::test_cluster::{COORDINATOR_1, COORDINATOR_2, TestCluster, WITNESS};
 use raft_store::{CommandResponse, Digest};
 
@@ -57,17 +57,14 @@ async fn main() {
         let node = cluster.node(leader).clone();
         let committed = committed.clone();
         tasks.push(tokio::spawn(async move {
-            let mut i = 0u64;
             while Instant::now() < deadline {
-                let job =
-                    NewJob { digest: Digest([p as u8; 64]), iterations: 1, enqueued_at_ms: i, idempotency_key: None };
-                match node.propose(Command::Enqueue { jobs: vec![job] }).await {
+                let job = JobRequest { digest: Digest([p as u8; 64]), iterations: 1, idempotency_key: None };
+                match node.propose(Proposal::Enqueue { jobs: vec![job] }).await {
                     Ok(CommandResponse::Enqueued(_)) => {
                         committed.fetch_add(1, Ordering::Relaxed);
                     }
                     other => panic!("proposal failed: {other:?}"),
                 }
-                i += 1;
             }
         }));
     }

@@ -24,7 +24,7 @@ pub mod test_cluster;
 pub mod type_config;
 pub mod wal;
 
-pub use job_table::{Command, CommandResponse, JobTable};
+pub use job_table::{Command, CommandResponse, JobTable, Proposal};
 pub use node::{
     Failover, Leadership, Member, MembershipError, Node, NodeConfig, NodeView, PeerReplication, ProposeError,
     ReadError, Replaced, StartError, Timing, TransferError, VoterState, VoterStatus,

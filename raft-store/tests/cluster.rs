@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use raft_store::CommandResponse;
-use raft_store::job_table::Command;
+use raft_store::job_table::Proposal;
 use raft_store::node::{ProposeError, TransferError};
 use raft_store::test_cluster::{COORDINATOR_1, COORDINATOR_2, TestCluster, WITNESS};
 use tempfile::TempDir;
@@ -223,7 +223,7 @@ async fn a_leader_cut_off_from_its_peers_refuses_writes_and_reads_instead_of_hol
     // A write already in flight when the quorum goes silent is given up as unknown, and later
     // writes are refused as unavailable, both well before the request timeout.
     let started = Instant::now();
-    let in_flight = cluster.node(leader).propose_local(Command::Enqueue { jobs: vec![job(2)] }).await;
+    let in_flight = cluster.node(leader).propose_local(Proposal::Enqueue { jobs: vec![job(2)] }).await;
     let waited = started.elapsed();
     assert!(
         matches!(in_flight, Err(ProposeError::Unknown(_) | ProposeError::NotLeader { .. })),
@@ -231,7 +231,7 @@ async fn a_leader_cut_off_from_its_peers_refuses_writes_and_reads_instead_of_hol
     );
     assert!(waited < request_timeout / 2, "the in-flight write waited {waited:?}");
     let started = Instant::now();
-    let refused = cluster.node(leader).propose_local(Command::Enqueue { jobs: vec![job(3)] }).await;
+    let refused = cluster.node(leader).propose_local(Proposal::Enqueue { jobs: vec![job(3)] }).await;
     assert!(
         matches!(refused, Err(ProposeError::Unavailable(_) | ProposeError::NotLeader { .. })),
         "after: {refused:?}"
@@ -256,21 +256,18 @@ async fn a_leader_cut_off_from_its_peers_refuses_writes_and_reads_instead_of_hol
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn times_in_forwarded_commands_are_the_leader_s_whatever_the_follower_s_clock() {
-    const HOUR: u64 = 3_600_000;
     let dir = TempDir::new().expect("temp dir");
     let mut cluster = TestCluster::start(dir.path(), |_| {}).await;
     let leader = wait_for_coordinator_leader(&cluster).await;
     let follower = cluster.node(other_coordinator(leader)).clone();
     let wall = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
-    // The follower's clock runs an hour fast: it stamps its proposals so.
+    // A follower proposes durations only: whatever its clock says, it has no time to give. (It
+    // used to stamp its proposals, and a follower an hour fast gave leases an hour too long.)
     let before = wall();
-    let fast = before + HOUR;
-    let registered =
-        follower.propose(Command::RegisterWorker { name: "w".into(), cores: 1, instance_id: None, now_ms: fast }).await;
+    let registered = follower.propose(Proposal::RegisterWorker { name: "w".into(), cores: 1, instance_id: None }).await;
     let Ok(CommandResponse::WorkerRegistered(worker)) = registered else { panic!("register: {registered:?}") };
     enqueue(&follower, 1).await;
-    let leased =
-        follower.propose(Command::Lease { worker, max_jobs: 1, now_ms: fast, deadline_ms: fast + 3_000 }).await;
+    let leased = follower.propose(Proposal::Lease { worker, max_jobs: 1, lease_ms: 3_000 }).await;
     assert!(matches!(&leased, Ok(CommandResponse::Leased(jobs)) if jobs.len() == 1), "lease: {leased:?}");
     let after = wall();
     follower.read_barrier().await.expect("read barrier");

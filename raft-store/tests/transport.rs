@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::errors::RPCError;
-use raft_store::job_table::{Command, CommandResponse};
+use raft_store::job_table::{CommandResponse, Proposal};
 use raft_store::network::{NetworkFaults, Transport};
 use raft_store::test_cluster::{COORDINATOR_1, COORDINATOR_2, TestCluster};
 use raft_store::{NodeId, ProposeError};
@@ -37,7 +37,7 @@ async fn the_secret_is_required_and_the_target_must_match() {
     let mut cluster = TestCluster::start(dir.path(), |config| config.secret = Some("s3cret".into())).await;
     // The cluster itself works with the secret.
     cluster.wait_for_leader(Duration::from_secs(10)).await;
-    let response = cluster.node(COORDINATOR_2).propose(Command::ExpireLeases { now_ms: 1 }).await;
+    let response = cluster.node(COORDINATOR_2).propose(Proposal::ExpireLeases).await;
     assert_eq!(response, Ok(CommandResponse::Requeued(vec![])));
     let addr = cluster.infos()[&COORDINATOR_1].raft_addr.clone();
 
@@ -70,7 +70,7 @@ async fn without_quorum_proposals_fail_instead_of_hanging() {
     cluster.kill(raft_store::test_cluster::WITNESS).await;
     cluster.kill(COORDINATOR_2).await;
     let started = std::time::Instant::now();
-    let result = cluster.node(COORDINATOR_1).propose(Command::ExpireLeases { now_ms: 1 }).await;
+    let result = cluster.node(COORDINATOR_1).propose(Proposal::ExpireLeases).await;
     assert!(matches!(result, Err(ProposeError::Unavailable(_)) | Err(ProposeError::Unknown(_))), "{result:?}");
     let read = cluster.node(COORDINATOR_1).read_barrier().await;
     assert!(read.is_err(), "a lone voter must not serve linearizable reads");

@@ -5,15 +5,14 @@ use wire::Digest;
 
 use super::{CompletionSeq, JobId, Limits, WorkerId};
 
-/// A job to add, as the ingesting coordinator prepared it: the body is already reduced to its
-/// first digest.
+/// A job to add, as the leader stamped it (see [`super::JobRequest`]).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct NewJob {
     /// SHA-512 of the body: the chain after iteration 1.
     pub digest: Digest,
     /// Total iterations asked for, at least 1.
     pub iterations: u64,
-    /// When the coordinator received it (ms since the Unix epoch, the proposer's clock).
+    /// When the leader appended it (ms since the Unix epoch, the leader's clock).
     pub enqueued_at_ms: u64,
     /// A client-chosen key that makes a retried enqueue return the first job's id.
     pub idempotency_key: Option<String>,
@@ -60,7 +59,8 @@ pub enum ScalerCommand {
     TerminationRequested { instance_id: String, at_ms: u64 },
 }
 
-/// Everything that changes the table. Each is one Raft entry's payload.
+/// Everything that changes the table. Each is one Raft entry's payload, stamped by the leader
+/// from a [`super::Proposal`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// Add jobs (a batch, so concurrent enqueues can share one entry).
@@ -94,36 +94,6 @@ pub enum Command {
     SetLimits(Limits),
     /// Record an autoscaler decision.
     Scaler(ScalerCommand),
-}
-
-impl Command {
-    /// Put the times in this command on the clock of the node that commits it (`now_ms` on
-    /// that clock), keeping each duration it carries (a lease's length).
-    ///
-    /// Commands are stamped by the node that proposes them, and a follower forwards its
-    /// proposals to the leader. Lease expiry and worker removal compare with the leader's
-    /// clock, so a lease stamped by a follower whose clock runs an hour fast would outlive its
-    /// worker by that hour (and one from a slow clock would expire at once). The leader calls
-    /// this on every command it is forwarded, so that every time in the log is its own.
-    pub fn restamp(&mut self, now_ms: u64) {
-        match self {
-            Command::Enqueue { jobs } => jobs.iter_mut().for_each(|job| job.enqueued_at_ms = now_ms),
-            Command::Lease { now_ms: at, deadline_ms, .. } | Command::Heartbeat { now_ms: at, deadline_ms, .. } => {
-                *deadline_ms = now_ms.saturating_add(deadline_ms.saturating_sub(*at));
-                *at = now_ms;
-            }
-            Command::Complete { now_ms: at, .. }
-            | Command::ExpireLeases { now_ms: at }
-            | Command::RegisterWorker { now_ms: at, .. }
-            | Command::UpdateWorker { now_ms: at, .. } => *at = now_ms,
-            Command::Scaler(
-                ScalerCommand::LaunchRequested { at_ms, .. }
-                | ScalerCommand::InstanceSeen { at_ms, .. }
-                | ScalerCommand::TerminationRequested { at_ms, .. },
-            ) => *at_ms = now_ms,
-            Command::Release { .. } | Command::RemoveWorker { .. } | Command::SetLimits(_) => {}
-        }
-    }
 }
 
 impl std::fmt::Display for Command {

@@ -3,7 +3,7 @@
 //!
 //! [`JobTable::apply`] is the whole contract: given the same sequence of [`Command`]s, every
 //! replica reaches the same table and returns the same [`CommandResponse`]s. It therefore reads no clock
-//! (times arrive inside commands, stamped by the proposer), draws no random numbers, performs no
+//! (times arrive inside commands, stamped by the leader from a [`Proposal`]), draws no random numbers, performs no
 //! I/O and iterates only ordered collections. Expected rejections (an unknown worker, a lease that
 //! moved on) are responses, never errors or panics: a command that arrives through Raft has been
 //! committed and must be applied the same way everywhere.
@@ -26,12 +26,14 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 mod command;
+mod proposal;
 mod reads;
 mod records;
 #[cfg(test)]
 mod tests;
 
 pub use command::*;
+pub use proposal::*;
 pub use records::*;
 
 /// A job's id, assigned in apply: unique whichever coordinator received the job.

@@ -411,7 +411,7 @@ mod tests {
     async fn settled_leader(cluster: &TestCluster) -> Node {
         let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
         let node = cluster.node(leader).clone();
-        node.propose(crate::job_table::Command::ExpireLeases { now_ms: 0 }).await.expect("a first write commits");
+        node.propose(crate::job_table::Proposal::ExpireLeases).await.expect("a first write commits");
         node
     }
 }

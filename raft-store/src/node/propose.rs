@@ -1,12 +1,13 @@
 //! Proposing a command: commit it on this node if it leads, else forward it to the leader, and
-//! retry while an election is under way.
+//! retry while an election is under way. The leader stamps a proposal's times with its own
+//! clock just before it appends it ([`Proposal::stamp`]): the one place time enters the log.
 
 use openraft::errors::{ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
 
 use super::leader_calls::CallError;
 use super::{Node, RETRY_PAUSE};
-use crate::job_table::{Command, CommandResponse};
+use crate::job_table::{Command, CommandResponse, Proposal};
 use crate::type_config::{NodeId, Raft};
 
 /// Why a proposal has no response.
@@ -41,9 +42,10 @@ impl From<CallError> for ProposeError {
 }
 
 impl Node {
-    /// Commit `command` on this node if it leads; otherwise say who does. Gives up after the
-    /// request timeout (a leader that lost its quorum cannot commit).
-    pub async fn propose_local(&self, command: Command) -> Result<CommandResponse, ProposeError> {
+    /// Commit `proposal` on this node if it leads, stamped with this node's clock; otherwise say
+    /// who does. Gives up after the request timeout (a leader that lost its quorum cannot
+    /// commit).
+    pub async fn propose_local(&self, proposal: Proposal) -> Result<CommandResponse, ProposeError> {
         let timeout = self.parts.config.request_timeout;
         let quorum_timeout = self.parts.config.timing.quorum_timeout();
         let mut quorum_lost = self.parts.quorum_lost.clone();
@@ -54,8 +56,11 @@ impl Node {
                 "this leader has not heard from a majority for over {quorum_timeout:?}"
             )));
         }
-        let enqueue = matches!(command, Command::Enqueue { .. });
+        let enqueue = proposal.is_enqueue();
         let proposed = std::time::Instant::now();
+        // Stamped here and nowhere else: if this node does not lead after all, openraft refuses
+        // the entry and the caller forwards the proposal, unstamped, to the leader.
+        let command = proposal.stamp(wire::now_ms());
         let written = tokio::select! {
             written = tokio::time::timeout(timeout, client_write(&self.parts.raft, command)) => written,
             _ = quorum_lost.wait_for(|lost| *lost) => {
@@ -73,12 +78,12 @@ impl Node {
         result
     }
 
-    /// Commit `command` through whichever node leads, and return its response.
+    /// Commit `proposal` through whichever node leads, and return its response.
     ///
     /// Retries while there is no leader or the leader is not yet writable, until the request
     /// timeout. A command is sent again only when it certainly was not appended; when the outcome
     /// is unknown the caller gets [`ProposeError::Unknown`].
-    pub async fn propose(&self, command: Command) -> Result<CommandResponse, ProposeError> {
+    pub async fn propose(&self, proposal: Proposal) -> Result<CommandResponse, ProposeError> {
         let deadline = tokio::time::Instant::now() + self.parts.config.request_timeout;
         let mut last;
         loop {
@@ -86,14 +91,14 @@ impl Node {
             let known = self.parts.leadership.borrow().leader;
             let attempt = match known {
                 Some(leader) if leader != self.id() => Err(ProposeError::NotLeader { leader: Some(leader) }),
-                _ => self.propose_local(command.clone()).await,
+                _ => self.propose_local(proposal.clone()).await,
             };
             match attempt {
                 Err(ProposeError::NotLeader { leader: Some(leader) }) if leader != self.id() => {
                     // One hop only: the leader never forwards again, so a stale view cannot
-                    // make a loop. The leader stamps the command's times with its own clock.
+                    // make a loop. The leader stamps the proposal's times with its own clock.
                     let forwarded: Result<Result<CommandResponse, ProposeError>, CallError> =
-                        self.call_leader(leader, "propose", &command, deadline).await;
+                        self.call_leader(leader, "propose", &proposal, deadline).await;
                     match forwarded.map_err(ProposeError::from).and_then(|answer| answer) {
                         Ok(response) => return Ok(response),
                         Err(ProposeError::NotLeader { .. }) | Err(ProposeError::Unavailable(_)) => {

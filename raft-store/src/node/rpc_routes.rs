@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use super::Node;
-use crate::job_table::Command;
+use crate::job_table::Proposal;
 use crate::network::{MsgPack, PeerCheck, msgpack_response, raft_rpc_router, require_peer};
 use crate::type_config::{NodeId, NodeInfo};
 
@@ -64,11 +64,9 @@ impl Node {
     }
 }
 
-async fn propose(State(node): State<Node>, MsgPack(mut command): MsgPack<Command>) -> Response {
-    // The times in the log are the committing leader's, whatever the forwarding node's clock.
-    command.restamp(wire::now_ms());
+async fn propose(State(node): State<Node>, MsgPack(proposal): MsgPack<Proposal>) -> Response {
     // One hop only: the receiver never forwards again, so a stale view cannot make a loop.
-    msgpack_response(&node.propose_local(command).await)
+    msgpack_response(&node.propose_local(proposal).await)
 }
 
 async fn read_index(State(node): State<Node>) -> Response {

@@ -2,19 +2,19 @@
 
 use std::time::{Duration, Instant};
 
-use raft_store::job_table::{Command, EnqueueOutcome, JobStatus, NewJob};
+use raft_store::job_table::{EnqueueOutcome, JobRequest, JobStatus, Proposal};
 use raft_store::test_cluster::TestCluster;
 use raft_store::{CommandResponse, Digest, Node, NodeId, Role};
 
 pub const ELECTION: Duration = Duration::from_secs(10);
 
-pub fn job(i: u64) -> NewJob {
-    NewJob { digest: Digest([(i % 251) as u8; 64]), iterations: i + 1, enqueued_at_ms: i, idempotency_key: None }
+pub fn job(i: u64) -> JobRequest {
+    JobRequest { digest: Digest([(i % 251) as u8; 64]), iterations: i + 1, idempotency_key: None }
 }
 
 /// Enqueue one job through `node` (forwarded to the leader if need be); return its id.
 pub async fn enqueue(node: &Node, i: u64) -> u64 {
-    match node.propose(Command::Enqueue { jobs: vec![job(i)] }).await {
+    match node.propose(Proposal::Enqueue { jobs: vec![job(i)] }).await {
         Ok(CommandResponse::Enqueued(outcomes)) => match outcomes.as_slice() {
             [EnqueueOutcome::Created(id)] => *id,
             other => panic!("unexpected outcome {other:?}"),

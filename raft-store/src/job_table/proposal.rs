@@ -1,0 +1,164 @@
+//! What a node asks the leader to commit: a [`Proposal`] carries durations, never times. Only
+//! the leader turns it into a [`Command`], stamping its own clock, once, in one place
+//! ([`Proposal::stamp`], called by `Node::propose_local` just before the entry is appended).
+//!
+//! So every time in the log is on the clock of the leader that committed it, and lease expiry
+//! and worker removal (which the leader decides on its own clock) compare one clock with itself,
+//! whatever the clocks of the nodes that took the requests.
+
+use serde::{Deserialize, Serialize};
+use wire::Digest;
+
+use super::{Checkpoint, Command, JobResult, Limits, NewJob, WorkerId, WorkerState};
+
+/// A job to add, as the ingesting coordinator prepared it: the body is already reduced to its
+/// first digest. The leader adds the time it was enqueued.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct JobRequest {
+    /// SHA-512 of the body: the chain after iteration 1.
+    pub digest: Digest,
+    /// Total iterations asked for, at least 1.
+    pub iterations: u64,
+    /// A client-chosen key that makes a retried enqueue return the first job's id.
+    pub idempotency_key: Option<String>,
+}
+
+/// An autoscaler decision, as proposed (the leader adds when it was made).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum ScalerProposal {
+    /// Launch one worker; `token` is the EC2 idempotency token.
+    LaunchRequested { token: String },
+    /// The launch with `token` produced `instance_id`.
+    InstanceSeen { token: String, instance_id: String },
+    /// Terminate `instance_id`.
+    TerminationRequested { instance_id: String },
+}
+
+/// A [`Command`] before the leader gives it times: see the module documentation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Proposal {
+    /// Add jobs (a batch, so concurrent enqueues can share one entry).
+    Enqueue { jobs: Vec<JobRequest> },
+    /// Hand up to `max_jobs` waiting jobs to `worker` for `lease_ms`.
+    Lease { worker: WorkerId, max_jobs: u32, lease_ms: u64 },
+    /// `worker` is alive and running the jobs it lists: extend those leases by `lease_ms` and
+    /// record their checkpoints and its hash rate.
+    Heartbeat { worker: WorkerId, lease_ms: u64, checkpoints: Vec<Checkpoint>, hashes_per_s: u64 },
+    /// Record results. Idempotent per job.
+    Complete { worker: WorkerId, results: Vec<JobResult> },
+    /// `worker` hands leased jobs back: they are requeued from these checkpoints.
+    Release { worker: WorkerId, checkpoints: Vec<Checkpoint> },
+    /// Requeue every lease whose deadline has passed.
+    ExpireLeases,
+    /// Add a worker to the registry.
+    RegisterWorker { name: String, cores: u32, instance_id: Option<String> },
+    /// Change a worker's state.
+    UpdateWorker { worker: WorkerId, state: WorkerState },
+    /// Remove a worker; its leases are requeued.
+    RemoveWorker { worker: WorkerId },
+    /// Replace the table's limits.
+    SetLimits(Limits),
+    /// Record an autoscaler decision.
+    Scaler(ScalerProposal),
+}
+
+impl Proposal {
+    /// The command to append, with `now_ms` (the leader's clock) as its time.
+    pub fn stamp(self, now_ms: u64) -> Command {
+        use super::ScalerCommand;
+        let until = |lease_ms: u64| now_ms.saturating_add(lease_ms);
+        match self {
+            Proposal::Enqueue { jobs } => Command::Enqueue {
+                jobs: jobs
+                    .into_iter()
+                    .map(|job| NewJob {
+                        digest: job.digest,
+                        iterations: job.iterations,
+                        enqueued_at_ms: now_ms,
+                        idempotency_key: job.idempotency_key,
+                    })
+                    .collect(),
+            },
+            Proposal::Lease { worker, max_jobs, lease_ms } => {
+                Command::Lease { worker, max_jobs, now_ms, deadline_ms: until(lease_ms) }
+            }
+            Proposal::Heartbeat { worker, lease_ms, checkpoints, hashes_per_s } => {
+                Command::Heartbeat { worker, now_ms, deadline_ms: until(lease_ms), checkpoints, hashes_per_s }
+            }
+            Proposal::Complete { worker, results } => Command::Complete { worker, now_ms, results },
+            Proposal::Release { worker, checkpoints } => Command::Release { worker, checkpoints },
+            Proposal::ExpireLeases => Command::ExpireLeases { now_ms },
+            Proposal::RegisterWorker { name, cores, instance_id } => {
+                Command::RegisterWorker { name, cores, instance_id, now_ms }
+            }
+            Proposal::UpdateWorker { worker, state } => Command::UpdateWorker { worker, state, now_ms },
+            Proposal::RemoveWorker { worker } => Command::RemoveWorker { worker },
+            Proposal::SetLimits(limits) => Command::SetLimits(limits),
+            Proposal::Scaler(decision) => Command::Scaler(match decision {
+                ScalerProposal::LaunchRequested { token } => ScalerCommand::LaunchRequested { token, at_ms: now_ms },
+                ScalerProposal::InstanceSeen { token, instance_id } => {
+                    ScalerCommand::InstanceSeen { token, instance_id, at_ms: now_ms }
+                }
+                ScalerProposal::TerminationRequested { instance_id } => {
+                    ScalerCommand::TerminationRequested { instance_id, at_ms: now_ms }
+                }
+            }),
+        }
+    }
+
+    /// Whether this adds jobs (for the commit-latency histogram of enqueues).
+    pub fn is_enqueue(&self) -> bool {
+        matches!(self, Proposal::Enqueue { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leader_s_clock_gives_every_time_and_each_duration_is_kept() {
+        const NOW: u64 = 1_000_000;
+        let stamped = |proposal: Proposal| proposal.stamp(NOW);
+        let request = JobRequest { digest: Digest([1; 64]), iterations: 5, idempotency_key: Some("k".into()) };
+        assert_eq!(
+            stamped(Proposal::Enqueue { jobs: vec![request] }),
+            Command::Enqueue {
+                jobs: vec![NewJob {
+                    digest: Digest([1; 64]),
+                    iterations: 5,
+                    enqueued_at_ms: NOW,
+                    idempotency_key: Some("k".into())
+                }]
+            }
+        );
+        assert_eq!(
+            stamped(Proposal::Lease { worker: 2, max_jobs: 3, lease_ms: 3_000 }),
+            Command::Lease { worker: 2, max_jobs: 3, now_ms: NOW, deadline_ms: NOW + 3_000 }
+        );
+        assert_eq!(
+            stamped(Proposal::Heartbeat { worker: 2, lease_ms: 3_000, checkpoints: vec![], hashes_per_s: 9 }),
+            Command::Heartbeat {
+                worker: 2,
+                now_ms: NOW,
+                deadline_ms: NOW + 3_000,
+                checkpoints: vec![],
+                hashes_per_s: 9
+            }
+        );
+        assert_eq!(
+            stamped(Proposal::Lease { worker: 2, max_jobs: 1, lease_ms: u64::MAX }),
+            Command::Lease { worker: 2, max_jobs: 1, now_ms: NOW, deadline_ms: u64::MAX },
+            "a deadline saturates, never wraps"
+        );
+        assert_eq!(stamped(Proposal::ExpireLeases), Command::ExpireLeases { now_ms: NOW });
+        assert_eq!(
+            stamped(Proposal::RegisterWorker { name: "w".into(), cores: 2, instance_id: None }),
+            Command::RegisterWorker { name: "w".into(), cores: 2, instance_id: None, now_ms: NOW }
+        );
+        assert_eq!(
+            stamped(Proposal::Scaler(ScalerProposal::LaunchRequested { token: "t".into() })),
+            Command::Scaler(super::super::ScalerCommand::LaunchRequested { token: "t".into(), at_ms: NOW })
+        );
+    }
+}
