@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use deploy::local::{LocalCluster, LocalOptions, free_port, locate_binaries};
+use deploy::local::{LocalCluster, LocalOptions, given_or_random_token, locate_binaries};
 use wire::client::ApiClient;
 
 use crate::cpu::MeteredProcess;
@@ -66,31 +66,20 @@ impl Target {
                 _dir: None,
             });
         }
-        let admin_token = match &args.admin_token {
-            Some(token) => token.clone(),
-            None => deploy::local::random_token()?,
-        };
-        let cluster_secret = match &args.cluster_secret {
-            Some(secret) => secret.clone(),
-            None => deploy::local::random_token()?,
-        };
+        let admin_token = given_or_random_token(args.admin_token.clone())?;
+        let cluster_secret = given_or_random_token(args.cluster_secret.clone())?;
         let dir = tempfile::Builder::new().prefix("tandem-bench").tempdir().context("temporary directory")?;
         let options = LocalOptions {
-            bin_dir: locate_binaries(args.bin_dir.clone())?,
-            data_dir: dir.path().to_owned(),
-            port_1: free_port()?,
-            port_2: free_port()?,
-            witness_port: free_port()?,
             workers: args.workers,
             worker_cores: args.worker_cores,
             coordinator_args: coordinator_args.iter().map(|s| s.to_string()).collect(),
-            worker_args: vec![],
-            log_to_files: true,
-            admin_token: Some(admin_token.clone()),
-            cluster_secret: Some(cluster_secret.clone()),
-            voter_hosts: LocalOptions::loopback_hosts(),
-            voter_netns: Default::default(),
-            worker_netns: None,
+            ..LocalOptions::on_loopback(
+                locate_binaries(args.bin_dir.clone())?,
+                dir.path().to_owned(),
+                LocalOptions::free_ports()?,
+                Some(admin_token.clone()),
+                Some(cluster_secret.clone()),
+            )
         };
         let mut cluster = LocalCluster::start(options)?;
         cluster.wait_ready(Duration::from_secs(60)).await?;

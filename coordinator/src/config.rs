@@ -10,32 +10,7 @@ use clap::Parser;
 use raft_store::{NodeId, NodeInfo, Role};
 pub use wire::process::LogFormat;
 
-/// One voter as given on the command line: `ID=ROLE@HOST:PORT`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Member {
-    /// The voter's id.
-    pub id: NodeId,
-    /// Coordinator or witness.
-    pub role: Role,
-    /// Its address (a coordinator serves the API and Raft on it; the witness only Raft).
-    pub addr: String,
-}
-
-impl std::str::FromStr for Member {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("expected ID=ROLE@HOST:PORT (ROLE: coordinator or witness), got {s:?}");
-        let (id, rest) = s.split_once('=').ok_or_else(bad)?;
-        let (role, addr) = rest.split_once('@').ok_or_else(bad)?;
-        let id = id.trim().parse().map_err(|_| bad())?;
-        let role: Role = role.trim().parse().map_err(|_| bad())?;
-        if addr.trim().is_empty() {
-            return Err(bad());
-        }
-        Ok(Member { id, role, addr: addr.trim().to_owned() })
-    }
-}
+pub use wire::members::Member;
 
 /// A Tandem coordinator: serves the client API and the worker routes, and votes in Raft.
 #[derive(Parser, Clone, Debug)]
@@ -168,11 +143,9 @@ mod tests {
 
     #[test]
     fn parses_members() {
-        let m: Member = "3=witness@10.0.0.3:8090".parse().expect("valid");
-        assert_eq!(m, Member { id: 3, role: Role::Witness, addr: "10.0.0.3:8090".into() });
-        assert!("3=boss@x:1".parse::<Member>().is_err());
-        assert!("x=witness@a:1".parse::<Member>().is_err());
-        assert!("3witness@a:1".parse::<Member>().is_err());
+        let config = Config::parse_from(["coordinator", "--member", "1=coordinator@a:1,3=witness@10.0.0.3:8090"]);
+        assert_eq!(config.members[1], Member { id: 3, role: Role::Witness, addr: "10.0.0.3:8090".into() });
+        assert!(Config::try_parse_from(["coordinator", "--member", "3=boss@x:1"]).is_err());
     }
 
     #[test]

@@ -76,63 +76,93 @@ pub fn router(app: App) -> Router {
         .merge(raft)
 }
 
-/// Start the voter and serve everything on `listener` until `shutdown` is cancelled.
-pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    config.validate().map_err(anyhow::Error::msg)?;
-    let mut node_config = NodeConfig::new(config.id, Role::Coordinator, config.data_dir());
-    node_config.secret = config.cluster_secret.clone();
-    node_config.fault_injection = config.fault_injection;
-    node_config.timing = Timing {
-        heartbeat_ms: config.heartbeat_ms,
-        election_min_ms: config.election_min_ms,
-        election_max_ms: config.election_max_ms,
-    };
-    node_config.request_timeout = config.request_timeout();
-    let node = Node::start(node_config, Arc::new(NetworkFaults::default()))
-        .await
-        .with_context(|| format!("starting voter {} in {}", config.id, config.data_dir().display()))?;
-    if config.initialize && node.initialize(config.membership()).await.context("initializing the cluster")? {
-        tracing::info!(members = config.members.len(), "initialized a new cluster");
+/// A started coordinator: its voter, its background tasks, and the state its routes share.
+pub struct Coordinator {
+    /// What every handler shares; [`router`] of it is what [`Coordinator::serve`] serves.
+    pub app: App,
+    tasks: tokio_util::task::TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Coordinator {
+    /// Open the voter's data directory, start Raft (forming the cluster with `--initialize`),
+    /// and start the leader's duties, the metrics sampler and the enqueue batcher. They run
+    /// until `shutdown` is cancelled.
+    pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Coordinator> {
+        config.validate().map_err(anyhow::Error::msg)?;
+        let mut node_config = NodeConfig::new(config.id, Role::Coordinator, config.data_dir());
+        node_config.secret = config.cluster_secret.clone();
+        node_config.fault_injection = config.fault_injection;
+        node_config.timing = Timing {
+            heartbeat_ms: config.heartbeat_ms,
+            election_min_ms: config.election_min_ms,
+            election_max_ms: config.election_max_ms,
+        };
+        node_config.request_timeout = config.request_timeout();
+        let node = Node::start(node_config, Arc::new(NetworkFaults::default()))
+            .await
+            .with_context(|| format!("starting voter {} in {}", config.id, config.data_dir().display()))?;
+        if config.initialize && node.initialize(config.membership()).await.context("initializing the cluster")? {
+            tracing::info!(members = config.members.len(), "initialized a new cluster");
+        }
+        let limits = Limits {
+            completed_retention: config.completed_retention,
+            max_queued: config.max_queued,
+            ..Limits::default()
+        };
+        let duties = leader_duties::DutyConfig {
+            lease_ms: config.lease_ms,
+            worker_timeout_ms: config.worker_timeout_ms,
+            limits,
+        };
+        let tasks = tokio_util::task::TaskTracker::new();
+        tasks.spawn(leader_duties::run(node.clone(), duties, shutdown.child_token()));
+        tasks.spawn(metrics::sample(node.clone(), shutdown.child_token()));
+        let app = App {
+            node: node.clone(),
+            enqueue: EnqueueBatcher::start(node.clone(), shutdown.child_token()),
+            config: Arc::new(config),
+            lease_claims: Arc::default(),
+            metrics: metrics::handle(),
+            voter_probes: Arc::default(),
+        };
+        Ok(Coordinator { app, tasks, shutdown })
     }
 
-    let limits =
-        Limits { completed_retention: config.completed_retention, max_queued: config.max_queued, ..Limits::default() };
-    let duties =
-        leader_duties::DutyConfig { lease_ms: config.lease_ms, worker_timeout_ms: config.worker_timeout_ms, limits };
-    let tasks = tokio_util::task::TaskTracker::new();
-    tasks.spawn(leader_duties::run(node.clone(), duties, shutdown.child_token()));
-    tasks.spawn(metrics::sample(node.clone(), shutdown.child_token()));
-    let app = App {
-        node: node.clone(),
-        enqueue: EnqueueBatcher::start(node.clone(), shutdown.child_token()),
-        config: Arc::new(config),
-        lease_claims: Arc::default(),
-        metrics: metrics::handle(),
-        voter_probes: Arc::default(),
-    };
-    tracing::info!(addr = %listener.local_addr()?, node = node.id(), "coordinator serving");
-    // If Raft stops on its own (a storage failure, an internal panic), this voter can only
-    // answer 503: stop serving and exit with an error, so that a supervisor restarts it.
-    let raft_died = CancellationToken::new();
-    let (server_shutdown, stopped, died) = (shutdown.clone(), node.clone(), raft_died.clone());
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = server_shutdown.cancelled() => {}
-                _ = stopped.stopped() => died.cancel(),
-            }
-        })
-        .await
-        .context("serving HTTP")?;
-    if raft_died.is_cancelled() {
-        shutdown.cancel();
+    /// Serve every route on `listener` until the shutdown token is cancelled, then stop the
+    /// background tasks and the voter.
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+        let Coordinator { app, tasks, shutdown } = self;
+        let node = app.node.clone();
+        tracing::info!(addr = %listener.local_addr()?, node = node.id(), "coordinator serving");
+        // If Raft stops on its own (a storage failure, an internal panic), this voter can only
+        // answer 503: stop serving and exit with an error, so that a supervisor restarts it.
+        let raft_died = CancellationToken::new();
+        let (server_shutdown, stopped, died) = (shutdown.clone(), node.clone(), raft_died.clone());
+        axum::serve(listener, router(app))
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    _ = server_shutdown.cancelled() => {}
+                    _ = stopped.stopped() => died.cancel(),
+                }
+            })
+            .await
+            .context("serving HTTP")?;
+        if raft_died.is_cancelled() {
+            shutdown.cancel();
+            tasks.close();
+            anyhow::bail!("Raft stopped on its own (see the error above); exiting so that this voter is restarted");
+        }
         tasks.close();
-        anyhow::bail!("Raft stopped on its own (see the error above); exiting so that this voter is restarted");
+        if tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await.is_err() {
+            tracing::warn!("background tasks did not stop within 2 s");
+        }
+        node.shutdown().await;
+        Ok(())
     }
-    tasks.close();
-    if tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await.is_err() {
-        tracing::warn!("background tasks did not stop within 2 s");
-    }
-    node.shutdown().await;
-    Ok(())
+}
+
+/// Start the voter and serve everything on `listener` until `shutdown` is cancelled.
+pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    Coordinator::start(config, shutdown).await?.serve(listener).await
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use wire::members::{Member, Members, Role};
 
 /// The node id of coordinator 1, 2 and the witness.
 pub const IDS: [u64; 3] = [1, 2, 3];
@@ -60,6 +61,40 @@ pub struct LocalOptions {
 }
 
 impl LocalOptions {
+    /// A cluster of the binaries in `bin_dir`, with its data under `data_dir`, its voters on
+    /// 127.0.0.1 at `ports` (coordinator 1, coordinator 2, the witness), no workers but the
+    /// witness's, logs in files, and the given credentials. Change any field after.
+    pub fn on_loopback(
+        bin_dir: PathBuf,
+        data_dir: PathBuf,
+        [port_1, port_2, witness_port]: [u16; 3],
+        admin_token: Option<String>,
+        cluster_secret: Option<String>,
+    ) -> LocalOptions {
+        LocalOptions {
+            bin_dir,
+            data_dir,
+            port_1,
+            port_2,
+            witness_port,
+            workers: 0,
+            worker_cores: None,
+            coordinator_args: vec![],
+            worker_args: vec![],
+            log_to_files: true,
+            admin_token,
+            cluster_secret,
+            voter_hosts: LocalOptions::loopback_hosts(),
+            voter_netns: Default::default(),
+            worker_netns: None,
+        }
+    }
+
+    /// Three free ports for [`LocalOptions::on_loopback`].
+    pub fn free_ports() -> anyhow::Result<[u16; 3]> {
+        Ok([free_port()?, free_port()?, free_port()?])
+    }
+
     /// Every voter on 127.0.0.1, in this process's network namespace.
     pub fn loopback_hosts() -> [String; 3] {
         ["127.0.0.1".into(), "127.0.0.1".into(), "127.0.0.1".into()]
@@ -155,13 +190,13 @@ impl LocalCluster {
         }
     }
 
-    fn members(&self) -> String {
-        format!(
-            "1=coordinator@{},2=coordinator@{},3=witness@{}",
-            self.raft_addr(1),
-            self.raft_addr(2),
-            self.raft_addr(3)
-        )
+    /// The voters, as every coordinator is told them (`--member`).
+    fn members(&self) -> Members {
+        Members(vec![
+            Member { id: 1, role: Role::Coordinator, addr: self.raft_addr(1) },
+            Member { id: 2, role: Role::Coordinator, addr: self.raft_addr(2) },
+            Member { id: 3, role: Role::Witness, addr: self.raft_addr(3) },
+        ])
     }
 
     /// Start every process. Returns once they are spawned; see [`LocalCluster::wait_ready`].
@@ -182,7 +217,7 @@ impl LocalCluster {
         std::fs::create_dir_all(&options.data_dir)
             .with_context(|| format!("creating {}", options.data_dir.display()))?;
         let mut cluster = LocalCluster { options: options.clone(), processes: Vec::new() };
-        let members = cluster.members();
+        let members = cluster.members().to_string();
         let coordinator_urls = cluster.api_urls().join(",");
         for id in [1, 2] {
             let listen = cluster.raft_addr(id);
@@ -297,16 +332,10 @@ impl LocalCluster {
         else {
             bail!("{old_name} was not started with --id, --member and --data-dir");
         };
-        let old_id = args[id_at].clone();
+        let old_id: u64 = args[id_at].parse().with_context(|| format!("{old_name}'s --id"))?;
+        let members: Members = args[member_at].parse().map_err(anyhow::Error::msg)?;
         args[id_at] = new_id.to_string();
-        args[member_at] = args[member_at]
-            .split(',')
-            .map(|m| match m.split_once('=') {
-                Some((id, rest)) if id == old_id => format!("{new_id}={rest}"),
-                _ => m.to_owned(),
-            })
-            .collect::<Vec<_>>()
-            .join(",");
+        args[member_at] = members.renumbered(old_id, new_id).to_string();
         let dir = self.options.data_dir.join(format!("coordinator-{new_id}"));
         args[dir_at] = dir.display().to_string();
         args.retain(|a| a != "--initialize");
@@ -370,9 +399,22 @@ impl LocalCluster {
 
     /// Fail, naming it, if a process this cluster started has exited.
     fn ensure_running(&mut self) -> anyhow::Result<()> {
+        let logs = self.options.log_to_files.then(|| self.options.data_dir.clone());
         for process in &mut self.processes {
             if process.child.is_some() && process.has_exited() {
-                bail!("{} exited during start-up; see its log", process.name);
+                // The log's last lines say why (a port taken, a bad flag): the data directory,
+                // log included, may be gone by the time someone reads this.
+                let log = logs
+                    .as_ref()
+                    .and_then(|dir| std::fs::read_to_string(dir.join(format!("{}.log", process.name))).ok());
+                let tail = match log {
+                    Some(log) => {
+                        let lines: Vec<&str> = log.lines().collect();
+                        format!("its log ends:\n{}", lines[lines.len().saturating_sub(5)..].join("\n"))
+                    }
+                    None => "see its log".to_owned(),
+                };
+                bail!("{} exited during start-up; {tail}", process.name);
             }
         }
         Ok(())
@@ -466,10 +508,37 @@ pub fn random_token() -> anyhow::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// A port that was free a moment ago (for tests: bind port 0, note it, release it).
+/// `given`, or else a new random token (a cluster secret or admin token nobody chose).
+pub fn given_or_random_token(given: Option<String>) -> anyhow::Result<String> {
+    given.map_or_else(random_token, Ok)
+}
+
+/// A port for a process this program starts to listen on: free when chosen, never handed out
+/// twice by this program, and below the kernel's ephemeral range. Port 0's answer came from that
+/// range, which is also where every outgoing connection takes its local port, so a test's own
+/// HTTP clients could hold it by the time the child bound it.
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOWEST: u32 = 10_000;
+    // Where this process starts looking: spread by process id, so that two programs choosing
+    // at once (two test binaries, a bench beside a test) are unlikely to try the same ports.
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let below = ephemeral_range_start().unwrap_or(32_768).max(LOWEST + 1_000);
+    let span = below - LOWEST;
+    let _ = NEXT.compare_exchange(u32::MAX, std::process::id() * 7_919 % span, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..span {
+        let port = (LOWEST + NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port between {LOWEST} and {below}")
+}
+
+/// The first port of the kernel's ephemeral range (`net.ipv4.ip_local_port_range`).
+fn ephemeral_range_start() -> Option<u32> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
 }
 
 /// Where the `coordinator` and `worker` binaries are: `bin_dir` if given, else beside this

@@ -158,30 +158,18 @@ fn run_local(args: LocalArgs) -> anyhow::Result<()> {
         admin_token,
         cluster_secret,
     } = args;
-    let admin_token = match admin_token {
-        Some(token) => token,
-        None => deploy::local::random_token()?,
-    };
-    let cluster_secret = match cluster_secret {
-        Some(secret) => secret,
-        None => deploy::local::random_token()?,
-    };
+    let admin_token = deploy::local::given_or_random_token(admin_token)?;
+    let cluster_secret = deploy::local::given_or_random_token(cluster_secret)?;
     let options = LocalOptions {
-        bin_dir: deploy::local::locate_binaries(bin_dir)?,
-        data_dir,
-        port_1,
-        port_2,
-        witness_port,
         workers,
         worker_cores,
-        coordinator_args: vec![],
-        worker_args: vec![],
-        log_to_files: true,
-        admin_token: Some(admin_token.clone()),
-        cluster_secret: Some(cluster_secret.clone()),
-        voter_hosts: LocalOptions::loopback_hosts(),
-        voter_netns: Default::default(),
-        worker_netns: None,
+        ..LocalOptions::on_loopback(
+            deploy::local::locate_binaries(bin_dir)?,
+            data_dir,
+            [port_1, port_2, witness_port],
+            Some(admin_token.clone()),
+            Some(cluster_secret.clone()),
+        )
     };
     // Children are spawned from this (main) thread: they are tied to its life.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

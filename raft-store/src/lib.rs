@@ -11,6 +11,8 @@
 //!   barrier, leadership, membership, and views of the voter's state in Tandem's types
 //!   ([`node::NodeView`], [`node::VoterStatus`]).
 //! - [`raft_metrics`]: the `tandem_raft_*` Prometheus gauges, for coordinators and the witness.
+//! - `test_cluster` (feature `test-util`): three voters in one process, for tests and
+//!   measurements; it does not ship in the coordinator or the worker.
 //!
 //! This crate knows nothing of the client API, EC2 or scaling policy.
 
@@ -20,6 +22,7 @@ pub mod network;
 pub mod node;
 pub mod raft_metrics;
 pub mod state_machine;
+#[cfg(any(test, feature = "test-util"))]
 pub mod test_cluster;
 pub mod type_config;
 pub mod wal;

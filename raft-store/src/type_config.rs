@@ -12,25 +12,7 @@ use crate::job_table::{Command, CommandResponse};
 /// A voter's id. Never reused with an empty disk: a replacement joins under a new id.
 pub type NodeId = u64;
 
-/// What a voter does besides voting.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Serves the client API and may lead.
-    #[default]
-    Coordinator,
-    /// Votes and holds the log; hands leadership to a coordinator whenever it wins an election.
-    Witness,
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Role::Coordinator => "coordinator",
-            Role::Witness => "witness",
-        })
-    }
-}
+pub use wire::members::Role;
 
 /// A voter as the membership records it: its role and where to reach it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -41,18 +23,6 @@ pub struct NodeInfo {
     pub raft_addr: String,
     /// `host:port` of the client API; empty for the witness.
     pub api_addr: String,
-}
-
-impl std::str::FromStr for Role {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "coordinator" => Ok(Role::Coordinator),
-            "witness" => Ok(Role::Witness),
-            other => Err(format!("a role is coordinator or witness, not {other:?}")),
-        }
-    }
 }
 
 impl NodeInfo {

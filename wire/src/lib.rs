@@ -4,7 +4,9 @@
 //! - [`chain`]: the work function, the SHA-512 chain.
 //! - [`api`]: the client API's JSON bodies (what curl users and the bench see).
 //! - [`worker`]: the MessagePack messages between workers and coordinators.
+//! - [`members`]: the one description of a cluster's voters (ids, roles, addresses).
 //! - [`client`]: a typed client of the client API, for tests and the bench.
+//! - [`worker_client`]: a typed client of the worker protocol, for the worker and the bench.
 //! - `process` (feature `process`): log set-up and signal handling, the same in every binary.
 //!
 //! Wire types are distinct from Raft commands on purpose: the coordinator converts between them,
@@ -15,9 +17,11 @@ pub mod api;
 pub mod chain;
 pub mod client;
 pub mod digest;
+pub mod members;
 #[cfg(feature = "process")]
 pub mod process;
 pub mod worker;
+pub mod worker_client;
 
 pub use digest::Digest;
 

@@ -2,7 +2,6 @@
 //! results; with `--witness` it also runs the cluster's third voter.
 //!
 //! - [`config`]: flags and defaults.
-//! - [`coordinator_client`]: the worker protocol over HTTP, failing over between coordinators.
 //! - [`compute`]: one job's chain, in chunks, checkpointed and cancellable.
 //! - [`witness`]: the witness voter on its own runtime.
 //! - [`metrics`]: `/metrics` on `--metrics-listen`.
@@ -14,7 +13,6 @@
 
 pub mod compute;
 pub mod config;
-pub mod coordinator_client;
 pub mod metrics;
 pub mod witness;
 
@@ -26,13 +24,13 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use wire::worker::{
-    CompleteRequest, CompleteResponse, Finished, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse,
-    Progress, RegisterRequest, RegisterResponse, ReleaseRequest, ReleaseResponse,
+    CompleteRequest, Finished, HeartbeatRequest, LeaseRequest, Progress, RegisterRequest, ReleaseRequest,
 };
+
+use wire::worker_client::{WorkerCallError as CallError, WorkerClient};
 
 use crate::compute::RunningJob;
 use crate::config::Config;
-use crate::coordinator_client::{CallError, Coordinators};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// A heartbeat waits for one coordinator at most its period (a third of a lease), and not less
@@ -56,10 +54,10 @@ const MAX_BACKLOG_PER_CORE: usize = 256;
 /// short jobs do not wait on lease round trips, little enough that long jobs are not hoarded.
 const BACKLOG_TARGET: Duration = Duration::from_millis(250);
 
-/// What the worker's tasks share.
-pub(crate) struct Shared {
+/// A running worker: what its tasks (lease loop, heartbeat, reporter, jobs) share.
+pub(crate) struct RunningWorker {
     config: Config,
-    coordinators: Coordinators,
+    coordinators: WorkerClient,
     worker_id: AtomicU64,
     heartbeat_ms: AtomicU64,
     running: Mutex<HashMap<u64, Arc<RunningJob>>>,
@@ -87,7 +85,7 @@ pub(crate) struct Shared {
     jobs_completed: AtomicU64,
 }
 
-impl Shared {
+impl RunningWorker {
     /// Every coordinator refused this worker's secret: stop for good.
     fn refuse(&self) {
         if !self.refused.swap(true, Ordering::Relaxed) {
@@ -107,8 +105,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         wire::check_credential("the cluster secret (TANDEM_CLUSTER_SECRET)", secret).map_err(anyhow::Error::msg)?;
     }
     let witness_voter = if config.witness { Some(witness::Witness::start(&config)?) } else { None };
-    let shared = Arc::new(Shared {
-        coordinators: Coordinators::new(config.coordinators.clone(), config.cluster_secret.as_deref())?,
+    let shared = Arc::new(RunningWorker {
+        coordinators: WorkerClient::new(config.coordinators.clone(), config.cluster_secret.as_deref())?,
         worker_id: AtomicU64::new(0),
         heartbeat_ms: AtomicU64::new(1_000),
         running: Mutex::new(HashMap::new()),
@@ -159,7 +157,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 /// Cancel every job this worker holds and hand the unfinished ones back with their checkpoints,
 /// so other workers resume them at once instead of waiting for the leases to expire.
-async fn hand_back(shared: &Shared, deadline: tokio::time::Instant) {
+async fn hand_back(shared: &RunningWorker, deadline: tokio::time::Instant) {
     let unfinished: Vec<Arc<RunningJob>> = shared.running().values().cloned().collect();
     for job in &unfinished {
         job.cancel();
@@ -173,7 +171,7 @@ async fn hand_back(shared: &Shared, deadline: tokio::time::Instant) {
         return;
     }
     let request = ReleaseRequest { worker: shared.worker_id.load(Ordering::Relaxed), progress };
-    let release = shared.coordinators.call::<_, ReleaseResponse>(wire::worker::RELEASE, &request, CALL_TIMEOUT);
+    let release = shared.coordinators.release(&request, CALL_TIMEOUT);
     match tokio::time::timeout_at(deadline, release).await {
         Ok(Ok(answer)) => tracing::info!(requeued = answer.requeued, "handed unfinished jobs back"),
         Ok(Err(e)) => tracing::warn!(error = %e, "could not hand jobs back; their leases will expire"),
@@ -183,14 +181,14 @@ async fn hand_back(shared: &Shared, deadline: tokio::time::Instant) {
 
 /// Register (retrying while no coordinator can take it); `Ok(false)` when `shutdown` came first.
 /// Refused credentials are an error: retrying cannot fix a worker's configuration.
-async fn register(shared: &Shared, shutdown: &CancellationToken) -> Result<bool, CallError> {
+async fn register(shared: &RunningWorker, shutdown: &CancellationToken) -> Result<bool, CallError> {
     let request = RegisterRequest {
         name: shared.config.name(),
         cores: shared.config.cores() as u32,
         instance_id: shared.config.instance_id.clone(),
     };
     loop {
-        match shared.coordinators.call::<_, RegisterResponse>(wire::worker::REGISTER, &request, CALL_TIMEOUT).await {
+        match shared.coordinators.register(&request, CALL_TIMEOUT).await {
             Ok(answer) => {
                 shared.worker_id.store(answer.worker, Ordering::Relaxed);
                 shared.heartbeat_ms.store(answer.heartbeat_ms.max(50), Ordering::Relaxed);
@@ -208,7 +206,7 @@ async fn register(shared: &Shared, shutdown: &CancellationToken) -> Result<bool,
 }
 
 /// Lease and start jobs until told to stop. An error only when registering again was refused.
-async fn lease_loop(shared: &Arc<Shared>, results: &mpsc::UnboundedSender<Finished>) -> Result<(), CallError> {
+async fn lease_loop(shared: &Arc<RunningWorker>, results: &mpsc::UnboundedSender<Finished>) -> Result<(), CallError> {
     let cores = shared.config.cores();
     loop {
         if shared.stop_leasing.is_cancelled() {
@@ -247,7 +245,7 @@ async fn lease_loop(shared: &Arc<Shared>, results: &mpsc::UnboundedSender<Finish
         let answer = tokio::select! {
             _ = shared.stop_leasing.cancelled() => return Ok(()),
             _ = drain_becomes(shared, true) => continue,
-            answer = shared.coordinators.call::<_, LeaseResponse>(wire::worker::LEASE, &request, timeout) => answer,
+            answer = shared.coordinators.lease(&request, timeout) => answer,
         };
         match answer {
             Ok(leased) => {
@@ -280,7 +278,7 @@ async fn lease_loop(shared: &Arc<Shared>, results: &mpsc::UnboundedSender<Finish
 }
 
 /// Resolves once the worker's draining state is `draining` (a drain was requested, or it ended).
-async fn drain_becomes(shared: &Shared, draining: bool) {
+async fn drain_becomes(shared: &RunningWorker, draining: bool) {
     loop {
         // Created before the check: a change in between still wakes it.
         let changed = shared.drain_changed.notified();
@@ -292,13 +290,13 @@ async fn drain_becomes(shared: &Shared, draining: bool) {
 }
 
 /// How many jobs to hold: one per core for long jobs, a backlog for short ones.
-fn capacity(shared: &Shared, cores: usize) -> usize {
+fn capacity(shared: &RunningWorker, cores: usize) -> usize {
     let mean = shared.mean_job_micros.load(Ordering::Relaxed).max(1);
     let per_core = (BACKLOG_TARGET.as_micros() as u64 / mean).clamp(1, MAX_BACKLOG_PER_CORE as u64);
     cores * per_core as usize
 }
 
-fn start_job(shared: &Arc<Shared>, job: RunningJob, results: mpsc::UnboundedSender<Finished>) {
+fn start_job(shared: &Arc<RunningWorker>, job: RunningJob, results: mpsc::UnboundedSender<Finished>) {
     let job = Arc::new(job);
     if let Some(earlier) = shared.running().insert(job.job, job.clone()) {
         // Leased to this worker again (its earlier lease expired): that lease is over, and the
@@ -337,7 +335,7 @@ fn start_job(shared: &Arc<Shared>, job: RunningJob, results: mpsc::UnboundedSend
     });
 }
 
-fn report_linger(shared: &Shared) -> Duration {
+fn report_linger(shared: &RunningWorker) -> Duration {
     match shared.mean_job_micros.load(Ordering::Relaxed) {
         u64::MAX => REPORT_LINGER_MIN,
         mean => (Duration::from_micros(mean) / 2).clamp(REPORT_LINGER_MIN, REPORT_LINGER_MAX),
@@ -346,7 +344,7 @@ fn report_linger(shared: &Shared) -> Duration {
 
 /// Report results in batches until the channel closes; never drop one because a coordinator
 /// was down.
-async fn report(shared: Arc<Shared>, mut results: mpsc::UnboundedReceiver<Finished>) {
+async fn report(shared: Arc<RunningWorker>, mut results: mpsc::UnboundedReceiver<Finished>) {
     while let Some(first) = results.recv().await {
         let mut batch = vec![first];
         let linger = tokio::time::sleep(report_linger(&shared));
@@ -359,8 +357,7 @@ async fn report(shared: Arc<Shared>, mut results: mpsc::UnboundedReceiver<Finish
         }
         loop {
             let request = CompleteRequest { worker: shared.worker_id.load(Ordering::Relaxed), results: batch.clone() };
-            match shared.coordinators.call::<_, CompleteResponse>(wire::worker::COMPLETE, &request, CALL_TIMEOUT).await
-            {
+            match shared.coordinators.complete(&request, CALL_TIMEOUT).await {
                 Ok(answer) => {
                     tracing::debug!(recorded = answer.recorded, duplicate = answer.duplicate, "results reported");
                     break;
@@ -380,7 +377,7 @@ async fn report(shared: Arc<Shared>, mut results: mpsc::UnboundedReceiver<Finish
 }
 
 /// Heartbeat checkpoints; cancel jobs the coordinator says are lost; drain when told to.
-async fn heartbeat(shared: Arc<Shared>) {
+async fn heartbeat(shared: Arc<RunningWorker>) {
     let mut last = (std::time::Instant::now(), shared.hashes.load(Ordering::Relaxed));
     loop {
         tokio::time::sleep(Duration::from_millis(shared.heartbeat_ms.load(Ordering::Relaxed))).await;
@@ -396,7 +393,7 @@ async fn heartbeat(shared: Arc<Shared>) {
         let request = HeartbeatRequest { worker, progress, hashes_per_s };
         let timeout = Duration::from_millis(shared.heartbeat_ms.load(Ordering::Relaxed))
             .clamp(HEARTBEAT_TIMEOUT_MIN, CALL_TIMEOUT);
-        match shared.coordinators.call::<_, HeartbeatResponse>(wire::worker::HEARTBEAT, &request, timeout).await {
+        match shared.coordinators.heartbeat(&request, timeout).await {
             Ok(answer) => {
                 for lost in answer.lost {
                     if let Some(job) = sent.iter().find(|job| job.job == lost) {

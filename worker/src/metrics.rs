@@ -15,7 +15,7 @@ use metrics::{counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::Shared;
+use crate::RunningWorker;
 
 /// Install the process's recorder (once) and describe the worker's metrics.
 pub fn install() -> PrometheusHandle {
@@ -41,7 +41,7 @@ pub fn install() -> PrometheusHandle {
 /// Serve `/metrics` on `listen` and sample the worker's state once a second until `shutdown`.
 pub(crate) async fn serve(
     listen: SocketAddr,
-    shared: Arc<Shared>,
+    shared: Arc<RunningWorker>,
     witness: Option<raft_store::Node>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -66,7 +66,7 @@ pub(crate) async fn serve(
     served.context("serving metrics")
 }
 
-async fn sample(shared: Arc<Shared>, witness: Option<raft_store::Node>, shutdown: CancellationToken) {
+async fn sample(shared: Arc<RunningWorker>, witness: Option<raft_store::Node>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut raft = raft_store::raft_metrics::RaftGauges::default();
     let cores = shared.config.cores();

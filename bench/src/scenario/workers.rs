@@ -12,11 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use wire::worker::{
-    CompleteRequest, CompleteResponse, Finished, LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse,
-};
+use wire::worker::{CompleteRequest, Finished, LeaseRequest, RegisterRequest};
+use wire::worker_client::WorkerClient;
 
 use crate::reference::{chain, hex};
 use crate::report::Report;
@@ -39,21 +36,8 @@ pub struct WorkersArgs {
     pub seconds: f64,
 }
 
-async fn call<Req: Serialize, Resp: DeserializeOwned>(
-    http: &reqwest::Client,
-    base: &str,
-    path: &str,
-    req: &Req,
-) -> anyhow::Result<Resp> {
-    let response = http
-        .post(format!("{base}{path}"))
-        .header("content-type", "application/msgpack")
-        .body(rmp_serde::to_vec_named(req)?)
-        .send()
-        .await?;
-    anyhow::ensure!(response.status().is_success(), "{path}: HTTP {}", response.status());
-    Ok(rmp_serde::from_slice(&response.bytes().await?)?)
-}
+/// How long a simulated worker waits for one answer (a lease long-polls for up to 1 s).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Run `workers`.
 pub async fn run(args: &WorkersArgs, quick: bool) -> anyhow::Result<Report> {
@@ -71,36 +55,33 @@ pub async fn run(args: &WorkersArgs, quick: bool) -> anyhow::Result<Report> {
     }
     let target = Target::open(&target_args, &[]).await?;
     let urls: Vec<String> = target.clients.iter().map(|c| c.base().to_owned()).collect();
-    // Every simulated worker sends the cluster secret, as a real one does.
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(secret) = &target.cluster_secret {
-        let mut value = reqwest::header::HeaderValue::from_str(secret).context("the cluster secret")?;
-        value.set_sensitive(true);
-        headers.insert(wire::SECRET_HEADER, value);
-    }
-    let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(4_096).default_headers(headers).build()?;
+    // One connection pool for every simulated worker; each sends the cluster secret, as a real
+    // one does.
+    let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(4_096).build()?;
     let stop = Arc::new(AtomicBool::new(false));
     let connected = Arc::new(AtomicU64::new(0));
     let refusal = Arc::new(std::sync::OnceLock::<String>::new());
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..simulated {
-        let (http, base, stop, connected, refusal) =
-            (http.clone(), urls[w % urls.len()].clone(), stop.clone(), connected.clone(), refusal.clone());
+        let client =
+            WorkerClient::with_http(http.clone(), vec![urls[w % urls.len()].clone()], target.cluster_secret.as_deref())
+                .context("a simulated worker's client")?;
+        let (stop, connected, refusal) = (stop.clone(), connected.clone(), refusal.clone());
         tasks.push(tokio::spawn(async move {
             let mut leases: Vec<(u64, Instant)> = Vec::new();
             let request = RegisterRequest { name: format!("simulated-{w}"), cores: 1, instance_id: None };
-            let registered = match call::<_, RegisterResponse>(&http, &base, wire::worker::REGISTER, &request).await {
+            let registered = match client.register(&request, CALL_TIMEOUT).await {
                 Ok(registered) => registered,
                 Err(e) => {
-                    let _ = refusal.set(format!("{e:#}"));
+                    let _ = refusal.set(e.to_string());
                     return leases;
                 }
             };
             connected.fetch_add(1, Ordering::Relaxed);
             while !stop.load(Ordering::Relaxed) {
                 let request = LeaseRequest { worker: registered.worker, max_jobs: 1, wait_ms: 1_000 };
-                let Ok(answer) = call::<_, LeaseResponse>(&http, &base, wire::worker::LEASE, &request).await else {
+                let Ok(answer) = client.lease(&request, CALL_TIMEOUT).await else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
@@ -111,7 +92,7 @@ pub async fn run(args: &WorkersArgs, quick: bool) -> anyhow::Result<Report> {
                 leases.extend(answer.jobs.iter().map(|a| (a.job, now)));
                 let results = answer.jobs.iter().map(|a| Finished { job: a.job, result: a.digest }).collect();
                 let complete = CompleteRequest { worker: registered.worker, results };
-                let _ = call::<_, CompleteResponse>(&http, &base, wire::worker::COMPLETE, &complete).await;
+                let _ = client.complete(&complete, CALL_TIMEOUT).await;
             }
             leases
         }));

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use deploy::local::{LocalCluster, LocalOptions, free_port, random_token};
+use deploy::local::{LocalCluster, LocalOptions, random_token};
 use sha2::{Digest as _, Sha256, Sha512};
 use tempfile::TempDir;
 use wire::client::ApiClient;
@@ -70,22 +70,13 @@ pub fn bin_dir() -> PathBuf {
 }
 
 pub fn options(dir: &TempDir, workers: usize) -> LocalOptions {
+    let ports = LocalOptions::free_ports().expect("ports");
+    let secret = Some(random_token().expect("secret"));
     LocalOptions {
-        bin_dir: bin_dir(),
-        data_dir: dir.path().to_owned(),
-        port_1: free_port().expect("port"),
-        port_2: free_port().expect("port"),
-        witness_port: free_port().expect("port"),
         workers,
         worker_cores: Some(1),
         coordinator_args: vec!["--lease-ms".into(), "1500".into()],
-        worker_args: vec![],
-        log_to_files: true,
-        admin_token: None,
-        cluster_secret: Some(random_token().expect("secret")),
-        voter_hosts: LocalOptions::loopback_hosts(),
-        voter_netns: Default::default(),
-        worker_netns: None,
+        ..LocalOptions::on_loopback(bin_dir(), dir.path().to_owned(), ports, None, secret)
     }
 }
 

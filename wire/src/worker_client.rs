@@ -1,0 +1,199 @@
+//! A typed client of the worker protocol: MessagePack POSTs to whichever coordinator answers.
+//! The worker uses it, and so do the bench's simulated workers.
+//!
+//! One shared reqwest client; the coordinator in use changes when one is unreachable or cannot
+//! commit (503), so a worker keeps working through the loss of either coordinator.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use reqwest::header::HeaderValue;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::SECRET_HEADER;
+use crate::worker::{
+    COMPLETE, CompleteRequest, CompleteResponse, HEARTBEAT, HeartbeatRequest, HeartbeatResponse, LEASE, LeaseRequest,
+    LeaseResponse, REGISTER, RELEASE, RegisterRequest, RegisterResponse, ReleaseRequest, ReleaseResponse,
+    WorkerErrorBody,
+};
+
+/// Why a call failed after trying every coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkerCallError {
+    /// The coordinator does not know this worker id: register again.
+    #[error("unknown worker")]
+    UnknownWorker,
+    /// The coordinator refused the message as malformed (a bug; retrying will not help).
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// Every coordinator refused this worker's cluster secret (missing or wrong).
+    #[error("the coordinators refused this worker's cluster secret (TANDEM_CLUSTER_SECRET)")]
+    Unauthorized,
+    /// No coordinator could take it right now.
+    #[error("no coordinator available: {0}")]
+    Unavailable(String),
+}
+
+/// Why a client could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerClientError {
+    /// No coordinator URL was given.
+    #[error("at least one coordinator is needed")]
+    NoCoordinator,
+    /// The secret cannot travel in an HTTP header.
+    #[error("the cluster secret must be printable ASCII")]
+    BadSecret,
+    /// The HTTP client could not be built.
+    #[error("building the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// The coordinators, and which one is in use.
+#[derive(Debug)]
+pub struct WorkerClient {
+    http: reqwest::Client,
+    urls: Vec<String>,
+    current: AtomicUsize,
+    secret: Option<HeaderValue>,
+}
+
+impl WorkerClient {
+    /// Talk to `urls` (base URLs), starting with the first, sending `secret` (the cluster
+    /// secret) with every request when given.
+    pub fn new(urls: Vec<String>, secret: Option<&str>) -> Result<Self, WorkerClientError> {
+        let http = reqwest::Client::builder().no_proxy().tcp_nodelay(true).build()?;
+        Self::with_http(http, urls, secret)
+    }
+
+    /// As [`WorkerClient::new`], over an HTTP client shared with others (many simulated
+    /// workers in one process share one connection pool).
+    pub fn with_http(
+        http: reqwest::Client,
+        urls: Vec<String>,
+        secret: Option<&str>,
+    ) -> Result<Self, WorkerClientError> {
+        if urls.is_empty() {
+            return Err(WorkerClientError::NoCoordinator);
+        }
+        let secret = match secret {
+            Some(secret) => {
+                let mut value = HeaderValue::from_str(secret).map_err(|_| WorkerClientError::BadSecret)?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        let urls = urls.into_iter().map(|u| u.trim_end_matches('/').to_owned()).collect();
+        Ok(WorkerClient { http, urls, current: AtomicUsize::new(0), secret })
+    }
+
+    /// The coordinator in use.
+    pub fn current(&self) -> &str {
+        &self.urls[self.current.load(Ordering::Relaxed) % self.urls.len()]
+    }
+
+    /// `POST /worker/register`.
+    pub async fn register(
+        &self,
+        request: &RegisterRequest,
+        timeout: Duration,
+    ) -> Result<RegisterResponse, WorkerCallError> {
+        self.call(REGISTER, request, timeout).await
+    }
+
+    /// `POST /worker/lease` (a long-poll: give a timeout above the request's `wait_ms`).
+    pub async fn lease(&self, request: &LeaseRequest, timeout: Duration) -> Result<LeaseResponse, WorkerCallError> {
+        self.call(LEASE, request, timeout).await
+    }
+
+    /// `POST /worker/heartbeat`.
+    pub async fn heartbeat(
+        &self,
+        request: &HeartbeatRequest,
+        timeout: Duration,
+    ) -> Result<HeartbeatResponse, WorkerCallError> {
+        self.call(HEARTBEAT, request, timeout).await
+    }
+
+    /// `POST /worker/complete`.
+    pub async fn complete(
+        &self,
+        request: &CompleteRequest,
+        timeout: Duration,
+    ) -> Result<CompleteResponse, WorkerCallError> {
+        self.call(COMPLETE, request, timeout).await
+    }
+
+    /// `POST /worker/release`.
+    pub async fn release(
+        &self,
+        request: &ReleaseRequest,
+        timeout: Duration,
+    ) -> Result<ReleaseResponse, WorkerCallError> {
+        self.call(RELEASE, request, timeout).await
+    }
+
+    fn fail_over(&self, from: usize) {
+        // Only the first caller to notice moves on; others already see the new one.
+        let _ = self.current.compare_exchange(from, (from + 1) % self.urls.len(), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// POST `req` to `path`, trying each coordinator once (starting with the one in use).
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, WorkerCallError> {
+        let body = rmp_serde::to_vec_named(req).map_err(|e| WorkerCallError::Rejected(e.to_string()))?;
+        let mut last = String::new();
+        // Counted per coordinator: each is tried once here, whatever concurrent calls do to
+        // the one in use, so a refusal means every coordinator refused.
+        let mut refused_secret = 0;
+        let start = self.current.load(Ordering::Relaxed);
+        for index in (0..self.urls.len()).map(|step| (start + step) % self.urls.len()) {
+            let url = format!("{}{path}", self.urls[index]);
+            let mut request =
+                self.http.post(&url).header("content-type", "application/msgpack").timeout(timeout).body(body.clone());
+            if let Some(secret) = &self.secret {
+                request = request.header(SECRET_HEADER, secret.clone());
+            }
+            let response = match request.send().await {
+                Ok(response) => response,
+                Err(e) => {
+                    last = format!("{url}: {e}");
+                    self.fail_over(index);
+                    continue;
+                }
+            };
+            let status = response.status();
+            let bytes = match response.bytes().await {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    last = format!("{url}: {e}");
+                    self.fail_over(index);
+                    continue;
+                }
+            };
+            if status.is_success() {
+                return rmp_serde::from_slice(&bytes)
+                    .map_err(|e| WorkerCallError::Rejected(format!("undecodable answer: {e}")));
+            }
+            let error = rmp_serde::from_slice::<WorkerErrorBody>(&bytes).map(|b| b.error).unwrap_or_default();
+            match status.as_u16() {
+                410 => return Err(WorkerCallError::UnknownWorker),
+                400 => return Err(WorkerCallError::Rejected(error)),
+                // One coordinator with another secret (a misconfiguration): try the other.
+                401 => refused_secret += 1,
+                _ => {}
+            }
+            last = format!("{url}: HTTP {status}: {error}");
+            self.fail_over(index);
+        }
+        if refused_secret == self.urls.len() {
+            return Err(WorkerCallError::Unauthorized);
+        }
+        Err(WorkerCallError::Unavailable(last))
+    }
+}
