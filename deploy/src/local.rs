@@ -525,7 +525,8 @@ pub fn free_port() -> anyhow::Result<u16> {
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
     let below = ephemeral_range_start().unwrap_or(32_768).max(LOWEST + 1_000);
     let span = below - LOWEST;
-    let _ = NEXT.compare_exchange(u32::MAX, std::process::id() * 7_919 % span, Ordering::Relaxed, Ordering::Relaxed);
+    let start = (u64::from(std::process::id()) * 7_919 % u64::from(span)) as u32;
+    let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::Relaxed, Ordering::Relaxed);
     for _ in 0..span {
         let port = (LOWEST + NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {

@@ -257,8 +257,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    /// A refusal with `status`.
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Refusal { status, message: message.into() }
     }
 }

@@ -26,8 +26,7 @@ use tokio_util::sync::CancellationToken;
 use wire::worker::{
     CompleteRequest, Finished, HeartbeatRequest, LeaseRequest, Progress, RegisterRequest, ReleaseRequest,
 };
-
-use wire::worker_client::{WorkerCallError as CallError, WorkerClient};
+use wire::worker_client::{WorkerCallError, WorkerClient};
 
 use crate::compute::RunningJob;
 use crate::config::Config;
@@ -89,7 +88,7 @@ impl RunningWorker {
     /// Every coordinator refused this worker's secret: stop for good.
     fn refuse(&self) {
         if !self.refused.swap(true, Ordering::Relaxed) {
-            tracing::error!("{}; stopping", CallError::Unauthorized);
+            tracing::error!("{}; stopping", WorkerCallError::Unauthorized);
         }
         self.stop_leasing.cancel();
     }
@@ -150,7 +149,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         server.abort();
     }
     if shared.refused.load(Ordering::Relaxed) {
-        anyhow::bail!("{}", CallError::Unauthorized);
+        anyhow::bail!("{}", WorkerCallError::Unauthorized);
     }
     leasing.map_err(|e| anyhow::anyhow!("registering again: {e}"))
 }
@@ -181,7 +180,7 @@ async fn hand_back(shared: &RunningWorker, deadline: tokio::time::Instant) {
 
 /// Register (retrying while no coordinator can take it); `Ok(false)` when `shutdown` came first.
 /// Refused credentials are an error: retrying cannot fix a worker's configuration.
-async fn register(shared: &RunningWorker, shutdown: &CancellationToken) -> Result<bool, CallError> {
+async fn register(shared: &RunningWorker, shutdown: &CancellationToken) -> Result<bool, WorkerCallError> {
     let request = RegisterRequest {
         name: shared.config.name(),
         cores: shared.config.cores() as u32,
@@ -195,7 +194,7 @@ async fn register(shared: &RunningWorker, shutdown: &CancellationToken) -> Resul
                 tracing::info!(worker = answer.worker, name = %request.name, cores = request.cores, via = shared.coordinators.current(), "registered");
                 return Ok(true);
             }
-            Err(CallError::Unauthorized) => return Err(CallError::Unauthorized),
+            Err(WorkerCallError::Unauthorized) => return Err(WorkerCallError::Unauthorized),
             Err(e) => tracing::warn!(error = %e, "registration failed; retrying"),
         }
         tokio::select! {
@@ -206,7 +205,10 @@ async fn register(shared: &RunningWorker, shutdown: &CancellationToken) -> Resul
 }
 
 /// Lease and start jobs until told to stop. An error only when registering again was refused.
-async fn lease_loop(shared: &Arc<RunningWorker>, results: &mpsc::UnboundedSender<Finished>) -> Result<(), CallError> {
+async fn lease_loop(
+    shared: &Arc<RunningWorker>,
+    results: &mpsc::UnboundedSender<Finished>,
+) -> Result<(), WorkerCallError> {
     let cores = shared.config.cores();
     loop {
         if shared.stop_leasing.is_cancelled() {
@@ -253,11 +255,11 @@ async fn lease_loop(shared: &Arc<RunningWorker>, results: &mpsc::UnboundedSender
                     start_job(shared, RunningJob::new(&assignment), results.clone());
                 }
             }
-            Err(CallError::Unauthorized) => {
+            Err(WorkerCallError::Unauthorized) => {
                 shared.refuse();
-                return Err(CallError::Unauthorized);
+                return Err(WorkerCallError::Unauthorized);
             }
-            Err(CallError::UnknownWorker) => {
+            Err(WorkerCallError::UnknownWorker) => {
                 // The registry forgot this worker (it was silent too long): its leases are gone.
                 for job in shared.running().values() {
                     job.cancel();
@@ -362,7 +364,7 @@ async fn report(shared: Arc<RunningWorker>, mut results: mpsc::UnboundedReceiver
                     tracing::debug!(recorded = answer.recorded, duplicate = answer.duplicate, "results reported");
                     break;
                 }
-                Err(CallError::Unauthorized) => {
+                Err(WorkerCallError::Unauthorized) => {
                     // Unreportable: their leases expire and other workers compute them again.
                     shared.refuse();
                     return;
@@ -408,14 +410,14 @@ async fn heartbeat(shared: Arc<RunningWorker>) {
                     shared.drain_changed.notify_waiters();
                 }
             }
-            Err(CallError::Unauthorized) => {
+            Err(WorkerCallError::Unauthorized) => {
                 shared.refuse();
                 return;
             }
             // The registry dropped this worker (silent too long) and requeued its jobs: stop
             // them, so the lease loop, woken as they end, registers again. Waiting for the
             // lease loop alone could take as long as the longest job it holds.
-            Err(CallError::UnknownWorker) if shared.worker_id.load(Ordering::Relaxed) == worker => {
+            Err(WorkerCallError::UnknownWorker) if shared.worker_id.load(Ordering::Relaxed) == worker => {
                 tracing::warn!(
                     jobs = sent.len(),
                     "the coordinators dropped this worker; stopping its jobs and registering again"

@@ -208,7 +208,6 @@ mod tests {
                 member(3, Role::Witness, true),
                 member(4, Role::Coordinator, false),
             ],
-            joint: Vec::new(),
             peers: peers
                 .iter()
                 .map(|&(id, matched, heard_ms_ago)| {

@@ -26,23 +26,27 @@ pub(super) struct QuorumLoss {
 }
 
 impl QuorumLoss {
-    /// Look again at `now`. `acked_age` is how old the majority's last acknowledgement is
-    /// (`None` when it is not a leader with peers, which cannot lose a quorum). Returns whether
-    /// the quorum is lost.
+    /// Look again at `now`, as a leader with peers whose majority last acknowledged
+    /// `acked_age` ago. Returns whether the quorum is lost.
     pub(super) fn observe(
         &mut self,
-        acked_age: Option<Duration>,
+        acked_age: Duration,
         now: Instant,
         timeout: Duration,
         confirm_after: Duration,
     ) -> bool {
-        let stale = acked_age.is_some_and(|age| age > timeout);
-        self.stale_since = match (stale, self.stale_since) {
-            (false, _) => None,
-            (true, None) => Some(now),
-            (true, since) => since,
-        };
-        self.stale_since.is_some_and(|since| now.saturating_duration_since(since) >= confirm_after)
+        if acked_age <= timeout {
+            return self.reset();
+        }
+        let since = *self.stale_since.get_or_insert(now);
+        now.saturating_duration_since(since) >= confirm_after
+    }
+
+    /// Nothing is stale (acknowledged in time, or not a leader with peers, which has no quorum
+    /// to lose and reads no clock): forget any stale look. Returns false, not lost.
+    pub(super) fn reset(&mut self) -> bool {
+        self.stale_since = None;
+        false
     }
 }
 
@@ -79,12 +83,15 @@ pub(super) async fn watch_metrics(
             };
             // Only a leader can lose its quorum; a lone voter is its own quorum (openraft does
             // not refresh its acknowledgement). Checked in this order, a follower pays nothing.
-            let acked_age = if now.is_self && metrics.membership_config.membership().voter_ids().nth(1).is_some() {
-                metrics.last_quorum_acked.as_ref().map(|at| openraft::Instant::elapsed(&**at))
-            } else {
-                None
+            let acked_age = now
+                .is_self
+                .then(|| metrics.last_quorum_acked.as_ref().map(|at| openraft::Instant::elapsed(&**at)))
+                .flatten()
+                .filter(|_| metrics.membership_config.membership().voter_ids().nth(1).is_some());
+            let lost = match acked_age {
+                Some(age) => quorum_loss.observe(age, Instant::now(), quorum_timeout, quorum_check),
+                None => quorum_loss.reset(),
             };
-            let lost = quorum_loss.observe(acked_age, Instant::now(), quorum_timeout, quorum_check);
             (now, metrics.state, lost)
         };
         leadership.send_if_modified(|seen| {
@@ -153,7 +160,10 @@ mod tests {
             let mut quorum_loss = QuorumLoss::default();
             let mut lost = false;
             for (at, acked_age) in looks {
-                lost = quorum_loss.observe(acked_age, ms(at), TIMEOUT, CONFIRM);
+                lost = match acked_age {
+                    Some(age) => quorum_loss.observe(age, ms(at), TIMEOUT, CONFIRM),
+                    None => quorum_loss.reset(),
+                };
             }
             assert_eq!(lost, expected, "{case}");
         }

@@ -69,6 +69,20 @@ pub struct VoterStatus {
     pub applied_index: Option<u64>,
 }
 
+impl VoterStatus {
+    /// The status `metrics` describe.
+    fn of(metrics: &RaftMetrics) -> VoterStatus {
+        VoterStatus {
+            id: metrics.id,
+            state: metrics.state.into(),
+            term: metrics.current_term,
+            leader: metrics.current_leader,
+            last_log_index: metrics.last_log_index,
+            applied_index: metrics.last_applied.map(|id| id.index),
+        }
+    }
+}
+
 /// A peer as the leader sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerReplication {
@@ -96,8 +110,6 @@ pub struct NodeView {
     pub status: VoterStatus,
     /// Every member, voters and learners, in id order.
     pub members: Vec<Member>,
-    /// The voter sets of a membership change that stopped half-way (empty when not joint).
-    pub joint: Vec<Vec<NodeId>>,
     /// On the leader: each peer's replication; empty elsewhere.
     pub peers: BTreeMap<NodeId, PeerReplication>,
 }
@@ -111,10 +123,6 @@ impl NodeView {
             .nodes()
             .map(|(id, info)| Member { id: *id, info: info.clone(), voter: voters.contains(id) })
             .collect();
-        let joint = match membership.get_joint_config().as_slice() {
-            [from, to] => vec![from.iter().copied().collect(), to.iter().copied().collect()],
-            _ => Vec::new(),
-        };
         let peers = match (&metrics.replication, &metrics.heartbeat) {
             (Some(replication), Some(heartbeat)) => replication
                 .iter()
@@ -126,19 +134,7 @@ impl NodeView {
                 .collect(),
             _ => BTreeMap::new(),
         };
-        NodeView {
-            status: VoterStatus {
-                id: metrics.id,
-                state: metrics.state.into(),
-                term: metrics.current_term,
-                leader: metrics.current_leader,
-                last_log_index: metrics.last_log_index,
-                applied_index: metrics.last_applied.map(|id| id.index),
-            },
-            members,
-            joint,
-            peers,
-        }
+        NodeView { status: VoterStatus::of(metrics), members, peers }
     }
 
     /// Whether this voter leads.
@@ -167,16 +163,7 @@ impl Node {
 
     /// This voter's own status.
     pub fn status(&self) -> VoterStatus {
-        let metrics = self.parts.raft.metrics();
-        let metrics = metrics.borrow_watched();
-        VoterStatus {
-            id: self.id(),
-            state: metrics.state.into(),
-            term: metrics.current_term,
-            leader: metrics.current_leader,
-            last_log_index: metrics.last_log_index,
-            applied_index: metrics.last_applied.map(|id| id.index),
-        }
+        VoterStatus::of(&self.parts.raft.metrics().borrow_watched())
     }
 
     /// Ask voter `id` for its status (this node answers for itself without a round trip).
