@@ -4,10 +4,16 @@
 //! A new leader first waits one lease period before expiring anything: leases granted (or
 //! extended) by its predecessor were stamped with the predecessor's clock, and a heartbeat may
 //! have been in flight during the election.
+//!
+//! Every duty is fenced: it decides from this node's table in a term it leads, and commits only
+//! here, only in that term ([`Node::propose_as_leader`]), never through another leader. A
+//! removal carries when the worker was last heard from, and apply refuses it if the worker was
+//! heard from since, so a leader that was paused past the worker timeout and wakes believing
+//! it still leads cannot remove the workers its successor has been hearing from.
 
 use std::time::Duration;
 
-use raft_store::job_table::{Limits, Proposal};
+use raft_store::job_table::{CommandResponse, Limits, Proposal};
 use raft_store::{Node, Role};
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +38,7 @@ pub async fn run(node: Node, config: DutyConfig, shutdown: CancellationToken) {
         return;
     }
     let mut leadership = node.leadership();
-    let mut leading_since: Option<u64> = None;
+    let mut leading_since: Option<(u64, u64)> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -41,38 +47,58 @@ pub async fn run(node: Node, config: DutyConfig, shutdown: CancellationToken) {
             _ = tick.tick() => {}
             changed = leadership.changed() => if changed.is_err() { return },
         }
-        let is_leader = leadership.borrow_and_update().is_self;
-        if !is_leader {
+        let now_leading = *leadership.borrow_and_update();
+        if !now_leading.is_self {
             leading_since = None;
             continue;
         }
         let now = now_ms();
-        let since = *leading_since.get_or_insert_with(|| {
-            tracing::info!(node = node.id(), "leading: lease expiry starts after a grace period");
-            now
+        // A reign is one term: leading again after losing it starts a new grace period.
+        let (term, since) = *leading_since.get_or_insert_with(|| {
+            tracing::info!(
+                node = node.id(),
+                term = now_leading.term,
+                "leading: lease expiry starts after a grace period"
+            );
+            (now_leading.term, now)
         });
-        if let Err(e) = act(&node, &config, now, now >= since.saturating_add(config.lease_ms)).await {
+        if term != now_leading.term {
+            leading_since = None;
+            continue;
+        }
+        if let Err(e) = act(&node, &config, term, now, now >= since.saturating_add(config.lease_ms)).await {
             tracing::warn!(error = %e, "leader duty not committed; will retry");
         }
     }
 }
 
-async fn act(node: &Node, config: &DutyConfig, now: u64, past_grace: bool) -> Result<(), raft_store::ProposeError> {
+async fn act(
+    node: &Node,
+    config: &DutyConfig,
+    term: u64,
+    now: u64,
+    past_grace: bool,
+) -> Result<(), raft_store::ProposeError> {
     let (limits, expired, silent) = node.state_machine().read(|table| {
         (table.limits(), table.any_lease_expired(now), table.silent_workers(now, config.worker_timeout_ms))
     });
     if limits != config.limits {
-        node.propose(Proposal::SetLimits(config.limits)).await?;
+        node.propose_as_leader(term, Proposal::SetLimits(config.limits)).await?;
     }
     if !past_grace {
         return Ok(());
     }
     if expired {
-        node.propose(Proposal::ExpireLeases).await?;
+        node.propose_as_leader(term, Proposal::ExpireLeases).await?;
     }
-    for worker in silent {
-        tracing::info!(worker, "removing a worker that stopped heartbeating");
-        node.propose(Proposal::RemoveWorker { worker }).await?;
+    for (worker, last_seen_ms) in silent {
+        let removal = Proposal::RemoveWorker { worker, last_seen_ms: Some(last_seen_ms) };
+        match node.propose_as_leader(term, removal).await? {
+            CommandResponse::Requeued(jobs) => {
+                tracing::info!(worker, requeued = jobs.len(), "removed a worker that stopped heartbeating");
+            }
+            refused => tracing::info!(worker, ?refused, "a silent worker was not removed"),
+        }
     }
     Ok(())
 }

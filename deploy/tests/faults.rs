@@ -61,13 +61,15 @@ fn name_of(id: u64) -> &'static str {
 
 impl Env {
     async fn start(workers: usize) -> Env {
-        Env::start_on(workers, None).await
+        Env::start_on(workers, None, &[]).await
     }
 
-    /// Start with every voter in a network namespace of its own (`net`), or on 127.0.0.1.
-    async fn start_on(workers: usize, net: Option<VoterNetwork>) -> Env {
+    /// Start with every voter in a network namespace of its own (`net`), or on 127.0.0.1, and
+    /// with `coordinator_args` added to the coordinators' command lines.
+    async fn start_on(workers: usize, net: Option<VoterNetwork>, coordinator_args: &[&str]) -> Env {
         let dir = TempDir::new().expect("temp dir");
         let mut layout = options(&dir, workers);
+        layout.coordinator_args.extend(coordinator_args.iter().map(|arg| arg.to_string()));
         if let Some(net) = &net {
             layout.voter_hosts = [net.host(1), net.host(2), net.host(3)];
             layout.voter_netns = [Some(net.netns(1)), Some(net.netns(2)), Some(net.netns(3))];
@@ -239,6 +241,35 @@ async fn pause_the_leader_past_the_election_timeout() {
     env.finish(scenario, workload, &[0, 1]).await;
 }
 
+/// The leader is frozen for twice the worker timeout while the workers keep heartbeating to its
+/// successor. When it resumes, its table still shows every worker silent since it froze; its
+/// duties must not remove them (they are fenced to its own term, and a removal is re-checked
+/// against the committed last-heard time), so every worker keeps its registration throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_the_leader_past_the_worker_timeout() {
+    let scenario = "pause-leader-past-worker-timeout";
+    let _serial = SERIAL.lock().await;
+    const WORKER_TIMEOUT_MS: u64 = 3_000;
+    let mut env = Env::start_on(1, None, &["--worker-timeout-ms", &WORKER_TIMEOUT_MS.to_string()]).await;
+    let workload = env.workload(scenario);
+    let registered = |view: &ClusterView| view.workers.iter().map(|w| (w.id, w.registered_at_ms)).collect::<Vec<_>>();
+    let before = registered(&env.view(0).await.expect("a view"));
+    assert_eq!(before.len(), 2, "the witness's worker and worker-1: {before:?}");
+    sleep(2.0).await;
+    for _ in 0..2 {
+        let leader = env.leader().await;
+        assert!(env.cluster.process(name_of(leader)).signal(Signal::SIGSTOP));
+        sleep(2.0 * WORKER_TIMEOUT_MS as f64 / 1_000.0).await;
+        assert!(env.cluster.process(name_of(leader)).signal(Signal::SIGCONT));
+        sleep(3.0).await;
+        for node in 0..2 {
+            let view = env.view(node).await.expect("both coordinators answer after the pause");
+            assert_eq!(registered(&view), before, "[{scenario}] a live worker was removed (seen from node {node})");
+        }
+    }
+    env.finish(scenario, workload, &[0, 1]).await;
+}
+
 /// How a partition is made.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Cut {
@@ -262,7 +293,7 @@ async fn partition_repeatedly(scenario: &str, cut: Cut, sides: impl Fn(u64) -> (
             Some(VoterNetwork::create().expect("network namespaces"))
         }
     };
-    let env = Env::start_on(1, net).await;
+    let env = Env::start_on(1, net, &[]).await;
     let workload = env.workload(scenario);
     sleep(2.0).await;
     for _ in 0..2 {
@@ -527,7 +558,7 @@ async fn a_worker_cut_off_by_the_network_keeps_computing_and_reports_late() {
         return;
     }
     let net = VoterNetwork::create().expect("network namespaces");
-    let env = Env::start_on(1, Some(net)).await;
+    let env = Env::start_on(1, Some(net), &[]).await;
     let workload = env.workload(scenario);
     sleep(2.0).await;
     for _ in 0..3 {

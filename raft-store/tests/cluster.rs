@@ -286,3 +286,46 @@ async fn times_in_forwarded_commands_are_the_leader_s_whatever_the_follower_s_cl
     });
     cluster.shutdown().await;
 }
+
+/// What the leader decides on its own (lease expiry, removing silent workers, scaling) commits
+/// only on the node that decided it and only in the term it decided in: never forwarded, so a
+/// deposed leader's decisions from a stale view are not committed by its successor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_s_own_decisions_commit_only_where_and_while_it_leads() {
+    use raft_store::job_table::Limits;
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = TestCluster::start(dir.path(), |config| config.request_timeout = Duration::from_secs(5)).await;
+    let leader = wait_for_coordinator_leader(&cluster).await;
+    let follower = other_coordinator(leader);
+    let term = cluster.node(leader).leadership().borrow().term;
+    let limits = |max_queued| Limits { max_queued, ..Limits::default() };
+
+    let on_follower = cluster.node(follower).propose_as_leader(term, Proposal::SetLimits(limits(11))).await;
+    assert!(
+        matches!(on_follower, Err(ProposeError::NotLeader { .. })),
+        "a follower never forwards a duty: {on_follower:?}"
+    );
+    let other_term = cluster.node(leader).propose_as_leader(term + 1, Proposal::SetLimits(limits(12))).await;
+    assert!(matches!(other_term, Err(ProposeError::NotLeader { .. })), "another term's decision: {other_term:?}");
+    let decided = cluster.node(leader).propose_as_leader(term, Proposal::SetLimits(limits(13))).await;
+    assert_eq!(decided, Ok(CommandResponse::Done));
+
+    // The decision was made in `term`; before it is proposed, leadership moves on (a leader
+    // paused past the election timeout wakes to find another in charge). Forwarded, the new
+    // leader would commit it from the old leader's stale view; fenced, it is dropped.
+    assert_eq!(cluster.node(leader).transfer_leadership(Some(follower)).await, Ok(follower));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.node(leader).leadership().borrow().leader != Some(follower) {
+        assert!(Instant::now() < deadline, "the old leader never learned of the new one");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stale = cluster.node(leader).propose_as_leader(term, Proposal::SetLimits(limits(14))).await;
+    assert_eq!(stale, Err(ProposeError::NotLeader { leader: Some(follower) }), "a deposed leader's decision");
+    let marker = enqueue(cluster.node(follower), 1).await;
+    for id in [leader, follower, WITNESS] {
+        assert_visible(cluster.node(id), &[marker]).await;
+        let max_queued = cluster.node(id).state_machine().read(|table| table.limits().max_queued);
+        assert_eq!(max_queued, 13, "node {id} applied a decision not made by a current leader");
+    }
+    cluster.shutdown().await;
+}

@@ -128,7 +128,10 @@ impl Generator {
                 state: if self.rng.random_ratio(1, 2) { WorkerState::Draining } else { WorkerState::Active },
                 now_ms,
             },
-            95..=96 => Command::RemoveWorker { worker: self.some_worker() },
+            95..=96 => Command::RemoveWorker {
+                worker: self.some_worker(),
+                last_seen_ms: self.rng.random_bool(0.5).then_some(now_ms),
+            },
             97 => Command::SetLimits(Limits {
                 completed_retention: self.rng.random_range(0..200),
                 max_queued: self.rng.random_range(0..300),

@@ -55,7 +55,8 @@ pub enum ScalerCommand {
     LaunchRequested { token: String, at_ms: u64 },
     /// The launch with `token` produced `instance_id`.
     InstanceSeen { token: String, instance_id: String, at_ms: u64 },
-    /// The leader decided to terminate `instance_id`.
+    /// The leader decided to terminate `instance_id`. Refused while a worker on that instance
+    /// holds a lease ([`Rejection::WorkerBusy`]): scale-in drains first.
     TerminationRequested { instance_id: String, at_ms: u64 },
 }
 
@@ -89,7 +90,16 @@ pub enum Command {
     /// Change a worker's state (drain it, or make it active again).
     UpdateWorker { worker: WorkerId, state: WorkerState, now_ms: u64 },
     /// Remove a worker; its leases are requeued.
-    RemoveWorker { worker: WorkerId },
+    ///
+    /// A removal decided from the worker's silence carries the last time the proposer had heard
+    /// from it, and is a no-op if the worker has been heard from since: the leader's view may
+    /// have been stale (a leader paused past the worker timeout), and apply is where that is
+    /// checked against the committed state. `None` removes unconditionally.
+    RemoveWorker {
+        worker: WorkerId,
+        #[serde(default)]
+        last_seen_ms: Option<u64>,
+    },
     /// Replace the table's limits.
     SetLimits(Limits),
     /// Record an autoscaler decision.
@@ -118,7 +128,7 @@ impl std::fmt::Display for Command {
             Command::UpdateWorker { worker, state, .. } => {
                 write!(f, "UpdateWorker({worker} -> {state:?})")
             }
-            Command::RemoveWorker { worker } => write!(f, "RemoveWorker({worker})"),
+            Command::RemoveWorker { worker, .. } => write!(f, "RemoveWorker({worker})"),
             Command::SetLimits(limits) => write!(f, "SetLimits({limits:?})"),
             Command::Scaler(decision) => write!(f, "Scaler({decision:?})"),
         }
@@ -174,6 +184,10 @@ pub enum Rejection {
     WorkerDraining,
     /// A limit was out of range (a retention or queue bound of zero).
     InvalidLimits,
+    /// A removal for silence, but the worker was heard from after the proposer last saw it.
+    HeardFromSince,
+    /// A termination of an instance whose worker holds leases: it must drain first.
+    WorkerBusy,
 }
 
 /// The answer to one applied command.

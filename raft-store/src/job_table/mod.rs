@@ -169,9 +169,12 @@ impl JobTable {
                 }
                 None => CommandResponse::Rejected(Rejection::UnknownWorker),
             },
-            Command::RemoveWorker { worker } => {
-                if !self.workers.contains_key(worker) {
+            Command::RemoveWorker { worker, last_seen_ms } => {
+                let Some(w) = self.workers.get(worker) else {
                     return CommandResponse::Rejected(Rejection::UnknownWorker);
+                };
+                if last_seen_ms.is_some_and(|seen| w.last_seen_ms > seen) {
+                    return CommandResponse::Rejected(Rejection::HeardFromSince);
                 }
                 let held: Vec<JobId> =
                     self.leases.iter().filter(|(_, lease)| lease.worker == *worker).map(|(id, _)| *id).collect();
@@ -189,10 +192,7 @@ impl JobTable {
                 self.enforce_retention();
                 CommandResponse::Done
             }
-            Command::Scaler(decision) => {
-                self.apply_scaler(decision);
-                CommandResponse::Done
-            }
+            Command::Scaler(decision) => self.apply_scaler(decision),
         }
     }
 
@@ -387,7 +387,7 @@ impl JobTable {
         }
     }
 
-    fn apply_scaler(&mut self, decision: &ScalerCommand) {
+    fn apply_scaler(&mut self, decision: &ScalerCommand) -> CommandResponse {
         match decision {
             ScalerCommand::LaunchRequested { token, at_ms } => {
                 self.scaler
@@ -404,9 +404,17 @@ impl JobTable {
                 launch.instance_id = Some(instance_id.clone());
             }
             ScalerCommand::TerminationRequested { instance_id, at_ms } => {
+                let busy = self
+                    .workers
+                    .values()
+                    .any(|w| w.instance_id.as_deref() == Some(instance_id.as_str()) && w.leases > 0);
+                if busy {
+                    return CommandResponse::Rejected(Rejection::WorkerBusy);
+                }
                 self.scaler.terminations.entry(instance_id.clone()).or_insert(*at_ms);
             }
         }
+        CommandResponse::Done
     }
 }
 

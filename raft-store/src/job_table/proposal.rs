@@ -54,8 +54,9 @@ pub enum Proposal {
     RegisterWorker { name: String, cores: u32, instance_id: Option<String> },
     /// Change a worker's state.
     UpdateWorker { worker: WorkerId, state: WorkerState },
-    /// Remove a worker; its leases are requeued.
-    RemoveWorker { worker: WorkerId },
+    /// Remove a worker; its leases are requeued. `last_seen_ms`, when given, is the last time
+    /// the proposer heard from it: the removal is a no-op if it was heard from since.
+    RemoveWorker { worker: WorkerId, last_seen_ms: Option<u64> },
     /// Replace the table's limits.
     SetLimits(Limits),
     /// Record an autoscaler decision.
@@ -92,7 +93,7 @@ impl Proposal {
                 Command::RegisterWorker { name, cores, instance_id, now_ms }
             }
             Proposal::UpdateWorker { worker, state } => Command::UpdateWorker { worker, state, now_ms },
-            Proposal::RemoveWorker { worker } => Command::RemoveWorker { worker },
+            Proposal::RemoveWorker { worker, last_seen_ms } => Command::RemoveWorker { worker, last_seen_ms },
             Proposal::SetLimits(limits) => Command::SetLimits(limits),
             Proposal::Scaler(decision) => Command::Scaler(match decision {
                 ScalerProposal::LaunchRequested { token } => ScalerCommand::LaunchRequested { token, at_ms: now_ms },

@@ -61,12 +61,13 @@ impl JobTable {
         Ok(CompletedPage { jobs, cursor, last_seq, skipped })
     }
 
-    /// Workers not heard from for `timeout_ms` or longer at `now_ms`.
-    pub fn silent_workers(&self, now_ms: u64, timeout_ms: u64) -> Vec<WorkerId> {
+    /// Workers not heard from for `timeout_ms` or longer at `now_ms`, each with when it was last
+    /// heard from (what a removal for silence carries, see [`super::Command::RemoveWorker`]).
+    pub fn silent_workers(&self, now_ms: u64, timeout_ms: u64) -> Vec<(WorkerId, u64)> {
         self.workers
             .iter()
             .filter(|(_, worker)| worker.last_seen_ms.saturating_add(timeout_ms) <= now_ms)
-            .map(|(id, _)| *id)
+            .map(|(id, worker)| (*id, worker.last_seen_ms))
             .collect()
     }
 

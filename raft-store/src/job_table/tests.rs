@@ -67,10 +67,10 @@ fn a_worker_is_silent_once_the_timeout_has_passed_since_it_was_last_seen() {
     let heartbeat =
         Command::Heartbeat { worker: chatty, now_ms: 500, deadline_ms: 600, checkpoints: vec![], hashes_per_s: 0 };
     table.apply(&heartbeat);
-    assert_eq!(table.silent_workers(999, 1_000), Vec::<WorkerId>::new());
-    assert_eq!(table.silent_workers(1_000, 1_000), vec![quiet]);
-    assert_eq!(table.silent_workers(1_500, 1_000), vec![quiet, chatty]);
-    assert_eq!(table.silent_workers(1_500, u64::MAX), Vec::<WorkerId>::new(), "the timeout saturates, never wraps");
+    assert_eq!(table.silent_workers(999, 1_000), vec![]);
+    assert_eq!(table.silent_workers(1_000, 1_000), vec![(quiet, 0)]);
+    assert_eq!(table.silent_workers(1_500, 1_000), vec![(quiet, 0), (chatty, 500)]);
+    assert_eq!(table.silent_workers(1_500, u64::MAX), vec![], "the timeout saturates, never wraps");
 }
 
 #[test]
@@ -253,7 +253,10 @@ fn draining_worker_gets_no_leases_and_release_requeues_checkpoints() {
         Some(JobStatus::Queued(job)) => assert_eq!((job.done, job.attempts), (7, 1)),
         other => panic!("unexpected {other:?}"),
     }
-    assert_eq!(table.apply(&Command::RemoveWorker { worker: w }), CommandResponse::Requeued(vec![1]));
+    assert_eq!(
+        table.apply(&Command::RemoveWorker { worker: w, last_seen_ms: None }),
+        CommandResponse::Requeued(vec![1])
+    );
     assert_eq!(table.queued_iterations(), 9 + 3);
     table.check_invariants().expect("invariants");
 }
@@ -267,9 +270,60 @@ fn unknown_worker_is_rejected_without_change() {
         Command::Lease { worker: 9, max_jobs: 1, now_ms: 0, deadline_ms: 1 },
         Command::Heartbeat { worker: 9, now_ms: 0, deadline_ms: 1, checkpoints: vec![], hashes_per_s: 0 },
         Command::UpdateWorker { worker: 9, state: WorkerState::Draining, now_ms: 0 },
-        Command::RemoveWorker { worker: 9 },
+        Command::RemoveWorker { worker: 9, last_seen_ms: None },
     ] {
         assert_eq!(table.apply(&command), CommandResponse::Rejected(Rejection::UnknownWorker));
     }
     assert_eq!(table, before);
+}
+
+/// A removal decided from silence is re-checked against the committed state: a leader whose view
+/// was stale (paused past the worker timeout) must not remove a worker that others heard from.
+#[test]
+fn a_removal_for_silence_is_a_no_op_once_the_worker_was_heard_from_since() {
+    let mut table = JobTable::default();
+    table.apply(&Command::Enqueue { jobs: vec![job(1, 5, None)] });
+    let w = register(&mut table, "w");
+    leased_ids(table.apply(&Command::Lease { worker: w, max_jobs: 1, now_ms: 100, deadline_ms: 200 }));
+    // The stale leader last saw it at 100; the new leader applied a heartbeat at 150.
+    table.apply(&Command::Heartbeat { worker: w, now_ms: 150, deadline_ms: 300, checkpoints: vec![], hashes_per_s: 1 });
+    let before = table.clone();
+    assert_eq!(
+        table.apply(&Command::RemoveWorker { worker: w, last_seen_ms: Some(100) }),
+        CommandResponse::Rejected(Rejection::HeardFromSince)
+    );
+    assert_eq!(table, before, "a refused removal changes nothing");
+    // Decided from the latest view, it removes the worker and requeues what it held.
+    assert_eq!(
+        table.apply(&Command::RemoveWorker { worker: w, last_seen_ms: Some(150) }),
+        CommandResponse::Requeued(vec![1])
+    );
+    assert!(table.workers().is_empty());
+    table.check_invariants().expect("invariants");
+}
+
+/// Scale-in drains first: a termination of an instance whose worker holds a lease is refused.
+#[test]
+fn a_termination_of_a_busy_worker_s_instance_is_refused() {
+    let mut table = JobTable::default();
+    table.apply(&Command::Enqueue { jobs: vec![job(1, 5, None)] });
+    let registered = table.apply(&Command::RegisterWorker {
+        name: "w".into(),
+        cores: 1,
+        instance_id: Some("i-1".into()),
+        now_ms: 0,
+    });
+    let CommandResponse::WorkerRegistered(w) = registered else { panic!("{registered:?}") };
+    leased_ids(table.apply(&Command::Lease { worker: w, max_jobs: 1, now_ms: 0, deadline_ms: 9 }));
+    let terminate = Command::Scaler(ScalerCommand::TerminationRequested { instance_id: "i-1".into(), at_ms: 5 });
+    let before = table.clone();
+    assert_eq!(table.apply(&terminate), CommandResponse::Rejected(Rejection::WorkerBusy));
+    assert_eq!(table, before);
+    // Drained (its job handed back), the same decision commits.
+    table.apply(&Command::Release {
+        worker: w,
+        checkpoints: vec![Checkpoint { job: 1, done: 2, digest: Digest([2; 64]) }],
+    });
+    assert_eq!(table.apply(&terminate), CommandResponse::Done);
+    assert_eq!(table.scaler().terminations.get("i-1"), Some(&5));
 }

@@ -78,6 +78,22 @@ impl Node {
         result
     }
 
+    /// Commit `proposal` on this node, and only while it leads in `term`: for what the leader
+    /// decides on its own from its own view (lease expiry, removing silent workers, scaling).
+    /// Never forwarded: a deposed leader that wakes up believing it leads must not have its
+    /// stale decisions committed by the leader that replaced it. A node that led in `term`,
+    /// lost it and leads again in a later term has a view from another reign: refused too.
+    /// What remains between this check and the append is covered by apply's re-checks (see
+    /// [`Proposal::RemoveWorker`]) and by Raft itself (an entry appended in a term that lost its
+    /// quorum is never committed).
+    pub async fn propose_as_leader(&self, term: u64, proposal: Proposal) -> Result<CommandResponse, ProposeError> {
+        let now = *self.parts.leadership.borrow();
+        if !now.is_self || now.term != term {
+            return Err(ProposeError::NotLeader { leader: now.leader });
+        }
+        self.propose_local(proposal).await
+    }
+
     /// Commit `proposal` through whichever node leads, and return its response.
     ///
     /// Retries while there is no leader or the leader is not yet writable, until the request
