@@ -7,6 +7,7 @@
 //! - [`members`]: the one description of a cluster's voters (ids, roles, addresses).
 //! - [`client`]: a typed client of the client API, for tests and the bench.
 //! - [`worker_client`]: a typed client of the worker protocol, for the worker and the bench.
+//! - [`scaler`]: the autoscaling policy, pure, shared by the leader and the bench's simulator.
 //! - `process` (feature `process`): log set-up and signal handling, the same in every binary.
 //!
 //! Wire types are distinct from Raft commands on purpose: the coordinator converts between them,
@@ -20,6 +21,7 @@ pub mod digest;
 pub mod members;
 #[cfg(feature = "process")]
 pub mod process;
+pub mod scaler;
 pub mod worker;
 pub mod worker_client;
 
