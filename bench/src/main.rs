@@ -1,5 +1,6 @@
 //! `bench`: drives Tandem's client API (both coordinators), checks every result against its own
-//! SHA-512 chain, and measures against the limits. `bench --help` lists the scenarios.
+//! SHA-512 chain, and measures against the limits; `autoscale` instead simulates the autoscaling
+//! policy against baselines, with no cluster. `bench --help` lists the scenarios.
 
 mod cpu;
 mod null_ingest;
@@ -27,7 +28,7 @@ struct Cli {
     /// Write the report as JSON here.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
-    /// Write an SVG of latency over time here.
+    /// Write an SVG here: latency over time (for `autoscale`, the fleet over time).
     #[arg(long, global = true)]
     plot: Option<PathBuf>,
 }
@@ -45,6 +46,9 @@ enum Scenario {
     Failover(scenario::failover::FailoverArgs),
     /// Many simulated workers long-polling one cluster: connected workers, leases/s, latency.
     Workers(scenario::workers::WorkersArgs),
+    /// Tandem's autoscaling policy against two baselines on load traces, in simulated time (no
+    /// cluster): latency, instance-minutes, launches, busy workers killed.
+    Autoscale(scenario::autoscale::AutoscaleArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,18 +56,16 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .init();
     let cli = Cli::parse();
-    reference::validate()?;
-    // The bench spawns the local cluster from this (main) thread: its processes die with it.
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let report = runtime.block_on(async {
-        match &cli.scenario {
-            Scenario::Ingest(args) => scenario::ingest::run(args, cli.quick).await,
-            Scenario::Flow(args) => scenario::flow::run(args, cli.quick).await,
-            Scenario::Compute(args) => scenario::compute::run(args, cli.quick).await,
-            Scenario::Failover(args) => scenario::failover::run(args, cli.quick).await,
-            Scenario::Workers(args) => scenario::workers::run(args, cli.quick).await,
+    let report = match &cli.scenario {
+        // Simulated time: no cluster, no runtime.
+        Scenario::Autoscale(args) => scenario::autoscale::run(args, cli.quick)?,
+        cluster => {
+            reference::validate()?;
+            // The bench spawns the local cluster from this (main) thread: its processes die with it.
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(run_against_cluster(cluster, cli.quick))?
         }
-    })?;
+    };
     report.print();
     if let Some(path) = &cli.json {
         report.write_json(path)?;
@@ -75,4 +77,16 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Run a scenario that drives a cluster.
+async fn run_against_cluster(which: &Scenario, quick: bool) -> anyhow::Result<report::Report> {
+    match which {
+        Scenario::Ingest(args) => scenario::ingest::run(args, quick).await,
+        Scenario::Flow(args) => scenario::flow::run(args, quick).await,
+        Scenario::Compute(args) => scenario::compute::run(args, quick).await,
+        Scenario::Failover(args) => scenario::failover::run(args, quick).await,
+        Scenario::Workers(args) => scenario::workers::run(args, quick).await,
+        Scenario::Autoscale(_) => anyhow::bail!("autoscale runs in simulated time, against no cluster"),
+    }
 }

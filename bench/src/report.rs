@@ -1,4 +1,5 @@
-//! What a run reports: a human table, a JSON document, an SVG of latency over time.
+//! What a run reports: a human table, a JSON document, an SVG of latency over time (or of the
+//! scenario's own charts).
 
 use std::path::Path;
 
@@ -32,6 +33,31 @@ pub struct Report {
     /// (seconds since start, latency ms) samples for the plot.
     #[serde(skip)]
     pub series: Vec<(f64, f64)>,
+    /// Results too detailed for the list of figures (`text` shows them): in the JSON only.
+    #[serde(skip_serializing_if = "Value::is_null")]
+    pub detail: Value,
+    /// Lines printed after the figures: a table, verdicts.
+    #[serde(skip)]
+    pub text: Vec<String>,
+    /// Charts the SVG shows instead of latency over time, stacked.
+    #[serde(skip)]
+    pub charts: Vec<Chart>,
+    /// What a run without failures showed, for the last printed line.
+    #[serde(skip)]
+    pub checked: String,
+}
+
+/// A line chart: one line per named series of (x, y) points.
+#[derive(Debug, Clone)]
+pub struct Chart {
+    /// Its caption.
+    pub title: String,
+    /// The x axis's label.
+    pub x_desc: String,
+    /// The y axis's label.
+    pub y_desc: String,
+    /// (name, points in order of x).
+    pub lines: Vec<(String, Vec<(f64, f64)>)>,
 }
 
 impl Report {
@@ -44,6 +70,10 @@ impl Report {
             figures: serde_json::Map::new(),
             failures: Vec::new(),
             series: Vec::new(),
+            detail: Value::Null,
+            text: Vec::new(),
+            charts: Vec::new(),
+            checked: "every result checked, none wrong, none lost".to_owned(),
         }
     }
 
@@ -64,8 +94,11 @@ impl Report {
             };
             println!("  {name:<width$}  {shown}");
         }
+        for line in &self.text {
+            println!("  {line}");
+        }
         if self.failures.is_empty() {
-            println!("  correctness: every result checked, none wrong, none lost");
+            println!("  correctness: {}", self.checked);
         } else {
             for failure in self.failures.iter().take(20) {
                 println!("  FAILURE: {failure}");
@@ -79,8 +112,11 @@ impl Report {
         Ok(())
     }
 
-    /// Write an SVG of latency over time.
+    /// Write an SVG of latency over time, or of the scenario's charts if it has any.
     pub fn write_plot(&self, path: &Path) -> anyhow::Result<()> {
+        if !self.charts.is_empty() {
+            return write_charts(&self.charts, path);
+        }
         let root = SVGBackend::new(path, (1000, 500)).into_drawing_area();
         root.fill(&WHITE)?;
         let max_t = self.series.iter().map(|s| s.0).fold(1.0, f64::max);
@@ -96,4 +132,36 @@ impl Report {
         root.present()?;
         Ok(())
     }
+}
+
+/// Colours of a chart's first lines, told apart easily; later lines take the palette's.
+const LINE_COLOURS: [RGBColor; 3] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44)];
+
+/// Write `charts` stacked in one SVG, each line in its own colour with a legend.
+fn write_charts(charts: &[Chart], path: &Path) -> anyhow::Result<()> {
+    const PANEL_HEIGHT: u32 = 320;
+    let root = SVGBackend::new(path, (1000, PANEL_HEIGHT * charts.len() as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    for (chart, area) in charts.iter().zip(root.split_evenly((charts.len(), 1))) {
+        let points = || chart.lines.iter().flat_map(|(_, points)| points.iter());
+        let max_x = points().map(|p| p.0).fold(1.0, f64::max);
+        let max_y = points().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+        let mut context = ChartBuilder::on(&area)
+            .caption(&chart.title, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..max_x, 0.0..max_y)?;
+        context.configure_mesh().x_desc(chart.x_desc.as_str()).y_desc(chart.y_desc.as_str()).draw()?;
+        for (index, (name, points)) in chart.lines.iter().enumerate() {
+            let colour = LINE_COLOURS.get(index).map_or_else(|| Palette99::pick(index).to_rgba(), |c| c.to_rgba());
+            context
+                .draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))?
+                .label(name.as_str())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
+        }
+        context.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    }
+    root.present()?;
+    Ok(())
 }

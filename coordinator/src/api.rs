@@ -300,9 +300,12 @@ pub async fn cluster(State(app): State<App>) -> Json<ClusterView> {
                 registered_at_ms: w.registered_at_ms,
                 instance_id: w.instance_id.clone(),
                 hash_rate: w.hashes_per_s,
+                witness: w.witness,
             })
             .collect();
-        (queue, workers, scaler_view(table.scaler()))
+        let status = app.scaler.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let registered = table.workers().values().filter(|w| !w.witness).count() as u64;
+        (queue, workers, scaler_view(table.scaler(), &status, registered))
     });
     Json(ClusterView {
         node_id: app.node.id(),
@@ -323,26 +326,37 @@ pub async fn cluster(State(app): State<App>) -> Json<ClusterView> {
     })
 }
 
-/// The most recent committed autoscaler decisions, newest first.
-fn scaler_view(scaler: &raft_store::job_table::ScalerState) -> ScalerView {
-    const RECENT: usize = 20;
-    let launches = scaler.launches.iter().map(|(token, launch)| ScalerDecisionView {
-        at_ms: launch.requested_at_ms,
-        action: "launch".into(),
-        detail: match &launch.instance_id {
-            Some(instance) => format!("token {token} -> {instance}"),
-            None => format!("token {token} (no instance seen yet)"),
-        },
-    });
-    let terminations = scaler.terminations.iter().map(|(instance, at_ms)| ScalerDecisionView {
-        at_ms: *at_ms,
-        action: "terminate".into(),
-        detail: instance.clone(),
-    });
-    let mut decisions: Vec<ScalerDecisionView> = launches.chain(terminations).collect();
-    decisions.sort_by_key(|d| std::cmp::Reverse(d.at_ms));
-    decisions.truncate(RECENT);
-    ScalerView { desired_workers: None, decisions }
+/// The autoscaler: what this node's policy wants, and its committed decisions, newest first.
+fn scaler_view(
+    scaler: &raft_store::job_table::ScalerState,
+    status: &crate::scaler::ScalerStatus,
+    workers: u64,
+) -> ScalerView {
+    let decisions = scaler
+        .records
+        .iter()
+        .rev()
+        .map(|record| ScalerDecisionView {
+            at_ms: record.at_ms,
+            action: record.action.clone(),
+            detail: record.subject.clone().unwrap_or_default(),
+            why: record.why.clone(),
+        })
+        .collect();
+    let plan = status.plan.as_ref();
+    ScalerView {
+        provider: status.provider.into(),
+        desired_workers: plan.filter(|_| status.provider != "off").map(|p| u64::from(p.desired_workers)),
+        workers,
+        launches_in_flight: scaler.launches.len() as u64,
+        held: plan.map(|p| p.held.iter().map(ToString::to_string).collect()).unwrap_or_default(),
+        boot_ms: scaler.boot_ms,
+        consecutive_failures: scaler.consecutive_failures,
+        launches_total: scaler.totals.launches,
+        launch_failures_total: scaler.totals.launch_failures,
+        terminations_total: scaler.totals.terminations,
+        decisions,
+    }
 }
 
 /// `GET /`: the status page, one self-contained HTML file that polls `/cluster`.

@@ -14,7 +14,7 @@ pub use wire::members::Member;
 
 /// A Tandem coordinator: serves the client API and the worker routes, and votes in Raft.
 #[derive(Parser, Clone, Debug)]
-#[command(version, about)]
+#[command(version, about, args_override_self = true)]
 pub struct Config {
     /// This coordinator's node id.
     #[arg(long, env = "TANDEM_ID", default_value_t = 1)]
@@ -84,6 +84,92 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Where the autoscaler gets workers: `off` (a fixed fleet), `local` (worker processes on
+    /// this host, the embedded default `deploy local` sets) or `ec2`.
+    #[arg(long, env = "TANDEM_SCALER", value_enum, default_value = "off")]
+    pub scaler: ScalerKind,
+    /// The autoscaling policy's knobs.
+    #[command(flatten)]
+    pub scaling: ScalingOptions,
+    /// Where the local provider keeps its records and the workers' logs; both coordinators
+    /// must share it (default: `launched-workers` beside this coordinator's data directory).
+    #[arg(long, env = "TANDEM_SCALER_DIR")]
+    pub scaler_dir: Option<PathBuf>,
+    /// The worker binary the local provider starts (default: `worker` beside this binary).
+    #[arg(long, env = "TANDEM_SCALER_WORKER_BINARY")]
+    pub scaler_worker_binary: Option<PathBuf>,
+}
+
+/// Where the autoscaler gets workers.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScalerKind {
+    /// No autoscaling: the fleet is what was started.
+    Off,
+    /// Worker processes on this host.
+    Local,
+    /// EC2 instances (needs a build with the `ec2` feature).
+    Ec2,
+}
+
+impl ScalerKind {
+    /// Its name in `/cluster`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScalerKind::Off => "off",
+            ScalerKind::Local => "local",
+            ScalerKind::Ec2 => "ec2",
+        }
+    }
+}
+
+/// The autoscaling policy's knobs (see `wire::scaler`). Times in milliseconds.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ScalingOptions {
+    /// Fewest workers the autoscaler keeps, the witness's not counted.
+    #[arg(long, env = "TANDEM_MIN_WORKERS", default_value_t = 0)]
+    pub min_workers: u32,
+    /// Most workers the autoscaler runs, the witness's not counted.
+    #[arg(long, env = "TANDEM_MAX_WORKERS", default_value_t = 4)]
+    pub max_workers: u32,
+    /// Cores of each worker it launches.
+    #[arg(long, env = "TANDEM_SCALER_WORKER_CORES", default_value_t = 2)]
+    pub scaler_worker_cores: u32,
+    /// The backlog should drain within this.
+    #[arg(long, env = "TANDEM_DRAIN_TARGET_MS", default_value_t = 60_000)]
+    pub drain_target_ms: u64,
+    /// A worker idle this long may be scaled in.
+    #[arg(long, env = "TANDEM_SCALE_IN_IDLE_MS", default_value_t = 120_000)]
+    pub scale_in_idle_ms: u64,
+    /// No scale-in this long after a scale-out.
+    #[arg(long, env = "TANDEM_SCALE_OUT_COOLDOWN_MS", default_value_t = 120_000)]
+    pub scale_out_cooldown_ms: u64,
+    /// A launch not registered within this is given up and its machine terminated.
+    #[arg(long, env = "TANDEM_BOOT_TIMEOUT_MS", default_value_t = 300_000)]
+    pub boot_timeout_ms: u64,
+    /// Launch to registration, until one has been observed.
+    #[arg(long, env = "TANDEM_ASSUMED_BOOT_MS", default_value_t = 45_000)]
+    pub assumed_boot_ms: u64,
+    /// Chain steps per second of one core, until a worker has measured it.
+    #[arg(long, env = "TANDEM_ASSUMED_CORE_RATE", default_value_t = 1_000_000)]
+    pub assumed_core_rate: u64,
+}
+
+impl ScalingOptions {
+    /// The policy's configuration.
+    pub fn policy(&self) -> wire::scaler::PolicyConfig {
+        wire::scaler::PolicyConfig {
+            min_workers: self.min_workers,
+            max_workers: self.max_workers,
+            cores_per_worker: self.scaler_worker_cores,
+            drain_target_ms: self.drain_target_ms,
+            idle_ms: self.scale_in_idle_ms,
+            cooldown_ms: self.scale_out_cooldown_ms,
+            boot_timeout_ms: self.boot_timeout_ms,
+            assumed_boot_ms: self.assumed_boot_ms,
+            assumed_core_rate: self.assumed_core_rate,
+            ..wire::scaler::PolicyConfig::default()
+        }
+    }
 }
 
 impl Config {
@@ -128,7 +214,27 @@ impl Config {
         if self.completed_retention == 0 || self.max_queued == 0 {
             return Err("--completed-retention and --max-queued must be positive".into());
         }
+        let scaling = &self.scaling;
+        if scaling.min_workers > scaling.max_workers {
+            return Err("--min-workers must not exceed --max-workers".into());
+        }
+        if scaling.scaler_worker_cores == 0 || scaling.drain_target_ms == 0 || scaling.assumed_core_rate == 0 {
+            return Err("--scaler-worker-cores, --drain-target-ms and --assumed-core-rate must be positive".into());
+        }
         Ok(())
+    }
+
+    /// The client API URLs of the coordinators, as a worker is given them.
+    pub fn coordinator_urls(&self) -> Vec<String> {
+        self.members.iter().filter(|m| m.role == Role::Coordinator).map(|m| format!("http://{}", m.addr)).collect()
+    }
+
+    /// The local provider's shared directory.
+    pub fn scaler_dir(&self) -> PathBuf {
+        self.scaler_dir.clone().unwrap_or_else(|| {
+            let data = self.data_dir();
+            data.parent().map_or_else(|| PathBuf::from("launched-workers"), |p| p.join("launched-workers"))
+        })
     }
 
     /// The request timeout as a duration.

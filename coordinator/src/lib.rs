@@ -6,6 +6,7 @@
 //! - [`worker_routes`]: the MessagePack routes workers long-poll and report to.
 //! - [`enqueue_batcher`]: many concurrent enqueues become one Raft entry.
 //! - [`leader_duties`]: lease expiry and registry upkeep, on the leader only.
+//! - [`scaler`]: the autoscaler: the policy on every coordinator, its actions on the leader.
 //!
 //! [`run`] binds nothing itself: it serves on a listener it is given, so tests start the real
 //! server on port 0.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod enqueue_batcher;
 pub mod leader_duties;
 pub mod metrics;
+pub mod scaler;
 pub mod voter_probes;
 pub mod worker_routes;
 
@@ -50,6 +52,8 @@ pub struct App {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// The other voters' statuses for `/cluster`, probed at most every 100 ms.
     pub voter_probes: Arc<voter_probes::VoterProbes>,
+    /// The autoscaler's last plan on this node.
+    pub scaler: scaler::SharedStatus,
 }
 
 /// The coordinator's routes: client API, worker routes and Raft routes on one port.
@@ -117,7 +121,10 @@ impl Coordinator {
         };
         let tasks = tokio_util::task::TaskTracker::new();
         tasks.spawn(leader_duties::run(node.clone(), duties, shutdown.child_token()));
-        tasks.spawn(metrics::sample(node.clone(), shutdown.child_token()));
+        let scaler_status = scaler::SharedStatus::default();
+        scaler_status.lock().unwrap_or_else(|p| p.into_inner()).provider = config.scaler.name();
+        tasks.spawn(metrics::sample(node.clone(), scaler_status.clone(), shutdown.child_token()));
+        start_scaler(&config, &node, &tasks, scaler_status.clone(), &shutdown)?;
         let app = App {
             node: node.clone(),
             enqueue: EnqueueBatcher::start(node.clone(), shutdown.child_token()),
@@ -125,6 +132,7 @@ impl Coordinator {
             lease_claims: Arc::default(),
             metrics: metrics::handle(),
             voter_probes: Arc::default(),
+            scaler: scaler_status,
         };
         Ok(Coordinator { app, tasks, shutdown })
     }
@@ -160,6 +168,46 @@ impl Coordinator {
         node.shutdown().await;
         Ok(())
     }
+}
+
+/// Start the autoscaler's loop with the provider `config` asks for.
+fn start_scaler(
+    config: &Config,
+    node: &Node,
+    tasks: &tokio_util::task::TaskTracker,
+    status: scaler::SharedStatus,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let policy = config.scaling.policy();
+    match config.scaler {
+        config::ScalerKind::Off => {
+            let none: Option<deploy::provider::local::LocalProcesses> = None;
+            tasks.spawn(scaler::run(node.clone(), none, policy, status, shutdown.child_token()));
+        }
+        config::ScalerKind::Local => {
+            let binary = match &config.scaler_worker_binary {
+                Some(path) => path.clone(),
+                None => std::env::current_exe().context("locating this binary")?.with_file_name("worker"),
+            };
+            let args = vec![
+                "--coordinator".to_owned(),
+                config.coordinator_urls().join(","),
+                "--cores".into(),
+                config.scaling.scaler_worker_cores.to_string(),
+            ];
+            let provider = deploy::provider::local::LocalProcesses::new(
+                binary,
+                args,
+                config.scaler_dir(),
+                config.cluster_secret.clone(),
+                Duration::from_secs(60),
+            )
+            .context("the local worker provider")?;
+            tasks.spawn(scaler::run(node.clone(), Some(provider), policy, status, shutdown.child_token()));
+        }
+        config::ScalerKind::Ec2 => anyhow::bail!("--scaler ec2 needs a build with the `ec2` feature"),
+    }
+    Ok(())
 }
 
 /// Start the voter and serve everything on `listener` until `shutdown` is cancelled.

@@ -62,13 +62,26 @@ fn describe() {
     describe_gauge!("tandem_leases_outstanding", "Jobs leased to workers.");
     describe_gauge!("tandem_workers", "Registered workers, by state.");
     describe_gauge!("tandem_worker_hash_rate", "Chain steps per second of each worker, as it last reported.");
+    describe_gauge!(
+        "tandem_autoscaler_desired_workers",
+        "Workers the autoscaling policy wants on this node's view (witness's not counted)."
+    );
+    describe_gauge!("tandem_autoscaler_workers", "Registered workers, the witness's not counted.");
+    describe_gauge!("tandem_autoscaler_launches_in_flight", "Launches committed and not yet registered.");
+    describe_gauge!("tandem_autoscaler_consecutive_failures", "Launches failed since the last one that registered.");
+    describe_counter!("tandem_autoscaler_launches_total", "Launches the autoscaler committed (replicated).");
+    describe_counter!(
+        "tandem_autoscaler_launch_failures_total",
+        "Launches that failed or never registered (replicated)."
+    );
+    describe_counter!("tandem_autoscaler_terminations_total", "Terminations the autoscaler committed (replicated).");
     describe_histogram!("tandem_enqueue_duration_seconds", "Time to acknowledge an enqueue on this coordinator.");
     describe_histogram!("tandem_enqueue_to_result_seconds", "Time from enqueue to recorded result.");
     raft_store::raft_metrics::describe();
 }
 
 /// Sample the replicated state and Raft into gauges once a second until `shutdown`.
-pub async fn sample(node: Node, shutdown: CancellationToken) {
+pub async fn sample(node: Node, scaler: crate::scaler::SharedStatus, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut raft = raft_store::raft_metrics::RaftGauges::default();
     let mut last_seq = None;
@@ -104,6 +117,18 @@ pub async fn sample(node: Node, shutdown: CancellationToken) {
                 histogram!("tandem_enqueue_to_result_seconds").record(seconds);
             }
             last_seq = Some(table.last_completion_seq());
+            let state = table.scaler();
+            counter!("tandem_autoscaler_launches_total").absolute(state.totals.launches);
+            counter!("tandem_autoscaler_launch_failures_total").absolute(state.totals.launch_failures);
+            counter!("tandem_autoscaler_terminations_total").absolute(state.totals.terminations);
+            gauge!("tandem_autoscaler_launches_in_flight").set(state.launches.len() as f64);
+            gauge!("tandem_autoscaler_consecutive_failures").set(f64::from(state.consecutive_failures));
+            let workers = table.workers().values().filter(|w| !w.witness).count();
+            gauge!("tandem_autoscaler_workers").set(workers as f64);
         });
+        let desired = scaler.lock().unwrap_or_else(|p| p.into_inner()).plan.as_ref().map(|p| p.desired_workers);
+        if let Some(desired) = desired {
+            gauge!("tandem_autoscaler_desired_workers").set(f64::from(desired));
+        }
     }
 }

@@ -14,7 +14,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use raft_store::job_table::{
-    Checkpoint, CommandResponse, CompleteOutcome, JobResult, Proposal, Rejection, WorkerState,
+    Checkpoint, CommandResponse, CompleteOutcome, JobResult, LeaseBudget, Proposal, Rejection, WorkerState,
 };
 use raft_store::{ProposeError, ReadError};
 use serde::Serialize;
@@ -118,8 +118,13 @@ pub async fn register(State(app): State<App>, body: Bytes) -> Result<Response, W
     if request.cores == 0 || request.name.len() > 256 {
         return Err(WorkerRouteError::BadRequest("cores must be positive and the name at most 256 bytes".into()));
     }
-    let command =
-        Proposal::RegisterWorker { name: request.name, cores: request.cores, instance_id: request.instance_id };
+    let command = Proposal::RegisterWorker {
+        name: request.name,
+        cores: request.cores,
+        instance_id: request.instance_id,
+        witness: request.witness,
+        launch_token: request.launch_token,
+    };
     match app.node.propose(command).await? {
         CommandResponse::WorkerRegistered(worker) => Ok(reply(&RegisterResponse {
             worker,
@@ -169,17 +174,29 @@ pub async fn lease(State(app): State<App>, body: Bytes) -> Result<Response, Work
     let wait = Duration::from_millis(request.wait_ms.min(app.config.long_poll_max_ms));
     let deadline = tokio::time::Instant::now() + wait;
     let mut changes = app.node.state_machine().subscribe();
+    let budget = match (request.free_cores, request.budget_iterations) {
+        (Some(free_cores), Some(iterations)) => Some(LeaseBudget { free_cores, iterations }),
+        _ => None,
+    };
     loop {
         changes.mark_unchanged();
-        let (known, queued) =
-            app.node.state_machine().read(|table| (table.workers().contains_key(&request.worker), table.queued_len()));
+        // Only the jobs this request could be granted count: a busy worker whose budget no
+        // waiting job fits must not propose an empty lease at every change of the table.
+        let (known, queued) = app.node.state_machine().read(|table| {
+            let grantable = if table.lease_would_grant(budget) { table.queued_len() } else { 0 };
+            (table.workers().contains_key(&request.worker), grantable)
+        });
         // Claim some of the waiting jobs before proposing, so that one enqueue does not make
         // every waiting long-poll propose a lease (a thundering herd of empty leases). A stale
         // local view only costs a wasted proposal, never a wrong answer: apply decides.
         let claim = LeaseClaim::take(&app.lease_claims, queued, request.max_jobs);
         if claim.is_some() || !known {
-            let command =
-                Proposal::Lease { worker: request.worker, max_jobs: request.max_jobs, lease_ms: app.config.lease_ms };
+            let command = Proposal::Lease {
+                worker: request.worker,
+                max_jobs: request.max_jobs,
+                lease_ms: app.config.lease_ms,
+                budget,
+            };
             match app.node.propose(command).await? {
                 CommandResponse::Leased(jobs) if !jobs.is_empty() => {
                     let jobs = jobs

@@ -114,7 +114,11 @@ impl Cluster {
         let mut done = 0;
         while done < jobs {
             let leased: LeaseResponse = self
-                .worker_call(lease_on, wire::worker::LEASE, &LeaseRequest { worker, max_jobs: 64, wait_ms: 2000 })
+                .worker_call(
+                    lease_on,
+                    wire::worker::LEASE,
+                    &LeaseRequest { worker, max_jobs: 64, wait_ms: 2000, free_cores: None, budget_iterations: None },
+                )
                 .await;
             assert!(!leased.jobs.is_empty(), "jobs are waiting");
             let results = leased
@@ -139,7 +143,8 @@ impl Cluster {
 async fn worker_routes_refuse_a_missing_or_wrong_cluster_secret() {
     let secret = "worker-routes-secret";
     let cluster = Cluster::start_with_secret(&[], Some(secret)).await;
-    let register = RegisterRequest { name: "intruder".into(), cores: 8, instance_id: None };
+    let register =
+        RegisterRequest { name: "intruder".into(), cores: 8, instance_id: None, witness: false, launch_token: None };
     let body = rmp_serde::to_vec_named(&register).expect("encode");
     let status = |node: usize, given: Option<&'static str>| {
         let request = cluster
@@ -260,10 +265,20 @@ async fn jobs_flow_through_the_worker_protocol_with_cursors_and_idempotency() {
 
     // A worker registers on node 2, leases everything, computes, reports to node 1.
     let registered: RegisterResponse = cluster
-        .worker_call(1, wire::worker::REGISTER, &RegisterRequest { name: "test".into(), cores: 64, instance_id: None })
+        .worker_call(
+            1,
+            wire::worker::REGISTER,
+            &RegisterRequest { name: "test".into(), cores: 64, instance_id: None, witness: false, launch_token: None },
+        )
         .await;
     // Asking for no jobs is a malformed lease (it could only make the long-poll spin).
-    let empty = LeaseRequest { worker: registered.worker, max_jobs: 0, wait_ms: 1_000 };
+    let empty = LeaseRequest {
+        worker: registered.worker,
+        max_jobs: 0,
+        wait_ms: 1_000,
+        free_cores: None,
+        budget_iterations: None,
+    };
     let response = cluster
         .http
         .post(format!("{}{}", cluster.urls[0], wire::worker::LEASE))
@@ -411,7 +426,11 @@ async fn a_cursor_behind_retention_is_told_how_many_results_it_missed() {
         client.enqueue(body.clone(), 1, None).await.expect("enqueue");
     }
     let registered: RegisterResponse = cluster
-        .worker_call(0, wire::worker::REGISTER, &RegisterRequest { name: "w".into(), cores: 4, instance_id: None })
+        .worker_call(
+            0,
+            wire::worker::REGISTER,
+            &RegisterRequest { name: "w".into(), cores: 4, instance_id: None, witness: false, launch_token: None },
+        )
         .await;
     cluster.compute_all(registered.worker, bodies.len(), 0, 1).await;
     for node in 0..2 {

@@ -1,5 +1,7 @@
 //! Starting Tandem clusters. Knows processes and addresses, nothing of Raft.
 //!
 //! - [`local`]: the embedded default, every voter and worker a process on 127.0.0.1.
+//! - [`provider`]: the machines the leader's autoscaler launches: local processes, or EC2 instances.
 
 pub mod local;
+pub mod provider;

@@ -58,6 +58,19 @@ pub struct LocalOptions {
     pub voter_netns: [Option<String>; 3],
     /// The network namespace and address the workers besides the witness's run in, if any.
     pub worker_netns: Option<(String, String)>,
+    /// Let the leader launch and stop worker processes itself, between these bounds (the
+    /// `workers` started here count toward the minimum and are never scaled in); `None`: a
+    /// fixed fleet.
+    pub autoscale: Option<Autoscale>,
+}
+
+/// The local autoscaler's bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Autoscale {
+    /// Fewest workers, the witness's not counted.
+    pub min_workers: u32,
+    /// Most workers, the witness's not counted.
+    pub max_workers: u32,
 }
 
 impl LocalOptions {
@@ -87,7 +100,13 @@ impl LocalOptions {
             voter_hosts: LocalOptions::loopback_hosts(),
             voter_netns: Default::default(),
             worker_netns: None,
+            autoscale: None,
         }
+    }
+
+    /// Where the leader's local provider keeps its records of the workers it started.
+    pub fn launched_workers_dir(&self) -> PathBuf {
+        self.data_dir.join("launched-workers")
     }
 
     /// Three free ports for [`LocalOptions::on_loopback`].
@@ -233,6 +252,30 @@ impl LocalCluster {
             ];
             if id == 1 {
                 args.push("--initialize".into());
+            }
+            if let Some(autoscale) = options.autoscale {
+                let cores = options
+                    .worker_cores
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
+                args.extend([
+                    "--scaler".to_owned(),
+                    "local".into(),
+                    "--scaler-dir".into(),
+                    options.launched_workers_dir().display().to_string(),
+                    "--scaler-worker-binary".into(),
+                    options.bin_dir.join("worker").display().to_string(),
+                    "--scaler-worker-cores".into(),
+                    cores.to_string(),
+                    "--min-workers".into(),
+                    autoscale.min_workers.to_string(),
+                    "--max-workers".into(),
+                    autoscale.max_workers.to_string(),
+                    // Local workers start in about a second.
+                    "--assumed-boot-ms".into(),
+                    "2000".into(),
+                    "--boot-timeout-ms".into(),
+                    "30000".into(),
+                ]);
             }
             args.extend(options.coordinator_args.iter().cloned());
             let netns = options.voter_netns[id as usize - 1].clone();
@@ -420,7 +463,8 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// SIGTERM every process, wait up to `grace` for them to exit, SIGKILL the rest.
+    /// SIGTERM every process, wait up to `grace` for them to exit, SIGKILL the rest; then the
+    /// workers the leader started.
     pub fn stop(&mut self, grace: Duration) {
         // Workers first, so they can hand their jobs back while the coordinators still run.
         for process in self.processes.iter().rev() {
@@ -432,6 +476,8 @@ impl LocalCluster {
                 process.kill();
             }
         }
+        // With the coordinators gone nobody starts more.
+        crate::provider::local::LocalProcesses::stop_all(&self.options.launched_workers_dir(), grace);
     }
 }
 
@@ -440,6 +486,7 @@ impl Drop for LocalCluster {
         for process in &mut self.processes {
             process.kill();
         }
+        crate::provider::local::LocalProcesses::stop_all(&self.options.launched_workers_dir(), Duration::ZERO);
     }
 }
 

@@ -67,9 +67,14 @@ enum Commands {
 /// How to lay out the local cluster.
 #[derive(clap::Args, Debug)]
 struct LocalArgs {
-    /// Workers besides the witness's own.
-    #[arg(long, env = "TANDEM_WORKERS", default_value_t = 1)]
-    workers: usize,
+    /// Workers started with the cluster besides the witness's own: the autoscaler never goes
+    /// below them and never stops them.
+    #[arg(long, visible_alias = "workers", env = "TANDEM_MIN_WORKERS", default_value_t = 1)]
+    min_workers: usize,
+    /// Most workers (the witness's not counted): the leader starts worker processes up to this
+    /// many as the backlog needs, and stops them when idle. Equal to --min-workers: a fixed fleet.
+    #[arg(long, env = "TANDEM_MAX_WORKERS", default_value_t = 4)]
+    max_workers: usize,
     /// Cores each worker hashes on (default: all).
     #[arg(long, env = "TANDEM_WORKER_CORES")]
     worker_cores: Option<usize>,
@@ -148,7 +153,8 @@ fn main() -> anyhow::Result<()> {
 /// `deploy local`: start the cluster, print how to use it, stop it on Ctrl-C or SIGTERM.
 fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     let LocalArgs {
-        workers,
+        min_workers,
+        max_workers,
         worker_cores,
         data_dir,
         port_1,
@@ -160,9 +166,13 @@ fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     } = args;
     let admin_token = deploy::local::given_or_random_token(admin_token)?;
     let cluster_secret = deploy::local::given_or_random_token(cluster_secret)?;
+    anyhow::ensure!(max_workers >= min_workers, "--max-workers ({max_workers}) is below --min-workers ({min_workers})");
+    let autoscale = (max_workers > min_workers)
+        .then_some(deploy::local::Autoscale { min_workers: min_workers as u32, max_workers: max_workers as u32 });
     let options = LocalOptions {
-        workers,
+        workers: min_workers,
         worker_cores,
+        autoscale,
         ..LocalOptions::on_loopback(
             deploy::local::locate_binaries(bin_dir)?,
             data_dir,
@@ -178,7 +188,15 @@ fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     runtime.block_on(cluster.wait_ready(Duration::from_secs(60)))?;
     let [url_1, url_2] = cluster.api_urls();
     println!();
-    println!("Tandem is up: coordinator 1 at {url_1}, coordinator 2 at {url_2} ({workers} workers + the witness's)");
+    println!("Tandem is up: coordinator 1 at {url_1}, coordinator 2 at {url_2}");
+    match autoscale {
+        Some(_) => println!(
+            "Workers: the witness's and {min_workers} more; the leader starts up to {} more as the backlog needs (logs in {})",
+            max_workers - min_workers,
+            options.launched_workers_dir().display()
+        ),
+        None => println!("Workers: the witness's and {min_workers} more (a fixed fleet)"),
+    }
     println!();
     println!("  head -c 16384 /dev/urandom > job.bin");
     println!("  curl -X PUT --data-binary @job.bin '{url_1}/enqueue?iterations=1000'");

@@ -264,10 +264,18 @@ async fn times_in_forwarded_commands_are_the_leader_s_whatever_the_follower_s_cl
     // A follower proposes durations only: whatever its clock says, it has no time to give. (It
     // used to stamp its proposals, and a follower an hour fast gave leases an hour too long.)
     let before = wall();
-    let registered = follower.propose(Proposal::RegisterWorker { name: "w".into(), cores: 1, instance_id: None }).await;
+    let registered = follower
+        .propose(Proposal::RegisterWorker {
+            name: "w".into(),
+            cores: 1,
+            instance_id: None,
+            witness: false,
+            launch_token: None,
+        })
+        .await;
     let Ok(CommandResponse::WorkerRegistered(worker)) = registered else { panic!("register: {registered:?}") };
     enqueue(&follower, 1).await;
-    let leased = follower.propose(Proposal::Lease { worker, max_jobs: 1, lease_ms: 3_000 }).await;
+    let leased = follower.propose(Proposal::Lease { worker, max_jobs: 1, lease_ms: 3_000, budget: None }).await;
     assert!(matches!(&leased, Ok(CommandResponse::Leased(jobs)) if jobs.len() == 1), "lease: {leased:?}");
     let after = wall();
     follower.read_barrier().await.expect("read barrier");

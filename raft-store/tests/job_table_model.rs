@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use raft_store::Digest;
 use raft_store::job_table::{
     Checkpoint, Command, CommandResponse, CompleteOutcome, EnqueueOutcome, JobId, JobResult, JobStatus, JobTable,
-    Limits, NewJob, WorkerId, WorkerState,
+    LeaseBudget, Limits, NewJob, ScalerCommand, WorkerId, WorkerState,
 };
 use raft_store::state_machine::encode_table;
 use rand::rngs::StdRng;
@@ -78,14 +78,20 @@ impl Generator {
             25..=29 => Command::RegisterWorker {
                 name: format!("w{}", self.rng.random_range(0..100)),
                 cores: self.rng.random_range(1..8),
-                instance_id: None,
+                instance_id: self.rng.random_ratio(1, 2).then(|| self.instance()),
                 now_ms,
+                witness: self.rng.random_ratio(1, 10),
+                launch_token: self.rng.random_ratio(1, 2).then(|| self.token()),
             },
             30..=44 => Command::Lease {
                 worker: self.some_worker(),
                 max_jobs: self.rng.random_range(0..6),
                 now_ms,
                 deadline_ms: now_ms + self.rng.random_range(0..400),
+                budget: self.rng.random_ratio(1, 2).then(|| LeaseBudget {
+                    free_cores: self.rng.random_range(0..3),
+                    iterations: self.rng.random_range(0..40),
+                }),
             },
             45..=59 => {
                 let worker = self.some_worker();
@@ -137,7 +143,29 @@ impl Generator {
                 max_queued: self.rng.random_range(0..300),
                 max_lease_batch: self.rng.random_range(0..8),
             }),
+            98 => Command::Scaler(self.scaler_decision(now_ms)),
             _ => Command::ExpireLeases { now_ms: now_ms.saturating_sub(self.rng.random_range(0..1_000)) },
+        }
+    }
+
+    fn token(&mut self) -> String {
+        format!("t-{}", self.rng.random_range(0..8))
+    }
+
+    fn instance(&mut self) -> String {
+        format!("i-{}", self.rng.random_range(0..8))
+    }
+
+    fn scaler_decision(&mut self, at_ms: u64) -> ScalerCommand {
+        let why = "test".to_owned();
+        match self.rng.random_range(0..7) {
+            0 => ScalerCommand::LaunchRequested { token: self.token(), at_ms, why },
+            1 => ScalerCommand::InstanceSeen { token: self.token(), instance_id: self.instance(), at_ms },
+            2 => ScalerCommand::TerminationRequested { instance_id: self.instance(), at_ms },
+            3 => ScalerCommand::LaunchFailed { token: self.token(), at_ms, why },
+            4 => ScalerCommand::ScaleIn { worker: self.some_worker(), at_ms, why },
+            5 => ScalerCommand::Resume { worker: self.some_worker(), at_ms, why },
+            _ => ScalerCommand::Held { at_ms, why },
         }
     }
 

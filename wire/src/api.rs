@@ -144,18 +144,48 @@ pub struct QueueView {
 pub struct ScalerDecisionView {
     /// When it was decided (ms since the Unix epoch).
     pub at_ms: u64,
-    /// "launch" or "terminate".
+    /// "launch", "launch failed", "scale in", "resume", "terminate" or "held".
     pub action: String,
-    /// The launch token and instance, or the instance terminated.
+    /// The launch token, worker or instance it concerns, if any.
     pub detail: String,
+    /// Why, in a sentence.
+    #[serde(default)]
+    pub why: String,
 }
 
 /// The autoscaler's state in `GET /cluster`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct ScalerView {
-    /// Workers the autoscaler wants (none until it runs).
+    /// Where workers come from: "off", "local" or "ec2".
+    #[serde(default)]
+    pub provider: String,
+    /// Workers (the witness's not counted) the policy wants, from this node's view.
     pub desired_workers: Option<u64>,
-    /// Its most recent committed decisions, newest first.
+    /// Workers (the witness's not counted) registered now.
+    #[serde(default)]
+    pub workers: u64,
+    /// Launches committed and not yet registered.
+    #[serde(default)]
+    pub launches_in_flight: u64,
+    /// Why the policy holds back from what the load asks for, if it does.
+    #[serde(default)]
+    pub held: Vec<String>,
+    /// Launch to registration, as observed (ms).
+    #[serde(default)]
+    pub boot_ms: Option<u64>,
+    /// Launches failed since the last one that registered.
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// Launches, launch failures and terminations since the cluster began.
+    #[serde(default)]
+    pub launches_total: u64,
+    /// See `launches_total`.
+    #[serde(default)]
+    pub launch_failures_total: u64,
+    /// See `launches_total`.
+    #[serde(default)]
+    pub terminations_total: u64,
+    /// Its most recent committed decisions (at most 50), newest first.
     pub decisions: Vec<ScalerDecisionView>,
 }
 
@@ -217,6 +247,9 @@ pub struct WorkerView {
     pub instance_id: Option<String>,
     /// Chain steps per second, as of its last heartbeat.
     pub hash_rate: u64,
+    /// The witness's worker (never scaled in).
+    #[serde(default)]
+    pub witness: bool,
 }
 
 /// `POST /admin/failover` answer.

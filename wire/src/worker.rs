@@ -31,6 +31,12 @@ pub struct RegisterRequest {
     pub cores: u32,
     /// The EC2 instance it runs on, if any.
     pub instance_id: Option<String>,
+    /// It is the witness's worker (the autoscaler never scales it in).
+    #[serde(default)]
+    pub witness: bool,
+    /// The autoscaler's launch that started it, if one did (its idempotency token).
+    #[serde(default)]
+    pub launch_token: Option<String>,
 }
 
 /// The worker's identity and timing.
@@ -49,10 +55,18 @@ pub struct RegisterResponse {
 pub struct LeaseRequest {
     /// The worker's id.
     pub worker: u64,
-    /// Free cores.
+    /// The most jobs to hand over.
     pub max_jobs: u32,
     /// Long-poll budget.
     pub wait_ms: u64,
+    /// Cores not computing a job now. With `budget_iterations`, the grant is by work: one job
+    /// per free core, then waiting jobs only while they fit in the budget.
+    #[serde(default)]
+    pub free_cores: Option<u32>,
+    /// Iterations this worker can finish within its backlog target beyond what it holds (its
+    /// measured rate times its cores times the target, less the work left in its jobs).
+    #[serde(default)]
+    pub budget_iterations: Option<u64>,
 }
 
 /// A job to compute: continue from `digest` (after `done` iterations) to `iterations`.

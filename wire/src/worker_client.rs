@@ -56,6 +56,8 @@ pub struct WorkerClient {
     urls: Vec<String>,
     current: AtomicUsize,
     secret: Option<HeaderValue>,
+    /// When a coordinator last answered anything (ms since the Unix epoch).
+    last_answer_ms: std::sync::atomic::AtomicU64,
 }
 
 impl WorkerClient {
@@ -85,7 +87,14 @@ impl WorkerClient {
             None => None,
         };
         let urls = urls.into_iter().map(|u| u.trim_end_matches('/').to_owned()).collect();
-        Ok(WorkerClient { http, urls, current: AtomicUsize::new(0), secret })
+        let last_answer_ms = std::sync::atomic::AtomicU64::new(crate::now_ms());
+        Ok(WorkerClient { http, urls, current: AtomicUsize::new(0), secret, last_answer_ms })
+    }
+
+    /// When a coordinator last answered (any status; ms since the Unix epoch), or when this
+    /// client was made if none has yet.
+    pub fn last_answer_ms(&self) -> u64 {
+        self.last_answer_ms.load(Ordering::Relaxed)
     }
 
     /// The coordinator in use.
@@ -167,6 +176,7 @@ impl WorkerClient {
                     continue;
                 }
             };
+            self.last_answer_ms.fetch_max(crate::now_ms(), Ordering::Relaxed);
             let status = response.status();
             let bytes = match response.bytes().await {
                 Ok(bytes) => bytes,

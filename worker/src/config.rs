@@ -29,6 +29,14 @@ pub struct Config {
     /// The EC2 instance this worker runs on.
     #[arg(long, env = "TANDEM_INSTANCE_ID")]
     pub instance_id: Option<String>,
+    /// The autoscaler's launch that started this worker (set by the launching provider).
+    #[arg(long, env = "TANDEM_LAUNCH_TOKEN")]
+    pub launch_token: Option<String>,
+    /// Exit after failing to reach any coordinator for this long (unset: retry forever). The
+    /// autoscaler's local provider sets it, so that a worker whose whole cluster is gone does
+    /// not run on forever.
+    #[arg(long, env = "TANDEM_GIVE_UP_AFTER_MS")]
+    pub give_up_after_ms: Option<u64>,
     /// How long one lease request may wait for jobs.
     #[arg(long, env = "TANDEM_LONG_POLL_MS", default_value_t = 1_000)]
     pub long_poll_ms: u64,

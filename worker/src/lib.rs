@@ -80,6 +80,8 @@ pub(crate) struct RunningWorker {
     mean_job_micros: AtomicU64,
     /// Chain steps computed so far.
     hashes: AtomicU64,
+    /// Chain steps per second of one core: measured at start, then from the jobs it computes.
+    core_rate: AtomicU64,
     /// Jobs finished and handed to the reporter.
     jobs_completed: AtomicU64,
 }
@@ -118,8 +120,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         mean_job_micros: AtomicU64::new(u64::MAX),
         hashes: AtomicU64::new(0),
         jobs_completed: AtomicU64::new(0),
+        core_rate: AtomicU64::new(measure_core_rate().await),
         config,
     });
+    let orphaned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(limit) = shared.config.give_up_after_ms {
+        tokio::spawn(give_up_when_orphaned(shared.clone(), limit, orphaned.clone(), shutdown.clone()));
+    }
     let metrics_server = match shared.config.metrics_listen {
         Some(listen) => {
             let witness_node = witness_voter.as_ref().map(witness::Witness::node);
@@ -151,7 +158,37 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if shared.refused.load(Ordering::Relaxed) {
         anyhow::bail!("{}", WorkerCallError::Unauthorized);
     }
+    if orphaned.load(Ordering::Relaxed) {
+        anyhow::bail!(
+            "no coordinator answered for {} ms: the cluster is gone",
+            shared.config.give_up_after_ms.unwrap_or(0)
+        );
+    }
     leasing.map_err(|e| anyhow::anyhow!("registering again: {e}"))
+}
+
+/// Stop the worker (`shutdown`) once no coordinator has answered for `limit_ms`: a worker an
+/// autoscaler started must not run on forever after its whole cluster is gone.
+async fn give_up_when_orphaned(
+    shared: Arc<RunningWorker>,
+    limit_ms: u64,
+    orphaned: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let silent = wire::now_ms().saturating_sub(shared.coordinators.last_answer_ms());
+        if silent >= limit_ms {
+            tracing::error!(silent_ms = silent, "no coordinator has answered for too long; stopping");
+            orphaned.store(true, Ordering::Relaxed);
+            shutdown.cancel();
+            return;
+        }
+    }
 }
 
 /// Cancel every job this worker holds and hand the unfinished ones back with their checkpoints,
@@ -185,6 +222,8 @@ async fn register(shared: &RunningWorker, shutdown: &CancellationToken) -> Resul
         name: shared.config.name(),
         cores: shared.config.cores() as u32,
         instance_id: shared.config.instance_id.clone(),
+        witness: shared.config.witness,
+        launch_token: shared.config.launch_token.clone(),
     };
     loop {
         match shared.coordinators.register(&request, CALL_TIMEOUT).await {
@@ -242,6 +281,8 @@ async fn lease_loop(
             worker: shared.worker_id.load(Ordering::Relaxed),
             max_jobs: free as u32,
             wait_ms: shared.config.long_poll_ms,
+            free_cores: Some(cores.saturating_sub(held) as u32),
+            budget_iterations: Some(budget_iterations(shared, cores)),
         };
         let timeout = CALL_TIMEOUT + Duration::from_millis(shared.config.long_poll_ms);
         let answer = tokio::select! {
@@ -291,6 +332,34 @@ async fn drain_becomes(shared: &RunningWorker, draining: bool) {
     }
 }
 
+/// Iterations this worker can finish within its backlog target beyond what it holds: the
+/// lease is sized by work, so it never takes a long job it would only hold behind another
+/// while a core elsewhere is free.
+fn budget_iterations(shared: &RunningWorker, cores: usize) -> u64 {
+    let rate = shared.core_rate.load(Ordering::Relaxed);
+    let capacity = (rate as u128 * cores as u128 * BACKLOG_TARGET.as_micros() / 1_000_000) as u64;
+    let held: u64 = shared.running().values().map(|job| job.iterations.saturating_sub(job.progress().done)).sum();
+    capacity.saturating_sub(held)
+}
+
+/// Jobs (or parts of jobs) of at least this many steps update the measured core rate.
+const RATE_SAMPLE_STEPS: u64 = 20_000;
+
+/// One core's chain steps per second, measured on a few milliseconds of hashing.
+async fn measure_core_rate() -> u64 {
+    const STEPS: u64 = RATE_SAMPLE_STEPS;
+    let measured = tokio::task::spawn_blocking(|| {
+        let started = std::time::Instant::now();
+        std::hint::black_box(wire::chain::continue_chain(wire::Digest([7; 64]), STEPS));
+        started.elapsed()
+    })
+    .await;
+    match measured {
+        Ok(elapsed) => (STEPS as f64 / elapsed.as_secs_f64().max(1e-6)) as u64,
+        Err(_) => 1_000_000,
+    }
+}
+
 /// How many jobs to hold: one per core for long jobs, a backlog for short ones.
 fn capacity(shared: &RunningWorker, cores: usize) -> usize {
     let mean = shared.mean_job_micros.load(Ordering::Relaxed).max(1);
@@ -311,9 +380,18 @@ fn start_job(shared: &Arc<RunningWorker>, job: RunningJob, results: mpsc::Unboun
         let Ok(_core) = shared.cores.clone().acquire_owned().await else { return };
         let computing = job.clone();
         let started = std::time::Instant::now();
+        let from = job.progress().done;
         let counting = shared.clone();
         let result = tokio::task::spawn_blocking(move || computing.compute(chunk, &counting.hashes)).await;
         let micros = started.elapsed().as_micros() as u64;
+        // A core's rate, from time spent computing (never from wall time, which counts idle
+        // cores too), on jobs long enough to time.
+        let steps = job.progress().done.saturating_sub(from);
+        if steps >= RATE_SAMPLE_STEPS && micros > 0 {
+            let sample = steps.saturating_mul(1_000_000) / micros;
+            let rate = shared.core_rate.load(Ordering::Relaxed);
+            shared.core_rate.store(rate - rate / 4 + sample / 4, Ordering::Relaxed);
+        }
         let mean = shared.mean_job_micros.load(Ordering::Relaxed);
         let mean = if mean == u64::MAX { micros } else { (mean * 7 + micros) / 8 };
         shared.mean_job_micros.store(mean, Ordering::Relaxed);

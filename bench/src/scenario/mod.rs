@@ -1,5 +1,6 @@
 //! The scenarios.
 
+pub mod autoscale;
 pub mod compute;
 pub mod failover;
 pub mod flow;

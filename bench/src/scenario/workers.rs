@@ -70,7 +70,13 @@ pub async fn run(args: &WorkersArgs, quick: bool) -> anyhow::Result<Report> {
         let (stop, connected, refusal) = (stop.clone(), connected.clone(), refusal.clone());
         tasks.push(tokio::spawn(async move {
             let mut leases: Vec<(u64, Instant)> = Vec::new();
-            let request = RegisterRequest { name: format!("simulated-{w}"), cores: 1, instance_id: None };
+            let request = RegisterRequest {
+                name: format!("simulated-{w}"),
+                cores: 1,
+                instance_id: None,
+                witness: false,
+                launch_token: None,
+            };
             let registered = match client.register(&request, CALL_TIMEOUT).await {
                 Ok(registered) => registered,
                 Err(e) => {
@@ -80,7 +86,13 @@ pub async fn run(args: &WorkersArgs, quick: bool) -> anyhow::Result<Report> {
             };
             connected.fetch_add(1, Ordering::Relaxed);
             while !stop.load(Ordering::Relaxed) {
-                let request = LeaseRequest { worker: registered.worker, max_jobs: 1, wait_ms: 1_000 };
+                let request = LeaseRequest {
+                    worker: registered.worker,
+                    max_jobs: 1,
+                    wait_ms: 1_000,
+                    free_cores: None,
+                    budget_iterations: None,
+                };
                 let Ok(answer) = client.lease(&request, CALL_TIMEOUT).await else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;

@@ -29,6 +29,19 @@ pub struct Checkpoint {
     pub digest: Digest,
 }
 
+/// What a worker can take on, so that a lease is sized by work and not by count: one job per
+/// free core, whatever its size, then more waiting jobs only while their iterations fit in
+/// `iterations`. A long job is then never held behind another on a busy core while a core
+/// elsewhere is free: it stays queued for the next worker with a free core (and the
+/// autoscaler sees it waiting).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseBudget {
+    /// Cores not computing a job.
+    pub free_cores: u32,
+    /// Iterations the worker can finish within its backlog target beyond what it holds.
+    pub iterations: u64,
+}
+
 /// A finished job's result as a worker reports it.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JobResult {
@@ -48,16 +61,32 @@ pub enum WorkerState {
 }
 
 /// The autoscaler's decisions, committed before they are acted on so that a deposed leader
-/// cannot act twice. The policy that makes them arrives with the autoscaling issue.
+/// cannot act twice, each with the reason the policy gave (`why`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum ScalerCommand {
-    /// The leader decided to launch one worker; `token` is the EC2 idempotency token.
-    LaunchRequested { token: String, at_ms: u64 },
+    /// The leader decided to launch one worker; `token` is the provider's idempotency key (EC2
+    /// `ClientToken`), so a retry or a new leader never launches twice.
+    LaunchRequested {
+        token: String,
+        at_ms: u64,
+        #[serde(default)]
+        why: String,
+    },
     /// The launch with `token` produced `instance_id`.
     InstanceSeen { token: String, instance_id: String, at_ms: u64 },
     /// The leader decided to terminate `instance_id`. Refused while a worker on that instance
     /// holds a lease ([`Rejection::WorkerBusy`]): scale-in drains first.
     TerminationRequested { instance_id: String, at_ms: u64 },
+    /// The launch with `token` failed: the provider refused it, or it never registered. Counts
+    /// toward the backoff.
+    LaunchFailed { token: String, at_ms: u64, why: String },
+    /// Begin scaling `worker` in: it drains (hands its leases back, takes no new ones).
+    ScaleIn { worker: WorkerId, at_ms: u64, why: String },
+    /// Stop scaling `worker` in: it takes work again.
+    Resume { worker: WorkerId, at_ms: u64, why: String },
+    /// The leader held back from what the load asked for (backing off, at the maximum, ...).
+    /// Recorded only when it differs from the last record.
+    Held { at_ms: u64, why: String },
 }
 
 /// Everything that changes the table. Each is one Raft entry's payload, stamped by the leader
@@ -66,8 +95,16 @@ pub enum ScalerCommand {
 pub enum Command {
     /// Add jobs (a batch, so concurrent enqueues can share one entry).
     Enqueue { jobs: Vec<NewJob> },
-    /// Hand up to `max_jobs` waiting jobs to `worker` until `deadline_ms`.
-    Lease { worker: WorkerId, max_jobs: u32, now_ms: u64, deadline_ms: u64 },
+    /// Hand up to `max_jobs` waiting jobs to `worker` until `deadline_ms`; with a `budget`, by
+    /// work rather than by count (see [`LeaseBudget`]).
+    Lease {
+        worker: WorkerId,
+        max_jobs: u32,
+        now_ms: u64,
+        deadline_ms: u64,
+        #[serde(default)]
+        budget: Option<LeaseBudget>,
+    },
     /// `worker` is alive and running the jobs it lists: extend those leases to `deadline_ms`
     /// and record their checkpoints and its current hash rate.
     Heartbeat {
@@ -86,7 +123,18 @@ pub enum Command {
     /// Requeue every lease whose deadline is at or before `now_ms`.
     ExpireLeases { now_ms: u64 },
     /// Add a worker to the registry; its id is assigned here.
-    RegisterWorker { name: String, cores: u32, instance_id: Option<String>, now_ms: u64 },
+    RegisterWorker {
+        name: String,
+        cores: u32,
+        instance_id: Option<String>,
+        now_ms: u64,
+        /// The witness's worker.
+        #[serde(default)]
+        witness: bool,
+        /// The autoscaler's launch that started it, if one did.
+        #[serde(default)]
+        launch_token: Option<String>,
+    },
     /// Change a worker's state (drain it, or make it active again).
     UpdateWorker { worker: WorkerId, state: WorkerState, now_ms: u64 },
     /// Remove a worker; its leases are requeued.
@@ -188,6 +236,8 @@ pub enum Rejection {
     HeardFromSince,
     /// A termination of an instance whose worker holds leases: it must drain first.
     WorkerBusy,
+    /// A scaler decision about a worker or launch that is not (or no longer) there.
+    StaleDecision,
 }
 
 /// The answer to one applied command.

@@ -29,6 +29,7 @@ mod command;
 mod proposal;
 mod reads;
 mod records;
+mod scaler;
 #[cfg(test)]
 mod tests;
 
@@ -134,8 +135,8 @@ impl JobTable {
     pub fn apply(&mut self, command: &Command) -> CommandResponse {
         match command {
             Command::Enqueue { jobs } => CommandResponse::Enqueued(jobs.iter().map(|job| self.enqueue(job)).collect()),
-            Command::Lease { worker, max_jobs, now_ms, deadline_ms } => {
-                self.lease(*worker, *max_jobs, *now_ms, *deadline_ms)
+            Command::Lease { worker, max_jobs, now_ms, deadline_ms, budget } => {
+                self.lease(*worker, *max_jobs, *now_ms, *deadline_ms, *budget)
             }
             Command::Heartbeat { worker, now_ms, deadline_ms, checkpoints, hashes_per_s } => {
                 self.heartbeat(*worker, *now_ms, *deadline_ms, checkpoints, *hashes_per_s)
@@ -143,7 +144,7 @@ impl JobTable {
             Command::Complete { worker, now_ms, results } => self.complete(*worker, *now_ms, results),
             Command::Release { worker, checkpoints } => self.release(*worker, checkpoints),
             Command::ExpireLeases { now_ms } => self.expire_leases(*now_ms),
-            Command::RegisterWorker { name, cores, instance_id, now_ms } => {
+            Command::RegisterWorker { name, cores, instance_id, now_ms, witness, launch_token } => {
                 let id = self.next_worker_id;
                 self.next_worker_id += 1;
                 self.workers.insert(
@@ -157,14 +158,19 @@ impl JobTable {
                         last_seen_ms: *now_ms,
                         leases: 0,
                         hashes_per_s: 0,
+                        witness: *witness,
+                        last_busy_ms: *now_ms,
                     },
                 );
+                self.link_registration(launch_token.as_deref(), instance_id.as_deref(), *now_ms);
                 CommandResponse::WorkerRegistered(id)
             }
             Command::UpdateWorker { worker, state, now_ms } => match self.workers.get_mut(worker) {
                 Some(w) => {
                     w.state = *state;
                     w.last_seen_ms = w.last_seen_ms.max(*now_ms);
+                    // An operator's word overrides the autoscaler's scale-in.
+                    self.scaler.scaling_in.remove(worker);
                     CommandResponse::Done
                 }
                 None => CommandResponse::Rejected(Rejection::UnknownWorker),
@@ -181,7 +187,9 @@ impl JobTable {
                 for id in &held {
                     self.requeue(*id);
                 }
-                self.workers.remove(worker);
+                if let Some(removed) = self.workers.remove(worker) {
+                    self.forget_scaled_worker(*worker, removed.instance_id.as_deref());
+                }
                 CommandResponse::Requeued(held)
             }
             Command::SetLimits(limits) => {
@@ -232,7 +240,14 @@ impl JobTable {
         EnqueueOutcome::Created(id)
     }
 
-    fn lease(&mut self, worker: WorkerId, max_jobs: u32, now_ms: u64, deadline_ms: u64) -> CommandResponse {
+    fn lease(
+        &mut self,
+        worker: WorkerId,
+        max_jobs: u32,
+        now_ms: u64,
+        deadline_ms: u64,
+        budget: Option<LeaseBudget>,
+    ) -> CommandResponse {
         let Some(w) = self.workers.get_mut(&worker) else {
             return CommandResponse::Rejected(Rejection::UnknownWorker);
         };
@@ -242,7 +257,22 @@ impl JobTable {
         w.last_seen_ms = w.last_seen_ms.max(now_ms);
         let max_jobs = max_jobs.min(self.limits.max_lease_batch);
         let mut leased = Vec::new();
+        let mut budget = budget;
         while leased.len() < max_jobs as usize {
+            if let Some(left) = budget.as_mut() {
+                let next = self.requeued.first_key_value().map(|(_, job)| job).or(self.queue.front());
+                let Some(next) = next else { break };
+                let cost = next.iterations - next.done;
+                if left.free_cores > 0 {
+                    left.free_cores -= 1;
+                    left.iterations = left.iterations.saturating_sub(cost);
+                } else if cost <= left.iterations {
+                    left.iterations -= cost;
+                } else {
+                    // Too long to wait behind this worker's jobs: it stays for a free core.
+                    break;
+                }
+            }
             let job = match self.requeued.pop_first() {
                 Some((_, job)) => job,
                 None => match self.queue.pop_front() {
@@ -256,6 +286,9 @@ impl JobTable {
         }
         if let Some(w) = self.workers.get_mut(&worker) {
             w.leases += leased.len() as u32;
+            if !leased.is_empty() {
+                w.last_busy_ms = w.last_busy_ms.max(now_ms);
+            }
         }
         CommandResponse::Leased(leased)
     }
@@ -273,6 +306,9 @@ impl JobTable {
         };
         w.last_seen_ms = w.last_seen_ms.max(now_ms);
         w.hashes_per_s = hashes_per_s;
+        if w.leases > 0 {
+            w.last_busy_ms = w.last_busy_ms.max(now_ms);
+        }
         let state = w.state;
         // Only the leases the worker reports on are extended: a lease whose grant never reached
         // the worker (the answer was lost in a failover) must expire, not live on forever.
@@ -292,6 +328,8 @@ impl JobTable {
     fn complete(&mut self, worker: WorkerId, now_ms: u64, results: &[JobResult]) -> CommandResponse {
         if let Some(w) = self.workers.get_mut(&worker) {
             w.last_seen_ms = w.last_seen_ms.max(now_ms);
+            // Finishing a job is work: the idle clock starts after the last result.
+            w.last_busy_ms = w.last_busy_ms.max(now_ms);
         }
         let outcomes = results.iter().map(|result| self.complete_one(result, now_ms)).collect();
         self.enforce_retention();
@@ -385,36 +423,6 @@ impl JobTable {
                 self.idempotency_requests.remove(&dropped.id);
             }
         }
-    }
-
-    fn apply_scaler(&mut self, decision: &ScalerCommand) -> CommandResponse {
-        match decision {
-            ScalerCommand::LaunchRequested { token, at_ms } => {
-                self.scaler
-                    .launches
-                    .entry(token.clone())
-                    .or_insert(Launch { requested_at_ms: *at_ms, instance_id: None });
-            }
-            ScalerCommand::InstanceSeen { token, instance_id, at_ms } => {
-                let launch = self
-                    .scaler
-                    .launches
-                    .entry(token.clone())
-                    .or_insert(Launch { requested_at_ms: *at_ms, instance_id: None });
-                launch.instance_id = Some(instance_id.clone());
-            }
-            ScalerCommand::TerminationRequested { instance_id, at_ms } => {
-                let busy = self
-                    .workers
-                    .values()
-                    .any(|w| w.instance_id.as_deref() == Some(instance_id.as_str()) && w.leases > 0);
-                if busy {
-                    return CommandResponse::Rejected(Rejection::WorkerBusy);
-                }
-                self.scaler.terminations.entry(instance_id.clone()).or_insert(*at_ms);
-            }
-        }
-        CommandResponse::Done
     }
 }
 

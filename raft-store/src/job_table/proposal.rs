@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use wire::Digest;
 
-use super::{Checkpoint, Command, JobResult, Limits, NewJob, WorkerId, WorkerState};
+use super::{Checkpoint, Command, JobResult, LeaseBudget, Limits, NewJob, ScalerCommand, WorkerId, WorkerState};
 
 /// A job to add, as the ingesting coordinator prepared it: the body is already reduced to its
 /// first digest. The leader adds the time it was enqueued.
@@ -23,15 +23,43 @@ pub struct JobRequest {
     pub idempotency_key: Option<String>,
 }
 
-/// An autoscaler decision, as proposed (the leader adds when it was made).
+/// An autoscaler decision, as proposed (the leader adds when it was made). See
+/// [`super::ScalerCommand`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum ScalerProposal {
-    /// Launch one worker; `token` is the EC2 idempotency token.
-    LaunchRequested { token: String },
+    /// Launch one worker; `token` is the provider's idempotency key.
+    LaunchRequested { token: String, why: String },
     /// The launch with `token` produced `instance_id`.
     InstanceSeen { token: String, instance_id: String },
     /// Terminate `instance_id`.
     TerminationRequested { instance_id: String },
+    /// The launch with `token` failed.
+    LaunchFailed { token: String, why: String },
+    /// Begin scaling `worker` in.
+    ScaleIn { worker: WorkerId, why: String },
+    /// Stop scaling `worker` in.
+    Resume { worker: WorkerId, why: String },
+    /// The leader held back.
+    Held { why: String },
+}
+
+impl ScalerProposal {
+    /// The command, decided at `at_ms`.
+    fn stamp(self, at_ms: u64) -> ScalerCommand {
+        match self {
+            ScalerProposal::LaunchRequested { token, why } => ScalerCommand::LaunchRequested { token, at_ms, why },
+            ScalerProposal::InstanceSeen { token, instance_id } => {
+                ScalerCommand::InstanceSeen { token, instance_id, at_ms }
+            }
+            ScalerProposal::TerminationRequested { instance_id } => {
+                ScalerCommand::TerminationRequested { instance_id, at_ms }
+            }
+            ScalerProposal::LaunchFailed { token, why } => ScalerCommand::LaunchFailed { token, at_ms, why },
+            ScalerProposal::ScaleIn { worker, why } => ScalerCommand::ScaleIn { worker, at_ms, why },
+            ScalerProposal::Resume { worker, why } => ScalerCommand::Resume { worker, at_ms, why },
+            ScalerProposal::Held { why } => ScalerCommand::Held { at_ms, why },
+        }
+    }
 }
 
 /// A [`Command`] before the leader gives it times: see the module documentation.
@@ -39,8 +67,8 @@ pub enum ScalerProposal {
 pub enum Proposal {
     /// Add jobs (a batch, so concurrent enqueues can share one entry).
     Enqueue { jobs: Vec<JobRequest> },
-    /// Hand up to `max_jobs` waiting jobs to `worker` for `lease_ms`.
-    Lease { worker: WorkerId, max_jobs: u32, lease_ms: u64 },
+    /// Hand up to `max_jobs` waiting jobs (within `budget`, if given) to `worker` for `lease_ms`.
+    Lease { worker: WorkerId, max_jobs: u32, lease_ms: u64, budget: Option<LeaseBudget> },
     /// `worker` is alive and running the jobs it lists: extend those leases by `lease_ms` and
     /// record their checkpoints and its hash rate.
     Heartbeat { worker: WorkerId, lease_ms: u64, checkpoints: Vec<Checkpoint>, hashes_per_s: u64 },
@@ -51,7 +79,13 @@ pub enum Proposal {
     /// Requeue every lease whose deadline has passed.
     ExpireLeases,
     /// Add a worker to the registry.
-    RegisterWorker { name: String, cores: u32, instance_id: Option<String> },
+    RegisterWorker {
+        name: String,
+        cores: u32,
+        instance_id: Option<String>,
+        witness: bool,
+        launch_token: Option<String>,
+    },
     /// Change a worker's state.
     UpdateWorker { worker: WorkerId, state: WorkerState },
     /// Remove a worker; its leases are requeued. `last_seen_ms`, when given, is the last time
@@ -66,7 +100,6 @@ pub enum Proposal {
 impl Proposal {
     /// The command to append, with `now_ms` (the leader's clock) as its time.
     pub fn stamp(self, now_ms: u64) -> Command {
-        use super::ScalerCommand;
         let until = |lease_ms: u64| now_ms.saturating_add(lease_ms);
         match self {
             Proposal::Enqueue { jobs } => Command::Enqueue {
@@ -80,8 +113,8 @@ impl Proposal {
                     })
                     .collect(),
             },
-            Proposal::Lease { worker, max_jobs, lease_ms } => {
-                Command::Lease { worker, max_jobs, now_ms, deadline_ms: until(lease_ms) }
+            Proposal::Lease { worker, max_jobs, lease_ms, budget } => {
+                Command::Lease { worker, max_jobs, now_ms, deadline_ms: until(lease_ms), budget }
             }
             Proposal::Heartbeat { worker, lease_ms, checkpoints, hashes_per_s } => {
                 Command::Heartbeat { worker, now_ms, deadline_ms: until(lease_ms), checkpoints, hashes_per_s }
@@ -89,21 +122,13 @@ impl Proposal {
             Proposal::Complete { worker, results } => Command::Complete { worker, now_ms, results },
             Proposal::Release { worker, checkpoints } => Command::Release { worker, checkpoints },
             Proposal::ExpireLeases => Command::ExpireLeases { now_ms },
-            Proposal::RegisterWorker { name, cores, instance_id } => {
-                Command::RegisterWorker { name, cores, instance_id, now_ms }
+            Proposal::RegisterWorker { name, cores, instance_id, witness, launch_token } => {
+                Command::RegisterWorker { name, cores, instance_id, now_ms, witness, launch_token }
             }
             Proposal::UpdateWorker { worker, state } => Command::UpdateWorker { worker, state, now_ms },
             Proposal::RemoveWorker { worker, last_seen_ms } => Command::RemoveWorker { worker, last_seen_ms },
             Proposal::SetLimits(limits) => Command::SetLimits(limits),
-            Proposal::Scaler(decision) => Command::Scaler(match decision {
-                ScalerProposal::LaunchRequested { token } => ScalerCommand::LaunchRequested { token, at_ms: now_ms },
-                ScalerProposal::InstanceSeen { token, instance_id } => {
-                    ScalerCommand::InstanceSeen { token, instance_id, at_ms: now_ms }
-                }
-                ScalerProposal::TerminationRequested { instance_id } => {
-                    ScalerCommand::TerminationRequested { instance_id, at_ms: now_ms }
-                }
-            }),
+            Proposal::Scaler(decision) => Command::Scaler(decision.stamp(now_ms)),
         }
     }
 
@@ -134,8 +159,8 @@ mod tests {
             }
         );
         assert_eq!(
-            stamped(Proposal::Lease { worker: 2, max_jobs: 3, lease_ms: 3_000 }),
-            Command::Lease { worker: 2, max_jobs: 3, now_ms: NOW, deadline_ms: NOW + 3_000 }
+            stamped(Proposal::Lease { worker: 2, max_jobs: 3, lease_ms: 3_000, budget: None }),
+            Command::Lease { worker: 2, max_jobs: 3, now_ms: NOW, deadline_ms: NOW + 3_000, budget: None }
         );
         assert_eq!(
             stamped(Proposal::Heartbeat { worker: 2, lease_ms: 3_000, checkpoints: vec![], hashes_per_s: 9 }),
@@ -148,18 +173,35 @@ mod tests {
             }
         );
         assert_eq!(
-            stamped(Proposal::Lease { worker: 2, max_jobs: 1, lease_ms: u64::MAX }),
-            Command::Lease { worker: 2, max_jobs: 1, now_ms: NOW, deadline_ms: u64::MAX },
+            stamped(Proposal::Lease { worker: 2, max_jobs: 1, lease_ms: u64::MAX, budget: None }),
+            Command::Lease { worker: 2, max_jobs: 1, now_ms: NOW, deadline_ms: u64::MAX, budget: None },
             "a deadline saturates, never wraps"
         );
         assert_eq!(stamped(Proposal::ExpireLeases), Command::ExpireLeases { now_ms: NOW });
         assert_eq!(
-            stamped(Proposal::RegisterWorker { name: "w".into(), cores: 2, instance_id: None }),
-            Command::RegisterWorker { name: "w".into(), cores: 2, instance_id: None, now_ms: NOW }
+            stamped(Proposal::RegisterWorker {
+                name: "w".into(),
+                cores: 2,
+                instance_id: None,
+                witness: true,
+                launch_token: Some("t".into())
+            }),
+            Command::RegisterWorker {
+                name: "w".into(),
+                cores: 2,
+                instance_id: None,
+                now_ms: NOW,
+                witness: true,
+                launch_token: Some("t".into())
+            }
         );
         assert_eq!(
-            stamped(Proposal::Scaler(ScalerProposal::LaunchRequested { token: "t".into() })),
-            Command::Scaler(super::super::ScalerCommand::LaunchRequested { token: "t".into(), at_ms: NOW })
+            stamped(Proposal::Scaler(ScalerProposal::LaunchRequested { token: "t".into(), why: "w".into() })),
+            Command::Scaler(super::super::ScalerCommand::LaunchRequested {
+                token: "t".into(),
+                at_ms: NOW,
+                why: "w".into()
+            })
         );
     }
 }

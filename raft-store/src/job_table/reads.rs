@@ -71,6 +71,16 @@ impl JobTable {
             .collect()
     }
 
+    /// Whether a lease within `budget` would hand out at least one job now.
+    pub fn lease_would_grant(&self, budget: Option<LeaseBudget>) -> bool {
+        let next = self.requeued.first_key_value().map(|(_, job)| job).or(self.queue.front());
+        match (next, budget) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(job), Some(budget)) => budget.free_cores > 0 || job.iterations - job.done <= budget.iterations,
+        }
+    }
+
     /// Whether any lease has reached its deadline at `now_ms`.
     pub fn any_lease_expired(&self, now_ms: u64) -> bool {
         self.leases.values().any(|lease| lease.deadline_ms <= now_ms)
@@ -208,6 +218,15 @@ impl JobTable {
         }
         if let Some(id) = self.idempotency_requests.keys().find(|id| !self.idempotency_by_job.contains_key(id)) {
             return Err(format!("job {id} has a request fingerprint but no idempotency key"));
+        }
+        for id in &self.scaler.scaling_in {
+            match self.workers.get(id) {
+                Some(worker) if worker.state == WorkerState::Draining => {}
+                _ => return Err(format!("worker {id} is being scaled in but is not a draining worker")),
+            }
+        }
+        if self.scaler.records.len() > SCALER_RECORDS_KEPT {
+            return Err("more scaler records kept than the limit".into());
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! What the table holds, and what its readers get: jobs in each place, workers, the
 //! autoscaler's decisions, totals, pages of completions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use wire::Digest;
@@ -82,24 +82,83 @@ pub struct Worker {
     /// Its hash rate (chain steps per second) as of its last heartbeat.
     #[serde(default)]
     pub hashes_per_s: u64,
+    /// The witness's worker (the autoscaler never scales it in).
+    #[serde(default)]
+    pub witness: bool,
+    /// The last time it was seen holding a lease (ms); it has been idle since then if it holds
+    /// none now.
+    #[serde(default)]
+    pub last_busy_ms: u64,
 }
 
-/// One launch the autoscaler decided on.
+/// A launch the autoscaler committed that has not registered as a worker yet.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Launch {
     /// When the launch was decided (ms).
     pub requested_at_ms: u64,
-    /// The instance it produced, once seen.
+    /// The instance it produced, once the provider said so.
     pub instance_id: Option<String>,
 }
 
-/// The autoscaler's committed decisions.
+/// One autoscaler decision, as `/cluster` shows it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ScalerRecord {
+    /// When it was committed (ms).
+    pub at_ms: u64,
+    /// What was done: "launch", "launch failed", "scale in", "resume", "terminate", "held".
+    pub action: String,
+    /// The worker, instance or launch token it concerns, if any.
+    pub subject: Option<String>,
+    /// Why, in a sentence.
+    pub why: String,
+}
+
+/// How many autoscaler decisions the table keeps.
+pub const SCALER_RECORDS_KEPT: usize = 50;
+
+/// The autoscaler's committed state: what it decided, and what it must remember between its
+/// decisions (the policy itself keeps nothing).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScalerState {
-    /// Launches by idempotency token.
+    /// Launches in flight (committed, not yet registered nor failed), by idempotency token.
     pub launches: BTreeMap<String, Launch>,
-    /// Terminations requested, by instance id, with when (ms).
+    /// Terminations requested and not yet finished, by instance id, with when (ms).
     pub terminations: BTreeMap<String, u64>,
+    /// Instances the autoscaler launched and has not terminated: only these it may scale in.
+    #[serde(default)]
+    pub managed_instances: BTreeSet<String>,
+    /// Workers being scaled in (draining, to be terminated once they hold nothing).
+    #[serde(default)]
+    pub scaling_in: BTreeSet<WorkerId>,
+    /// Launches failed since the last one that registered.
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// When the last of them failed (ms).
+    #[serde(default)]
+    pub last_failure_ms: Option<u64>,
+    /// The last scale-out (launch or resume) (ms).
+    #[serde(default)]
+    pub last_scale_out_ms: Option<u64>,
+    /// Launch to registration, a moving average over the launches seen (ms).
+    #[serde(default)]
+    pub boot_ms: Option<u64>,
+    /// The last [`SCALER_RECORDS_KEPT`] decisions, oldest first.
+    #[serde(default)]
+    pub records: VecDeque<ScalerRecord>,
+    /// Running totals of launches, launch failures and terminations.
+    #[serde(default)]
+    pub totals: ScalerTotals,
+}
+
+/// Running totals of the autoscaler's actions.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScalerTotals {
+    /// Launches committed.
+    pub launches: u64,
+    /// Launches that failed or never registered.
+    pub launch_failures: u64,
+    /// Terminations committed.
+    pub terminations: u64,
 }
 
 /// One page of completions (see [`JobTable::completed_page`]).

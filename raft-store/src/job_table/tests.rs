@@ -9,7 +9,15 @@ fn job(iterations: u64, at: u64, key: Option<&str>) -> NewJob {
 }
 
 fn register(table: &mut JobTable, name: &str) -> WorkerId {
-    match table.apply(&Command::RegisterWorker { name: name.into(), cores: 2, instance_id: None, now_ms: 0 }) {
+    let register = Command::RegisterWorker {
+        name: name.into(),
+        cores: 2,
+        instance_id: None,
+        now_ms: 0,
+        witness: false,
+        launch_token: None,
+    };
+    match table.apply(&register) {
         CommandResponse::WorkerRegistered(id) => id,
         other => panic!("unexpected {other:?}"),
     }
@@ -27,7 +35,9 @@ fn table_with_five_completions_three_kept() -> JobTable {
     let mut table = JobTable::new(Limits { completed_retention: 3, ..Limits::default() });
     let worker = register(&mut table, "w");
     table.apply(&Command::Enqueue { jobs: (1..=5).map(|at| job(1, at, None)).collect() });
-    for id in leased_ids(table.apply(&Command::Lease { worker, max_jobs: 5, now_ms: 10, deadline_ms: 99 })) {
+    for id in
+        leased_ids(table.apply(&Command::Lease { worker, max_jobs: 5, now_ms: 10, deadline_ms: 99, budget: None }))
+    {
         let results = vec![JobResult { job: id, result: Digest([7; 64]) }];
         table.apply(&Command::Complete { worker, now_ms: 11, results });
     }
@@ -78,7 +88,7 @@ fn a_lease_expires_at_its_deadline() {
     let mut table = JobTable::default();
     let worker = register(&mut table, "w");
     table.apply(&Command::Enqueue { jobs: vec![job(1, 1, None)] });
-    table.apply(&Command::Lease { worker, max_jobs: 1, now_ms: 10, deadline_ms: 20 });
+    table.apply(&Command::Lease { worker, max_jobs: 1, now_ms: 10, deadline_ms: 20, budget: None });
     assert!(!table.any_lease_expired(19));
     assert!(table.any_lease_expired(20));
 }
@@ -127,7 +137,7 @@ fn lease_expire_and_resume_from_checkpoint() {
     table.apply(&Command::Enqueue { jobs: vec![job(100, 1, None), job(100, 2, None)] });
     let w = register(&mut table, "w1");
     assert_eq!(
-        leased_ids(table.apply(&Command::Lease { worker: w, max_jobs: 1, now_ms: 10, deadline_ms: 20 })),
+        leased_ids(table.apply(&Command::Lease { worker: w, max_jobs: 1, now_ms: 10, deadline_ms: 20, budget: None })),
         vec![1]
     );
     let checkpoint = Checkpoint { job: 1, done: 40, digest: Digest([9; 64]) };
@@ -144,7 +154,7 @@ fn lease_expire_and_resume_from_checkpoint() {
     table.check_invariants().expect("invariants");
     // The requeued job (older) comes before job 2, and resumes from the checkpoint.
     let w2 = register(&mut table, "w2");
-    match table.apply(&Command::Lease { worker: w2, max_jobs: 4, now_ms: 30, deadline_ms: 40 }) {
+    match table.apply(&Command::Lease { worker: w2, max_jobs: 4, now_ms: 30, deadline_ms: 40, budget: None }) {
         CommandResponse::Leased(jobs) => {
             assert_eq!(jobs.len(), 2);
             assert_eq!(jobs[0], LeasedJob { job: 1, iterations: 100, done: 40, digest: Digest([9; 64]) });
@@ -161,7 +171,7 @@ fn heartbeats_extend_only_the_leases_the_worker_reports() {
     let mut table = JobTable::default();
     table.apply(&Command::Enqueue { jobs: vec![job(10, 1, None), job(10, 2, None)] });
     let w = register(&mut table, "w");
-    leased_ids(table.apply(&Command::Lease { worker: w, max_jobs: 2, now_ms: 0, deadline_ms: 10 }));
+    leased_ids(table.apply(&Command::Lease { worker: w, max_jobs: 2, now_ms: 0, deadline_ms: 10, budget: None }));
     // The worker only learned of job 1 (the answer for job 2 was lost, say).
     table.apply(&Command::Heartbeat {
         worker: w,
@@ -181,9 +191,9 @@ fn completion_is_idempotent_and_late_results_are_harmless() {
     table.apply(&Command::Enqueue { jobs: vec![job(1, 1, None)] });
     let w1 = register(&mut table, "w1");
     let w2 = register(&mut table, "w2");
-    leased_ids(table.apply(&Command::Lease { worker: w1, max_jobs: 1, now_ms: 0, deadline_ms: 5 }));
+    leased_ids(table.apply(&Command::Lease { worker: w1, max_jobs: 1, now_ms: 0, deadline_ms: 5, budget: None }));
     table.apply(&Command::ExpireLeases { now_ms: 5 });
-    leased_ids(table.apply(&Command::Lease { worker: w2, max_jobs: 1, now_ms: 6, deadline_ms: 50 }));
+    leased_ids(table.apply(&Command::Lease { worker: w2, max_jobs: 1, now_ms: 6, deadline_ms: 50, budget: None }));
     let result = JobResult { job: 1, result: Digest([4; 64]) };
     // The expired holder's late result is recorded; the current holder's is a no-op.
     let first = table.apply(&Command::Complete { worker: w1, now_ms: 7, results: vec![result] });
@@ -220,7 +230,7 @@ fn retention_drops_oldest_results_and_their_keys() {
     let mut table = JobTable::new(Limits { completed_retention: 2, ..Limits::default() });
     table.apply(&Command::Enqueue { jobs: vec![job(1, 1, Some("k1")), job(1, 2, Some("k2")), job(1, 3, Some("k3"))] });
     let w = register(&mut table, "w");
-    leased_ids(table.apply(&Command::Lease { worker: w, max_jobs: 3, now_ms: 0, deadline_ms: 9 }));
+    leased_ids(table.apply(&Command::Lease { worker: w, max_jobs: 3, now_ms: 0, deadline_ms: 9, budget: None }));
     let results = (1..=3).map(|job| JobResult { job, result: Digest([job as u8; 64]) }).collect();
     table.apply(&Command::Complete { worker: w, now_ms: 1, results });
     assert_eq!(table.latest_completed(10).map(|j| j.id).collect::<Vec<_>>(), vec![3, 2]);
@@ -238,10 +248,10 @@ fn draining_worker_gets_no_leases_and_release_requeues_checkpoints() {
     let mut table = JobTable::default();
     table.apply(&Command::Enqueue { jobs: vec![job(10, 1, None), job(10, 2, None)] });
     let w = register(&mut table, "w");
-    leased_ids(table.apply(&Command::Lease { worker: w, max_jobs: 2, now_ms: 0, deadline_ms: 9 }));
+    leased_ids(table.apply(&Command::Lease { worker: w, max_jobs: 2, now_ms: 0, deadline_ms: 9, budget: None }));
     table.apply(&Command::UpdateWorker { worker: w, state: WorkerState::Draining, now_ms: 1 });
     assert_eq!(
-        table.apply(&Command::Lease { worker: w, max_jobs: 1, now_ms: 2, deadline_ms: 9 }),
+        table.apply(&Command::Lease { worker: w, max_jobs: 1, now_ms: 2, deadline_ms: 9, budget: None }),
         CommandResponse::Rejected(Rejection::WorkerDraining)
     );
     let released = table.apply(&Command::Release {
@@ -267,7 +277,7 @@ fn unknown_worker_is_rejected_without_change() {
     table.apply(&Command::Enqueue { jobs: vec![job(1, 1, None)] });
     let before = table.clone();
     for command in [
-        Command::Lease { worker: 9, max_jobs: 1, now_ms: 0, deadline_ms: 1 },
+        Command::Lease { worker: 9, max_jobs: 1, now_ms: 0, deadline_ms: 1, budget: None },
         Command::Heartbeat { worker: 9, now_ms: 0, deadline_ms: 1, checkpoints: vec![], hashes_per_s: 0 },
         Command::UpdateWorker { worker: 9, state: WorkerState::Draining, now_ms: 0 },
         Command::RemoveWorker { worker: 9, last_seen_ms: None },
@@ -284,7 +294,7 @@ fn a_removal_for_silence_is_a_no_op_once_the_worker_was_heard_from_since() {
     let mut table = JobTable::default();
     table.apply(&Command::Enqueue { jobs: vec![job(1, 5, None)] });
     let w = register(&mut table, "w");
-    leased_ids(table.apply(&Command::Lease { worker: w, max_jobs: 1, now_ms: 100, deadline_ms: 200 }));
+    leased_ids(table.apply(&Command::Lease { worker: w, max_jobs: 1, now_ms: 100, deadline_ms: 200, budget: None }));
     // The stale leader last saw it at 100; the new leader applied a heartbeat at 150.
     table.apply(&Command::Heartbeat { worker: w, now_ms: 150, deadline_ms: 300, checkpoints: vec![], hashes_per_s: 1 });
     let before = table.clone();
@@ -312,9 +322,11 @@ fn a_termination_of_a_busy_worker_s_instance_is_refused() {
         cores: 1,
         instance_id: Some("i-1".into()),
         now_ms: 0,
+        witness: false,
+        launch_token: None,
     });
     let CommandResponse::WorkerRegistered(w) = registered else { panic!("{registered:?}") };
-    leased_ids(table.apply(&Command::Lease { worker: w, max_jobs: 1, now_ms: 0, deadline_ms: 9 }));
+    leased_ids(table.apply(&Command::Lease { worker: w, max_jobs: 1, now_ms: 0, deadline_ms: 9, budget: None }));
     let terminate = Command::Scaler(ScalerCommand::TerminationRequested { instance_id: "i-1".into(), at_ms: 5 });
     let before = table.clone();
     assert_eq!(table.apply(&terminate), CommandResponse::Rejected(Rejection::WorkerBusy));
@@ -326,4 +338,147 @@ fn a_termination_of_a_busy_worker_s_instance_is_refused() {
     });
     assert_eq!(table.apply(&terminate), CommandResponse::Done);
     assert_eq!(table.scaler().terminations.get("i-1"), Some(&5));
+}
+
+fn scaler(table: &mut JobTable, decision: ScalerCommand) -> CommandResponse {
+    table.apply(&Command::Scaler(decision))
+}
+
+/// A launch from decision to registration to scale-in and termination, as the observation the
+/// policy decides from shows it at each step.
+#[test]
+fn a_launch_is_in_flight_until_its_worker_registers_and_only_then_can_be_scaled_in() {
+    use wire::scaler::Standing;
+    let mut table = JobTable::default();
+    let why = || "test".to_owned();
+    assert_eq!(
+        scaler(&mut table, ScalerCommand::LaunchRequested { token: "t1".into(), at_ms: 1_000, why: why() }),
+        CommandResponse::Done
+    );
+    let seen = table.scaler_observation(2_000);
+    assert_eq!(seen.launches_in_flight.len(), 1);
+    assert_eq!(seen.last_scale_out_ms, Some(1_000));
+    scaler(&mut table, ScalerCommand::InstanceSeen { token: "t1".into(), instance_id: "i-1".into(), at_ms: 1_500 });
+    let registered = table.apply(&Command::RegisterWorker {
+        name: "w".into(),
+        cores: 2,
+        instance_id: Some("i-1".into()),
+        now_ms: 41_000,
+        witness: false,
+        launch_token: Some("t1".into()),
+    });
+    let CommandResponse::WorkerRegistered(w) = registered else { panic!("{registered:?}") };
+    let seen = table.scaler_observation(50_000);
+    assert!(seen.launches_in_flight.is_empty());
+    assert_eq!(seen.boot_ms, Some(40_000), "launch to registration");
+    let worker = &seen.workers[0];
+    assert!(worker.managed && !worker.witness);
+    assert_eq!((worker.standing, worker.idle_since_ms), (Standing::Active, Some(41_000)));
+    // A give-up decided before it registered is stale now.
+    let before = table.clone();
+    assert_eq!(
+        scaler(&mut table, ScalerCommand::LaunchFailed { token: "t1".into(), at_ms: 60_000, why: why() }),
+        CommandResponse::Rejected(Rejection::StaleDecision)
+    );
+    assert_eq!(table, before);
+
+    // Busy, it cannot be scaled in; once idle again it can, and it drains.
+    table.apply(&Command::Enqueue { jobs: vec![job(5, 1, None)] });
+    leased_ids(table.apply(&Command::Lease {
+        worker: w,
+        max_jobs: 1,
+        now_ms: 60_000,
+        deadline_ms: 90_000,
+        budget: None,
+    }));
+    assert_eq!(table.scaler_observation(60_000).workers[0].idle_since_ms, None);
+    assert_eq!(
+        scaler(&mut table, ScalerCommand::ScaleIn { worker: w, at_ms: 61_000, why: why() }),
+        CommandResponse::Rejected(Rejection::StaleDecision)
+    );
+    table.apply(&Command::Complete {
+        worker: w,
+        now_ms: 62_000,
+        results: vec![JobResult { job: 1, result: Digest([9; 64]) }],
+    });
+    assert_eq!(table.scaler_observation(70_000).workers[0].idle_since_ms, Some(62_000));
+    assert_eq!(
+        scaler(&mut table, ScalerCommand::ScaleIn { worker: w, at_ms: 200_000, why: why() }),
+        CommandResponse::Done
+    );
+    assert_eq!(table.workers()[&w].state, WorkerState::Draining);
+    assert_eq!(table.scaler_observation(200_000).workers[0].standing, Standing::ScalingIn);
+    assert_eq!(
+        scaler(&mut table, ScalerCommand::TerminationRequested { instance_id: "i-1".into(), at_ms: 201_000 }),
+        CommandResponse::Done
+    );
+    assert!(!table.scaler().managed_instances.contains("i-1"));
+    table.apply(&Command::RemoveWorker { worker: w, last_seen_ms: None });
+    let state = table.scaler();
+    assert!(state.scaling_in.is_empty() && state.terminations.is_empty());
+    assert_eq!((state.totals.launches, state.totals.terminations, state.totals.launch_failures), (1, 1, 0));
+    let actions: Vec<&str> = state.records.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(actions, ["launch", "scale in", "terminate"]);
+    table.check_invariants().expect("invariants");
+}
+
+#[test]
+fn failures_count_until_a_launch_registers_and_records_are_bounded_and_not_repeated() {
+    let mut table = JobTable::default();
+    for (i, at) in [(1, 10), (2, 20)] {
+        let token = format!("t{i}");
+        scaler(&mut table, ScalerCommand::LaunchRequested { token: token.clone(), at_ms: at, why: "w".into() });
+        scaler(&mut table, ScalerCommand::LaunchFailed { token, at_ms: at + 5, why: "no capacity".into() });
+    }
+    let seen = table.scaler_observation(100);
+    assert_eq!((seen.consecutive_failures, seen.last_failure_ms), (2, Some(25)));
+    scaler(&mut table, ScalerCommand::LaunchRequested { token: "t3".into(), at_ms: 30, why: "w".into() });
+    table.apply(&Command::RegisterWorker {
+        name: "w".into(),
+        cores: 2,
+        instance_id: None,
+        now_ms: 40,
+        witness: false,
+        launch_token: Some("t3".into()),
+    });
+    assert_eq!(table.scaler_observation(100).consecutive_failures, 0);
+    for _ in 0..3 {
+        scaler(&mut table, ScalerCommand::Held { at_ms: 50, why: "at the maximum".into() });
+    }
+    assert_eq!(
+        table.scaler().records.iter().filter(|r| r.action == "held").count(),
+        1,
+        "a repeated hold is one record"
+    );
+    for i in 0..100 {
+        scaler(&mut table, ScalerCommand::Held { at_ms: 60 + i, why: format!("reason {}", i % 2) });
+    }
+    assert_eq!(table.scaler().records.len(), SCALER_RECORDS_KEPT);
+    assert_eq!(table.scaler().records.back().map(|r| r.why.as_str()), Some("reason 1"));
+    table.check_invariants().expect("invariants");
+}
+
+/// A lease by work: one job per free core whatever its size, then waiting jobs only while they
+/// fit in the worker's budget. The long job behind stays queued for a core elsewhere.
+#[test]
+fn a_lease_by_work_takes_one_job_per_free_core_then_only_what_fits_the_budget() {
+    let mut table = JobTable::default();
+    // Jobs 1-2 long (1,000 iterations), 3-5 short (10), 6 long again.
+    let sizes = [1_000, 1_000, 10, 10, 10, 1_000];
+    table.apply(&Command::Enqueue { jobs: sizes.iter().map(|n| job(*n, 1, None)).collect() });
+    let w = register(&mut table, "w");
+    let lease = |table: &mut JobTable, free_cores, iterations| {
+        let budget = Some(LeaseBudget { free_cores, iterations });
+        leased_ids(table.apply(&Command::Lease { worker: w, max_jobs: 64, now_ms: 0, deadline_ms: 9, budget }))
+    };
+    assert!(table.lease_would_grant(Some(LeaseBudget { free_cores: 1, iterations: 0 })));
+    assert!(!table.lease_would_grant(Some(LeaseBudget { free_cores: 0, iterations: 998 })));
+    assert_eq!(lease(&mut table, 0, 998), Vec::<JobId>::new(), "no free core, and job 1 needs 999 more");
+    assert_eq!(lease(&mut table, 1, 0), vec![1], "one free core: one job, however long");
+    assert_eq!(lease(&mut table, 1, 1_000), vec![2], "the budget is spent on the long job's core");
+    assert_eq!(lease(&mut table, 0, 20), vec![3, 4], "short jobs while they fit (9 iterations each)");
+    assert_eq!(lease(&mut table, 0, 100), vec![5], "never the long job 6 behind them");
+    assert_eq!(table.queued_len(), 1);
+    assert_eq!(table.queued_iterations(), 999);
+    table.check_invariants().expect("invariants");
 }

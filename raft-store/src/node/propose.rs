@@ -87,11 +87,21 @@ impl Node {
     /// [`Proposal::RemoveWorker`]) and by Raft itself (an entry appended in a term that lost its
     /// quorum is never committed).
     pub async fn propose_as_leader(&self, term: u64, proposal: Proposal) -> Result<CommandResponse, ProposeError> {
-        let now = *self.parts.leadership.borrow();
-        if !now.is_self || now.term != term {
-            return Err(ProposeError::NotLeader { leader: now.leader });
+        let deadline = tokio::time::Instant::now() + self.parts.config.request_timeout;
+        loop {
+            let now = *self.parts.leadership.borrow();
+            if !now.is_self || now.term != term {
+                return Err(ProposeError::NotLeader { leader: now.leader });
+            }
+            match self.propose_local(proposal.clone()).await {
+                // Just elected, the core may not take writes yet: wait while this node still
+                // leads in `term`, as `propose` waits out an election.
+                Err(ProposeError::NotLeader { .. }) if tokio::time::Instant::now() + RETRY_PAUSE < deadline => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                other => return other,
+            }
         }
-        self.propose_local(proposal).await
     }
 
     /// Commit `proposal` through whichever node leads, and return its response.

@@ -1,0 +1,323 @@
+//! Worker processes on this host: the embedded default's "machines".
+//!
+//! Each launch is a `worker` process with a record in a directory both coordinators share
+//! (`<dir>/<token>.json`, written before the process answers): the record makes a launch
+//! idempotent per token, and lets a coordinator that becomes leader find, adopt or stop the
+//! workers its predecessor started. A record whose process is gone is dropped when listed. The
+//! pid in a record is trusted only while that process's command line names the record's
+//! instance id, so a reused pid is never signalled.
+//!
+//! Workers outlive the coordinator that started them (a new leader adopts them, as it would
+//! EC2 instances), and are started with `--give-up-after-ms`: a worker that can reach no
+//! coordinator for that long exits, so none runs on forever once its cluster is gone.
+//! [`LocalProcesses::stop_all`] stops every recorded worker (for `deploy local` on exit).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use super::{Instance, Provider, ProviderError, ProviderErrorKind};
+
+/// How long a worker may take to hand its jobs back and exit after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A worker the provider started, as recorded on disk.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+struct Record {
+    token: String,
+    instance_id: String,
+    pid: u32,
+    launched_at_ms: u64,
+}
+
+/// Starts worker processes on this host.
+#[derive(Debug)]
+pub struct LocalProcesses {
+    worker_binary: PathBuf,
+    args: Vec<String>,
+    dir: PathBuf,
+    cluster_secret: Option<String>,
+    give_up_after: Duration,
+    /// Children this process started, to reap them.
+    children: Mutex<HashMap<String, Child>>,
+}
+
+impl LocalProcesses {
+    /// Start `worker_binary` with `args` (its coordinators, cores, ...) for each launch, keeping
+    /// records and logs in `dir`, giving each worker `cluster_secret` in its environment.
+    pub fn new(
+        worker_binary: PathBuf,
+        args: Vec<String>,
+        dir: PathBuf,
+        cluster_secret: Option<String>,
+        give_up_after: Duration,
+    ) -> Result<Self, ProviderError> {
+        if !worker_binary.is_file() {
+            return Err(ProviderError::new(
+                ProviderErrorKind::Configuration,
+                format!("no worker binary at {}", worker_binary.display()),
+            ));
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+        Ok(LocalProcesses { worker_binary, args, dir, cluster_secret, give_up_after, children: Mutex::default() })
+    }
+
+    /// The instance id of the worker launched under `token`.
+    pub fn instance_id(token: &str) -> String {
+        format!("local-{token}")
+    }
+
+    /// Stop every worker recorded in `dir` (SIGTERM, then SIGKILL after a grace period), and
+    /// drop the records. For `deploy local` when it stops the cluster.
+    pub fn stop_all(dir: &Path, grace: Duration) {
+        let records = read_records(dir);
+        for record in &records {
+            if is_running(record) {
+                let _ = kill(Pid::from_raw(record.pid as i32), Signal::SIGTERM);
+            }
+        }
+        let deadline = std::time::Instant::now() + grace;
+        for record in &records {
+            while is_running(record) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if is_running(record) {
+                let _ = kill(Pid::from_raw(record.pid as i32), Signal::SIGKILL);
+            }
+            let _ = std::fs::remove_file(record_path(dir, &record.token));
+        }
+    }
+
+    fn spawn(&self, token: &str) -> Result<Record, ProviderError> {
+        let instance_id = LocalProcesses::instance_id(token);
+        let log_path = self.dir.join(format!("{token}.log"));
+        let log = std::fs::File::create(&log_path).map_err(|e| io_error(&log_path, e))?;
+        let stderr = log.try_clone().map_err(|e| io_error(&log_path, e))?;
+        let mut command = Command::new(&self.worker_binary);
+        command
+            .args(&self.args)
+            .args(["--launch-token", token, "--instance-id", &instance_id, "--name", &instance_id])
+            .args(["--give-up-after-ms", &self.give_up_after.as_millis().to_string()])
+            // Only what a worker needs: the coordinator's admin token must not reach it.
+            .env_clear()
+            .envs(std::env::vars().filter(|(name, _)| name == "PATH" || name == "RUST_LOG"))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr);
+        if let Some(secret) = &self.cluster_secret {
+            command.env(crate::local::SECRET_ENV, secret);
+        }
+        let child = command.spawn().map_err(|e| {
+            ProviderError::new(
+                ProviderErrorKind::Configuration,
+                format!("starting {}: {e}", self.worker_binary.display()),
+            )
+        })?;
+        let record = Record { token: token.to_owned(), instance_id, pid: child.id(), launched_at_ms: wire::now_ms() };
+        self.children.lock().expect("children lock").insert(token.to_owned(), child);
+        write_record(&self.dir, &record)?;
+        Ok(record)
+    }
+
+    /// Reap children that have exited, so that none stays a zombie.
+    fn reap(&self) {
+        self.children.lock().expect("children lock").retain(|_, child| matches!(child.try_wait(), Ok(None)));
+    }
+}
+
+impl Provider for LocalProcesses {
+    async fn launch(&self, token: &str) -> Result<Instance, ProviderError> {
+        self.reap();
+        let existing = read_record(&self.dir, token);
+        let record = match existing {
+            Some(record) if is_running(&record) => record,
+            _ => self.spawn(token)?,
+        };
+        Ok(record.into())
+    }
+
+    async fn terminate(&self, instance_id: &str) -> Result<(), ProviderError> {
+        let Some(record) = read_records(&self.dir).into_iter().find(|r| r.instance_id == instance_id) else {
+            return Ok(());
+        };
+        if is_running(&record) {
+            let _ = kill(Pid::from_raw(record.pid as i32), Signal::SIGTERM);
+            let deadline = tokio::time::Instant::now() + STOP_GRACE;
+            while is_running(&record) && tokio::time::Instant::now() < deadline {
+                self.reap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if is_running(&record) {
+                let _ = kill(Pid::from_raw(record.pid as i32), Signal::SIGKILL);
+            }
+        }
+        self.reap();
+        let path = record_path(&self.dir, &record.token);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(&path, e)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<Instance>, ProviderError> {
+        self.reap();
+        let mut live = Vec::new();
+        for record in read_records(&self.dir) {
+            if is_running(&record) {
+                live.push(record.into());
+            } else {
+                let _ = std::fs::remove_file(record_path(&self.dir, &record.token));
+            }
+        }
+        Ok(live)
+    }
+}
+
+impl From<Record> for Instance {
+    fn from(record: Record) -> Self {
+        Instance {
+            instance_id: record.instance_id,
+            token: Some(record.token),
+            launched_at_ms: Some(record.launched_at_ms),
+        }
+    }
+}
+
+/// Whether the record's process runs: its pid is alive, not a zombie, and its command line
+/// names the record's instance id (a reused pid does not).
+fn is_running(record: &Record) -> bool {
+    // A process in the middle of its exec (just spawned) shows an empty command line for a
+    // moment, as a zombie does: look again, unless it is a zombie.
+    for _ in 0..50 {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{}/cmdline", record.pid)) else {
+            return false;
+        };
+        if !cmdline.is_empty() {
+            return cmdline.split(|b| *b == 0).any(|arg| arg == record.instance_id.as_bytes());
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", record.pid)).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+        if matches!(state, None | Some('Z') | Some('X')) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
+}
+
+fn record_path(dir: &Path, token: &str) -> PathBuf {
+    dir.join(format!("{token}.json"))
+}
+
+fn read_record(dir: &Path, token: &str) -> Option<Record> {
+    let bytes = std::fs::read(record_path(dir, token)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn read_records(dir: &Path) -> Vec<Record> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut records: Vec<Record> = entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().extension().is_some_and(|e| e == "json"))
+        .filter_map(|entry| serde_json::from_slice(&std::fs::read(entry.path()).ok()?).ok())
+        .collect();
+    records.sort_by(|a, b| a.token.cmp(&b.token));
+    records
+}
+
+/// Write a record whole or not at all (a reader never sees half of one).
+fn write_record(dir: &Path, record: &Record) -> Result<(), ProviderError> {
+    let path = record_path(dir, &record.token);
+    let partial = dir.join(format!(".{}.json.partial", record.token));
+    let bytes = serde_json::to_vec(record).map_err(|e| ProviderError::new(ProviderErrorKind::Other, e.to_string()))?;
+    std::fs::write(&partial, bytes).map_err(|e| io_error(&partial, e))?;
+    std::fs::rename(&partial, &path).map_err(|e| io_error(&path, e))
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> ProviderError {
+    ProviderError::new(ProviderErrorKind::Other, format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in worker: a shell that idles until SIGTERM, with the arguments a worker would
+    /// get (its command line then names the instance id, as a real worker's does).
+    fn provider(dir: &Path) -> LocalProcesses {
+        LocalProcesses::new(
+            PathBuf::from("/bin/sh"),
+            vec!["-c".into(), "trap 'exit 0' TERM; while :; do sleep 0.1; done".into()],
+            dir.join("launched"),
+            Some("s3cret".into()),
+            Duration::from_secs(60),
+        )
+        .expect("provider")
+    }
+
+    #[tokio::test]
+    async fn a_token_launches_once_and_a_new_provider_on_the_same_directory_adopts_it() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let first = provider(dir.path());
+        let launched = first.launch("t1").await.expect("launch");
+        assert_eq!(launched.instance_id, "local-t1");
+        assert_eq!(first.launch("t1").await.expect("again"), launched, "one token, one worker");
+        // The next leader's provider lists it, and launching the token again returns it.
+        let next = provider(dir.path());
+        assert_eq!(next.list().await.expect("list"), vec![launched.clone()]);
+        assert_eq!(next.launch("t1").await.expect("adopt"), launched);
+        next.terminate("local-t1").await.expect("terminate");
+        assert_eq!(next.list().await.expect("list"), vec![]);
+        next.terminate("local-t1").await.expect("terminating twice succeeds");
+        first.reap();
+    }
+
+    #[tokio::test]
+    async fn a_record_whose_process_died_or_whose_pid_was_reused_is_not_listed() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let provider = provider(dir.path());
+        let launched = provider.launch("t2").await.expect("launch");
+        let record = read_record(&provider.dir, "t2").expect("record");
+        kill(Pid::from_raw(record.pid as i32), Signal::SIGKILL).expect("kill");
+        provider.children.lock().expect("lock").get_mut("t2").expect("child").wait().expect("wait");
+        assert_eq!(provider.list().await.expect("list"), vec![], "{launched:?} died");
+        // This test's own pid runs, but its command line does not name the instance.
+        let impostor =
+            Record { token: "t3".into(), instance_id: "local-t3".into(), pid: std::process::id(), launched_at_ms: 0 };
+        write_record(&provider.dir, &impostor).expect("write");
+        assert_eq!(provider.list().await.expect("list"), vec![]);
+        assert!(read_record(&provider.dir, "t3").is_none(), "the stale record is dropped");
+    }
+
+    #[tokio::test]
+    async fn stop_all_stops_every_recorded_worker() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let provider = provider(dir.path());
+        provider.launch("a").await.expect("launch");
+        provider.launch("b").await.expect("launch");
+        let records = read_records(&provider.dir);
+        assert_eq!(records.len(), 2);
+        LocalProcesses::stop_all(&provider.dir, Duration::from_secs(5));
+        provider.reap();
+        assert!(records.iter().all(|r| !is_running(r)));
+        assert!(read_records(&provider.dir).is_empty());
+    }
+
+    #[test]
+    fn a_missing_worker_binary_is_a_configuration_error() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let error = LocalProcesses::new(dir.path().join("nope"), vec![], dir.path().into(), None, Duration::ZERO)
+            .expect_err("no binary");
+        assert_eq!(error.kind, ProviderErrorKind::Configuration);
+    }
+}

@@ -1,0 +1,72 @@
+//! Where workers come from: the machines the leader's autoscaler launches and terminates.
+//!
+//! One trait, [`Provider`], over two kinds of machine: worker processes on this host
+//! ([`local::LocalProcesses`], the embedded default) and EC2 instances (`ec2`, feature `aws`).
+//! The autoscaler commits each launch with an idempotency token before it calls
+//! [`Provider::launch`], and a provider must honour the token: launching twice with one token
+//! starts one machine. [`Provider::list`] shows every machine of this cluster, whoever
+//! launched it, so that a new leader can adopt what its predecessor started and terminate
+//! what nobody committed.
+
+use std::future::Future;
+
+#[cfg(feature = "aws")]
+pub mod ec2;
+pub mod local;
+
+/// One machine a provider launched for this cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    /// The provider's id for it (an EC2 instance id; `local-<token>` for a local process).
+    pub instance_id: String,
+    /// The idempotency token it was launched with.
+    pub token: Option<String>,
+    /// When it was launched (ms since the Unix epoch), if the provider knows.
+    pub launched_at_ms: Option<u64>,
+}
+
+/// What kind of failure a provider reports: the autoscaler backs off on each, and an operator
+/// needs to tell them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderErrorKind {
+    /// No capacity for this instance type or zone right now (`InsufficientInstanceCapacity`).
+    Capacity,
+    /// An account limit (`VcpuLimitExceeded`, `InstanceLimitExceeded`): needs an operator.
+    Quota,
+    /// The API asked to slow down (`RequestLimitExceeded`).
+    Throttled,
+    /// The provider's configuration is wrong (an unknown AMI, a missing binary): needs an
+    /// operator.
+    Configuration,
+    /// Anything else (a network error, an unexpected answer).
+    Other,
+}
+
+/// Why a provider call failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct ProviderError {
+    /// What kind of failure.
+    pub kind: ProviderErrorKind,
+    /// What the provider said.
+    pub message: String,
+}
+
+impl ProviderError {
+    /// A failure of `kind` saying `message`.
+    pub fn new(kind: ProviderErrorKind, message: impl Into<String>) -> Self {
+        ProviderError { kind, message: message.into() }
+    }
+}
+
+/// Launches, lists and terminates this cluster's worker machines.
+pub trait Provider: Send + Sync + 'static {
+    /// Launch one worker machine under `token`, or return the one already launched under it.
+    fn launch(&self, token: &str) -> impl Future<Output = Result<Instance, ProviderError>> + Send;
+
+    /// Terminate `instance_id`; terminating one already gone succeeds.
+    fn terminate(&self, instance_id: &str) -> impl Future<Output = Result<(), ProviderError>> + Send;
+
+    /// Every live machine of this cluster, whoever launched it.
+    fn list(&self) -> impl Future<Output = Result<Vec<Instance>, ProviderError>> + Send;
+}
