@@ -1,0 +1,230 @@
+//! Workers as EC2 instances (feature `aws`).
+//!
+//! - [`launch`]: what a worker launch is (tags, user-data, metadata options), pure, shared with
+//!   `deploy aws`.
+//! - [`client`]: the few EC2 calls made, behind [`Ec2Client`], over the SDK or a test's fake.
+//! - [`Ec2Options`]: the flags, validated into a [`WorkerLaunch`].
+//! - [`Ec2Provider`]: the [`Provider`] over them.
+//!
+//! Every instance is tagged at launch with its cluster, its role and its launch token. The token
+//! is also the `ClientToken`, so EC2 itself answers a retried launch with the first one's
+//! instance; and a launch first looks for an instance tagged with its token, so a leader that
+//! takes over a launch its predecessor made finds that instance even where `ClientToken` does not
+//! reach (an emulator, an expired token). The provider lists and terminates only instances tagged
+//! as this cluster's workers: a wrong instance id cannot end another cluster's machines, nor
+//! this cluster's coordinators.
+//!
+//! Credentials come only from the standard AWS chain; the region from `--ec2-region` or the
+//! chain. Nothing the provider writes holds an AWS key: see [`launch::refuse_aws_keys`].
+
+pub mod client;
+pub mod launch;
+mod options;
+
+#[cfg(test)]
+mod fake_client;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_ec2::config::Region;
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+
+pub use client::{Ec2CallError, Ec2Client, SdkEc2Client};
+pub use launch::WorkerLaunch;
+pub use options::Ec2Options;
+
+use self::client::{DescribeFilter, InstanceDescription};
+use self::launch::{CLUSTER_TAG, LAUNCH_TOKEN_TAG, ROLE_TAG, WORKER_ROLE};
+use super::{Instance, Provider, ProviderError, ProviderErrorKind};
+
+/// Instance states the provider lists: every one but `shutting-down` and `terminated`.
+const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
+/// `DescribeInstances` pages read before giving up on a listing (at EC2's default of 1000
+/// instances a page, far past any cluster).
+const MAX_PAGES: usize = 100;
+/// One attempt of one call: EC2 answers in seconds, and a launch must not hang for half an hour.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+/// One call, with the SDK's retries.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Launches, lists and terminates this cluster's workers as EC2 instances.
+#[derive(Debug)]
+pub struct Ec2Provider<C = SdkEc2Client> {
+    launch: WorkerLaunch,
+    client: C,
+}
+
+impl Ec2Provider<SdkEc2Client> {
+    /// The provider configured by `options`, with credentials from the standard AWS chain.
+    /// `cluster_secret` goes to every worker (in a root-only file on the instance).
+    pub async fn new(options: &Ec2Options, cluster_secret: Option<String>) -> Result<Self, ProviderError> {
+        let aws_secret = std::env::var("AWS_SECRET_ACCESS_KEY").ok().filter(|key| !key.is_empty());
+        let launch = options.worker_launch(cluster_secret, aws_secret)?;
+        let https =
+            aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(CryptoMode::Ring)).build_https();
+        let timeouts =
+            TimeoutConfig::builder().operation_attempt_timeout(ATTEMPT_TIMEOUT).operation_timeout(CALL_TIMEOUT).build();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(https).timeout_config(timeouts);
+        if let Some(region) = &options.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(url) = &options.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        let config = loader.load().await;
+        if config.region().is_none() {
+            return Err(ProviderError::new(
+                ProviderErrorKind::Configuration,
+                "the EC2 provider needs a region: --ec2-region (TANDEM_EC2_REGION), AWS_REGION or a profile's",
+            ));
+        }
+        Ok(Ec2Provider::with_client(launch, SdkEc2Client::new(aws_sdk_ec2::Client::new(&config))))
+    }
+}
+
+impl<C: Ec2Client> Ec2Provider<C> {
+    /// Launches `launch` through `client`.
+    pub fn with_client(launch: WorkerLaunch, client: C) -> Self {
+        Ec2Provider { launch, client }
+    }
+
+    /// What a launch is, for this provider.
+    pub fn worker_launch(&self) -> &WorkerLaunch {
+        &self.launch
+    }
+
+    /// The client it calls.
+    pub fn client(&self) -> &C {
+        &self.client
+    }
+
+    /// Filters matching this cluster's live workers.
+    fn cluster_filters(&self) -> Vec<DescribeFilter> {
+        vec![
+            DescribeFilter::new(format!("tag:{CLUSTER_TAG}"), [self.launch.cluster_name.as_str()]),
+            DescribeFilter::new(format!("tag:{ROLE_TAG}"), [WORKER_ROLE]),
+            DescribeFilter::new("instance-state-name", LIVE_STATES),
+        ]
+    }
+
+    /// Filters matching this cluster's live worker launched under `token`.
+    fn token_filters(&self, token: &str) -> Vec<DescribeFilter> {
+        let mut filters = self.cluster_filters();
+        filters.push(DescribeFilter::new(format!("tag:{LAUNCH_TOKEN_TAG}"), [token]));
+        filters
+    }
+
+    /// Every instance matching `filters`, over all pages.
+    async fn describe_all(&self, filters: &[DescribeFilter]) -> Result<Vec<InstanceDescription>, ProviderError> {
+        let mut instances = Vec::new();
+        let mut next_token: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let page = self.client.describe_instances(filters, next_token.as_deref()).await.map_err(provider_error)?;
+            instances.extend(page.instances);
+            match page.next_token {
+                Some(token) => next_token = Some(token),
+                None => return Ok(instances),
+            }
+        }
+        Err(ProviderError::new(ProviderErrorKind::Other, format!("DescribeInstances gave more than {MAX_PAGES} pages")))
+    }
+
+    /// This cluster's live workers, as EC2 describes them.
+    async fn live_workers(&self) -> Result<Vec<InstanceDescription>, ProviderError> {
+        let mut found = self.describe_all(&self.cluster_filters()).await?;
+        // The filters say so already; an emulator may not honour them all.
+        found.retain(|instance| !instance.is_ending() && self.launch.is_own_worker(&instance.tags));
+        Ok(found)
+    }
+
+    fn instance(&self, description: InstanceDescription, token: Option<&str>) -> Instance {
+        Instance {
+            token: description.tag(LAUNCH_TOKEN_TAG).or(token).map(str::to_owned),
+            launched_at_ms: description.launched_at_ms,
+            instance_id: description.instance_id,
+        }
+    }
+}
+
+impl<C: Ec2Client> Provider for Ec2Provider<C> {
+    async fn launch(&self, token: &str) -> Result<Instance, ProviderError> {
+        let request = self.launch.request(token)?;
+        let mut by_token = self.describe_all(&self.token_filters(token)).await?;
+        by_token.retain(|instance| !instance.is_ending() && self.launch.is_own_worker(&instance.tags));
+        if let Some(found) = by_token.into_iter().next() {
+            tracing::info!(token, instance_id = %found.instance_id, "launch already made: adopting its instance");
+            return Ok(self.instance(found, Some(token)));
+        }
+        let started = self.client.run_instances(&request).await.map_err(provider_error)?;
+        let Some(first) = started.into_iter().next() else {
+            // With MinCount=1 EC2 says why it cannot start one; an answer with none is a shortfall
+            // it did not explain, and the autoscaler backs off as for one it did.
+            return Err(ProviderError::new(
+                ProviderErrorKind::Capacity,
+                format!("RunInstances started no instance for launch {token} (partial fulfilment)"),
+            ));
+        };
+        tracing::info!(token, instance_id = %first.instance_id, "launched a worker instance");
+        Ok(self.instance(first, Some(token)))
+    }
+
+    async fn terminate(&self, instance_id: &str) -> Result<(), ProviderError> {
+        let found = self.describe_all(&[DescribeFilter::new("instance-id", [instance_id])]).await?;
+        let Some(instance) = found.into_iter().find(|instance| instance.instance_id == instance_id) else {
+            return Ok(()); // unknown: gone long ago
+        };
+        if instance.state.as_deref() == Some("terminated") {
+            return Ok(());
+        }
+        if !self.launch.is_own_worker(&instance.tags) {
+            return Err(ProviderError::new(
+                ProviderErrorKind::Configuration,
+                format!(
+                    "refusing to terminate {instance_id}: it is not tagged {CLUSTER_TAG}={} and {ROLE_TAG}={WORKER_ROLE}",
+                    self.launch.cluster_name
+                ),
+            ));
+        }
+        match self.client.terminate_instances(&[instance_id.to_owned()]).await {
+            Ok(()) => Ok(()),
+            Err(error) if error.code.as_deref() == Some("InvalidInstanceID.NotFound") => Ok(()),
+            Err(error) => Err(provider_error(error)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<Instance>, ProviderError> {
+        let mut instances: Vec<Instance> =
+            self.live_workers().await?.into_iter().map(|instance| self.instance(instance, None)).collect();
+        instances.sort_by(|a, b| (a.launched_at_ms, &a.instance_id).cmp(&(b.launched_at_ms, &b.instance_id)));
+        Ok(instances)
+    }
+}
+
+/// What kind of failure an EC2 error code is.
+pub fn classify(code: Option<&str>) -> ProviderErrorKind {
+    let Some(code) = code else {
+        return ProviderErrorKind::Other;
+    };
+    match code {
+        "VcpuLimitExceeded" | "InstanceLimitExceeded" | "MaxSpotInstanceCountExceeded" => ProviderErrorKind::Quota,
+        "RequestLimitExceeded" | "Throttling" | "ThrottlingException" => ProviderErrorKind::Throttled,
+        "InvalidParameterValue"
+        | "InvalidParameterCombination"
+        | "UnauthorizedOperation"
+        | "AuthFailure"
+        | "OptInRequired" => ProviderErrorKind::Configuration,
+        _ if code.starts_with("Insufficient") && code.ends_with("Capacity") => ProviderErrorKind::Capacity,
+        _ if ["InvalidAMIID.", "InvalidSubnetID.", "InvalidGroup."].iter().any(|prefix| code.starts_with(prefix)) => {
+            ProviderErrorKind::Configuration
+        }
+        _ => ProviderErrorKind::Other,
+    }
+}
+
+fn provider_error(error: Ec2CallError) -> ProviderError {
+    ProviderError::new(classify(error.code.as_deref()), error.message)
+}

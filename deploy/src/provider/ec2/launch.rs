@@ -1,0 +1,659 @@
+//! What a worker launch is: the tags, the user-data script and the instance options of one EC2
+//! worker, written once for the leader's provider and for `deploy aws`.
+//!
+//! Pure: [`WorkerLaunch::request`] turns the cluster's settings and a launch token into a
+//! [`LaunchRequest`], checked and rendered, that a client turns into `RunInstances`. Nothing here
+//! talks to EC2, so all of it is unit-tested without a network.
+//!
+//! Every value that reaches the user-data script is checked against a character set that needs
+//! no quoting in the shell or in a systemd environment file, and the rendered script is refused
+//! if it holds anything that looks like an AWS access key: user-data is readable by anyone who
+//! can call `DescribeInstanceAttribute`, and by every process on the instance through the
+//! metadata service. The cluster secret does travel in it (the worker needs it, and the instance
+//! runs nothing but the worker); on the instance it lands in a root-only file.
+
+use super::super::{ProviderError, ProviderErrorKind};
+
+/// The tag naming the cluster an instance belongs to.
+pub const CLUSTER_TAG: &str = "tandem:cluster";
+/// The tag naming what an instance is in its cluster ([`WORKER_ROLE`] for the workers this
+/// launches).
+pub const ROLE_TAG: &str = "tandem:role";
+/// The tag holding the autoscaler's launch token, by which a new leader finds a launch its
+/// predecessor made.
+pub const LAUNCH_TOKEN_TAG: &str = "tandem:launch-token";
+/// The [`ROLE_TAG`] value of a worker.
+pub const WORKER_ROLE: &str = "worker";
+/// Where the worker binary is on the AMI, unless configured otherwise.
+pub const DEFAULT_WORKER_BINARY: &str = "/opt/tandem/bin/worker";
+/// The longest launch token EC2 takes as a `ClientToken`.
+pub const MAX_TOKEN_LEN: usize = 64;
+
+/// Where the instance holds the worker's environment, the cluster secret among it: root only.
+const ENV_FILE: &str = "/etc/tandem/worker.env";
+/// Where a downloaded worker binary is installed.
+const DOWNLOADED_BINARY: &str = "/opt/tandem/bin/worker";
+/// A configured secret access key shorter than this is a test dummy (real ones are 40
+/// characters), and looking for it would refuse innocent scripts.
+const MIN_SECRET_KEY_LEN: usize = 16;
+
+/// Where the worker binary comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WorkerBinary {
+    /// An absolute path on the AMI.
+    Path(String),
+    /// An `http://` or `https://` URL the instance downloads it from at boot.
+    Url(String),
+}
+
+impl WorkerBinary {
+    /// A URL if `value` starts with `http://` or `https://`, else a path.
+    pub fn parse(value: &str) -> Self {
+        if value.starts_with("http://") || value.starts_with("https://") {
+            WorkerBinary::Url(value.to_owned())
+        } else {
+            WorkerBinary::Path(value.to_owned())
+        }
+    }
+}
+
+/// The IAM instance profile a worker runs with, by name or by ARN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InstanceProfile {
+    /// The profile's name.
+    Name(String),
+    /// The profile's ARN.
+    Arn(String),
+}
+
+impl InstanceProfile {
+    /// An ARN if `value` starts with `arn:`, else a name.
+    pub fn parse(value: &str) -> Self {
+        if value.starts_with("arn:") {
+            InstanceProfile::Arn(value.to_owned())
+        } else {
+            InstanceProfile::Name(value.to_owned())
+        }
+    }
+}
+
+/// The instance metadata service settings of a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetadataOptions {
+    /// IMDSv2 only (`HttpTokens=required`): a request forwarded by a confused process cannot
+    /// read the metadata without a session token.
+    pub tokens_required: bool,
+    /// The service answers at all (`HttpEndpoint=enabled`): the user-data script reads the
+    /// instance id from it.
+    pub endpoint_enabled: bool,
+}
+
+/// Every worker's metadata options.
+pub const WORKER_METADATA: MetadataOptions = MetadataOptions { tokens_required: true, endpoint_enabled: true };
+
+/// The cluster's settings for its workers: everything a launch needs but the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WorkerLaunch {
+    /// The cluster's name, in every instance's [`CLUSTER_TAG`].
+    pub cluster_name: String,
+    /// The AMI.
+    pub image_id: String,
+    /// The instance type (`c7i.large`).
+    pub instance_type: String,
+    /// The subnet (unset: the default VPC's default subnet in some zone).
+    pub subnet_id: Option<String>,
+    /// Security groups (empty: the VPC's default group).
+    pub security_group_ids: Vec<String>,
+    /// The instance profile (unset: none; the worker itself calls no AWS API).
+    pub instance_profile: Option<InstanceProfile>,
+    /// The coordinators' base URLs, as the workers reach them.
+    pub coordinators: Vec<String>,
+    /// Where the worker binary comes from.
+    pub worker_binary: WorkerBinary,
+    /// A worker that reaches no coordinator for this long exits. An instance lives as long as its
+    /// worker (it powers off when the worker exits, and so terminates): one orphaned with its
+    /// cluster costs minutes, not days.
+    pub give_up_after_ms: u64,
+    /// The cluster secret the workers present to the coordinators.
+    pub cluster_secret: Option<String>,
+    /// The secret access key of the credentials this process runs with, if it knows it: a
+    /// script holding it is refused.
+    pub aws_secret_access_key: Option<String>,
+}
+
+impl std::fmt::Debug for WorkerLaunch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerLaunch")
+            .field("cluster_name", &self.cluster_name)
+            .field("image_id", &self.image_id)
+            .field("instance_type", &self.instance_type)
+            .field("subnet_id", &self.subnet_id)
+            .field("security_group_ids", &self.security_group_ids)
+            .field("instance_profile", &self.instance_profile)
+            .field("coordinators", &self.coordinators)
+            .field("worker_binary", &self.worker_binary)
+            .field("give_up_after_ms", &self.give_up_after_ms)
+            .field("cluster_secret", &self.cluster_secret.as_ref().map(|_| "<redacted>"))
+            .field("aws_secret_access_key", &self.aws_secret_access_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// One worker launch, ready for `RunInstances`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LaunchRequest {
+    /// The launch token, as `ClientToken`: EC2 answers a retried request with the instance the
+    /// first one started.
+    pub client_token: String,
+    /// The AMI.
+    pub image_id: String,
+    /// The instance type.
+    pub instance_type: String,
+    /// The subnet, if configured.
+    pub subnet_id: Option<String>,
+    /// The security groups, if any.
+    pub security_group_ids: Vec<String>,
+    /// The instance profile, if any.
+    pub instance_profile: Option<InstanceProfile>,
+    /// The user-data script, in plain text ([`LaunchRequest::user_data_base64`] for the API).
+    pub user_data: String,
+    /// The instance's tags, set at launch (`TagSpecifications`), never after: a crash between a
+    /// launch and a later tagging would leave an instance nobody finds.
+    pub tags: Vec<(String, String)>,
+    /// The metadata service settings.
+    pub metadata: MetadataOptions,
+    /// `InstanceInitiatedShutdownBehavior=terminate`: a worker that powers its instance off
+    /// ends it.
+    pub terminate_on_shutdown: bool,
+}
+
+impl std::fmt::Debug for LaunchRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaunchRequest")
+            .field("client_token", &self.client_token)
+            .field("image_id", &self.image_id)
+            .field("instance_type", &self.instance_type)
+            .field("subnet_id", &self.subnet_id)
+            .field("security_group_ids", &self.security_group_ids)
+            .field("instance_profile", &self.instance_profile)
+            .field("user_data", &format_args!("<{} bytes>", self.user_data.len()))
+            .field("tags", &self.tags)
+            .field("metadata", &self.metadata)
+            .field("terminate_on_shutdown", &self.terminate_on_shutdown)
+            .finish()
+    }
+}
+
+impl LaunchRequest {
+    /// The user-data, base64-encoded as `RunInstances` takes it.
+    pub fn user_data_base64(&self) -> String {
+        aws_smithy_types::base64::encode(self.user_data.as_bytes())
+    }
+}
+
+impl WorkerLaunch {
+    /// The launch of one worker under `token`: checked, tagged and rendered. Fails with
+    /// [`ProviderErrorKind::Configuration`] if a setting or the token cannot be used, or if the
+    /// script would hold an AWS key.
+    pub fn request(&self, token: &str) -> Result<LaunchRequest, ProviderError> {
+        self.validate()?;
+        check_token(token)?;
+        let user_data = self.render_user_data(token);
+        refuse_aws_keys(&user_data, self.aws_secret_access_key.as_deref())?;
+        Ok(LaunchRequest {
+            client_token: token.to_owned(),
+            image_id: self.image_id.clone(),
+            instance_type: self.instance_type.clone(),
+            subnet_id: self.subnet_id.clone(),
+            security_group_ids: self.security_group_ids.clone(),
+            instance_profile: self.instance_profile.clone(),
+            user_data,
+            tags: self.tags(token),
+            metadata: WORKER_METADATA,
+            terminate_on_shutdown: true,
+        })
+    }
+
+    /// The tags of the worker launched under `token`.
+    pub fn tags(&self, token: &str) -> Vec<(String, String)> {
+        vec![
+            ("Name".to_owned(), format!("tandem-{}-worker", self.cluster_name)),
+            (CLUSTER_TAG.to_owned(), self.cluster_name.clone()),
+            (ROLE_TAG.to_owned(), WORKER_ROLE.to_owned()),
+            (LAUNCH_TOKEN_TAG.to_owned(), token.to_owned()),
+        ]
+    }
+
+    /// Whether `tags` mark an instance as one of this cluster's workers: the only instances
+    /// the provider lists or terminates.
+    pub fn is_own_worker(&self, tags: &[(String, String)]) -> bool {
+        let has = |key: &str, value: &str| tags.iter().any(|(k, v)| k == key && v == value);
+        has(CLUSTER_TAG, &self.cluster_name) && has(ROLE_TAG, WORKER_ROLE)
+    }
+
+    /// Check every setting that reaches EC2 or the script.
+    pub fn validate(&self) -> Result<(), ProviderError> {
+        check_chars("the cluster name (--ec2-cluster-name)", &self.cluster_name, 64, |c| {
+            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+        })?;
+        for (what, value) in
+            [("the AMI (--ec2-ami)", &self.image_id), ("the instance type (--ec2-instance-type)", &self.instance_type)]
+        {
+            check_chars(what, value, 255, is_id_char)?;
+        }
+        if let Some(subnet) = &self.subnet_id {
+            check_chars("the subnet (--ec2-subnet)", subnet, 255, is_id_char)?;
+        }
+        for group in &self.security_group_ids {
+            check_chars("a security group (--ec2-security-group)", group, 255, is_id_char)?;
+        }
+        if self.coordinators.is_empty() {
+            return Err(configuration("the workers need the coordinators' URLs (--ec2-coordinators)"));
+        }
+        for url in &self.coordinators {
+            check_url("a coordinator URL (--ec2-coordinators)", url)?;
+        }
+        match &self.worker_binary {
+            WorkerBinary::Url(url) => check_url("the worker binary's URL (--ec2-worker-binary)", url)?,
+            WorkerBinary::Path(path) => {
+                check_chars("the worker binary's path (--ec2-worker-binary)", path, 1024, is_path_char)?;
+                if !path.starts_with('/') {
+                    return Err(configuration(format!(
+                        "the worker binary's path (--ec2-worker-binary) must be absolute, not {path:?}"
+                    )));
+                }
+            }
+        }
+        if let Some(secret) = &self.cluster_secret {
+            // Printable, and nothing the shell or a systemd environment file would interpret.
+            check_chars("the cluster secret (TANDEM_CLUSTER_SECRET)", secret, 1024, |c| {
+                c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '\\' | '$' | '`')
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The cloud-init script that starts the worker under systemd. Values are checked by
+    /// [`WorkerLaunch::validate`] and [`check_token`] before they get here.
+    fn render_user_data(&self, token: &str) -> String {
+        let cluster = &self.cluster_name;
+        let coordinators = self.coordinators.join(",");
+        let (fetch_binary, exec_start) = match &self.worker_binary {
+            WorkerBinary::Path(path) => (String::new(), path.as_str()),
+            WorkerBinary::Url(url) => (
+                format!(
+                    "# The worker binary, from {url}.\n\
+                     install -d -m 0755 /opt/tandem/bin\n\
+                     curl -fsS --retry 10 --retry-connrefused --retry-delay 3 -o {DOWNLOADED_BINARY}.download '{url}'\n\
+                     chmod 0755 {DOWNLOADED_BINARY}.download\n\
+                     mv {DOWNLOADED_BINARY}.download {DOWNLOADED_BINARY}\n\n"
+                ),
+                DOWNLOADED_BINARY,
+            ),
+        };
+        let secret_line = match &self.cluster_secret {
+            Some(secret) => format!("TANDEM_CLUSTER_SECRET={secret}\n"),
+            None => String::new(),
+        };
+        let give_up_after_ms = self.give_up_after_ms;
+        format!(
+            r#"#!/bin/bash
+# A Tandem worker of cluster {cluster}, launched under token {token}.
+# Rendered by deploy's WorkerLaunch. Never `set -x`: the cluster secret is below.
+set -euo pipefail
+umask 077
+
+# The instance id, from the metadata service (IMDSv2: a session token first).
+imds=http://169.254.169.254/latest
+imds_token=$(curl -fsS --retry 10 --retry-connrefused -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' "$imds/api/token")
+instance_id=$(curl -fsS --retry 10 --retry-connrefused -H "X-aws-ec2-metadata-token: $imds_token" "$imds/meta-data/instance-id")
+case "$instance_id" in
+  i-*) ;;
+  *) echo "tandem: no instance id from the metadata service" >&2; exit 1 ;;
+esac
+
+{fetch_binary}# The worker's environment, the cluster secret among it: root only (umask 077, and 0600).
+install -d -m 0700 /etc/tandem
+cat > {ENV_FILE} <<'TANDEM_ENV'
+TANDEM_COORDINATORS={coordinators}
+TANDEM_LAUNCH_TOKEN={token}
+TANDEM_GIVE_UP_AFTER_MS={give_up_after_ms}
+TANDEM_LOG_FORMAT=json
+{secret_line}TANDEM_ENV
+echo "TANDEM_INSTANCE_ID=$instance_id" >> {ENV_FILE}
+chmod 0600 {ENV_FILE}
+
+# systemd reads the environment file as root, then runs the worker as an unprivileged user.
+# The instance lives as long as its worker: when the worker exits (its cluster gone, a fault, a
+# stop) the instance powers off, the launch's shutdown behaviour terminates it, and the
+# autoscaler replaces it if the cluster still needs it.
+cat > /etc/systemd/system/tandem-worker.service <<'TANDEM_UNIT'
+[Unit]
+Description=Tandem worker ({cluster})
+Wants=network-online.target
+After=network-online.target
+SuccessAction=poweroff
+FailureAction=poweroff
+
+[Service]
+EnvironmentFile={ENV_FILE}
+ExecStart={exec_start}
+DynamicUser=yes
+NoNewPrivileges=yes
+Restart=no
+
+[Install]
+WantedBy=multi-user.target
+TANDEM_UNIT
+systemctl daemon-reload
+systemctl enable --now tandem-worker.service
+"#
+        )
+    }
+}
+
+/// Refuse a token EC2 cannot take as a `ClientToken` or the script cannot hold unquoted.
+fn check_token(token: &str) -> Result<(), ProviderError> {
+    check_chars("a launch token", token, MAX_TOKEN_LEN, |c| {
+        c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')
+    })
+}
+
+/// Refuse `user_data` if it holds an AWS access key id (`AKIA` or `ASIA` and 16 more upper-case
+/// letters or digits) or `secret_access_key`.
+pub fn refuse_aws_keys(user_data: &str, secret_access_key: Option<&str>) -> Result<(), ProviderError> {
+    if let Some(at) = find_access_key_id(user_data) {
+        let line = user_data[..at].matches('\n').count() + 1;
+        return Err(configuration(format!(
+            "refusing to launch: the user-data holds what looks like an AWS access key id (line {line})"
+        )));
+    }
+    if let Some(secret) = secret_access_key
+        && secret.len() >= MIN_SECRET_KEY_LEN
+        && user_data.contains(secret)
+    {
+        return Err(configuration("refusing to launch: the user-data holds this process's AWS secret access key"));
+    }
+    Ok(())
+}
+
+/// Where the first AWS access key id in `text` starts.
+pub fn find_access_key_id(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let key_char = |b: &u8| b.is_ascii_uppercase() || b.is_ascii_digit();
+    (0..bytes.len().saturating_sub(19)).find(|&at| {
+        let window = &bytes[at..at + 20];
+        (window.starts_with(b"AKIA") || window.starts_with(b"ASIA"))
+            && window[4..].iter().all(key_char)
+            // A longer run of key characters is something else (a hash, a longer id).
+            && !bytes.get(at + 20).is_some_and(key_char)
+            && !(at > 0 && key_char(&bytes[at - 1]))
+    })
+}
+
+/// Characters of EC2 resource ids and instance types (`ami-0abc`, `c7i.large`).
+fn is_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+/// Characters of a path the script may hold unquoted.
+fn is_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.' | '+')
+}
+
+/// Refuse `value` unless it is 1 to `max_len` characters, each `allowed`.
+fn check_chars(what: &str, value: &str, max_len: usize, allowed: impl Fn(char) -> bool) -> Result<(), ProviderError> {
+    if value.is_empty() {
+        return Err(configuration(format!("{what} must not be empty")));
+    }
+    if value.len() > max_len {
+        return Err(configuration(format!("{what} must be at most {max_len} characters")));
+    }
+    if let Some(bad) = value.chars().find(|&c| !allowed(c)) {
+        return Err(configuration(format!("{what} must not hold {bad:?}")));
+    }
+    Ok(())
+}
+
+/// Refuse a URL that is not `http(s)://` or that the script could not hold unquoted.
+fn check_url(what: &str, url: &str) -> Result<(), ProviderError> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(configuration(format!("{what} must start with http:// or https://, not {url:?}")));
+    }
+    check_chars(what, url, 2048, |c| {
+        c.is_ascii_alphanumeric()
+            || matches!(c, ':' | '/' | '.' | '-' | '_' | '~' | '%' | '[' | ']' | '@' | '?' | '=' | '&' | '+')
+    })
+}
+
+fn configuration(message: impl Into<String>) -> ProviderError {
+    ProviderError::new(ProviderErrorKind::Configuration, message)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A string shaped like an AWS access key id, put together at run time so that the source
+    /// holds nothing a secret scanner (or a reader) would take for a key.
+    pub(crate) fn key_shaped(prefix: &str, body: &str) -> String {
+        format!("{prefix}{body}")
+    }
+
+    /// A made-up secret access key (40 characters, the real ones' length), built at run time.
+    fn secret_shaped() -> String {
+        ["not", "a", "real", "secret", "access", "key", "for", "tests"].join("/") + "00000"
+    }
+
+    fn launch() -> WorkerLaunch {
+        WorkerLaunch {
+            cluster_name: "blue".into(),
+            image_id: "ami-0123456789abcdef0".into(),
+            instance_type: "c7i.large".into(),
+            subnet_id: Some("subnet-0abc".into()),
+            security_group_ids: vec!["sg-0abc".into()],
+            instance_profile: Some(InstanceProfile::Name("tandem-worker".into())),
+            coordinators: vec!["http://10.0.0.1:8080".into(), "http://10.0.0.2:8080".into()],
+            worker_binary: WorkerBinary::parse(DEFAULT_WORKER_BINARY),
+            give_up_after_ms: 900_000,
+            cluster_secret: Some("s3cret-of-the-cluster".into()),
+            aws_secret_access_key: None,
+        }
+    }
+
+    fn kind(result: Result<LaunchRequest, ProviderError>) -> Option<ProviderErrorKind> {
+        result.err().map(|e| e.kind)
+    }
+
+    #[test]
+    fn request_carries_the_settings_the_token_and_the_worker_options() {
+        let request = launch().request("t-42").expect("valid launch");
+        assert_eq!(request.client_token, "t-42");
+        assert_eq!(request.image_id, "ami-0123456789abcdef0");
+        assert_eq!(request.instance_type, "c7i.large");
+        assert_eq!(request.subnet_id.as_deref(), Some("subnet-0abc"));
+        assert_eq!(request.security_group_ids, vec!["sg-0abc".to_owned()]);
+        assert_eq!(request.instance_profile, Some(InstanceProfile::Name("tandem-worker".into())));
+        assert_eq!(request.metadata, MetadataOptions { tokens_required: true, endpoint_enabled: true });
+        assert!(request.terminate_on_shutdown);
+        let tag = |key: &str| request.tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        assert_eq!(tag(CLUSTER_TAG), Some("blue"));
+        assert_eq!(tag(ROLE_TAG), Some("worker"));
+        assert_eq!(tag(LAUNCH_TOKEN_TAG), Some("t-42"));
+        assert_eq!(tag("Name"), Some("tandem-blue-worker"));
+    }
+
+    #[test]
+    fn user_data_starts_the_worker_with_its_environment_in_a_root_only_file() {
+        let script = launch().request("t-42").expect("valid launch").user_data;
+        assert!(script.starts_with("#!/bin/bash\n"), "{script}");
+        let env_file_body = script.split("<<'TANDEM_ENV'\n").nth(1).and_then(|rest| rest.split("TANDEM_ENV\n").next());
+        assert_eq!(
+            env_file_body,
+            Some(
+                "TANDEM_COORDINATORS=http://10.0.0.1:8080,http://10.0.0.2:8080\nTANDEM_LAUNCH_TOKEN=t-42\n\
+                 TANDEM_GIVE_UP_AFTER_MS=900000\nTANDEM_LOG_FORMAT=json\nTANDEM_CLUSTER_SECRET=s3cret-of-the-cluster\n"
+            )
+        );
+        // The secret appears only in that file's body, written with umask 077 and then 0600.
+        assert_eq!(script.matches("s3cret-of-the-cluster").count(), 1);
+        assert!(script.find("umask 077") < script.find("cat > /etc/tandem/worker.env"));
+        assert!(script.contains("chmod 0600 /etc/tandem/worker.env"));
+        // IMDSv2: a token PUT, then the instance id with it.
+        assert!(script.contains("-X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' \"$imds/api/token\""));
+        assert!(script.contains("-H \"X-aws-ec2-metadata-token: $imds_token\" \"$imds/meta-data/instance-id\""));
+        assert!(script.contains("echo \"TANDEM_INSTANCE_ID=$instance_id\" >> /etc/tandem/worker.env"));
+        assert!(script.contains("ExecStart=/opt/tandem/bin/worker\n"));
+        assert!(script.contains("EnvironmentFile=/etc/tandem/worker.env\n"));
+        assert!(script.contains("systemctl enable --now tandem-worker.service"));
+        // Whichever way the worker exits, the instance powers off, and so terminates.
+        assert!(script.contains("SuccessAction=poweroff\nFailureAction=poweroff\n"));
+        assert!(script.contains("Restart=no\n"));
+        assert!(
+            !script.contains("curl -fsS --retry 10 --retry-connrefused --retry-delay 3 -o"),
+            "no download for a path"
+        );
+    }
+
+    #[test]
+    fn a_worker_binary_url_is_downloaded_at_boot() {
+        let mut settings = launch();
+        settings.worker_binary = WorkerBinary::parse("http://10.0.0.1:8080/bin/worker");
+        let script = settings.request("t").expect("valid launch").user_data;
+        assert!(script.contains("-o /opt/tandem/bin/worker.download 'http://10.0.0.1:8080/bin/worker'"));
+        assert!(script.contains("ExecStart=/opt/tandem/bin/worker\n"));
+    }
+
+    #[test]
+    fn no_cluster_secret_means_no_secret_line() {
+        let mut settings = launch();
+        settings.cluster_secret = None;
+        let script = settings.request("t").expect("valid launch").user_data;
+        assert!(!script.contains("TANDEM_CLUSTER_SECRET"));
+    }
+
+    #[test]
+    fn the_rendered_script_is_valid_bash() {
+        let Ok(bash) = which_bash() else { return };
+        let script = launch().request("t-1").expect("valid launch").user_data;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("user-data.sh");
+        std::fs::write(&path, &script).expect("write script");
+        let status = std::process::Command::new(bash).arg("-n").arg(&path).status().expect("run bash -n");
+        assert!(status.success(), "bash -n rejects the script:\n{script}");
+    }
+
+    fn which_bash() -> Result<&'static str, ()> {
+        ["/bin/bash", "/usr/bin/bash"].into_iter().find(|p| std::path::Path::new(p).exists()).ok_or(())
+    }
+
+    #[test]
+    fn user_data_base64_decodes_to_the_script() {
+        let request = launch().request("t").expect("valid launch");
+        let decoded = aws_smithy_types::base64::decode(request.user_data_base64()).expect("base64");
+        assert_eq!(String::from_utf8(decoded).expect("utf-8"), request.user_data);
+    }
+
+    #[test]
+    fn access_key_ids_are_found_and_lookalikes_are_not() {
+        let cases: &[(String, Option<usize>)] = &[
+            (key_shaped("AKIA", "TESTONLY0000000A"), Some(0)),
+            (format!("key={}\n", key_shaped("ASIA", "TESTONLY0000000B")), Some(4)),
+            (format!("x {} y", key_shaped("AKIA", "1234567890ABCDEF")), Some(2)),
+            (key_shaped("AKIA", "TESTONLY0000000"), None), // 15 after the prefix
+            (key_shaped("AKIA", "TESTONLY0000000AX"), None), // a longer run: not a key id
+            (key_shaped("XAKIA", "TESTONLY0000000A"), None), // inside a longer run
+            (key_shaped("AKIA", "testonly0000000a"), None), // lower case
+            (key_shaped("ABIA", "TESTONLY0000000A"), None), // another prefix
+            (String::new(), None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(find_access_key_id(text), *expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_script_holding_an_aws_key_is_refused() {
+        // Through the cluster secret, the one free-form value in the script.
+        let mut settings = launch();
+        let key_id = key_shaped("AKIA", "TESTONLY0000000A");
+        settings.cluster_secret = Some(key_id.clone());
+        let error = settings.request("t").expect_err("an access key id in user-data");
+        assert_eq!(error.kind, ProviderErrorKind::Configuration);
+        assert!(error.message.contains("access key id"), "{error}");
+        assert!(!error.message.contains(&key_id), "the error must not repeat the key: {error}");
+
+        // The secret access key this process runs with.
+        let secret_key = &secret_shaped();
+        let mut settings = launch();
+        settings.cluster_secret = Some(secret_key.replace('/', "-"));
+        settings.aws_secret_access_key = Some(secret_key.into());
+        assert!(settings.request("t").is_ok(), "a different secret is fine");
+        assert!(refuse_aws_keys(&format!("x={secret_key}"), Some(secret_key)).is_err());
+        // A short dummy key (moto's "testing") is not looked for: it would match innocent text.
+        assert!(refuse_aws_keys("# testing", Some("testing")).is_ok());
+    }
+
+    #[test]
+    fn settings_and_tokens_the_script_cannot_hold_are_refused() {
+        type Mutation = fn(&mut WorkerLaunch);
+        let mutations: [(&str, Mutation); 14] = [
+            ("empty cluster name", |l| l.cluster_name.clear()),
+            ("cluster name with a space", |l| l.cluster_name = "a b".into()),
+            ("cluster name too long", |l| l.cluster_name = "a".repeat(65)),
+            ("ami with a quote", |l| l.image_id = "ami-'x".into()),
+            ("no coordinators", |l| l.coordinators.clear()),
+            ("coordinator not a URL", |l| l.coordinators = vec!["10.0.0.1:8080".into()]),
+            ("coordinator with a newline", |l| l.coordinators = vec!["http://a\nb".into()]),
+            ("relative worker path", |l| l.worker_binary = WorkerBinary::parse("bin/worker")),
+            ("worker path with $", |l| l.worker_binary = WorkerBinary::parse("/opt/$HOME/worker")),
+            ("worker URL with a quote", |l| l.worker_binary = WorkerBinary::parse("http://a/'b")),
+            ("secret with a quote", |l| l.cluster_secret = Some("a'b".into())),
+            ("secret with a space", |l| l.cluster_secret = Some("a b".into())),
+            ("secret with a newline", |l| l.cluster_secret = Some("a\nTANDEM_X=1".into())),
+            ("subnet with a semicolon", |l| l.subnet_id = Some("subnet-1;rm".into())),
+        ];
+        for (name, mutate) in mutations {
+            let mut settings = launch();
+            mutate(&mut settings);
+            assert_eq!(kind(settings.request("t")), Some(ProviderErrorKind::Configuration), "{name}");
+        }
+        for token in ["", "a b", "t'1", "t\n", &"t".repeat(MAX_TOKEN_LEN + 1)] {
+            assert_eq!(kind(launch().request(token)), Some(ProviderErrorKind::Configuration), "token {token:?}");
+        }
+        assert!(launch().request(&"t".repeat(MAX_TOKEN_LEN)).is_ok());
+        assert!(launch().request("launch-7:abc_1.2").is_ok());
+    }
+
+    #[test]
+    fn own_workers_carry_the_cluster_and_the_worker_role() {
+        let settings = launch();
+        let tags =
+            |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        assert!(settings.is_own_worker(&settings.tags("t")));
+        assert!(!settings.is_own_worker(&tags(&[(CLUSTER_TAG, "green"), (ROLE_TAG, WORKER_ROLE)])));
+        assert!(!settings.is_own_worker(&tags(&[(CLUSTER_TAG, "blue"), (ROLE_TAG, "coordinator")])));
+        assert!(!settings.is_own_worker(&tags(&[(CLUSTER_TAG, "blue")])));
+        assert!(!settings.is_own_worker(&[]));
+    }
+
+    #[test]
+    fn debug_output_redacts_the_secrets() {
+        let mut settings = launch();
+        let secret_key = secret_shaped();
+        settings.aws_secret_access_key = Some(secret_key.clone());
+        let shown = format!("{settings:?} {:?}", settings.request("t").expect("valid launch"));
+        assert!(!shown.contains("s3cret-of-the-cluster") && !shown.contains(&secret_key), "{shown}");
+    }
+
+    #[test]
+    fn parsing_the_binary_and_the_profile() {
+        assert_eq!(WorkerBinary::parse("/opt/w"), WorkerBinary::Path("/opt/w".into()));
+        assert_eq!(WorkerBinary::parse("https://x/w"), WorkerBinary::Url("https://x/w".into()));
+        assert_eq!(InstanceProfile::parse("p"), InstanceProfile::Name("p".into()));
+        assert_eq!(
+            InstanceProfile::parse("arn:aws:iam::123456789012:instance-profile/p"),
+            InstanceProfile::Arn("arn:aws:iam::123456789012:instance-profile/p".into())
+        );
+    }
+}

@@ -1,0 +1,200 @@
+//! The provider against the fake EC2: what moto cannot show.
+
+use std::sync::Arc;
+
+use super::client::Ec2CallError;
+use super::fake_client::FakeEc2;
+use super::launch::{CLUSTER_TAG, DEFAULT_WORKER_BINARY, LAUNCH_TOKEN_TAG, ROLE_TAG, WorkerBinary};
+use super::*;
+
+fn worker_launch() -> WorkerLaunch {
+    WorkerLaunch {
+        cluster_name: "blue".into(),
+        image_id: "ami-1".into(),
+        instance_type: "c7i.large".into(),
+        subnet_id: Some("subnet-1".into()),
+        security_group_ids: vec!["sg-1".into()],
+        instance_profile: None,
+        coordinators: vec!["http://10.0.0.1:8080".into()],
+        worker_binary: WorkerBinary::parse(DEFAULT_WORKER_BINARY),
+        give_up_after_ms: 900_000,
+        cluster_secret: Some("secret".into()),
+        aws_secret_access_key: None,
+    }
+}
+
+fn provider() -> Ec2Provider<Arc<FakeEc2>> {
+    Ec2Provider::with_client(worker_launch(), Arc::default())
+}
+
+fn fake(provider: &Ec2Provider<Arc<FakeEc2>>) -> &FakeEc2 {
+    provider.client()
+}
+
+fn call_error(code: &str) -> Ec2CallError {
+    Ec2CallError { code: Some(code.into()), message: format!("{code}: said EC2") }
+}
+
+#[tokio::test]
+async fn a_launch_sends_the_worker_launch_with_the_token_as_client_token() {
+    let provider = provider();
+    let instance = provider.launch("t1").await.expect("launch");
+    assert_eq!(instance.token.as_deref(), Some("t1"));
+    assert!(instance.launched_at_ms.is_some());
+    let sent = fake(&provider).with(|s| s.run_requests.clone());
+    assert_eq!(sent, vec![worker_launch().request("t1").expect("valid launch")]);
+    assert_eq!(sent[0].client_token, "t1");
+}
+
+#[tokio::test]
+async fn a_retried_launch_returns_the_first_instance_by_client_token() {
+    // DescribeInstances does not show the new instance yet, so only ClientToken can tell: the
+    // case of a leader that retries right after a timeout.
+    let provider = provider();
+    fake(&provider).with(|s| s.describe_lags = true);
+    let first = provider.launch("t1").await.expect("launch");
+    let again = provider.launch("t1").await.expect("retried launch");
+    assert_eq!(first, again);
+    assert_eq!(fake(&provider).started(), 1, "one instance for one token");
+    assert_eq!(fake(&provider).with(|s| s.run_requests.len()), 2, "the retry reached RunInstances");
+    let other = provider.launch("t2").await.expect("another launch");
+    assert_ne!(other.instance_id, first.instance_id);
+    assert_eq!(fake(&provider).started(), 2);
+}
+
+#[tokio::test]
+async fn a_launch_adopts_the_instance_tagged_with_its_token() {
+    // A new leader repeating its predecessor's launch: found by tag, no RunInstances at all.
+    let first_leader = provider();
+    let first = first_leader.launch("t1").await.expect("launch");
+    let new_leader = Ec2Provider::with_client(worker_launch(), Arc::clone(first_leader.client()));
+    let again = new_leader.launch("t1").await.expect("launch again");
+    assert_eq!(again.instance_id, first.instance_id);
+    assert_eq!(fake(&new_leader).with(|s| s.run_requests.len()), 1, "only the first leader's RunInstances");
+}
+
+#[tokio::test]
+async fn a_launch_with_no_instance_started_is_an_error_not_a_panic() {
+    let provider = provider();
+    fake(&provider).with(|s| s.start_nothing = true);
+    let error = provider.launch("t1").await.expect_err("nothing started");
+    assert_eq!(error.kind, ProviderErrorKind::Capacity);
+    assert!(error.message.contains("partial fulfilment"), "{error}");
+    assert!(provider.list().await.expect("list").is_empty());
+}
+
+#[tokio::test]
+async fn launch_errors_keep_their_kind() {
+    let cases = [
+        ("InsufficientInstanceCapacity", ProviderErrorKind::Capacity),
+        ("VcpuLimitExceeded", ProviderErrorKind::Quota),
+        ("InstanceLimitExceeded", ProviderErrorKind::Quota),
+        ("MaxSpotInstanceCountExceeded", ProviderErrorKind::Quota),
+        ("RequestLimitExceeded", ProviderErrorKind::Throttled),
+        ("InvalidAMIID.NotFound", ProviderErrorKind::Configuration),
+        ("InvalidSubnetID.NotFound", ProviderErrorKind::Configuration),
+        ("InvalidGroup.NotFound", ProviderErrorKind::Configuration),
+        ("InvalidParameterValue", ProviderErrorKind::Configuration),
+        ("UnauthorizedOperation", ProviderErrorKind::Configuration),
+        ("InternalError", ProviderErrorKind::Other),
+    ];
+    for (code, kind) in cases {
+        let provider = provider();
+        fake(&provider).with(|s| s.run_errors.push_back(call_error(code)));
+        let error = provider.launch("t1").await.expect_err(code);
+        assert_eq!(error.kind, kind, "{code}");
+        assert!(error.message.contains(code), "{error}");
+        // The failed launch left nothing, and the next try goes through.
+        assert_eq!(fake(&provider).started(), 0);
+        provider.launch("t1").await.expect("the retry");
+        assert_eq!(fake(&provider).started(), 1);
+    }
+}
+
+#[test]
+fn error_codes_map_to_kinds() {
+    let cases = [
+        (None, ProviderErrorKind::Other),
+        (Some("InsufficientInstanceCapacity"), ProviderErrorKind::Capacity),
+        (Some("InsufficientHostCapacity"), ProviderErrorKind::Capacity),
+        (Some("VcpuLimitExceeded"), ProviderErrorKind::Quota),
+        (Some("InstanceLimitExceeded"), ProviderErrorKind::Quota),
+        (Some("MaxSpotInstanceCountExceeded"), ProviderErrorKind::Quota),
+        (Some("RequestLimitExceeded"), ProviderErrorKind::Throttled),
+        (Some("Throttling"), ProviderErrorKind::Throttled),
+        (Some("InvalidAMIID.Malformed"), ProviderErrorKind::Configuration),
+        (Some("InvalidSubnetID.NotFound"), ProviderErrorKind::Configuration),
+        (Some("InvalidGroup.NotFound"), ProviderErrorKind::Configuration),
+        (Some("InvalidParameterValue"), ProviderErrorKind::Configuration),
+        (Some("UnauthorizedOperation"), ProviderErrorKind::Configuration),
+        (Some("AuthFailure"), ProviderErrorKind::Configuration),
+        (Some("InvalidInstanceID.NotFound"), ProviderErrorKind::Other),
+        (Some("InternalError"), ProviderErrorKind::Other),
+        (Some("Unavailable"), ProviderErrorKind::Other),
+    ];
+    for (code, kind) in cases {
+        assert_eq!(classify(code), kind, "{code:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_launch_whose_user_data_holds_an_aws_key_never_reaches_ec2() {
+    let mut settings = worker_launch();
+    settings.cluster_secret = Some(super::launch::tests::key_shaped("ASIA", "TESTONLY0000000C"));
+    let provider = Ec2Provider::with_client(settings, Arc::<FakeEc2>::default());
+    let error = provider.launch("t1").await.expect_err("refused");
+    assert_eq!(error.kind, ProviderErrorKind::Configuration);
+    assert_eq!(fake(&provider).with(|s| (s.run_requests.len(), s.describe_calls)), (0, 0));
+}
+
+#[tokio::test]
+async fn list_shows_this_clusters_live_workers_over_every_page() {
+    let provider = provider();
+    fake(&provider).with(|s| s.page_size = 2);
+    let mut launched = Vec::new();
+    for token in ["t1", "t2", "t3", "t4", "t5"] {
+        launched.push(provider.launch(token).await.expect("launch"));
+    }
+    let other_cluster =
+        fake(&provider).add_instance(&[(CLUSTER_TAG, "green"), (ROLE_TAG, "worker"), (LAUNCH_TOKEN_TAG, "t9")], 1);
+    let coordinator = fake(&provider).add_instance(&[(CLUSTER_TAG, "blue"), (ROLE_TAG, "coordinator")], 2);
+    let untagged = fake(&provider).add_instance(&[], 3);
+    provider.terminate(&launched[1].instance_id).await.expect("terminate");
+    fake(&provider).with(|s| {
+        let i = s.instances.iter_mut().find(|i| i.description.instance_id == launched[2].instance_id).expect("t3");
+        i.description.state = Some("shutting-down".into());
+    });
+
+    let listed = provider.list().await.expect("list");
+    let expected: Vec<Instance> = [0, 3, 4].iter().map(|&i| launched[i].clone()).collect();
+    assert_eq!(listed, expected);
+    assert!(listed.iter().all(|i| ![&other_cluster, &coordinator, &untagged].contains(&&i.instance_id)));
+    assert!(fake(&provider).with(|s| s.describe_calls) >= 2, "more than one page was read");
+}
+
+#[tokio::test]
+async fn terminate_refuses_instances_that_are_not_this_clusters_workers() {
+    let provider = provider();
+    let other_cluster = fake(&provider).add_instance(&[(CLUSTER_TAG, "green"), (ROLE_TAG, "worker")], 1);
+    let coordinator = fake(&provider).add_instance(&[(CLUSTER_TAG, "blue"), (ROLE_TAG, "coordinator")], 2);
+    let untagged = fake(&provider).add_instance(&[], 3);
+    for id in [&other_cluster, &coordinator, &untagged] {
+        let error = provider.terminate(id).await.expect_err("not ours");
+        assert_eq!(error.kind, ProviderErrorKind::Configuration);
+        assert!(error.message.contains("refusing to terminate"), "{error}");
+        assert_eq!(fake(&provider).state_of(id).as_deref(), Some("running"));
+    }
+    assert!(fake(&provider).with(|s| s.terminate_calls.is_empty()), "TerminateInstances never called");
+}
+
+#[tokio::test]
+async fn terminating_an_unknown_or_terminated_instance_succeeds() {
+    let provider = provider();
+    provider.terminate("i-00000000000000999").await.expect("unknown instance");
+    let instance = provider.launch("t1").await.expect("launch");
+    provider.terminate(&instance.instance_id).await.expect("terminate");
+    assert_eq!(fake(&provider).state_of(&instance.instance_id).as_deref(), Some("terminated"));
+    provider.terminate(&instance.instance_id).await.expect("terminate again");
+    assert_eq!(fake(&provider).with(|s| s.terminate_calls.len()), 1, "the second one was a no-op");
+    assert!(provider.list().await.expect("list").is_empty());
+}
