@@ -37,6 +37,10 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// Every [`ApiError::reason`], so that each series exists (at zero) before its first refusal.
+    pub const REASONS: [&'static str; 6] =
+        ["bad_request", "too_large", "not_found", "key_reused", "queue_full", "unavailable"];
+
     /// A short label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -98,6 +98,10 @@ pub struct Config {
     /// The worker binary the local provider starts (default: `worker` beside this binary).
     #[arg(long, env = "TANDEM_SCALER_WORKER_BINARY")]
     pub scaler_worker_binary: Option<PathBuf>,
+    /// The EC2 provider's settings (`--scaler ec2`).
+    #[cfg(feature = "ec2")]
+    #[command(flatten)]
+    pub ec2: deploy::provider::ec2::Ec2Options,
 }
 
 /// Where the autoscaler gets workers.
@@ -214,6 +218,10 @@ impl Config {
         if self.completed_retention == 0 || self.max_queued == 0 {
             return Err("--completed-retention and --max-queued must be positive".into());
         }
+        #[cfg(not(feature = "ec2"))]
+        if self.scaler == ScalerKind::Ec2 {
+            return Err("--scaler ec2 needs a coordinator built with the `ec2` feature (cargo build -p coordinator --features ec2)".into());
+        }
         let scaling = &self.scaling;
         if scaling.min_workers > scaling.max_workers {
             return Err("--min-workers must not exceed --max-workers".into());
@@ -262,6 +270,19 @@ mod tests {
         assert_eq!(members.len(), 3);
         assert_eq!(members[&3].role, Role::Witness);
         assert_eq!(members[&2].api_addr, "127.0.0.1:8081");
+    }
+
+    #[test]
+    fn scaling_bounds_and_a_provider_this_build_lacks_are_refused_at_startup() {
+        let refused = |args: &[&str]| {
+            let config = Config::parse_from(std::iter::once("coordinator").chain(args.iter().copied()));
+            config.validate().expect_err("refused")
+        };
+        assert!(refused(&["--min-workers", "5", "--max-workers", "4"]).contains("--min-workers"));
+        assert!(refused(&["--scaler-worker-cores", "0"]).contains("--scaler-worker-cores"));
+        #[cfg(not(feature = "ec2"))]
+        assert!(refused(&["--scaler", "ec2"]).contains("`ec2` feature"));
+        Config::parse_from(["coordinator", "--scaler", "local", "--max-workers", "8"]).validate().expect("valid");
     }
 
     #[test]

@@ -124,7 +124,7 @@ impl Coordinator {
         let scaler_status = scaler::SharedStatus::default();
         scaler_status.lock().unwrap_or_else(|p| p.into_inner()).provider = config.scaler.name();
         tasks.spawn(metrics::sample(node.clone(), scaler_status.clone(), shutdown.child_token()));
-        start_scaler(&config, &node, &tasks, scaler_status.clone(), &shutdown)?;
+        start_scaler(&config, &node, &tasks, scaler_status.clone(), &shutdown).await?;
         let app = App {
             node: node.clone(),
             enqueue: EnqueueBatcher::start(node.clone(), shutdown.child_token()),
@@ -171,7 +171,7 @@ impl Coordinator {
 }
 
 /// Start the autoscaler's loop with the provider `config` asks for.
-fn start_scaler(
+async fn start_scaler(
     config: &Config,
     node: &Node,
     tasks: &tokio_util::task::TaskTracker,
@@ -205,7 +205,15 @@ fn start_scaler(
             .context("the local worker provider")?;
             tasks.spawn(scaler::run(node.clone(), Some(provider), policy, status, shutdown.child_token()));
         }
-        config::ScalerKind::Ec2 => anyhow::bail!("--scaler ec2 needs a build with the `ec2` feature"),
+        #[cfg(feature = "ec2")]
+        config::ScalerKind::Ec2 => {
+            let provider = deploy::provider::ec2::Ec2Provider::new(&config.ec2, config.cluster_secret.clone())
+                .await
+                .context("the EC2 provider")?;
+            tasks.spawn(scaler::run(node.clone(), Some(provider), policy, status, shutdown.child_token()));
+        }
+        #[cfg(not(feature = "ec2"))]
+        config::ScalerKind::Ec2 => unreachable!("Config::validate refuses --scaler ec2 without the ec2 feature"),
     }
     Ok(())
 }

@@ -78,6 +78,13 @@ fn describe() {
     describe_histogram!("tandem_enqueue_duration_seconds", "Time to acknowledge an enqueue on this coordinator.");
     describe_histogram!("tandem_enqueue_to_result_seconds", "Time from enqueue to recorded result.");
     raft_store::raft_metrics::describe();
+    // Counters exist at zero from the start: `increase()` over a series that appears at its
+    // first event misses that event.
+    counter!("tandem_jobs_enqueued_total").increment(0);
+    for reason in crate::api_error::ApiError::REASONS {
+        counter!("tandem_jobs_rejected_total", "reason" => reason).increment(0);
+    }
+    counter!("tandem_worker_requests_refused_total").increment(0);
 }
 
 /// Sample the replicated state and Raft into gauges once a second until `shutdown`.

@@ -17,6 +17,9 @@ pub fn describe() {
     describe_gauge!("tandem_raft_is_leader", "1 if this node leads.");
     describe_gauge!("tandem_raft_has_leader", "1 if this node knows a leader.");
     describe_counter!("tandem_raft_leader_changes_total", "Leader changes seen by this node.");
+    // At zero from the start: `increase()` over a series that appears at its first event
+    // misses that event.
+    metrics::counter!("tandem_raft_leader_changes_total").increment(0);
     describe_gauge!("tandem_raft_last_log_index", "Index of the last entry in this node's log.");
     describe_gauge!("tandem_raft_applied_index", "Index of the last entry applied to this node's state.");
     describe_gauge!(
