@@ -304,8 +304,7 @@ pub async fn cluster(State(app): State<App>) -> Json<ClusterView> {
             })
             .collect();
         let status = app.scaler.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let registered = table.workers().values().filter(|w| !w.witness).count() as u64;
-        (queue, workers, scaler_view(table.scaler(), &status, registered))
+        (queue, workers, scaler_view(table.scaler(), &status, table.workers_besides_the_witness() as u64))
     });
     Json(ClusterView {
         node_id: app.node.id(),
@@ -346,7 +345,7 @@ fn scaler_view(
     let plan = status.plan.as_ref();
     ScalerView {
         provider: status.provider.into(),
-        desired_workers: plan.filter(|_| status.provider != "off").map(|p| u64::from(p.desired_workers)),
+        desired_workers: plan.map(|p| u64::from(p.desired_workers)),
         workers,
         launches_in_flight: scaler.launches.len() as u64,
         held: plan.map(|p| p.held.iter().map(ToString::to_string).collect()).unwrap_or_default(),

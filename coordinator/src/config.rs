@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use raft_store::{NodeId, NodeInfo, Role};
 pub use wire::process::LogFormat;
+use wire::scaler::PolicyConfig;
 
 pub use wire::members::Member;
 
@@ -126,42 +127,43 @@ impl ScalerKind {
     }
 }
 
-/// The autoscaling policy's knobs (see `wire::scaler`). Times in milliseconds.
+/// The autoscaling policy's knobs (see `wire::scaler`); defaults from `PolicyConfig::default()`.
+/// Times in milliseconds.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ScalingOptions {
     /// Fewest workers the autoscaler keeps, the witness's not counted.
-    #[arg(long, env = "TANDEM_MIN_WORKERS", default_value_t = 0)]
+    #[arg(long, env = "TANDEM_MIN_WORKERS", default_value_t = PolicyConfig::default().min_workers)]
     pub min_workers: u32,
     /// Most workers the autoscaler runs, the witness's not counted.
-    #[arg(long, env = "TANDEM_MAX_WORKERS", default_value_t = 4)]
+    #[arg(long, env = "TANDEM_MAX_WORKERS", default_value_t = PolicyConfig::default().max_workers)]
     pub max_workers: u32,
     /// Cores of each worker it launches.
-    #[arg(long, env = "TANDEM_SCALER_WORKER_CORES", default_value_t = 2)]
+    #[arg(long, env = "TANDEM_SCALER_WORKER_CORES", default_value_t = PolicyConfig::default().cores_per_worker)]
     pub scaler_worker_cores: u32,
     /// The backlog should drain within this.
-    #[arg(long, env = "TANDEM_DRAIN_TARGET_MS", default_value_t = 60_000)]
+    #[arg(long, env = "TANDEM_DRAIN_TARGET_MS", default_value_t = PolicyConfig::default().drain_target_ms)]
     pub drain_target_ms: u64,
     /// A worker idle this long may be scaled in.
-    #[arg(long, env = "TANDEM_SCALE_IN_IDLE_MS", default_value_t = 120_000)]
+    #[arg(long, env = "TANDEM_SCALE_IN_IDLE_MS", default_value_t = PolicyConfig::default().idle_ms)]
     pub scale_in_idle_ms: u64,
     /// No scale-in this long after a scale-out.
-    #[arg(long, env = "TANDEM_SCALE_OUT_COOLDOWN_MS", default_value_t = 120_000)]
+    #[arg(long, env = "TANDEM_SCALE_OUT_COOLDOWN_MS", default_value_t = PolicyConfig::default().cooldown_ms)]
     pub scale_out_cooldown_ms: u64,
     /// A launch not registered within this is given up and its machine terminated.
-    #[arg(long, env = "TANDEM_BOOT_TIMEOUT_MS", default_value_t = 300_000)]
+    #[arg(long, env = "TANDEM_BOOT_TIMEOUT_MS", default_value_t = PolicyConfig::default().boot_timeout_ms)]
     pub boot_timeout_ms: u64,
     /// Launch to registration, until one has been observed.
-    #[arg(long, env = "TANDEM_ASSUMED_BOOT_MS", default_value_t = 45_000)]
+    #[arg(long, env = "TANDEM_ASSUMED_BOOT_MS", default_value_t = PolicyConfig::default().assumed_boot_ms)]
     pub assumed_boot_ms: u64,
     /// Chain steps per second of one core, until a worker has measured it.
-    #[arg(long, env = "TANDEM_ASSUMED_CORE_RATE", default_value_t = 1_000_000)]
+    #[arg(long, env = "TANDEM_ASSUMED_CORE_RATE", default_value_t = PolicyConfig::default().assumed_core_rate)]
     pub assumed_core_rate: u64,
 }
 
 impl ScalingOptions {
     /// The policy's configuration.
-    pub fn policy(&self) -> wire::scaler::PolicyConfig {
-        wire::scaler::PolicyConfig {
+    pub fn policy(&self) -> PolicyConfig {
+        PolicyConfig {
             min_workers: self.min_workers,
             max_workers: self.max_workers,
             cores_per_worker: self.scaler_worker_cores,
@@ -171,7 +173,7 @@ impl ScalingOptions {
             boot_timeout_ms: self.boot_timeout_ms,
             assumed_boot_ms: self.assumed_boot_ms,
             assumed_core_rate: self.assumed_core_rate,
-            ..wire::scaler::PolicyConfig::default()
+            ..PolicyConfig::default()
         }
     }
 }

@@ -121,8 +121,8 @@ impl Coordinator {
         };
         let tasks = tokio_util::task::TaskTracker::new();
         tasks.spawn(leader_duties::run(node.clone(), duties, shutdown.child_token()));
-        let scaler_status = scaler::SharedStatus::default();
-        scaler_status.lock().unwrap_or_else(|p| p.into_inner()).provider = config.scaler.name();
+        let scaler_status =
+            scaler::SharedStatus::new(scaler::ScalerStatus { provider: config.scaler.name(), plan: None }.into());
         tasks.spawn(metrics::sample(node.clone(), scaler_status.clone(), shutdown.child_token()));
         start_scaler(&config, &node, &tasks, scaler_status.clone(), &shutdown).await?;
         let app = App {

@@ -130,8 +130,7 @@ pub async fn sample(node: Node, scaler: crate::scaler::SharedStatus, shutdown: C
             counter!("tandem_autoscaler_terminations_total").absolute(state.totals.terminations);
             gauge!("tandem_autoscaler_launches_in_flight").set(state.launches.len() as f64);
             gauge!("tandem_autoscaler_consecutive_failures").set(f64::from(state.consecutive_failures));
-            let workers = table.workers().values().filter(|w| !w.witness).count();
-            gauge!("tandem_autoscaler_workers").set(workers as f64);
+            gauge!("tandem_autoscaler_workers").set(table.workers_besides_the_witness() as f64);
         });
         let desired = scaler.lock().unwrap_or_else(|p| p.into_inner()).plan.as_ref().map(|p| p.desired_workers);
         if let Some(desired) = desired {

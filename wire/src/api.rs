@@ -159,7 +159,8 @@ pub struct ScalerView {
     /// Where workers come from: "off", "local" or "ec2".
     #[serde(default)]
     pub provider: String,
-    /// Workers (the witness's not counted) the policy wants, from this node's view.
+    /// Workers (the witness's not counted) the policy wants, from this node's view (with the
+    /// provider `off` too: what it would do).
     pub desired_workers: Option<u64>,
     /// Workers (the witness's not counted) registered now.
     #[serde(default)]

@@ -118,6 +118,11 @@ impl JobTable {
         &self.workers
     }
 
+    /// Registered workers but the witness's: the fleet the autoscaler sizes.
+    pub fn workers_besides_the_witness(&self) -> usize {
+        self.workers.values().filter(|w| !w.witness).count()
+    }
+
     /// The autoscaler's committed decisions.
     pub fn scaler(&self) -> &ScalerState {
         &self.scaler

@@ -132,19 +132,19 @@ pub fn run(args: &AutoscaleArgs, quick: bool) -> anyhow::Result<Report> {
                     trace.name, run.policy, run.jobs_completed, run.jobs
                 ));
             }
-            if run.witness_scale_ins > 0 {
+            if run.counts.witness_scale_ins > 0 {
                 report.failures.push(format!(
                     "{}: {} tried to scale in the witness's worker {} times",
-                    trace.name, run.policy, run.witness_scale_ins
+                    trace.name, run.policy, run.counts.witness_scale_ins
                 ));
             }
         }
         let (tandem_run, baselines) = runs.split_first().expect("Tandem's policy runs first");
-        tandem_busy_workers_killed += tandem_run.busy_workers_killed;
-        if tandem_run.busy_workers_killed > 0 {
+        tandem_busy_workers_killed += tandem_run.counts.busy_workers_killed;
+        if tandem_run.counts.busy_workers_killed > 0 {
             report.failures.push(format!(
                 "{}: Tandem's policy killed {} busy workers",
-                trace.name, tandem_run.busy_workers_killed
+                trace.name, tandem_run.counts.busy_workers_killed
             ));
         }
         let verdict = Verdict::new(trace.name, tandem_run, &baselines.iter().collect::<Vec<_>>());

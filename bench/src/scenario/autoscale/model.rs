@@ -60,6 +60,17 @@ pub struct Outcome {
     pub completed: usize,
     /// Enqueue to completion of every completed job, ascending.
     pub latencies_ms: Vec<u64>,
+    /// What the run launched, billed and stopped.
+    pub counts: Counts,
+    /// (ms, instances) at each change of the billed fleet.
+    pub fleet: Vec<(u64, u32)>,
+    /// When the run stopped.
+    pub ended_ms: u64,
+}
+
+/// What a run launched, billed and stopped: its counts, as the report shows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
     /// Instance time billed (every instance but the witness's, launch request to termination).
     pub instance_ms: u64,
     /// Launches requested.
@@ -76,10 +87,6 @@ pub struct Outcome {
     pub witness_scale_ins: u32,
     /// Most instances (booting ones included) at once.
     pub peak_instances: u32,
-    /// (ms, instances) at each change of the billed fleet.
-    pub fleet: Vec<(u64, u32)>,
-    /// When the run stopped.
-    pub ended_ms: u64,
 }
 
 impl Outcome {
@@ -323,11 +330,11 @@ impl<'t> Simulation<'t> {
         let now = self.now_ms;
         for worker in &self.workers {
             if let Some(launched) = worker.launched_ms {
-                self.outcome.instance_ms += now - launched;
+                self.outcome.counts.instance_ms += now - launched;
             }
         }
         for launch in self.launches.iter().filter(|l| l.state == LaunchState::InFlight) {
-            self.outcome.instance_ms += now - launch.requested_ms;
+            self.outcome.counts.instance_ms += now - launch.requested_ms;
         }
         let mut latencies: Vec<u64> =
             self.jobs.iter().filter_map(|j| j.completed_ms.map(|done| done - j.enqueued_ms)).collect();
@@ -357,7 +364,7 @@ impl<'t> Simulation<'t> {
         if self.outcome.fleet.last().is_none_or(|(_, n)| *n != instances) {
             self.outcome.fleet.push((self.now_ms, instances));
         }
-        self.outcome.peak_instances = self.outcome.peak_instances.max(instances);
+        self.outcome.counts.peak_instances = self.outcome.counts.peak_instances.max(instances);
         self.events.push(Reverse((self.now_ms + self.model.tick_ms.max(1), Event::Tick)));
     }
 
@@ -396,7 +403,7 @@ impl<'t> Simulation<'t> {
                     && self.workers[w].standing == Standing::Active
                 {
                     if self.hand_back(w) {
-                        self.outcome.busy_workers_killed += 1;
+                        self.outcome.counts.busy_workers_killed += 1;
                     }
                     self.workers[w].standing = Standing::ScalingIn;
                 }
@@ -404,11 +411,11 @@ impl<'t> Simulation<'t> {
             Action::Terminate { worker } => {
                 if let Some(w) = self.scalable_index(worker) {
                     if self.hand_back(w) {
-                        self.outcome.busy_workers_killed += 1;
+                        self.outcome.counts.busy_workers_killed += 1;
                     }
                     let gone = self.workers.remove(w);
-                    self.outcome.instance_ms += now - gone.launched_ms.unwrap_or(now);
-                    self.outcome.terminations += 1;
+                    self.outcome.counts.instance_ms += now - gone.launched_ms.unwrap_or(now);
+                    self.outcome.counts.terminations += 1;
                 }
             }
             Action::GiveUp { token } => {
@@ -416,8 +423,8 @@ impl<'t> Simulation<'t> {
                     self.launches.iter_mut().find(|l| l.token == token && l.state == LaunchState::InFlight)
                 {
                     launch.state = LaunchState::GivenUp;
-                    self.outcome.instance_ms += now - launch.requested_ms;
-                    self.outcome.given_up += 1;
+                    self.outcome.counts.instance_ms += now - launch.requested_ms;
+                    self.outcome.counts.given_up += 1;
                     self.consecutive_failures += 1;
                     self.last_failure_ms = Some(now);
                 }
@@ -441,7 +448,7 @@ impl<'t> Simulation<'t> {
             }
             LaunchFate::NeverRegisters => LaunchState::InFlight,
             LaunchFate::CapacityError => {
-                self.outcome.capacity_errors += 1;
+                self.outcome.counts.capacity_errors += 1;
                 self.consecutive_failures += 1;
                 self.last_failure_ms = Some(now);
                 LaunchState::Failed
@@ -450,7 +457,7 @@ impl<'t> Simulation<'t> {
         let core_rate = core_rate(&self.model, rate_draw);
         let launched = state != LaunchState::Failed;
         self.launches.push(Launch { token: format!("launch-{index}"), requested_ms: now, state, core_rate });
-        self.outcome.launches += 1;
+        self.outcome.counts.launches += 1;
         launched
     }
 
@@ -552,7 +559,7 @@ impl<'t> Simulation<'t> {
     fn scalable_index(&mut self, id: u64) -> Option<usize> {
         let w = self.worker_index(id)?;
         if self.workers[w].witness {
-            self.outcome.witness_scale_ins += 1;
+            self.outcome.counts.witness_scale_ins += 1;
             return None;
         }
         Some(w)

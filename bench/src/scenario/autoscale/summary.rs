@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::model::Outcome;
+use super::model::{Counts, Outcome};
 use crate::report::Chart;
 
 /// One policy's run on one trace, in the report's units.
@@ -14,28 +14,15 @@ pub struct RunSummary {
     pub p50_ms: Option<u64>,
     /// 95th percentile enqueue-to-completion latency.
     pub p95_ms: Option<u64>,
-    /// Instance time billed: every instance but the witness's, launch request to termination.
-    pub instance_ms: u64,
-    /// The same in minutes.
+    /// Instance time billed in minutes.
     pub instance_minutes: f64,
-    /// Launches requested.
-    pub launches: u32,
-    /// Launches that failed at once.
-    pub capacity_errors: u32,
-    /// Launches given up because they never registered.
-    pub given_up: u32,
-    /// Workers terminated.
-    pub terminations: u32,
-    /// Workers drained or terminated while they held a lease.
-    pub busy_workers_killed: u32,
-    /// Times the policy tried to scale in the witness's worker.
-    pub witness_scale_ins: u32,
+    /// Launches, failures, terminations, instance time, peak.
+    #[serde(flatten)]
+    pub counts: Counts,
     /// Jobs in the trace.
     pub jobs: usize,
     /// Jobs completed.
     pub jobs_completed: usize,
-    /// Most instances at once, booting ones included.
-    pub peak_instances: u32,
     /// When the run stopped (simulated minutes): every job done and every instance gone, or the
     /// drain allowance spent.
     pub ended_minutes: f64,
@@ -48,17 +35,10 @@ impl RunSummary {
             policy,
             p50_ms: outcome.latency_quantile_ms(0.5),
             p95_ms: outcome.latency_quantile_ms(0.95),
-            instance_ms: outcome.instance_ms,
-            instance_minutes: outcome.instance_ms as f64 / 60e3,
-            launches: outcome.launches,
-            capacity_errors: outcome.capacity_errors,
-            given_up: outcome.given_up,
-            terminations: outcome.terminations,
-            busy_workers_killed: outcome.busy_workers_killed,
-            witness_scale_ins: outcome.witness_scale_ins,
+            instance_minutes: outcome.counts.instance_ms as f64 / 60e3,
+            counts: outcome.counts,
             jobs: outcome.jobs,
             jobs_completed: outcome.completed,
-            peak_instances: outcome.peak_instances,
             ended_minutes: outcome.ended_ms as f64 / 60e3,
         }
     }
@@ -104,13 +84,13 @@ pub fn table_row(trace: &str, run: &RunSummary) -> String {
         seconds(run.p50_ms),
         seconds(run.p95_ms),
         run.instance_minutes,
-        run.launches,
-        run.capacity_errors,
-        run.given_up,
-        run.terminations,
-        run.busy_workers_killed,
+        run.counts.launches,
+        run.counts.capacity_errors,
+        run.counts.given_up,
+        run.counts.terminations,
+        run.counts.busy_workers_killed,
         format!("{}/{}", run.jobs_completed, run.jobs),
-        run.peak_instances,
+        run.counts.peak_instances,
     )
 }
 

@@ -69,7 +69,7 @@ fn a_job_takes_its_iterations_over_its_core_rate() {
     );
     let outcome = sim.run(&nothing);
     assert_eq!(outcome.latencies_ms, vec![15_000, 45_000]);
-    assert_eq!((outcome.instance_ms, outcome.launches), (0, 0), "the witness's worker is not billed");
+    assert_eq!((outcome.counts.instance_ms, outcome.counts.launches), (0, 0), "the witness's worker is not billed");
 
     // A rate that does not divide: 7 M iterations at 3 M/s are 2,333.3 ms, done in the 2,334th.
     let odd = Trace { arrivals: vec![Arrival { at_ms: 0, iterations: 7_000_000 }], ..trace.clone() };
@@ -98,7 +98,10 @@ fn a_launched_worker_registers_after_the_boot_delay_and_takes_the_oldest_job() {
     assert_eq!(sim.observation().workers[1].idle_since_ms, Some(55_000));
     let outcome = sim.run(&script);
     assert_eq!(outcome.latencies_ms, vec![55_000]);
-    assert_eq!((outcome.instance_ms, outcome.terminations, outcome.busy_workers_killed), (60_000, 1, 0));
+    assert_eq!(
+        (outcome.counts.instance_ms, outcome.counts.terminations, outcome.counts.busy_workers_killed),
+        (60_000, 1, 0)
+    );
     assert_eq!(outcome.ended_ms, 65_000, "the first tick with every job done and no instance left");
 }
 
@@ -123,7 +126,7 @@ fn a_launch_that_never_registers_is_given_up_at_the_boot_timeout_and_billed_unti
     assert_eq!(obs.launches_in_flight, vec![], "given up, and no new launch within the backoff");
     assert_eq!((obs.consecutive_failures, obs.last_failure_ms), (1, Some(300_000)));
     let outcome = sim.outcome();
-    assert_eq!((outcome.launches, outcome.given_up, outcome.instance_ms), (1, 1, 300_000));
+    assert_eq!((outcome.counts.launches, outcome.counts.given_up, outcome.counts.instance_ms), (1, 1, 300_000));
 }
 
 #[test]
@@ -146,9 +149,9 @@ fn a_launch_in_a_capacity_error_window_fails_at_once_and_costs_nothing() {
     sim.run_until(&script, 55_000);
     assert_eq!(sim.observation().consecutive_failures, 0, "a registration ends the run of failures");
     let outcome = sim.run(&script);
-    assert_eq!((outcome.launches, outcome.capacity_errors), (2, 1));
+    assert_eq!((outcome.counts.launches, outcome.counts.capacity_errors), (2, 1));
     assert_eq!(outcome.latencies_ms, vec![65_000]);
-    assert_eq!(outcome.instance_ms, 60_000, "10 s to 70 s; the failed launch costs nothing");
+    assert_eq!(outcome.counts.instance_ms, 60_000, "10 s to 70 s; the failed launch costs nothing");
 }
 
 #[test]
@@ -170,8 +173,8 @@ fn draining_a_busy_worker_hands_its_jobs_back_with_their_progress_and_is_counted
     assert_eq!(obs.workers[1].standing, Standing::ScalingIn);
     let outcome = sim.run(&script);
     assert_eq!(outcome.latencies_ms, vec![110_000]);
-    assert_eq!(outcome.busy_workers_killed, 1, "the drain at 75 s; the one at 115 s found it idle");
-    assert_eq!(outcome.instance_ms, 120_000);
+    assert_eq!(outcome.counts.busy_workers_killed, 1, "the drain at 75 s; the one at 115 s found it idle");
+    assert_eq!(outcome.counts.instance_ms, 120_000);
 }
 
 #[test]
@@ -180,8 +183,8 @@ fn the_witness_worker_is_never_scaled_in() {
     let trace = trace(vec![Arrival { at_ms: 10_000, iterations: 1 }], LaunchFailures::default());
     let script = Script(vec![(0, Action::Drain { worker: 0 }), (5_000, Action::Terminate { worker: 0 })]);
     let outcome = Simulation::new(&trace, &model(2), 1).run(&script);
-    assert_eq!(outcome.witness_scale_ins, 2);
-    assert_eq!((outcome.terminations, outcome.completed), (0, 1));
+    assert_eq!(outcome.counts.witness_scale_ins, 2);
+    assert_eq!((outcome.counts.terminations, outcome.completed), (0, 1));
 }
 
 #[test]
@@ -189,7 +192,7 @@ fn the_same_seed_gives_the_same_run() {
     let traces = traces::all(true, RATE, 7);
     let burst = traces.iter().find(|t| t.name == "launch-failures").expect("the trace exists");
     let run = |seed| Simulation::new(burst, &ModelConfig { core_rate_spread: 0.1, ..model(2) }, seed).run(&tandem());
-    let key = |o: &Outcome| (o.latencies_ms.clone(), o.instance_ms, o.launches, o.fleet.clone());
+    let key = |o: &Outcome| (o.latencies_ms.clone(), o.counts.instance_ms, o.counts.launches, o.fleet.clone());
     assert_eq!(key(&run(3)), key(&run(3)));
     assert_ne!(key(&run(3)), key(&run(4)));
     assert_eq!(traces::all(true, RATE, 7)[0].arrivals, traces[0].arrivals);

@@ -22,7 +22,7 @@ impl Against {
         Against {
             baseline: baseline.policy,
             p95_ms: (tandem.p95_ms, baseline.p95_ms),
-            instance_ms: (tandem.instance_ms, baseline.instance_ms),
+            instance_ms: (tandem.counts.instance_ms, baseline.counts.instance_ms),
         }
     }
 
