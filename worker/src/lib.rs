@@ -68,6 +68,9 @@ pub(crate) struct RunningWorker {
     /// were restarted with another one): it stops, hands back what it can and exits with an
     /// error, since retrying cannot fix its configuration.
     refused: std::sync::atomic::AtomicBool,
+    /// No coordinator answered for `--give-up-after-ms`: the worker stops and exits with an
+    /// error.
+    orphaned: std::sync::atomic::AtomicBool,
     /// The coordinators asked this worker to drain: it hands its jobs back and takes no new
     /// ones, but keeps running (and heartbeating) until it is told to resume or shut down.
     draining: std::sync::atomic::AtomicBool,
@@ -114,6 +117,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         job_ended: Notify::new(),
         stop_leasing: shutdown.child_token(),
         refused: std::sync::atomic::AtomicBool::new(false),
+        orphaned: std::sync::atomic::AtomicBool::new(false),
         draining: std::sync::atomic::AtomicBool::new(false),
         drain_changed: Notify::new(),
         cores: Arc::new(tokio::sync::Semaphore::new(config.cores())),
@@ -123,9 +127,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         core_rate: AtomicU64::new(measure_core_rate().await),
         config,
     });
-    let orphaned = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(limit) = shared.config.give_up_after_ms {
-        tokio::spawn(give_up_when_orphaned(shared.clone(), limit, orphaned.clone(), shutdown.clone()));
+        tokio::spawn(give_up_when_orphaned(shared.clone(), limit, shutdown.clone()));
     }
     let metrics_server = match shared.config.metrics_listen {
         Some(listen) => {
@@ -158,7 +161,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if shared.refused.load(Ordering::Relaxed) {
         anyhow::bail!("{}", WorkerCallError::Unauthorized);
     }
-    if orphaned.load(Ordering::Relaxed) {
+    if shared.orphaned.load(Ordering::Relaxed) {
         anyhow::bail!(
             "no coordinator answered for {} ms: the cluster is gone",
             shared.config.give_up_after_ms.unwrap_or(0)
@@ -169,12 +172,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 /// Stop the worker (`shutdown`) once no coordinator has answered for `limit_ms`: a worker an
 /// autoscaler started must not run on forever after its whole cluster is gone.
-async fn give_up_when_orphaned(
-    shared: Arc<RunningWorker>,
-    limit_ms: u64,
-    orphaned: Arc<std::sync::atomic::AtomicBool>,
-    shutdown: CancellationToken,
-) {
+async fn give_up_when_orphaned(shared: Arc<RunningWorker>, limit_ms: u64, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -184,7 +182,7 @@ async fn give_up_when_orphaned(
         let silent = wire::now_ms().saturating_sub(shared.coordinators.last_answer_ms());
         if silent >= limit_ms {
             tracing::error!(silent_ms = silent, "no coordinator has answered for too long; stopping");
-            orphaned.store(true, Ordering::Relaxed);
+            shared.orphaned.store(true, Ordering::Relaxed);
             shutdown.cancel();
             return;
         }

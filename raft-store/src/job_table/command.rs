@@ -42,6 +42,22 @@ pub struct LeaseBudget {
     pub iterations: u64,
 }
 
+impl LeaseBudget {
+    /// Whether a waiting job of `cost` iterations is granted: on a free core whatever its size,
+    /// else only if it fits in what is left of the budget.
+    pub fn admits(&self, cost: u64) -> bool {
+        self.free_cores > 0 || cost <= self.iterations
+    }
+
+    /// Grant a job of `cost` iterations (one [`LeaseBudget::admits`]).
+    pub(super) fn take(&mut self, cost: u64) {
+        if self.free_cores > 0 {
+            self.free_cores -= 1;
+        }
+        self.iterations = self.iterations.saturating_sub(cost);
+    }
+}
+
 /// A finished job's result as a worker reports it.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JobResult {

@@ -260,18 +260,13 @@ impl JobTable {
         let mut budget = budget;
         while leased.len() < max_jobs as usize {
             if let Some(left) = budget.as_mut() {
-                let next = self.requeued.first_key_value().map(|(_, job)| job).or(self.queue.front());
-                let Some(next) = next else { break };
+                let Some(next) = self.next_waiting() else { break };
                 let cost = next.iterations - next.done;
-                if left.free_cores > 0 {
-                    left.free_cores -= 1;
-                    left.iterations = left.iterations.saturating_sub(cost);
-                } else if cost <= left.iterations {
-                    left.iterations -= cost;
-                } else {
+                if !left.admits(cost) {
                     // Too long to wait behind this worker's jobs: it stays for a free core.
                     break;
                 }
+                left.take(cost);
             }
             let job = match self.requeued.pop_first() {
                 Some((_, job)) => job,

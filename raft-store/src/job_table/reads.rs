@@ -73,12 +73,16 @@ impl JobTable {
 
     /// Whether a lease within `budget` would hand out at least one job now.
     pub fn lease_would_grant(&self, budget: Option<LeaseBudget>) -> bool {
-        let next = self.requeued.first_key_value().map(|(_, job)| job).or(self.queue.front());
-        match (next, budget) {
+        match (self.next_waiting(), budget) {
             (None, _) => false,
             (Some(_), None) => true,
-            (Some(job), Some(budget)) => budget.free_cores > 0 || job.iterations - job.done <= budget.iterations,
+            (Some(job), Some(budget)) => budget.admits(job.iterations - job.done),
         }
+    }
+
+    /// The job the next lease hands out: the oldest requeued one, else the oldest never leased.
+    pub(super) fn next_waiting(&self) -> Option<&QueuedJob> {
+        self.requeued.first_key_value().map(|(_, job)| job).or(self.queue.front())
     }
 
     /// Whether any lease has reached its deadline at `now_ms`.
