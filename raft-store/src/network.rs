@@ -10,11 +10,12 @@
 //! anything else that went wrong on the way is a `Network` error (retried at once). A remote
 //! `Fatal` (the peer's Raft has stopped) is reported as `Unreachable`.
 //!
-//! [`NetworkFaults`] lets tests cut links in either direction, in-process, on any machine.
+//! [`NetworkFaults`] lets tests cut links in either direction, and lose chosen requests,
+//! in-process, on any machine.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -49,11 +50,13 @@ pub const MSGPACK: &str = "application/msgpack";
 /// Snapshots may be large and the receiver writes them to disk: give them time.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Links cut for fault injection. Empty in production.
+/// Links cut and requests lost for fault injection. Empty in production.
 #[derive(Debug, Default)]
 pub struct NetworkFaults {
     /// Peers this node neither sends to nor accepts requests from.
     isolated_from: RwLock<BTreeSet<NodeId>>,
+    /// How many of the next requests to (peer, route) are lost on the way.
+    losses: Mutex<BTreeMap<(NodeId, String), usize>>,
 }
 
 impl NetworkFaults {
@@ -75,6 +78,24 @@ impl NetworkFaults {
     /// Whether the link to `peer` is cut.
     pub fn is_cut(&self, peer: NodeId) -> bool {
         self.isolated_from.read().unwrap_or_else(|p| p.into_inner()).contains(&peer)
+    }
+
+    /// Lose the next `count` requests this node sends to `peer` on `/raft/{route}` (the sender
+    /// sees a network error, the peer nothing).
+    pub fn lose_next(&self, peer: NodeId, route: &str, count: usize) {
+        self.losses.lock().unwrap_or_else(|p| p.into_inner()).insert((peer, route.to_owned()), count);
+    }
+
+    /// Whether this request to `peer` on `route` is to be lost (and count it).
+    fn lose(&self, peer: NodeId, route: &str) -> bool {
+        let mut losses = self.losses.lock().unwrap_or_else(|p| p.into_inner());
+        match losses.iter_mut().find(|((to, on), left)| *to == peer && on == route && **left > 0) {
+            Some((_, left)) => {
+                *left -= 1;
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -115,6 +136,11 @@ impl Transport {
     ) -> Result<Resp, RPCError<TypeConfig>> {
         if self.faults.is_cut(target) {
             return Err(RPCError::Unreachable(Unreachable::from_string(format!("link to node {target} is cut"))));
+        }
+        if self.faults.lose(target, path) {
+            return Err(RPCError::Network(NetworkError::from_string(format!(
+                "request to node {target} on /raft/{path} lost by fault injection"
+            ))));
         }
         let body = rmp_serde::to_vec_named(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = self

@@ -114,6 +114,33 @@ async fn transfers_leadership_on_request_and_never_to_the_witness() {
     cluster.shutdown().await;
 }
 
+/// A transfer whose request never reaches the target leaves the leader in transfer mode (no
+/// writes, no heartbeats) until an election. The leader asks again, so the target takes over
+/// before any follower's election timer could have fired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_whose_request_is_lost_is_asked_again() {
+    const ELECTION_MIN_MS: u64 = 4_000;
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = TestCluster::start(dir.path(), |config| {
+        config.timing.election_min_ms = ELECTION_MIN_MS;
+        config.timing.election_max_ms = ELECTION_MIN_MS + 2_000;
+    })
+    .await;
+    let leader = wait_for_coordinator_leader(&cluster).await;
+    let other = other_coordinator(leader);
+    enqueue(cluster.node(leader), 1).await;
+    let term = cluster.node(leader).status().term;
+    cluster.faults(leader).lose_next(other, "transfer-leader", 1);
+    let started = Instant::now();
+    assert_eq!(cluster.node(leader).transfer_leadership(Some(other)).await, Ok(other));
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(ELECTION_MIN_MS), "took over only after {took:?}: by an election");
+    assert_eq!(cluster.node(other).status().term, term + 1, "one election, the transfer's");
+    let id = enqueue(cluster.node(leader), 2).await;
+    assert_visible(cluster.node(other), &[id]).await;
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_follower_is_caught_up_by_snapshot() {
     let dir = TempDir::new().expect("temp dir");

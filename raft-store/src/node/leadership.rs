@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use tokio::time::Instant;
+
 use super::Node;
 use super::leader_calls::CallError;
 use super::views::NodeView;
@@ -89,31 +91,79 @@ impl Node {
     /// that is fully caught up and was heard from within the election timeout is eligible: a
     /// transfer has no abort, and one to a lagging or dead node leaves the cluster leaderless
     /// until the next election. Returns the new leader.
+    ///
+    /// A transfer can fail to start: the request to the target is lost, or the target did not
+    /// flush the leader's log within its wait (`election_min`) and ignored it. The leader then
+    /// sits in transfer mode, taking no writes, until an election. So while this node still
+    /// leads in the same term it asks the same target again every half `election_min`; if it
+    /// leads again after an election, it chooses afresh. It gives up after four `election_max`.
     pub async fn transfer_leadership(&self, to: Option<NodeId>) -> Result<NodeId, TransferError> {
         let timing = self.parts.config.timing;
-        let fresh = Duration::from_millis(timing.election_min_ms);
+        let reask = Duration::from_millis((timing.election_min_ms / 2).max(10));
+        let deadline = Instant::now() + Duration::from_millis(4 * timing.election_max_ms);
+        let mut leadership = self.leadership();
+        // The transfer under way: the term it was asked in, and its target.
+        let mut asked: Option<(u64, NodeId)> = None;
+        loop {
+            let now = *leadership.borrow_and_update();
+            if let Some((_, target)) = asked {
+                if now.leader == Some(target) {
+                    return Ok(target);
+                }
+                if Instant::now() >= deadline {
+                    return Err(TransferError::TimedOut(target));
+                }
+            }
+            if now.is_self {
+                let target = match asked {
+                    Some((term, target)) if term == now.term => {
+                        tracing::info!(to = target, "the target has not taken over yet: asking again");
+                        Some(target)
+                    }
+                    None => Some(self.choose_target(to).await?),
+                    Some((_, previous)) => match self.choose_target(to).await {
+                        Ok(target) => Some(target),
+                        // Leadership moved while choosing: wait to see where it went.
+                        Err(TransferError::NotLeader) => None,
+                        Err(_) => return Err(TransferError::TimedOut(previous)),
+                    },
+                };
+                if let Some(target) = target {
+                    self.parts
+                        .raft
+                        .trigger()
+                        .transfer_leader(target)
+                        .await
+                        .map_err(|e| TransferError::Stopped(e.to_string()))?;
+                    asked = Some((now.term, target));
+                }
+            } else if asked.is_none() {
+                return Err(TransferError::NotLeader);
+            }
+            // Wait for leadership to change, or for the time to ask again.
+            let wake = (Instant::now() + reask).min(deadline);
+            if let Ok(Err(_)) = tokio::time::timeout_at(wake, leadership.changed()).await {
+                return Err(TransferError::Stopped("the node is shutting down".into()));
+            }
+        }
+    }
+
+    /// The target of a transfer: `to` or the first eligible coordinator (see [`eligible_target`]).
+    async fn choose_target(&self, to: Option<NodeId>) -> Result<NodeId, TransferError> {
+        let fresh = Duration::from_millis(self.parts.config.timing.election_min_ms);
         // Under load the target trails by the entries in flight; give it a moment to match the
         // leader exactly, then accept a small lag it will close while the transfer starts.
-        let patience = tokio::time::Instant::now() + fresh;
-        let target = loop {
+        let patience = Instant::now() + fresh;
+        loop {
             match eligible_target(&self.view(), to, fresh, 0) {
-                Ok(target) => break target,
-                Err(e) if tokio::time::Instant::now() >= patience => {
-                    break eligible_target(&self.view(), to, fresh, TRANSFER_MAX_LAG).map_err(|_| e)?;
+                Ok(target) => return Ok(target),
+                Err(e) if Instant::now() >= patience => {
+                    return eligible_target(&self.view(), to, fresh, TRANSFER_MAX_LAG).map_err(|_| e);
                 }
                 Err(TransferError::NotLeader) => return Err(TransferError::NotLeader),
                 Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             }
-        };
-        self.parts.raft.trigger().transfer_leader(target).await.map_err(|e| TransferError::Stopped(e.to_string()))?;
-        let timeout = Duration::from_millis(2 * timing.election_max_ms);
-        self.parts
-            .raft
-            .wait(Some(timeout))
-            .metrics(|m| m.current_leader == Some(target), "leadership transfer")
-            .await
-            .map(|_| target)
-            .map_err(|_| TransferError::TimedOut(target))
+        }
     }
 }
 
