@@ -42,6 +42,10 @@ pub enum TransferError {
     /// The requested target is not a coordinator, or no coordinator is eligible.
     #[error("{0}")]
     NoEligibleTarget(String),
+    /// A coordinator that may lead is not ready to right now: it trails the leader's log, or
+    /// has not answered recently (a busy or overloaded host). Retrying shortly may succeed.
+    #[error("{0}")]
+    NotReady(String),
     /// The target did not take over in time (it may still; the cluster elects a leader anyway).
     #[error("node {0} did not take over within the deadline")]
     TimedOut(NodeId),
@@ -149,19 +153,22 @@ impl Node {
     }
 
     /// The target of a transfer: `to` or the first eligible coordinator (see [`eligible_target`]).
+    /// Under load the target trails by the entries in flight, and a busy host answers late: it
+    /// is given `election_min` to match the leader's log exactly, then a small lag is accepted
+    /// (it closes it while the transfer starts), until `2 × election_max` have passed.
     async fn choose_target(&self, to: Option<NodeId>) -> Result<NodeId, TransferError> {
-        let fresh = Duration::from_millis(self.parts.config.timing.election_min_ms);
-        // Under load the target trails by the entries in flight; give it a moment to match the
-        // leader exactly, then accept a small lag it will close while the transfer starts.
-        let patience = Instant::now() + fresh;
+        let timing = self.parts.config.timing;
+        let fresh = Duration::from_millis(timing.election_min_ms);
+        let started = Instant::now();
+        let patience = started + fresh;
+        let deadline = started + Duration::from_millis(2 * timing.election_max_ms);
         loop {
-            match eligible_target(&self.view(), to, fresh, 0) {
-                Ok(target) => return Ok(target),
-                Err(e) if Instant::now() >= patience => {
-                    return eligible_target(&self.view(), to, fresh, TRANSFER_MAX_LAG).map_err(|_| e);
+            let max_lag = if Instant::now() < patience { 0 } else { TRANSFER_MAX_LAG };
+            match eligible_target(&self.view(), to, fresh, max_lag) {
+                Err(TransferError::NotReady(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await
                 }
-                Err(TransferError::NotLeader) => return Err(TransferError::NotLeader),
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                decided => return decided,
             }
         }
     }
@@ -180,39 +187,48 @@ pub(crate) fn eligible_target(
         return Err(TransferError::NotLeader);
     }
     let last_log = view.status.last_log_index;
-    let verdict = |id: NodeId| -> Result<(), String> {
-        let member = view.member(id).ok_or(format!("node {id} is not a member"))?;
+    // Why `id` may not take over, and whether that may pass by itself (it is not ready yet).
+    let verdict = |id: NodeId| -> Result<(), (String, bool)> {
+        let member = view.member(id).ok_or((format!("node {id} is not a member"), false))?;
         if id == view.status.id {
-            return Err(format!("node {id} already leads"));
+            return Err((format!("node {id} already leads"), false));
         }
         if member.info.role != Role::Coordinator {
-            return Err(format!("node {id} is a {}: only a coordinator may lead", member.info.role));
+            return Err((format!("node {id} is a {}: only a coordinator may lead", member.info.role), false));
         }
         if !member.voter {
-            return Err(format!("node {id} is not a voter"));
+            return Err((format!("node {id} is not a voter"), false));
         }
         let peer = view.peers.get(&id);
         let matched = peer.and_then(|peer| peer.matched_index);
         let lag = last_log.unwrap_or(0).saturating_sub(matched.unwrap_or(0));
         if matched.is_none() && last_log.is_some() || lag > max_lag {
-            return Err(format!("node {id} is not caught up (has {matched:?} of {last_log:?})"));
+            return Err((format!("node {id} is not caught up (has {matched:?} of {last_log:?})"), true));
         }
         if peer.and_then(|peer| peer.last_contact).is_none_or(|age| age >= fresh) {
-            return Err(format!("node {id} has not answered recently"));
+            return Err((format!("node {id} has not answered recently"), true));
         }
         Ok(())
     };
+    let refusal = |reason: String, not_ready: bool| match not_ready {
+        true => TransferError::NotReady(reason),
+        false => TransferError::NoEligibleTarget(reason),
+    };
     match wanted {
-        Some(id) => verdict(id).map(|()| id).map_err(TransferError::NoEligibleTarget),
+        Some(id) => verdict(id).map(|()| id).map_err(|(reason, not_ready)| refusal(reason, not_ready)),
         None => {
-            let mut reasons = Vec::new();
+            let (mut reasons, mut not_ready) = (Vec::new(), false);
             for member in &view.members {
                 match verdict(member.id) {
                     Ok(()) => return Ok(member.id),
-                    Err(reason) => reasons.push(reason),
+                    Err((reason, transient)) => {
+                        reasons.push(reason);
+                        not_ready |= transient;
+                    }
                 }
             }
-            Err(TransferError::NoEligibleTarget(format!("no eligible coordinator: {}", reasons.join("; "))))
+            let what = if not_ready { "no coordinator ready to take over" } else { "no eligible coordinator" };
+            Err(refusal(format!("{what}: {}", reasons.join("; ")), not_ready))
         }
     }
 }
@@ -328,7 +344,12 @@ mod tests {
             let got = eligible_target(&view, wanted, FRESH, max_lag);
             match (expected, got) {
                 (Ok(want), Ok(got)) => assert_eq!(got, want, "{case}"),
-                (Err(words), Err(e)) => assert!(e.to_string().contains(words), "{case}: {e} lacks {words:?}"),
+                (Err(words), Err(e)) => {
+                    assert!(e.to_string().contains(words), "{case}: {e} lacks {words:?}");
+                    // A lag or a late answer may pass by itself: the caller may wait and retry.
+                    let may_pass = words.contains("caught up") || words.contains("answered recently");
+                    assert_eq!(matches!(e, TransferError::NotReady(_)), may_pass, "{case}: {e:?}");
+                }
                 (expected, got) => panic!("{case}: expected {expected:?}, got {got:?}"),
             }
         }
@@ -343,5 +364,6 @@ mod tests {
         {
             assert!(text.contains(words), "{text} lacks {words:?}");
         }
+        assert!(matches!(refusal, TransferError::NotReady(_)), "node 2 may catch up: {refusal:?}");
     }
 }
