@@ -92,6 +92,10 @@ pub struct Config {
     /// The autoscaling policy's knobs.
     #[command(flatten)]
     pub scaling: ScalingOptions,
+    /// With a provider (`--scaler local|ec2`): a witness silent this long is replaced by a new
+    /// one the leader launches (a new voter id, caught up, then swapped in).
+    #[arg(long, env = "TANDEM_WITNESS_TIMEOUT_MS", default_value_t = 60_000)]
+    pub witness_timeout_ms: u64,
     /// Where the local provider keeps its records and the workers' logs; both coordinators
     /// must share it (default: `launched-workers` beside this coordinator's data directory).
     #[arg(long, env = "TANDEM_SCALER_DIR")]

@@ -20,6 +20,7 @@ pub mod leader_duties;
 pub mod metrics;
 pub mod scaler;
 pub mod voter_probes;
+pub mod witness_care;
 pub mod worker_routes;
 
 use std::sync::Arc;
@@ -179,6 +180,10 @@ async fn start_scaler(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let policy = config.scaling.policy();
+    let care = witness_care::WitnessCare {
+        timeout: Duration::from_millis(config.witness_timeout_ms),
+        catch_up: Duration::from_millis(config.scaling.boot_timeout_ms),
+    };
     match config.scaler {
         config::ScalerKind::Off => {
             let none: Option<deploy::provider::local::LocalProcesses> = None;
@@ -203,6 +208,8 @@ async fn start_scaler(
                 Duration::from_secs(60),
             )
             .context("the local worker provider")?;
+            let provider = std::sync::Arc::new(provider);
+            tasks.spawn(witness_care::run(node.clone(), provider.clone(), care, shutdown.child_token()));
             tasks.spawn(scaler::run(node.clone(), Some(provider), policy, status, shutdown.child_token()));
         }
         #[cfg(feature = "ec2")]
@@ -210,6 +217,8 @@ async fn start_scaler(
             let provider = deploy::provider::ec2::Ec2Provider::new(&config.ec2, config.cluster_secret.clone())
                 .await
                 .context("the EC2 provider")?;
+            let provider = std::sync::Arc::new(provider);
+            tasks.spawn(witness_care::run(node.clone(), provider.clone(), care, shutdown.child_token()));
             tasks.spawn(scaler::run(node.clone(), Some(provider), policy, status, shutdown.child_token()));
         }
         #[cfg(not(feature = "ec2"))]

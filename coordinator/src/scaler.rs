@@ -195,12 +195,14 @@ async fn reconcile<P: Provider>(node: &Node, provider: &P, term: u64) -> Result<
     // Everything committed before this term is in the table.
     node.read_barrier().await.map_err(|e| StepError::Read(e.to_string()))?;
     let machines = provider.list().await?;
-    let (in_flight, known): (Vec<(String, Option<String>)>, BTreeSet<String>) = node.state_machine().read(|table| {
+    let (in_flight, known, witness_token) = node.state_machine().read(|table| {
         let scaler = table.scaler();
-        let in_flight = scaler.launches.iter().map(|(t, l)| (t.clone(), l.instance_id.clone())).collect();
+        let in_flight: Vec<(String, Option<String>)> =
+            scaler.launches.iter().map(|(t, l)| (t.clone(), l.instance_id.clone())).collect();
         let mut known: BTreeSet<String> = scaler.managed_instances.iter().cloned().collect();
         known.extend(table.workers().values().filter_map(|w| w.instance_id.clone()));
-        (in_flight, known)
+        // The witness's replacement is `witness_care`'s, registered or not.
+        (in_flight, known, scaler.witness.as_ref().map(|w| w.token.clone()))
     });
     let listed_tokens: BTreeSet<&str> = machines.iter().filter_map(|m| m.token.as_deref()).collect();
     for machine in &machines {
@@ -215,7 +217,7 @@ async fn reconcile<P: Provider>(node: &Node, provider: &P, term: u64) -> Result<
                 )
                 .await?;
             }
-        } else if token.is_some() && !known.contains(&machine.instance_id) {
+        } else if token.is_some() && token != witness_token.as_deref() && !known.contains(&machine.instance_id) {
             tracing::warn!(
                 instance_id = machine.instance_id,
                 token,

@@ -207,3 +207,50 @@ async fn a_leader_killed_while_scaling_out_leaves_no_double_launch_and_no_orphan
     cluster.stop(Duration::from_secs(10));
     assert!(launched_processes(&urls[0]).is_empty(), "a launched worker outlived its cluster");
 }
+
+/// The witness's worker killed for good: after the witness timeout the leader launches a new
+/// worker in the witness role and makes it a voter under a new id in place of the old; the
+/// cluster then survives the loss of a coordinator, as it did before it lost its witness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_witness_lost_for_good_is_replaced_and_the_cluster_again_survives_a_coordinator_loss() {
+    const WITNESS_TIMEOUT: Duration = Duration::from_secs(3);
+    let _serial = SERIAL.lock().await;
+    let dir = TempDir::new().expect("temp dir");
+    let mut layout = autoscaled(&dir, 1);
+    layout.coordinator_args.extend(["--witness-timeout-ms".into(), WITNESS_TIMEOUT.as_millis().to_string()]);
+    let mut cluster = LocalCluster::start(layout).expect("start");
+    cluster.wait_ready(Duration::from_secs(60)).await.expect("ready");
+    let clients = cluster.api_urls().map(ApiClient::new);
+    let witness_voters =
+        |view: &ClusterView| -> Vec<u64> { view.voters.iter().filter(|v| v.role == "witness").map(|v| v.id).collect() };
+    assert_eq!(witness_voters(&view(&clients[0]).await), [3]);
+    cluster.process("witness").kill();
+    let killed = Instant::now();
+    // The timeout, a worker's start and its catch-up (a few seconds here; the boot timeout
+    // bounds it).
+    let new_witness = wait_for("a new witness voter", Duration::from_secs(60), || async {
+        let seen = clients[0].cluster().await.ok()?;
+        match witness_voters(&seen).as_slice() {
+            [id] if *id != 3 && seen.voters.len() == 3 => Some(*id),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(new_witness > 3, "a new id, never the old one: {new_witness}");
+    assert!(killed.elapsed() >= WITNESS_TIMEOUT, "replaced before the timeout: {:?}", killed.elapsed());
+    let seen = view(&clients[0]).await;
+    let actions: Vec<&str> = seen.scaler.decisions.iter().map(|d| d.action.as_str()).collect();
+    assert!(actions.contains(&"replace witness") && actions.contains(&"witness replaced"), "{actions:?}");
+    // Lose a coordinator: the survivor and the new witness are a majority, and work goes on.
+    let leader = seen.leader.expect("a leader");
+    cluster.process(&format!("coordinator-{leader}")).kill();
+    let survivor = &clients[if leader == 1 { 1 } else { 0 }];
+    let body = job_body(7);
+    let id = wait_for("an enqueue after the coordinator's loss", Duration::from_secs(30), || async {
+        survivor.enqueue(body.clone(), 1_000, None).await.ok()
+    })
+    .await;
+    let results = wait_for_results(survivor, &BTreeSet::from([id]), Duration::from_secs(60)).await;
+    assert_eq!(results[&id], reference_chain(&body, 1_000), "against the reference chain");
+    cluster.stop(Duration::from_secs(10));
+}

@@ -22,7 +22,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use super::{Instance, Provider, ProviderError, ProviderErrorKind};
+use super::{Instance, Provider, ProviderError, ProviderErrorKind, WitnessInstance};
 
 /// How long a worker may take to hand its jobs back and exit after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -34,6 +34,9 @@ struct Record {
     instance_id: String,
     pid: u32,
     launched_at_ms: u64,
+    /// For a worker in the witness role: where its voter listens.
+    #[serde(default)]
+    witness_raft_addr: Option<String>,
 }
 
 /// Starts worker processes on this host.
@@ -94,8 +97,28 @@ impl LocalProcesses {
         }
     }
 
-    fn spawn(&self, token: &str) -> Result<Record, ProviderError> {
+    /// Start a worker for `token`; with `witness`, in the witness role as voter `node_id` on a
+    /// free port of 127.0.0.1, with its data beside the records.
+    fn spawn(&self, token: &str, witness: Option<u64>) -> Result<Record, ProviderError> {
         let instance_id = LocalProcesses::instance_id(token);
+        let mut witness_args = Vec::new();
+        let mut witness_raft_addr = None;
+        if let Some(node_id) = witness {
+            let port =
+                crate::local::free_port().map_err(|e| ProviderError::new(ProviderErrorKind::Other, e.to_string()))?;
+            let addr = format!("127.0.0.1:{port}");
+            let data_dir = self.dir.join(format!("{token}-witness"));
+            witness_args = vec![
+                "--witness".to_owned(),
+                "--witness-id".into(),
+                node_id.to_string(),
+                "--witness-listen".into(),
+                addr.clone(),
+                "--witness-data-dir".into(),
+                data_dir.display().to_string(),
+            ];
+            witness_raft_addr = Some(addr);
+        }
         let log_path = self.dir.join(format!("{token}.log"));
         let log = std::fs::File::create(&log_path).map_err(|e| io_error(&log_path, e))?;
         let stderr = log.try_clone().map_err(|e| io_error(&log_path, e))?;
@@ -104,6 +127,7 @@ impl LocalProcesses {
             .args(&self.args)
             .args(["--launch-token", token, "--instance-id", &instance_id, "--name", &instance_id])
             .args(["--give-up-after-ms", &self.give_up_after.as_millis().to_string()])
+            .args(&witness_args)
             // Only what a worker needs: the coordinator's admin token must not reach it.
             .env_clear()
             .envs(std::env::vars().filter(|(name, _)| name == "PATH" || name == "RUST_LOG"))
@@ -119,7 +143,13 @@ impl LocalProcesses {
                 format!("starting {}: {e}", self.worker_binary.display()),
             )
         })?;
-        let record = Record { token: token.to_owned(), instance_id, pid: child.id(), launched_at_ms: wire::now_ms() };
+        let record = Record {
+            token: token.to_owned(),
+            instance_id,
+            pid: child.id(),
+            launched_at_ms: wire::now_ms(),
+            witness_raft_addr,
+        };
         self.children.lock().expect("children lock").insert(token.to_owned(), child);
         write_record(&self.dir, &record)?;
         Ok(record)
@@ -137,9 +167,24 @@ impl Provider for LocalProcesses {
         let existing = read_record(&self.dir, token);
         let record = match existing {
             Some(record) if is_running(&record) => record,
-            _ => self.spawn(token)?,
+            _ => self.spawn(token, None)?,
         };
         Ok(record.into())
+    }
+
+    async fn launch_witness(&self, token: &str, node_id: u64) -> Result<WitnessInstance, ProviderError> {
+        self.reap();
+        let record = match read_record(&self.dir, token) {
+            Some(record) if is_running(&record) => record,
+            _ => self.spawn(token, Some(node_id))?,
+        };
+        let Some(raft_addr) = record.witness_raft_addr.clone() else {
+            return Err(ProviderError::new(
+                ProviderErrorKind::Other,
+                format!("{} was launched as a plain worker, not a witness", record.instance_id),
+            ));
+        };
+        Ok(WitnessInstance { instance: record.into(), raft_addr })
     }
 
     async fn terminate(&self, instance_id: &str) -> Result<(), ProviderError> {
@@ -283,6 +328,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_witness_launches_once_per_token_as_the_voter_it_was_asked_for() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let provider = provider(dir.path());
+        let launched = provider.launch_witness("w1", 7).await.expect("launch");
+        assert_eq!(launched.instance.instance_id, "local-w1");
+        assert!(launched.raft_addr.starts_with("127.0.0.1:"), "{launched:?}");
+        assert_eq!(provider.launch_witness("w1", 7).await.expect("again"), launched, "one token, one witness");
+        let record = read_record(&provider.dir, "w1").expect("record");
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", record.pid)).expect("cmdline");
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        for (flag, value) in [("--witness-id", "7"), ("--witness-listen", launched.raft_addr.as_str())] {
+            let at = args.iter().position(|a| *a == flag.as_bytes()).unwrap_or_else(|| panic!("no {flag}"));
+            assert_eq!(args[at + 1], value.as_bytes(), "{flag}");
+        }
+        // A token that launched a plain worker does not pass for a witness.
+        provider.launch("plain").await.expect("launch");
+        assert!(provider.launch_witness("plain", 8).await.is_err());
+        LocalProcesses::stop_all(&provider.dir, Duration::from_secs(5));
+        provider.reap();
+    }
+
+    #[tokio::test]
     async fn a_record_whose_process_died_or_whose_pid_was_reused_is_not_listed() {
         let dir = tempfile::TempDir::new().expect("temp dir");
         let provider = provider(dir.path());
@@ -292,8 +359,13 @@ mod tests {
         provider.children.lock().expect("lock").get_mut("t2").expect("child").wait().expect("wait");
         assert_eq!(provider.list().await.expect("list"), vec![], "{launched:?} died");
         // This test's own pid runs, but its command line does not name the instance.
-        let impostor =
-            Record { token: "t3".into(), instance_id: "local-t3".into(), pid: std::process::id(), launched_at_ms: 0 };
+        let impostor = Record {
+            token: "t3".into(),
+            instance_id: "local-t3".into(),
+            pid: std::process::id(),
+            launched_at_ms: 0,
+            witness_raft_addr: None,
+        };
         write_record(&provider.dir, &impostor).expect("write");
         assert_eq!(provider.list().await.expect("list"), vec![]);
         assert!(read_record(&provider.dir, "t3").is_none(), "the stale record is dropped");

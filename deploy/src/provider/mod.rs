@@ -25,6 +25,15 @@ pub struct Instance {
     pub launched_at_ms: Option<u64>,
 }
 
+/// A worker launched in the witness role: it also runs the cluster's third voter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WitnessInstance {
+    /// The machine.
+    pub instance: Instance,
+    /// Where its voter's Raft routes listen, as the coordinators reach them (`host:port`).
+    pub raft_addr: String,
+}
+
 /// What kind of failure a provider reports: the autoscaler backs off on each, and an operator
 /// needs to tell them apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,4 +78,42 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Every live machine of this cluster, whoever launched it.
     fn list(&self) -> impl Future<Output = Result<Vec<Instance>, ProviderError>> + Send;
+
+    /// Launch one worker in the witness role under `token`, its voter under the new node id
+    /// `node_id` with an empty data directory, or return the one already launched under
+    /// `token`. A provider that cannot says so with a configuration error.
+    fn launch_witness(
+        &self,
+        token: &str,
+        node_id: u64,
+    ) -> impl Future<Output = Result<WitnessInstance, ProviderError>> + Send {
+        let _ = (token, node_id);
+        std::future::ready(Err(ProviderError::new(
+            ProviderErrorKind::Configuration,
+            "this provider does not launch witnesses: replace the witness by hand (README, replacing a voter)",
+        )))
+    }
+}
+
+/// A shared provider (the autoscaler and the witness's care use one).
+impl<P: Provider> Provider for std::sync::Arc<P> {
+    fn launch(&self, token: &str) -> impl Future<Output = Result<Instance, ProviderError>> + Send {
+        (**self).launch(token)
+    }
+
+    fn terminate(&self, instance_id: &str) -> impl Future<Output = Result<(), ProviderError>> + Send {
+        (**self).terminate(instance_id)
+    }
+
+    fn list(&self) -> impl Future<Output = Result<Vec<Instance>, ProviderError>> + Send {
+        (**self).list()
+    }
+
+    fn launch_witness(
+        &self,
+        token: &str,
+        node_id: u64,
+    ) -> impl Future<Output = Result<WitnessInstance, ProviderError>> + Send {
+        (**self).launch_witness(token, node_id)
+    }
 }

@@ -103,6 +103,17 @@ pub enum ScalerCommand {
     /// The leader held back from what the load asked for (backing off, at the maximum, ...).
     /// Recorded only when it differs from the last record.
     Held { at_ms: u64, why: String },
+    /// Replace the silent witness voter `replaces` by a new worker in the witness role, voter
+    /// `node_id`, launched under `token`. Refused while another replacement is under way, and
+    /// when `node_id` is not above every id handed out before.
+    ReplaceWitness { token: String, replaces: u64, node_id: u64, at_ms: u64, why: String },
+    /// The replacement witness under `token` was launched: `instance_id`, its voter at `raft_addr`.
+    WitnessLaunched { token: String, instance_id: String, raft_addr: String, at_ms: u64 },
+    /// The replacement under `token` is done: its witness is a voter in place of the old one.
+    WitnessReplaced { token: String, at_ms: u64 },
+    /// The replacement under `token` failed (the launch was refused, or the new witness never
+    /// caught up): it is dropped, and a later one may be decided.
+    WitnessFailed { token: String, at_ms: u64, why: String },
 }
 
 /// Everything that changes the table. Each is one Raft entry's payload, stamped by the leader

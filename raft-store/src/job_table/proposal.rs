@@ -41,6 +41,14 @@ pub enum ScalerProposal {
     Resume { worker: WorkerId, why: String },
     /// The leader held back.
     Held { why: String },
+    /// Replace the silent witness `replaces` by voter `node_id`, launched under `token`.
+    ReplaceWitness { token: String, replaces: u64, node_id: u64, why: String },
+    /// The replacement witness was launched.
+    WitnessLaunched { token: String, instance_id: String, raft_addr: String },
+    /// The replacement is done.
+    WitnessReplaced { token: String },
+    /// The replacement failed.
+    WitnessFailed { token: String, why: String },
 }
 
 impl ScalerProposal {
@@ -58,6 +66,14 @@ impl ScalerProposal {
             ScalerProposal::ScaleIn { worker, why } => ScalerCommand::ScaleIn { worker, at_ms, why },
             ScalerProposal::Resume { worker, why } => ScalerCommand::Resume { worker, at_ms, why },
             ScalerProposal::Held { why } => ScalerCommand::Held { at_ms, why },
+            ScalerProposal::ReplaceWitness { token, replaces, node_id, why } => {
+                ScalerCommand::ReplaceWitness { token, replaces, node_id, at_ms, why }
+            }
+            ScalerProposal::WitnessLaunched { token, instance_id, raft_addr } => {
+                ScalerCommand::WitnessLaunched { token, instance_id, raft_addr, at_ms }
+            }
+            ScalerProposal::WitnessReplaced { token } => ScalerCommand::WitnessReplaced { token, at_ms },
+            ScalerProposal::WitnessFailed { token, why } => ScalerCommand::WitnessFailed { token, at_ms, why },
         }
     }
 }

@@ -148,6 +148,39 @@ pub struct ScalerState {
     /// Running totals of launches, launch failures and terminations.
     #[serde(default)]
     pub totals: ScalerTotals,
+    /// The last replacement of the witness the leader decided, under way or finished.
+    #[serde(default)]
+    pub witness: Option<WitnessReplacement>,
+    /// The highest voter id a witness replacement was given: ids are never handed out twice.
+    #[serde(default)]
+    pub highest_node_id: u64,
+}
+
+/// A replacement of a silent witness: a new worker in the witness role, voter `node_id`, takes
+/// the place of voter `replaces` through the voter-replacement path.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct WitnessReplacement {
+    /// The launch's idempotency token.
+    pub token: String,
+    /// The witness voter being replaced.
+    pub replaces: u64,
+    /// The new witness's voter id.
+    pub node_id: u64,
+    /// When it was decided (ms).
+    pub requested_at_ms: u64,
+    /// The machine, once the provider launched it.
+    pub instance_id: Option<String>,
+    /// Where the new voter listens, once launched.
+    pub raft_addr: Option<String>,
+    /// When the new witness became a voter in place of the old one (ms); until then, under way.
+    pub done_at_ms: Option<u64>,
+}
+
+impl WitnessReplacement {
+    /// Whether it is still under way.
+    pub fn pending(&self) -> bool {
+        self.done_at_ms.is_none()
+    }
 }
 
 /// Running totals of the autoscaler's actions.

@@ -90,6 +90,52 @@ impl JobTable {
                 scaler.last_scale_out_ms = Some(*at_ms);
                 self.record(*at_ms, "resume", Some(format!("worker {worker}")), why.clone());
             }
+            ScalerCommand::ReplaceWitness { token, replaces, node_id, at_ms, why } => {
+                if let Some(under_way) = scaler.witness.as_ref().filter(|w| w.pending()) {
+                    // The same decision committed twice is one decision; another one is stale.
+                    return match under_way.token == *token {
+                        true => CommandResponse::Done,
+                        false => CommandResponse::Rejected(Rejection::StaleDecision),
+                    };
+                }
+                if *node_id <= scaler.highest_node_id {
+                    return CommandResponse::Rejected(Rejection::StaleDecision);
+                }
+                scaler.highest_node_id = *node_id;
+                scaler.witness = Some(WitnessReplacement {
+                    token: token.clone(),
+                    replaces: *replaces,
+                    node_id: *node_id,
+                    requested_at_ms: *at_ms,
+                    instance_id: None,
+                    raft_addr: None,
+                    done_at_ms: None,
+                });
+                self.record(*at_ms, "replace witness", Some(format!("node {replaces} by node {node_id}")), why.clone());
+            }
+            ScalerCommand::WitnessLaunched { token, instance_id, raft_addr, .. } => {
+                let Some(replacement) = scaler.witness.as_mut().filter(|w| w.pending() && w.token == *token) else {
+                    return CommandResponse::Rejected(Rejection::StaleDecision);
+                };
+                replacement.instance_id = Some(instance_id.clone());
+                replacement.raft_addr = Some(raft_addr.clone());
+            }
+            ScalerCommand::WitnessReplaced { token, at_ms } => {
+                let Some(replacement) = scaler.witness.as_mut().filter(|w| w.pending() && w.token == *token) else {
+                    return CommandResponse::Rejected(Rejection::StaleDecision);
+                };
+                replacement.done_at_ms = Some(*at_ms);
+                let subject = format!("node {} by node {}", replacement.replaces, replacement.node_id);
+                self.record(*at_ms, "witness replaced", Some(subject), "the new witness votes".into());
+            }
+            ScalerCommand::WitnessFailed { token, at_ms, why } => {
+                if !scaler.witness.as_ref().is_some_and(|w| w.pending() && w.token == *token) {
+                    return CommandResponse::Rejected(Rejection::StaleDecision);
+                }
+                let replacement = scaler.witness.take().expect("checked above");
+                let subject = format!("node {} by node {}", replacement.replaces, replacement.node_id);
+                self.record(*at_ms, "witness replacement failed", Some(subject), why.clone());
+            }
             ScalerCommand::Held { at_ms, why } => {
                 let repeated = self.scaler.records.back().is_some_and(|last| last.action == "held" && last.why == *why);
                 if !repeated {

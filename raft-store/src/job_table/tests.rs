@@ -482,3 +482,47 @@ fn a_lease_by_work_takes_one_job_per_free_core_then_only_what_fits_the_budget() 
     assert_eq!(table.queued_iterations(), 999);
     table.check_invariants().expect("invariants");
 }
+
+#[test]
+fn a_witness_replacement_runs_one_at_a_time_under_ids_never_handed_out_twice() {
+    let mut table = JobTable::new(Limits::default());
+    let replace = |token: &str, node_id| ScalerCommand::ReplaceWitness {
+        token: token.into(),
+        replaces: 3,
+        node_id,
+        at_ms: 1_000,
+        why: "witness silent".into(),
+    };
+    assert_eq!(scaler(&mut table, replace("w1", 4)), CommandResponse::Done);
+    // The same decision again (a retried proposal) is the same replacement; another is stale.
+    assert_eq!(scaler(&mut table, replace("w1", 4)), CommandResponse::Done);
+    assert_eq!(scaler(&mut table, replace("w2", 5)), CommandResponse::Rejected(Rejection::StaleDecision));
+    let launched = |token: &str| ScalerCommand::WitnessLaunched {
+        token: token.into(),
+        instance_id: format!("local-{token}"),
+        raft_addr: "127.0.0.1:9".into(),
+        at_ms: 1_500,
+    };
+    assert_eq!(scaler(&mut table, launched("w2")), CommandResponse::Rejected(Rejection::StaleDecision));
+    assert_eq!(scaler(&mut table, launched("w1")), CommandResponse::Done);
+    let under_way = table.scaler().witness.clone().expect("under way");
+    assert_eq!((under_way.raft_addr.as_deref(), under_way.pending()), (Some("127.0.0.1:9"), true));
+    // It fails: dropped, and the id it had is never handed out again.
+    let failed = ScalerCommand::WitnessFailed { token: "w1".into(), at_ms: 2_000, why: "never caught up".into() };
+    assert_eq!(scaler(&mut table, failed.clone()), CommandResponse::Done);
+    assert_eq!(scaler(&mut table, failed), CommandResponse::Rejected(Rejection::StaleDecision));
+    assert!(table.scaler().witness.is_none());
+    assert_eq!(scaler(&mut table, replace("w3", 4)), CommandResponse::Rejected(Rejection::StaleDecision));
+    assert_eq!(scaler(&mut table, replace("w3", 5)), CommandResponse::Done);
+    let done = ScalerCommand::WitnessReplaced { token: "w3".into(), at_ms: 3_000 };
+    assert_eq!(scaler(&mut table, done.clone()), CommandResponse::Done);
+    assert_eq!(scaler(&mut table, done), CommandResponse::Rejected(Rejection::StaleDecision));
+    assert_eq!(table.scaler().witness.as_ref().and_then(|w| w.done_at_ms), Some(3_000));
+    // Once done, a later replacement (of the new witness) may be decided.
+    assert_eq!(scaler(&mut table, replace("w4", 6)), CommandResponse::Done);
+    let actions: Vec<&str> = table.scaler().records.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["replace witness", "witness replacement failed", "replace witness", "witness replaced", "replace witness"]
+    );
+}

@@ -1,0 +1,204 @@
+//! The witness re-created: when the witness voter has been silent for the witness timeout
+//! (`--witness-timeout-ms`, default 60 s), the leader launches a worker in the witness role
+//! through its provider and replaces the old voter by it through the voter-replacement path (a
+//! new id, caught up, then swapped in one joint change), so that the cluster tolerates the loss
+//! of one voter again without an operator.
+//!
+//! Each step is committed before its side effect, as the autoscaler's are, and only by the
+//! leader in the term it decided in ([`Node::propose_as_leader`]):
+//!
+//! 1. `ReplaceWitness{token, replaces, node_id}`: the decision, with a voter id above every id
+//!    handed out before. Apply refuses a second one while one is under way.
+//! 2. The provider launches under `token` (idempotent), then `WitnessLaunched` records where
+//!    the new voter listens.
+//! 3. [`Node::replace_voter`] (safe to repeat), then `WitnessReplaced`.
+//!
+//! A new leader carries on from whatever was committed. A replacement that fails (the launch is
+//! refused, the new witness never catches up, the membership changed meanwhile) is committed as
+//! `WitnessFailed`, its machine terminated, and the next attempt waits out the timeout again.
+//! Silence is measured by this leader: from the witness's last answer, or from when this node
+//! began to lead if it has not heard from it since, so a new leader waits a whole timeout.
+
+use std::time::Duration;
+
+use deploy::provider::{Provider, WitnessInstance};
+use raft_store::job_table::{CommandResponse, Proposal, ScalerProposal, WitnessReplacement};
+use raft_store::{MembershipError, Node, NodeInfo, NodeView, ProposeError, Role};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How often the leader looks at the witness.
+const TICK: Duration = Duration::from_secs(1);
+
+/// When to replace the witness, and how long its replacement may take to catch up.
+#[derive(Clone, Copy, Debug)]
+pub struct WitnessCare {
+    /// The witness silent this long is replaced.
+    pub timeout: Duration,
+    /// The new witness must hold the whole log within this of being asked to (boot included).
+    pub catch_up: Duration,
+}
+
+/// Why a step stopped; the next tick tries again.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error(transparent)]
+    Propose(#[from] ProposeError),
+    #[error("the provider: {0}")]
+    Provider(#[from] deploy::provider::ProviderError),
+}
+
+/// Look after the witness every second while this node leads, until `shutdown`.
+pub async fn run<P: Provider>(node: Node, provider: P, care: WitnessCare, shutdown: CancellationToken) {
+    if node.role() != Role::Coordinator {
+        return;
+    }
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch = Watch::default();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let leading = *node.leadership().borrow();
+        if !leading.is_self {
+            watch = Watch::default();
+            continue;
+        }
+        let view = node.view();
+        if !view.is_leader() {
+            continue;
+        }
+        if let Err(e) = step(&node, &provider, care, leading.term, &view, &mut watch).await {
+            tracing::warn!(error = %e, "witness care: step not finished; will retry");
+        }
+    }
+}
+
+/// What this leader measured itself.
+#[derive(Default)]
+struct Watch {
+    /// The term it leads in, and since when.
+    term: Option<(u64, Instant)>,
+    /// When its last replacement failed: the next waits a timeout.
+    failed_at: Option<Instant>,
+}
+
+async fn step<P: Provider>(
+    node: &Node,
+    provider: &P,
+    care: WitnessCare,
+    term: u64,
+    view: &NodeView,
+    watch: &mut Watch,
+) -> Result<(), StepError> {
+    let now = Instant::now();
+    let leading_since = match watch.term {
+        Some((t, since)) if t == term => since,
+        _ => {
+            watch.term = Some((term, now));
+            now
+        }
+    };
+    let under_way = node.state_machine().read(|t| t.scaler().witness.clone().filter(WitnessReplacement::pending));
+    if let Some(replacement) = under_way {
+        let failed = carry_on(node, provider, care, term, view, replacement).await?;
+        if failed {
+            watch.failed_at = Some(now);
+        }
+        return Ok(());
+    }
+    let Some(witness) = view.members.iter().find(|m| m.voter && m.info.role == Role::Witness) else {
+        return Ok(());
+    };
+    let silent_for = match view.peers.get(&witness.id).and_then(|p| p.last_contact) {
+        Some(age) => age,
+        None => now - leading_since,
+    };
+    let backing_off = watch.failed_at.is_some_and(|at| now - at < care.timeout);
+    if silent_for < care.timeout || backing_off {
+        return Ok(());
+    }
+    let highest = node.state_machine().read(|t| t.scaler().highest_node_id);
+    let node_id = view.members.iter().map(|m| m.id).max().unwrap_or(0).max(highest) + 1;
+    let token = format!("tandem-witness-{}", deploy::local::random_token().unwrap_or_else(|_| node_id.to_string()));
+    let why = format!("witness node {} silent for {} s", witness.id, silent_for.as_secs());
+    let proposal = ScalerProposal::ReplaceWitness { token: token.clone(), replaces: witness.id, node_id, why };
+    let answer = commit(node, term, proposal).await?;
+    tracing::warn!(replaces = witness.id, node_id, token, ?answer, "replacing the silent witness");
+    Ok(())
+}
+
+/// Take a committed replacement one step further; whether it failed.
+async fn carry_on<P: Provider>(
+    node: &Node,
+    provider: &P,
+    care: WitnessCare,
+    term: u64,
+    view: &NodeView,
+    replacement: WitnessReplacement,
+) -> Result<bool, StepError> {
+    let WitnessReplacement { token, replaces, node_id, .. } = replacement.clone();
+    let swapped = view.member(node_id).is_some_and(|m| m.voter) && view.member(replaces).is_none_or(|m| !m.voter);
+    if swapped {
+        // A previous leader swapped the voters and did not live to record it.
+        commit(node, term, ScalerProposal::WitnessReplaced { token }).await?;
+        return Ok(false);
+    }
+    let Some(raft_addr) = replacement.raft_addr.clone() else {
+        return match provider.launch_witness(&token, node_id).await {
+            Ok(WitnessInstance { instance, raft_addr }) => {
+                tracing::info!(node_id, instance_id = instance.instance_id, raft_addr, "launched a new witness");
+                let launched = ScalerProposal::WitnessLaunched { token, instance_id: instance.instance_id, raft_addr };
+                commit(node, term, launched).await?;
+                Ok(false)
+            }
+            Err(e) => {
+                tracing::warn!(node_id, error = %e, "the new witness could not be launched");
+                fail(node, provider, term, &replacement, e.to_string()).await?;
+                Ok(true)
+            }
+        };
+    };
+    match node.replace_voter(replaces, node_id, NodeInfo::at(Role::Witness, raft_addr), care.catch_up).await {
+        Ok(replaced) => {
+            tracing::warn!(replaces, node_id, voters = ?replaced.voters, "the new witness votes in place of the old");
+            commit(node, term, ScalerProposal::WitnessReplaced { token }).await?;
+            Ok(false)
+        }
+        // It never caught up, or the membership changed under it: this attempt is over.
+        Err(e @ (MembershipError::CatchUpTimedOut { .. } | MembershipError::Refused(_))) => {
+            tracing::warn!(replaces, node_id, error = %e, "the witness replacement failed");
+            fail(node, provider, term, &replacement, e.to_string()).await?;
+            Ok(true)
+        }
+        // Leadership moved, or openraft is busy: the next tick (or leader) repeats it.
+        Err(e) => {
+            tracing::info!(replaces, node_id, error = %e, "the witness replacement will be repeated");
+            Ok(false)
+        }
+    }
+}
+
+/// Record the failure, then terminate the machine it launched, if any.
+async fn fail<P: Provider>(
+    node: &Node,
+    provider: &P,
+    term: u64,
+    replacement: &WitnessReplacement,
+    why: String,
+) -> Result<(), StepError> {
+    let answer = commit(node, term, ScalerProposal::WitnessFailed { token: replacement.token.clone(), why }).await?;
+    if answer == CommandResponse::Done
+        && let Some(instance_id) = &replacement.instance_id
+    {
+        provider.terminate(instance_id).await?;
+    }
+    Ok(())
+}
+
+/// Commit `proposal` as this term's leader; a refusal is an answer, not an error.
+async fn commit(node: &Node, term: u64, proposal: ScalerProposal) -> Result<CommandResponse, StepError> {
+    Ok(node.propose_as_leader(term, Proposal::Scaler(proposal)).await?)
+}
