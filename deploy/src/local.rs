@@ -472,12 +472,10 @@ impl LocalCluster {
 
     /// Fail, naming it, if a process this cluster started has exited.
     fn ensure_running(&mut self) -> anyhow::Result<()> {
-        for i in 0..self.processes.len() {
-            let process = &mut self.processes[i];
-            if process.child.is_some() && process.has_exited() {
-                let name = process.name.clone();
-                bail!("{name} exited during start-up; {}", self.log_tail(&name, 5));
-            }
+        let exited = (self.processes.iter_mut().filter(|p| p.child.is_some()))
+            .find_map(|p| p.has_exited().then(|| p.name.clone()));
+        if let Some(name) = exited {
+            bail!("{name} exited during start-up; {}", self.log_tail(&name, LOG_TAIL_LINES));
         }
         Ok(())
     }
@@ -534,7 +532,7 @@ impl LocalCluster {
             let name = process.name.clone();
             let exit = ChildExit { name: name.clone(), status, log_tail: self.log_tail(&name, LOG_TAIL_LINES) };
             if exits > CRASH_LOOP_EXITS {
-                // Its last exit stays reaped and down, so that `stop` does not wait for it.
+                // Left down, and not counted again by a later call.
                 self.processes[i].child = None;
                 bail!(
                     "{name} exited {exits} times within {}s, the last time with {status}: giving up on it \
@@ -617,8 +615,8 @@ pub fn check_ports(options: &LocalOptions) -> anyhow::Result<()> {
     ];
     for (i, (owner, port)) in planned.iter().enumerate() {
         let host = &options.voter_hosts[i];
-        let earlier = planned[..i].iter().zip(&options.voter_hosts);
-        if let Some(((other, _), _)) = earlier.into_iter().find(|((_, p), h)| p == port && *h == host) {
+        let mut earlier = planned[..i].iter().zip(&options.voter_hosts);
+        if let Some(((other, _), _)) = earlier.find(|((_, p), h)| p == port && *h == host) {
             bail!("port {port} is given twice, as {other} and as {owner}: choose another port for one of them");
         }
         if options.voter_netns[i].is_some() {
@@ -767,4 +765,30 @@ pub fn build_binaries(dir: &Path) -> anyhow::Result<()> {
         bail!("building the coordinator and worker failed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(ports: [u16; 3]) -> LocalOptions {
+        LocalOptions::on_loopback(PathBuf::from("/nonexistent"), PathBuf::from("/nonexistent"), ports, None, None)
+    }
+
+    #[test]
+    fn a_taken_port_is_named_with_whose_it_is() {
+        let ports = LocalOptions::free_ports().expect("ports");
+        assert!(check_ports(&layout(ports)).is_ok());
+        let _held = std::net::TcpListener::bind(("127.0.0.1", ports[1])).expect("bind");
+        let error = check_ports(&layout(ports)).expect_err("port 2 is taken").to_string();
+        assert!(error.contains(&format!("port {} on 127.0.0.1, for coordinator-2's API", ports[1])), "{error}");
+        assert!(error.contains("--port-1/--port-2/--witness-port"), "{error}");
+    }
+
+    #[test]
+    fn one_port_given_to_two_voters_is_refused() {
+        let [port, other, _] = LocalOptions::free_ports().expect("ports");
+        let error = check_ports(&layout([port, other, port])).expect_err("given twice").to_string();
+        assert!(error.contains(&format!("port {port} is given twice")) && error.contains("the witness's"), "{error}");
+    }
 }
