@@ -3,10 +3,17 @@
 //!
 //! [`LocalCluster`] owns its children: dropping it kills them (SIGKILL), and each child is also
 //! set to receive SIGKILL if this process dies first, so no process outlives its cluster.
+//!
+//! Before it starts anything, [`LocalCluster::start`] tries every port the voters will listen on
+//! and refuses, naming the port and whose it is, when one is taken: a second cluster on the same
+//! ports would otherwise see its own voters exit while the first cluster answered for them.
+//! Once the cluster is up, [`LocalCluster::supervise`] (called every half second by
+//! `deploy local`) restarts a child that exited, and gives up on one that keeps exiting.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
@@ -21,6 +28,16 @@ pub const SECRET_ENV: &str = "TANDEM_CLUSTER_SECRET";
 
 /// The environment variable the coordinators read the admin token from.
 pub const ADMIN_TOKEN_ENV: &str = "TANDEM_ADMIN_TOKEN";
+
+/// A child that exits more than this many times within [`CRASH_LOOP_WINDOW`] is in a crash loop:
+/// [`LocalCluster::supervise`] stops restarting it.
+pub const CRASH_LOOP_EXITS: usize = 3;
+
+/// See [`CRASH_LOOP_EXITS`].
+pub const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(60);
+
+/// How many lines of an exited child's log are shown.
+const LOG_TAIL_LINES: usize = 10;
 
 /// How to lay out a local cluster.
 #[derive(Clone, Debug)]
@@ -132,6 +149,8 @@ pub struct Process {
     binary: PathBuf,
     netns: Option<String>,
     child: Option<Child>,
+    /// When it exited on its own lately (within [`CRASH_LOOP_WINDOW`]), oldest first.
+    exits: VecDeque<Instant>,
 }
 
 impl Process {
@@ -219,6 +238,8 @@ impl LocalCluster {
     }
 
     /// Start every process. Returns once they are spawned; see [`LocalCluster::wait_ready`].
+    /// Starts nothing, and says which port and whose, if a port a voter is to listen on is taken
+    /// (see [`check_ports`]).
     pub fn start(options: LocalOptions) -> anyhow::Result<LocalCluster> {
         for (what, value) in
             [("the cluster secret", &options.cluster_secret), ("the admin token", &options.admin_token)]
@@ -233,6 +254,7 @@ impl LocalCluster {
                 bail!("{} not found: build it first (cargo build --workspace --bins)", path.display());
             }
         }
+        check_ports(&options)?;
         std::fs::create_dir_all(&options.data_dir)
             .with_context(|| format!("creating {}", options.data_dir.display()))?;
         let mut cluster = LocalCluster { options: options.clone(), processes: Vec::new() };
@@ -357,7 +379,15 @@ impl LocalCluster {
     ) -> anyhow::Result<()> {
         let binary = self.options.bin_dir.join(binary);
         let child = spawn_child(&binary, &args, &name, &self.options, netns.as_deref())?;
-        self.processes.push(Process { name, args, metrics_url, binary, netns, child: Some(child) });
+        self.processes.push(Process {
+            name,
+            args,
+            metrics_url,
+            binary,
+            netns,
+            child: Some(child),
+            exits: VecDeque::new(),
+        });
         Ok(())
     }
 
@@ -442,25 +472,79 @@ impl LocalCluster {
 
     /// Fail, naming it, if a process this cluster started has exited.
     fn ensure_running(&mut self) -> anyhow::Result<()> {
-        let logs = self.options.log_to_files.then(|| self.options.data_dir.clone());
-        for process in &mut self.processes {
-            if process.child.is_some() && process.has_exited() {
-                // The log's last lines say why (a port taken, a bad flag): the data directory,
-                // log included, may be gone by the time someone reads this.
-                let log = logs
-                    .as_ref()
-                    .and_then(|dir| std::fs::read_to_string(dir.join(format!("{}.log", process.name))).ok());
-                let tail = match log {
-                    Some(log) => {
-                        let lines: Vec<&str> = log.lines().collect();
-                        format!("its log ends:\n{}", lines[lines.len().saturating_sub(5)..].join("\n"))
-                    }
-                    None => "see its log".to_owned(),
-                };
-                bail!("{} exited during start-up; {tail}", process.name);
-            }
+        let exited = (self.processes.iter_mut().filter(|p| p.child.is_some()))
+            .find_map(|p| p.has_exited().then(|| p.name.clone()));
+        if let Some(name) = exited {
+            bail!("{name} exited during start-up; {}", self.log_tail(&name, LOG_TAIL_LINES));
         }
         Ok(())
+    }
+
+    /// The last `lines` lines of process `name`'s log, introduced ("its log ends:"), or where to
+    /// look when its output is not in a file. The log says why it exited (a port taken, a bad
+    /// flag), and the data directory, log included, may be gone by the time someone reads it.
+    fn log_tail(&self, name: &str, lines: usize) -> String {
+        if !self.options.log_to_files {
+            return "see its output above".to_owned();
+        }
+        let path = self.log_path(name);
+        match std::fs::read_to_string(&path) {
+            Ok(log) => {
+                let all: Vec<&str> = log.lines().collect();
+                let tail = &all[all.len().saturating_sub(lines)..];
+                format!("its log ({}) ends:\n{}", path.display(), tail.join("\n"))
+            }
+            Err(error) => format!("its log {} could not be read: {error}", path.display()),
+        }
+    }
+
+    /// Where process `name` logs when [`LocalOptions::log_to_files`] is set.
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        log_path(&self.options, name)
+    }
+
+    /// Restart every child that exited on its own since the last call, on its data directory
+    /// and with its arguments, and say which: for each, its exit status and the end of its log.
+    /// A child killed through [`Process::kill`] (a test taking it down on purpose) is left down.
+    ///
+    /// Fails, restarting nothing more, once a child has exited more than [`CRASH_LOOP_EXITS`]
+    /// times within [`CRASH_LOOP_WINDOW`] (a crash loop: a port taken by another program, a
+    /// broken data directory), or if a restart cannot be spawned. The error names the child and
+    /// shows its log; the caller is expected to [`LocalCluster::stop`] the cluster then.
+    ///
+    /// Workers the leader's autoscaler launched are not this cluster's children and are not
+    /// watched here: the leader replaces them itself. Call it from the thread that started the
+    /// cluster: a child dies with the thread that spawned it.
+    pub fn supervise(&mut self) -> anyhow::Result<Vec<ChildExit>> {
+        let now = Instant::now();
+        let mut restarted = Vec::new();
+        for i in 0..self.processes.len() {
+            let process = &mut self.processes[i];
+            if process.child.is_none() {
+                continue;
+            }
+            let Some(status) = process.exit_status() else { continue };
+            while process.exits.front().is_some_and(|at| now.duration_since(*at) > CRASH_LOOP_WINDOW) {
+                process.exits.pop_front();
+            }
+            process.exits.push_back(now);
+            let exits = process.exits.len();
+            let name = process.name.clone();
+            let exit = ChildExit { name: name.clone(), status, log_tail: self.log_tail(&name, LOG_TAIL_LINES) };
+            if exits > CRASH_LOOP_EXITS {
+                // Left down, and not counted again by a later call.
+                self.processes[i].child = None;
+                bail!(
+                    "{name} exited {exits} times within {}s, the last time with {status}: giving up on it \
+                     (a crash loop) and stopping the cluster; {}",
+                    CRASH_LOOP_WINDOW.as_secs(),
+                    exit.log_tail
+                );
+            }
+            self.restart(&name).with_context(|| format!("restarting {name} after it exited with {status}"))?;
+            restarted.push(exit);
+        }
+        Ok(restarted)
     }
 
     /// SIGTERM every process, wait up to `grace` for them to exit, SIGKILL the rest; then the
@@ -488,6 +572,67 @@ impl Drop for LocalCluster {
         }
         crate::provider::local::LocalProcesses::stop_all(&self.options.launched_workers_dir(), Duration::ZERO);
     }
+}
+
+/// A child of a [`LocalCluster`] that exited on its own and was restarted
+/// ([`LocalCluster::supervise`]).
+#[derive(Debug, Clone)]
+pub struct ChildExit {
+    /// The process's name (`coordinator-1`, `witness`, `worker-2`).
+    pub name: String,
+    /// How it exited.
+    pub status: ExitStatus,
+    /// The end of its log, introduced ("its log (PATH) ends:"), or where to look for it.
+    pub log_tail: String,
+}
+
+impl std::fmt::Display for ChildExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} exited ({}); restarted it with the same arguments and data directory; {}",
+            self.name, self.status, self.log_tail
+        )
+    }
+}
+
+/// Where process `name` of a cluster laid out by `options` logs.
+fn log_path(options: &LocalOptions, name: &str) -> PathBuf {
+    options.data_dir.join(format!("{name}.log"))
+}
+
+/// Refuse, naming the port and whose it is, if a port a voter of `options` is to listen on
+/// (each coordinator's API and Raft address, the witness's Raft address) is taken or given
+/// twice. Each is tried with a bind on its host; a voter in a network namespace of its own is
+/// not checked (its address is not this namespace's). The workers' metrics ports are chosen
+/// free when they start. A port taken between this check and the child's bind shows up as the
+/// child exiting, which [`LocalCluster::wait_ready`] and [`LocalCluster::supervise`] report.
+pub fn check_ports(options: &LocalOptions) -> anyhow::Result<()> {
+    let planned = [
+        ("coordinator-1's API and Raft address", options.port_1),
+        ("coordinator-2's API and Raft address", options.port_2),
+        ("the witness's Raft address", options.witness_port),
+    ];
+    for (i, (owner, port)) in planned.iter().enumerate() {
+        let host = &options.voter_hosts[i];
+        let mut earlier = planned[..i].iter().zip(&options.voter_hosts);
+        if let Some(((other, _), _)) = earlier.find(|((_, p), h)| p == port && *h == host) {
+            bail!("port {port} is given twice, as {other} and as {owner}: choose another port for one of them");
+        }
+        if options.voter_netns[i].is_some() {
+            continue;
+        }
+        match std::net::TcpListener::bind((host.as_str(), *port)) {
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => bail!(
+                "port {port} on {host}, for {owner}, is already taken, so nothing was started: is another \
+                 `deploy local` (or another program) listening there? Stop it, or choose other ports \
+                 (`deploy local --port-1/--port-2/--witness-port`)"
+            ),
+            Err(error) => bail!("cannot listen on {host}:{port}, for {owner}, so nothing was started: {error}"),
+        }
+    }
+    Ok(())
 }
 
 fn spawn_child(
@@ -520,7 +665,7 @@ fn spawn_child(
         };
     }
     if options.log_to_files {
-        let log = options.data_dir.join(format!("{name}.log"));
+        let log = log_path(options, name);
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -620,4 +765,30 @@ pub fn build_binaries(dir: &Path) -> anyhow::Result<()> {
         bail!("building the coordinator and worker failed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(ports: [u16; 3]) -> LocalOptions {
+        LocalOptions::on_loopback(PathBuf::from("/nonexistent"), PathBuf::from("/nonexistent"), ports, None, None)
+    }
+
+    #[test]
+    fn a_taken_port_is_named_with_whose_it_is() {
+        let ports = LocalOptions::free_ports().expect("ports");
+        assert!(check_ports(&layout(ports)).is_ok());
+        let _held = std::net::TcpListener::bind(("127.0.0.1", ports[1])).expect("bind");
+        let error = check_ports(&layout(ports)).expect_err("port 2 is taken").to_string();
+        assert!(error.contains(&format!("port {} on 127.0.0.1, for coordinator-2's API", ports[1])), "{error}");
+        assert!(error.contains("--port-1/--port-2/--witness-port"), "{error}");
+    }
+
+    #[test]
+    fn one_port_given_to_two_voters_is_refused() {
+        let [port, other, _] = LocalOptions::free_ports().expect("ports");
+        let error = check_ports(&layout([port, other, port])).expect_err("given twice").to_string();
+        assert!(error.contains(&format!("port {port} is given twice")) && error.contains("the witness's"), "{error}");
+    }
 }

@@ -17,7 +17,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Commands {
     /// Two coordinators, the witness worker and more workers as processes on 127.0.0.1, until
-    /// Ctrl-C or SIGTERM. Restarting on the same data directory recovers jobs and results.
+    /// Ctrl-C or SIGTERM. Refuses to start if one of its ports is taken; restarts a process that
+    /// exits, and stops everything (non-zero status) if one keeps exiting. Restarting on the same
+    /// data directory recovers jobs and results.
     Local(LocalArgs),
     /// Move Raft leadership to the other coordinator (or to --to), as `POST /admin/failover`
     /// does; prints who leads now.
@@ -150,7 +152,8 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// `deploy local`: start the cluster, print how to use it, stop it on Ctrl-C or SIGTERM.
+/// `deploy local`: start the cluster, print how to use it, restart a child that exits, stop it on
+/// Ctrl-C or SIGTERM (status 0) or when a child keeps exiting (an error naming it).
 fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     let LocalArgs {
         min_workers,
@@ -214,16 +217,27 @@ fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     let worker = options.bin_dir.join("worker");
     println!("  TANDEM_CLUSTER_SECRET={cluster_secret} {} --coordinator {url_1},{url_2}", worker.display());
     println!();
-    println!("Ctrl-C stops every process.");
-    runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    println!("Ctrl-C stops every process. A process that exits is restarted; one that keeps exiting stops them all.");
+    // Supervise until Ctrl-C or SIGTERM; restarts are spawned on this thread, as the start was.
+    let supervised = runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => return anyhow::Ok(()),
+                _ = term.recv() => return anyhow::Ok(()),
+                _ = tick.tick() => {
+                    for exit in cluster.supervise()? {
+                        eprintln!("\n{exit}\n");
+                    }
+                }
+            }
         }
-        anyhow::Ok(())
-    })?;
+    });
     println!("stopping...");
     cluster.stop(Duration::from_secs(10));
-    Ok(())
+    supervised
 }
