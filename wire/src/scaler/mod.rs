@@ -20,8 +20,9 @@
 //! - **In**: only a worker idle (holding no lease) for the idle time, never within the cooldown
 //!   after a scale-out, never while jobs wait, never the witness's worker, never below the
 //!   minimum. It is drained first, and terminated only once it holds nothing.
-//! - **Failures**: a launch that has not registered within the boot timeout is given up (its
-//!   instance terminated) and counts as a failure; consecutive failures back off exponentially.
+//! - **Failures**: a launch that has not registered within the boot timeout, or within three
+//!   observed boot times once boots have been observed, is given up (its instance terminated)
+//!   and counts as a failure; consecutive failures back off exponentially.
 
 mod policy;
 #[cfg(test)]

@@ -219,9 +219,10 @@ pub fn decide(config: &PolicyConfig, obs: &Observation) -> Plan {
     let mut failures = obs.consecutive_failures;
     let mut last_failure = obs.last_failure_ms;
     let mut launches_live = 0u32;
+    let give_up_after_ms = give_up_after_ms(config, obs.boot_ms);
     for launch in &obs.launches_in_flight {
         let waited_ms = now.saturating_sub(launch.requested_at_ms);
-        if waited_ms >= config.boot_timeout_ms {
+        if waited_ms >= give_up_after_ms {
             plan.decisions.push(Decision {
                 action: Action::GiveUp { token: launch.token.clone() },
                 why: Why::NeverRegistered { waited_ms },
@@ -361,6 +362,19 @@ fn core_rate(config: &PolicyConfig, workers: &[WorkerObservation]) -> u64 {
     samples.sort_unstable();
     samples[samples.len() / 2]
 }
+
+/// How long a launch may take to register before it is given up: the boot timeout, or, once
+/// boots have been observed, [`OVERDUE_BOOTS`] times the observed boot time if that is shorter.
+/// An instance that has not registered in three times the usual boot has almost surely hung
+/// (ray#27521): waiting out the whole timeout bills it for nothing and keeps it counted as
+/// capacity, so the backlog it was launched for waits too. No boot observed yet, no evidence:
+/// the configured timeout.
+fn give_up_after_ms(config: &PolicyConfig, boot_ms: Option<u64>) -> u64 {
+    boot_ms.map_or(config.boot_timeout_ms, |boot| boot.saturating_mul(OVERDUE_BOOTS).min(config.boot_timeout_ms))
+}
+
+/// A launch not registered in this many observed boot times is given up (see [`give_up_after_ms`]).
+pub const OVERDUE_BOOTS: u64 = 3;
 
 /// When launches may start again after `failures` in a row, the last at `last_failure`.
 fn backoff_until(config: &PolicyConfig, failures: u32, last_failure: Option<u64>) -> Option<u64> {

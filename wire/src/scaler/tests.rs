@@ -269,6 +269,28 @@ fn a_launch_that_never_registers_is_given_up_and_launches_back_off_exponentially
 }
 
 #[test]
+fn once_boots_have_been_observed_a_launch_three_boots_overdue_is_given_up_before_the_timeout() {
+    // Boots observed at 45 s: a launch not registered after 135 s has hung; it is given up then
+    // (its instance no longer billed, no longer counted as capacity), not at the 300 s timeout.
+    let obs = |ago_ms| Observation {
+        workers: vec![witness(2)],
+        launches_in_flight: in_flight(1, ago_ms),
+        boot_ms: Some(45_000),
+        ..queued(40, 12)
+    };
+    let plan = decide(&config(), &obs(135_000));
+    assert_eq!(actions(&plan), vec![Action::GiveUp { token: "t0".into() }]);
+    assert_eq!(plan.decisions[0].why, Why::NeverRegistered { waited_ms: 135_000 });
+    assert_eq!(actions(&decide(&config(), &obs(134_999))), vec![Action::Launch { count: 2 }], "still counted");
+    // Slow boots: never later than the timeout.
+    let slow = Observation { boot_ms: Some(200_000), ..obs(300_000) };
+    assert_eq!(actions(&decide(&config(), &slow)), vec![Action::GiveUp { token: "t0".into() }]);
+    // No boot observed yet: no evidence that it hung before the timeout.
+    let unknown = Observation { boot_ms: None, ..obs(299_999) };
+    assert_eq!(actions(&decide(&config(), &unknown)), vec![Action::Launch { count: 2 }]);
+}
+
+#[test]
 fn every_reason_reads_as_a_sentence() {
     let why = Why::Backlog { work_ms: 240_000, target_ms: 60_000, cores_wanted: 8, cores_counted: 2 };
     assert_eq!(
