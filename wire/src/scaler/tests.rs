@@ -188,6 +188,28 @@ fn an_idle_worker_is_drained_after_the_idle_time_then_terminated_once_it_holds_n
 }
 
 #[test]
+fn while_jobs_wait_a_worker_being_scaled_in_is_resumed_rather_than_terminated() {
+    // 3 jobs of 10 s on the witness's 2 busy cores: 30 s of work, within the target, so no
+    // launch; but the drained worker is up and paid for: it takes them instead of going.
+    let drained = |id| WorkerObservation { standing: Standing::ScalingIn, ..idle(id, 200_000) };
+    let obs = Observation { workers: vec![witness(2), drained(1), drained(2), drained(3)], ..queued(3, 10) };
+    let plan = decide(&config(), &obs);
+    // Two workers' cores cover the 3 jobs; the third goes.
+    assert_eq!(
+        actions(&plan),
+        vec![Action::Resume { worker: 1 }, Action::Resume { worker: 2 }, Action::Terminate { worker: 3 }]
+    );
+    assert_eq!(plan.decisions[0].why, Why::JobsWaiting { queued_jobs: 3 });
+    assert_eq!(plan.desired_workers, 2);
+    // No job waits: all three go.
+    let obs = Observation { queued_jobs: 0, queued_iterations: 0, ..obs };
+    assert_eq!(
+        actions(&decide(&config(), &obs)),
+        vec![Action::Terminate { worker: 1 }, Action::Terminate { worker: 2 }, Action::Terminate { worker: 3 }]
+    );
+}
+
+#[test]
 fn no_scale_in_within_the_cooldown_after_a_scale_out() {
     let obs = Observation { workers: vec![idle(1, 500_000)], last_scale_out_ms: Some(NOW - 119_999), ..queued(0, 0) };
     let plan = decide(&config(), &obs);
