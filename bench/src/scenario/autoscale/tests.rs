@@ -268,18 +268,3 @@ fn the_ray_like_rule_launches_a_core_per_queued_job_counting_launches_in_flight(
     let stale = Observation { launches_in_flight: vec![in_flight(0)], now_ms: 300_000, ..obs };
     assert_eq!(decide(&stale), vec![Action::GiveUp { token: "t0".into() }, Action::Launch { count: 4 }]);
 }
-
-#[test]
-fn scratch_timeline() {
-    let seed: u64 = std::env::var("SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
-    let name = std::env::var("TRACE").unwrap_or("steady".into());
-    let traces = traces::all(false, RATE, seed);
-    let index = traces.iter().position(|t| t.name == name).unwrap();
-    let t = &traces[index];
-    use rand::Rng;
-    let s = super::model::seeded(seed, &[0x72_756e, index as u64]).random::<u64>();
-    let m = ModelConfig { core_rate_spread: 0.1, boot_jitter_ms: 15_000, drain_allowance_ms: 7_200_000, ..model(2) };
-    let o = Simulation::new(t, &m, s).run(&tandem());
-    println!("{:?}", o.fleet.iter().map(|(t, n)| format!("{:.1}:{n}", *t as f64 / 60e3)).collect::<Vec<_>>().join(" "));
-    println!("p95 {:?} inst {}", o.latency_quantile_ms(0.95), o.counts.instance_ms / 60_000);
-}
