@@ -1,6 +1,7 @@
 //! `bench autoscale --quick`: simulated time, no cluster, so no binaries to build and no
 //! `--local`. Every trace is run by every policy, every job completes, and Tandem's policy never
-//! kills a busy worker. Whether it wins its verdicts is a tuning question this test leaves alone.
+//! kills a busy worker, and the peers' rule keeps to its cap. Whether Tandem's policy wins its
+//! verdicts is a tuning question this test leaves alone: it does not win them all (see README).
 
 use std::process::Command;
 
@@ -43,6 +44,18 @@ fn autoscale_quick_runs_every_trace_and_policy_to_completion() {
         assert!(trace["verdict"]["passed"].is_boolean(), "{name}");
         assert!(svg.contains(name.as_str().expect("name")), "{name} has no chart");
     }
+    // The peers' cap is 3 workers per coordinator, and Tandem has two: 6 at most, and the burst
+    // (a long queue at once) reaches it.
+    let peers = &report["config"]["peers"];
+    assert_eq!(
+        (&peers["max_workers_per_coordinator"], &peers["coordinators"]),
+        (&serde_json::json!(3), &serde_json::json!(2))
+    );
+    for trace in traces {
+        let peak = trace["policies"]["peers"]["peak_instances"].as_u64().expect("peak");
+        assert!(peak <= 6, "{}: the peers ran {peak} instances at once", trace["trace"]);
+    }
+    assert_eq!(traces[1]["policies"]["peers"]["peak_instances"], 6, "{}", traces[1]["policies"]["peers"]);
     // The launch-failures trace did make launches fail: Tandem's at once, and of both kinds
     // over the three policies (which ones never register depends on how many each launches).
     let failing = &traces[5]["policies"];

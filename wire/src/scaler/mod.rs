@@ -19,9 +19,11 @@
 //!   could boot, nor while launches are backing off after failures.
 //! - **In**: only a worker idle (holding no lease) for the idle time, never within the cooldown
 //!   after a scale-out, never while jobs wait, never the witness's worker, never below the
-//!   minimum. It is drained first, and terminated only once it holds nothing.
-//! - **Failures**: a launch that has not registered within the boot timeout is given up (its
-//!   instance terminated) and counts as a failure; consecutive failures back off exponentially.
+//!   minimum. It is drained first, and terminated only once it holds nothing; if jobs wait
+//!   meanwhile, it is resumed to take them instead.
+//! - **Failures**: a launch that has not registered within the boot timeout, or within three
+//!   observed boot times once boots have been observed, is given up (its instance terminated)
+//!   and counts as a failure; consecutive failures back off exponentially.
 
 mod policy;
 #[cfg(test)]

@@ -144,6 +144,8 @@ pub enum Why {
     Idle { idle_ms: u64 },
     /// It was being scaled in and now holds nothing.
     Drained,
+    /// `queued_jobs` wait: a worker being scaled in takes them instead of being terminated.
+    JobsWaiting { queued_jobs: u64 },
     /// It has not registered `waited_ms` after its launch.
     NeverRegistered { waited_ms: u64 },
     /// Held: launches failed `failures` times in a row; the next may start at `until_ms`.
@@ -169,6 +171,9 @@ impl std::fmt::Display for Why {
             Why::BelowMinimum { workers, min } => write!(f, "{workers} workers, below the minimum of {min}"),
             Why::Idle { idle_ms } => write!(f, "idle for {:.0} s and no job waits", s(idle_ms)),
             Why::Drained => write!(f, "scaled in: drained, holds no lease"),
+            Why::JobsWaiting { queued_jobs } => {
+                write!(f, "{queued_jobs} jobs wait: a worker being scaled in takes them instead")
+            }
             Why::NeverRegistered { waited_ms } => write!(f, "launched {:.0} s ago and never registered", s(waited_ms)),
             Why::BackingOff { failures, until_ms } => {
                 write!(f, "launches held after {failures} failures in a row, until {until_ms}")
@@ -219,9 +224,10 @@ pub fn decide(config: &PolicyConfig, obs: &Observation) -> Plan {
     let mut failures = obs.consecutive_failures;
     let mut last_failure = obs.last_failure_ms;
     let mut launches_live = 0u32;
+    let give_up_after_ms = give_up_after_ms(config, obs.boot_ms);
     for launch in &obs.launches_in_flight {
         let waited_ms = now.saturating_sub(launch.requested_at_ms);
-        if waited_ms >= config.boot_timeout_ms {
+        if waited_ms >= give_up_after_ms {
             plan.decisions.push(Decision {
                 action: Action::GiveUp { token: launch.token.clone() },
                 why: Why::NeverRegistered { waited_ms },
@@ -298,13 +304,41 @@ pub fn decide(config: &PolicyConfig, obs: &Observation) -> Plan {
         }
     }
 
+    // Jobs wait, the backlog within the target: a worker on its way out takes them rather than
+    // being terminated. It is up and paid for; terminating it now and launching later would pay
+    // a boot again, and the jobs would wait meanwhile.
+    if !scaled_out && obs.queued_jobs > 0 {
+        let mut waiting = obs.queued_jobs;
+        for worker in pool.iter().filter(|w| w.standing == Standing::ScalingIn && w.managed) {
+            if waiting == 0 {
+                break;
+            }
+            plan.decisions.push(Decision {
+                action: Action::Resume { worker: worker.id },
+                why: Why::JobsWaiting { queued_jobs: obs.queued_jobs },
+            });
+            waiting = waiting.saturating_sub(u64::from(worker.cores));
+        }
+    }
+
     // In: terminate what finished draining; drain what has been idle long enough.
     let scaling_in = pool.iter().filter(|w| w.standing == Standing::ScalingIn).count() as u32;
-    let resumed = plan.decisions.iter().filter(|d| matches!(d.action, Action::Resume { .. })).count() as u32;
+    let resumed: Vec<u64> = plan
+        .decisions
+        .iter()
+        .filter_map(|d| match d.action {
+            Action::Resume { worker } => Some(worker),
+            _ => None,
+        })
+        .collect();
     // Workers that stay (or boot): the fleet less those on their way out.
-    let mut staying = fleet - (scaling_in - resumed);
+    let mut staying = fleet - (scaling_in - resumed.len() as u32);
     if !scaled_out {
-        for worker in pool.iter().filter(|w| w.standing == Standing::ScalingIn && w.managed && w.leases == 0) {
+        for worker in pool
+            .iter()
+            .filter(|w| w.standing == Standing::ScalingIn && w.managed && w.leases == 0)
+            .filter(|w| !resumed.contains(&w.id))
+        {
             plan.decisions.push(Decision { action: Action::Terminate { worker: worker.id }, why: Why::Drained });
         }
         let mut idle: Vec<(&WorkerObservation, u64)> = pool
@@ -361,6 +395,19 @@ fn core_rate(config: &PolicyConfig, workers: &[WorkerObservation]) -> u64 {
     samples.sort_unstable();
     samples[samples.len() / 2]
 }
+
+/// How long a launch may take to register before it is given up: the boot timeout, or, once
+/// boots have been observed, [`OVERDUE_BOOTS`] times the observed boot time if that is shorter.
+/// An instance that has not registered in three times the usual boot has almost surely hung
+/// (ray#27521): waiting out the whole timeout bills it for nothing and keeps it counted as
+/// capacity, so the backlog it was launched for waits too. No boot observed yet, no evidence:
+/// the configured timeout.
+fn give_up_after_ms(config: &PolicyConfig, boot_ms: Option<u64>) -> u64 {
+    boot_ms.map_or(config.boot_timeout_ms, |boot| boot.saturating_mul(OVERDUE_BOOTS).min(config.boot_timeout_ms))
+}
+
+/// A launch not registered in this many observed boot times is given up (see [`give_up_after_ms`]).
+pub const OVERDUE_BOOTS: u64 = 3;
 
 /// When launches may start again after `failures` in a row, the last at `last_failure`.
 fn backoff_until(config: &PolicyConfig, failures: u32, last_failure: Option<u64>) -> Option<u64> {

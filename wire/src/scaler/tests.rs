@@ -188,6 +188,28 @@ fn an_idle_worker_is_drained_after_the_idle_time_then_terminated_once_it_holds_n
 }
 
 #[test]
+fn while_jobs_wait_a_worker_being_scaled_in_is_resumed_rather_than_terminated() {
+    // 3 jobs of 10 s on the witness's 2 busy cores: 30 s of work, within the target, so no
+    // launch; but the drained worker is up and paid for: it takes them instead of going.
+    let drained = |id| WorkerObservation { standing: Standing::ScalingIn, ..idle(id, 200_000) };
+    let obs = Observation { workers: vec![witness(2), drained(1), drained(2), drained(3)], ..queued(3, 10) };
+    let plan = decide(&config(), &obs);
+    // Two workers' cores cover the 3 jobs; the third goes.
+    assert_eq!(
+        actions(&plan),
+        vec![Action::Resume { worker: 1 }, Action::Resume { worker: 2 }, Action::Terminate { worker: 3 }]
+    );
+    assert_eq!(plan.decisions[0].why, Why::JobsWaiting { queued_jobs: 3 });
+    assert_eq!(plan.desired_workers, 2);
+    // No job waits: all three go.
+    let obs = Observation { queued_jobs: 0, queued_iterations: 0, ..obs };
+    assert_eq!(
+        actions(&decide(&config(), &obs)),
+        vec![Action::Terminate { worker: 1 }, Action::Terminate { worker: 2 }, Action::Terminate { worker: 3 }]
+    );
+}
+
+#[test]
 fn no_scale_in_within_the_cooldown_after_a_scale_out() {
     let obs = Observation { workers: vec![idle(1, 500_000)], last_scale_out_ms: Some(NOW - 119_999), ..queued(0, 0) };
     let plan = decide(&config(), &obs);
@@ -266,6 +288,28 @@ fn a_launch_that_never_registers_is_given_up_and_launches_back_off_exponentially
         assert_eq!(plan.held, vec![Why::BackingOff { failures, until_ms: NOW + 1 }]);
         assert_eq!(actions(&decide(&config(), &failed(pause))), vec![Action::Launch { count: 3 }]);
     }
+}
+
+#[test]
+fn once_boots_have_been_observed_a_launch_three_boots_overdue_is_given_up_before_the_timeout() {
+    // Boots observed at 45 s: a launch not registered after 135 s has hung; it is given up then
+    // (its instance no longer billed, no longer counted as capacity), not at the 300 s timeout.
+    let obs = |ago_ms| Observation {
+        workers: vec![witness(2)],
+        launches_in_flight: in_flight(1, ago_ms),
+        boot_ms: Some(45_000),
+        ..queued(40, 12)
+    };
+    let plan = decide(&config(), &obs(135_000));
+    assert_eq!(actions(&plan), vec![Action::GiveUp { token: "t0".into() }]);
+    assert_eq!(plan.decisions[0].why, Why::NeverRegistered { waited_ms: 135_000 });
+    assert_eq!(actions(&decide(&config(), &obs(134_999))), vec![Action::Launch { count: 2 }], "still counted");
+    // Slow boots: never later than the timeout.
+    let slow = Observation { boot_ms: Some(200_000), ..obs(300_000) };
+    assert_eq!(actions(&decide(&config(), &slow)), vec![Action::GiveUp { token: "t0".into() }]);
+    // No boot observed yet: no evidence that it hung before the timeout.
+    let unknown = Observation { boot_ms: None, ..obs(299_999) };
+    assert_eq!(actions(&decide(&config(), &unknown)), vec![Action::Launch { count: 2 }]);
 }
 
 #[test]

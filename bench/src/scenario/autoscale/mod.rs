@@ -49,7 +49,7 @@ pub struct AutoscaleArgs {
     /// Mean chain steps per second of one core (each worker within ±10%).
     #[arg(long, default_value_t = 2_000_000)]
     pub core_rate: u64,
-    /// Workers at most for Tandem's policy and the Ray-like baseline (the peers' rule keeps 3).
+    /// Workers at most for Tandem's policy and the Ray-like baseline (the peers' rule keeps 3 per coordinator, 6 in all).
     #[arg(long, default_value_t = 8)]
     pub max_workers: u32,
     /// Tandem's policy: the backlog should drain within this many seconds (default: the
@@ -81,8 +81,13 @@ pub fn run(args: &AutoscaleArgs, quick: bool) -> anyhow::Result<Report> {
         drain_allowance_ms: 2 * 3_600_000,
     };
     let tandem = Tandem { config: tandem_config(args, &model) };
-    let peers =
-        Peers { wait_ms: 15_000, max_workers: 3, idle_ms: 600_000, boot_timeout_ms: tandem.config.boot_timeout_ms };
+    let peers = Peers {
+        wait_ms: 15_000,
+        max_workers_per_coordinator: 3,
+        coordinators: 2,
+        idle_ms: 600_000,
+        boot_timeout_ms: tandem.config.boot_timeout_ms,
+    };
     let ray_like = RayLike {
         max_workers: args.max_workers,
         cores_per_worker: model.cores_per_worker,
@@ -179,9 +184,12 @@ pub fn run(args: &AutoscaleArgs, quick: bool) -> anyhow::Result<Report> {
             c.boot_timeout_ms / 1_000
         ),
         format!(
-            "peers: launch 1 when the oldest job has waited over {} s, one at a time, at most {}; remove after {} idle min",
+            "peers: launch 1 when the oldest job has waited over {} s, one at a time, at most {} per coordinator \
+             ({} coordinators: {}); remove after {} idle min",
             peers.wait_ms / 1_000,
-            peers.max_workers,
+            peers.max_workers_per_coordinator,
+            peers.coordinators,
+            peers.max_workers(),
             peers.idle_ms / 60_000
         ),
         format!(

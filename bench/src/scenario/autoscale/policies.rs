@@ -44,17 +44,31 @@ impl Policy for Tandem {
 }
 
 /// The peers' rule: when the oldest queued job has waited longer than `wait_ms`, launch one
-/// worker, one at a time, at most `max_workers`; remove a worker idle for `idle_ms`.
+/// worker, one at a time, at most `max_workers_per_coordinator` per coordinator; remove a worker
+/// idle for `idle_ms`.
+///
+/// Every coordinator of the seeds ran the rule with its own cap, so the fleet's cap is the
+/// per-coordinator cap times the coordinators (Tandem always has two). Here the leader runs it
+/// for the fleet, one launch at a time, as Tandem's leader runs its own policy.
 #[derive(Clone, Debug, Serialize)]
 pub struct Peers {
     /// How long the oldest job may wait before a launch.
     pub wait_ms: u64,
-    /// Most workers, the witness's not counted, the launch in flight included.
-    pub max_workers: u32,
+    /// Most workers per coordinator, the witness's not counted, the launch in flight included.
+    pub max_workers_per_coordinator: u32,
+    /// Coordinators, each allowed `max_workers_per_coordinator`.
+    pub coordinators: u32,
     /// A worker idle this long is removed.
     pub idle_ms: u64,
     /// A launch not registered within this is given up.
     pub boot_timeout_ms: u64,
+}
+
+impl Peers {
+    /// The fleet's cap: every coordinator's, together.
+    pub fn max_workers(&self) -> u32 {
+        self.max_workers_per_coordinator.saturating_mul(self.coordinators)
+    }
 }
 
 impl Policy for Peers {
@@ -67,7 +81,7 @@ impl Policy for Peers {
         let (mut actions, live) = give_up_stale_launches(obs, self.boot_timeout_ms);
         let fleet = pool(obs).count() as u32 + live;
         let waited_ms = view.oldest_queued_since_ms.map(|since| obs.now_ms.saturating_sub(since));
-        if waited_ms.is_some_and(|waited| waited > self.wait_ms) && live == 0 && fleet < self.max_workers {
+        if waited_ms.is_some_and(|waited| waited > self.wait_ms) && live == 0 && fleet < self.max_workers() {
             actions.push(Action::Launch { count: 1 });
         }
         actions.extend(scale_in(obs, self.idle_ms));

@@ -220,8 +220,14 @@ fn in_flight(requested_at_ms: u64) -> LaunchInFlight {
 }
 
 #[test]
-fn the_peers_launch_one_at_a_time_for_a_job_waiting_over_15_s_and_keep_3_at_most() {
-    let peers = Peers { wait_ms: 15_000, max_workers: 3, idle_ms: 600_000, boot_timeout_ms: 300_000 };
+fn the_peers_launch_one_at_a_time_for_a_job_waiting_over_15_s_and_keep_3_per_coordinator_at_most() {
+    let peers = Peers {
+        wait_ms: 15_000,
+        max_workers_per_coordinator: 3,
+        coordinators: 2,
+        idle_ms: 600_000,
+        boot_timeout_ms: 300_000,
+    };
     let obs = Observation { now_ms: 100_000, queued_jobs: 50, workers: vec![busy_worker(1)], ..Observation::default() };
     let decide =
         |obs: &Observation, since: Option<u64>| peers.decide(&View { observation: obs, oldest_queued_since_ms: since });
@@ -229,8 +235,11 @@ fn the_peers_launch_one_at_a_time_for_a_job_waiting_over_15_s_and_keep_3_at_most
     assert_eq!(decide(&obs, Some(84_999)), vec![Action::Launch { count: 1 }]);
     let booting = Observation { launches_in_flight: vec![in_flight(90_000)], ..obs.clone() };
     assert_eq!(decide(&booting, Some(0)), vec![]);
-    let three = Observation { workers: vec![busy_worker(1), busy_worker(2), busy_worker(3)], ..obs.clone() };
-    assert_eq!(decide(&three, Some(0)), vec![]);
+    // 3 per coordinator, 2 coordinators: the sixth is the last.
+    let five = Observation { workers: (1..=5).map(busy_worker).collect(), ..obs.clone() };
+    assert_eq!(decide(&five, Some(0)), vec![Action::Launch { count: 1 }]);
+    let six = Observation { workers: (1..=6).map(busy_worker).collect(), ..obs.clone() };
+    assert_eq!(decide(&six, Some(0)), vec![]);
     // Idle 10 minutes: drained; then, holding nothing, terminated.
     let idle = Observation { now_ms: 700_000, workers: vec![idle_worker(1, 100_000)], ..Observation::default() };
     assert_eq!(decide(&idle, None), vec![Action::Drain { worker: 1 }]);
