@@ -397,14 +397,21 @@ fn core_rate(config: &PolicyConfig, workers: &[WorkerObservation]) -> u64 {
 }
 
 /// How long a launch may take to register before it is given up: the boot timeout, or, once
-/// boots have been observed, [`OVERDUE_BOOTS`] times the observed boot time if that is shorter.
+/// boots have been observed, [`OVERDUE_BOOTS`] times the observed boot time (never under
+/// [`MIN_GIVE_UP_MS`]: a local worker boots in a second, and one slowed by a busy host for a few
+/// more has not hung) if that is shorter.
 /// An instance that has not registered in three times the usual boot has almost surely hung
 /// (ray#27521): waiting out the whole timeout bills it for nothing and keeps it counted as
 /// capacity, so the backlog it was launched for waits too. No boot observed yet, no evidence:
 /// the configured timeout.
 fn give_up_after_ms(config: &PolicyConfig, boot_ms: Option<u64>) -> u64 {
-    boot_ms.map_or(config.boot_timeout_ms, |boot| boot.saturating_mul(OVERDUE_BOOTS).min(config.boot_timeout_ms))
+    boot_ms.map_or(config.boot_timeout_ms, |boot| {
+        boot.saturating_mul(OVERDUE_BOOTS).max(MIN_GIVE_UP_MS).min(config.boot_timeout_ms)
+    })
 }
+
+/// The shortest wait before a launch is given up as overdue (see [`give_up_after_ms`]).
+pub const MIN_GIVE_UP_MS: u64 = 60_000;
 
 /// A launch not registered in this many observed boot times is given up (see [`give_up_after_ms`]).
 pub const OVERDUE_BOOTS: u64 = 3;

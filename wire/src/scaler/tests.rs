@@ -307,6 +307,10 @@ fn once_boots_have_been_observed_a_launch_three_boots_overdue_is_given_up_before
     // Slow boots: never later than the timeout.
     let slow = Observation { boot_ms: Some(200_000), ..obs(300_000) };
     assert_eq!(actions(&decide(&config(), &slow)), vec![Action::GiveUp { token: "t0".into() }]);
+    // Quick boots (local processes): a few seconds late is a busy host, not a hung launch.
+    let quick = |ago_ms| Observation { boot_ms: Some(1_000), ..obs(ago_ms) };
+    assert_eq!(actions(&decide(&config(), &quick(59_999))), vec![Action::Launch { count: 2 }]);
+    assert_eq!(actions(&decide(&config(), &quick(60_000))), vec![Action::GiveUp { token: "t0".into() }]);
     // No boot observed yet: no evidence that it hung before the timeout.
     let unknown = Observation { boot_ms: None, ..obs(299_999) };
     assert_eq!(actions(&decide(&config(), &unknown)), vec![Action::Launch { count: 2 }]);
