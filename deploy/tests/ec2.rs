@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use aws_sdk_ec2::types::{
     Filter, HttpTokensState, InstanceAttributeName, InstanceMetadataEndpointState, ResourceType, Tag, TagSpecification,
 };
-use deploy::provider::ec2::launch::{CLUSTER_TAG, LAUNCH_TOKEN_TAG, ROLE_TAG, find_access_key_id};
+use deploy::provider::ec2::launch::{CLUSTER_TAG, LAUNCH_TOKEN_TAG, ROLE_TAG, VOTER_ID_TAG, find_access_key_id};
 use deploy::provider::ec2::{Ec2Options, Ec2Provider};
 use deploy::provider::{Provider, ProviderErrorKind};
 use tempfile::TempDir;
@@ -32,6 +32,8 @@ const DUMMY_SECRET_ACCESS_KEY: &str = "tandem/dummy/secret/access/key/for/moto0"
 const CLUSTER_SECRET: &str = "cluster-secret-0123456789abcdef";
 const INSTANCE_PROFILE: &str = "tandem-worker-test";
 const REGION: &str = "us-east-1";
+/// Not the default (8090), to show the setting reaches the script and the raft address.
+const WITNESS_PORT: u16 = 8097;
 
 #[test]
 fn ec2_provider_against_moto() {
@@ -229,6 +231,7 @@ fn options(url: &str, cluster: &str, ami: &str, subnet: Option<&str>, groups: &[
         worker_binary: "/opt/tandem/bin/worker".into(),
         coordinators: vec!["http://10.7.1.10:8080".into(), "http://10.7.1.11:8080".into()],
         worker_give_up_after_ms: 900_000,
+        witness_port: WITNESS_PORT,
     }
 }
 
@@ -263,6 +266,8 @@ async fn scenarios(moto_server: &Path) {
     list_and_terminate_see_only_the_clusters_workers(&world).await;
     println!("scenario: a new leader finds its predecessor's launch by its tag");
     a_new_leader_adopts_the_launch_instead_of_launching_again(&world).await;
+    println!("scenario: a witness is a tagged worker whose voter listens on its private IP");
+    a_witness_is_a_tagged_worker_whose_voter_listens_on_its_private_ip(&world).await;
     println!("scenario: misconfiguration is refused, and classified");
     misconfiguration_is_refused_and_classified(&world).await;
     println!("every scenario passed");
@@ -360,6 +365,69 @@ async fn a_new_leader_adopts_the_launch_instead_of_launching_again(world: &World
     let again = new_leader.launch("handover-T").await.expect("launch again");
     assert_eq!(again.instance_id, launched.instance_id);
     assert_eq!(world.all_tagged("handover").await.len(), 1, "one instance for one token");
+}
+
+async fn a_witness_is_a_tagged_worker_whose_voter_listens_on_its_private_ip(world: &World) {
+    let provider = world.provider("witness").await;
+    let witness = provider.launch_witness("witness-W", 4).await.expect("witness launch");
+    let instance_id = &witness.instance.instance_id;
+    assert_eq!(witness.instance.token.as_deref(), Some("witness-W"));
+
+    let described = world.describe(instance_id).await;
+    let tag = |key: &str| described.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value());
+    assert_eq!(tag(CLUSTER_TAG), Some("witness"));
+    assert_eq!(tag(ROLE_TAG), Some("worker"), "a witness is this cluster's worker");
+    assert_eq!(tag(VOTER_ID_TAG), Some("4"));
+    assert_eq!(tag(LAUNCH_TOKEN_TAG), Some("witness-W"));
+    let ip = described.private_ip_address().expect("a private IP");
+    assert!(ip.starts_with("10.7.1."), "{ip} is in the workers' subnet");
+    assert_eq!(witness.raft_addr, format!("{ip}:{WITNESS_PORT}"));
+
+    let user_data = world
+        .sdk
+        .describe_instance_attribute()
+        .instance_id(instance_id)
+        .attribute(InstanceAttributeName::UserData)
+        .send()
+        .await
+        .expect("attribute");
+    let encoded = user_data.user_data().and_then(|v| v.value()).expect("user-data");
+    let script = String::from_utf8(aws_smithy_types::base64::decode(encoded).expect("base64")).expect("utf-8");
+    let rendered = provider.worker_launch().request_witness("witness-W", 4).expect("the same launch").user_data;
+    assert_eq!(script, rendered, "user-data is the rendered witness script");
+    for line in [
+        "TANDEM_WITNESS=true\n".to_owned(),
+        "TANDEM_WITNESS_ID=4\n".to_owned(),
+        format!("TANDEM_WITNESS_LISTEN=0.0.0.0:{WITNESS_PORT}\n"),
+        "TANDEM_WITNESS_DATA_DIR=/var/lib/tandem/witness\n".to_owned(),
+        "TANDEM_LAUNCH_TOKEN=witness-W\n".to_owned(),
+        format!("TANDEM_CLUSTER_SECRET={CLUSTER_SECRET}\n"),
+        "StateDirectory=tandem\n".to_owned(),
+    ] {
+        assert!(script.contains(&line), "{line:?} in the witness's user-data");
+    }
+    assert_eq!(find_access_key_id(&script), None, "no access key id in user-data");
+    assert!(!script.contains(DUMMY_SECRET_ACCESS_KEY) && !script.contains("AWS_"), "no AWS credential in user-data");
+
+    // Listed as the cluster's worker; a repeated launch (a new leader carrying on) finds it by
+    // its tag and answers the same address; it can be terminated, as a failed replacement's is.
+    let listed: Vec<_> = provider.list().await.expect("list").into_iter().map(|i| i.instance_id).collect();
+    assert_eq!(listed, vec![instance_id.clone()]);
+    let again = world.provider("witness").await.launch_witness("witness-W", 4).await.expect("launch again");
+    assert_eq!(again, witness);
+    assert_eq!(world.all_tagged("witness").await.len(), 1, "one instance for one token");
+    provider.terminate(instance_id).await.expect("terminate");
+    let state = world.state(instance_id).await;
+    assert!(state == "shutting-down" || state == "terminated", "{state}");
+
+    // The AWS-key refusal holds for a witness's script too: nothing is launched.
+    let provider = Ec2Provider::new(&world.options("witness-refused"), Some(DUMMY_SECRET_ACCESS_KEY.into()))
+        .await
+        .expect("provider");
+    let error = provider.launch_witness("witness-R", 5).await.expect_err("the secret key in user-data");
+    assert_eq!(error.kind, ProviderErrorKind::Configuration, "{error}");
+    assert!(error.message.contains("secret access key"), "{error}");
+    assert!(world.all_tagged("witness-refused").await.is_empty(), "no instance was launched");
 }
 
 async fn misconfiguration_is_refused_and_classified(world: &World) {

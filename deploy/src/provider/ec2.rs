@@ -14,6 +14,11 @@
 //! as this cluster's workers: a wrong instance id cannot end another cluster's machines, nor
 //! this cluster's coordinators.
 //!
+//! A witness (a worker that also runs a Raft voter, launched by the leader to replace a lost
+//! witness) is such a worker, tagged besides with its voter's id; its voter listens on
+//! `--ec2-witness-port` of every address, and the coordinators reach it at the instance's private
+//! IPv4, so their security group must be let in on that port.
+//!
 //! Credentials come only from the standard AWS chain; the region from `--ec2-region` or the
 //! chain. Nothing the provider writes holds an AWS key: see [`launch::refuse_aws_keys`].
 
@@ -38,8 +43,8 @@ pub use launch::WorkerLaunch;
 pub use options::Ec2Options;
 
 use self::client::{DescribeFilter, InstanceDescription};
-use self::launch::{CLUSTER_TAG, LAUNCH_TOKEN_TAG, ROLE_TAG, WORKER_ROLE};
-use super::{Instance, Provider, ProviderError, ProviderErrorKind};
+use self::launch::{CLUSTER_TAG, LAUNCH_TOKEN_TAG, LaunchRequest, ROLE_TAG, VOTER_ID_TAG, WORKER_ROLE};
+use super::{Instance, Provider, ProviderError, ProviderErrorKind, WitnessInstance};
 
 /// Instance states the provider lists: every one but `shutting-down` and `terminated`.
 const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
@@ -50,12 +55,19 @@ const MAX_PAGES: usize = 100;
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 /// One call, with the SDK's retries.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// `DescribeInstances` calls a witness launch makes for a private IP its `RunInstances` answer
+/// lacked (EC2 gives one at launch in a VPC; the describing is for an answer that came early).
+const PRIVATE_IP_ATTEMPTS: u32 = 10;
+/// The pause between those.
+const PRIVATE_IP_RETRY: Duration = Duration::from_secs(1);
 
 /// Launches, lists and terminates this cluster's workers as EC2 instances.
 #[derive(Debug)]
 pub struct Ec2Provider<C = SdkEc2Client> {
     launch: WorkerLaunch,
     client: C,
+    /// [`PRIVATE_IP_RETRY`], but in tests.
+    private_ip_retry: Duration,
 }
 
 impl Ec2Provider<SdkEc2Client> {
@@ -89,7 +101,7 @@ impl Ec2Provider<SdkEc2Client> {
 impl<C: Ec2Client> Ec2Provider<C> {
     /// Launches `launch` through `client`.
     pub fn with_client(launch: WorkerLaunch, client: C) -> Self {
-        Ec2Provider { launch, client }
+        Ec2Provider { launch, client, private_ip_retry: PRIVATE_IP_RETRY }
     }
 
     /// What a launch is, for this provider.
@@ -141,6 +153,56 @@ impl<C: Ec2Client> Ec2Provider<C> {
         Ok(found)
     }
 
+    /// This cluster's live worker launched under `token`, if there is one: a launch its
+    /// predecessor (or an earlier call) made.
+    async fn launched_under(&self, token: &str) -> Result<Option<InstanceDescription>, ProviderError> {
+        let mut by_token = self.describe_all(&self.token_filters(token)).await?;
+        by_token.retain(|instance| !instance.is_ending() && self.launch.is_own_worker(&instance.tags));
+        Ok(by_token.into_iter().next())
+    }
+
+    /// `RunInstances` for `request`: the instance it started (or, for a `ClientToken` EC2 saw
+    /// before, the first request's).
+    async fn run(&self, request: &LaunchRequest) -> Result<InstanceDescription, ProviderError> {
+        let started = self.client.run_instances(request).await.map_err(provider_error)?;
+        started.into_iter().next().ok_or_else(|| {
+            // With MinCount=1 EC2 says why it cannot start one; an answer with none is a shortfall
+            // it did not explain, and the autoscaler backs off as for one it did.
+            ProviderError::new(
+                ProviderErrorKind::Capacity,
+                format!("RunInstances started no instance for launch {} (partial fulfilment)", request.client_token),
+            )
+        })
+    }
+
+    /// The private IPv4 of `instance`: as described, or else as `DescribeInstances` shows it
+    /// within [`PRIVATE_IP_ATTEMPTS`] calls.
+    async fn private_ip(&self, instance: &InstanceDescription) -> Result<String, ProviderError> {
+        if let Some(ip) = &instance.private_ip {
+            return Ok(ip.clone());
+        }
+        let filters = [DescribeFilter::new("instance-id", [instance.instance_id.as_str()])];
+        for attempt in 0..PRIVATE_IP_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(self.private_ip_retry).await;
+            }
+            let found = self.describe_all(&filters).await?;
+            if let Some(ip) =
+                found.into_iter().find(|i| i.instance_id == instance.instance_id).and_then(|i| i.private_ip)
+            {
+                return Ok(ip);
+            }
+        }
+        Err(ProviderError::new(
+            ProviderErrorKind::Other,
+            format!(
+                "{} has no private IPv4 address after {PRIVATE_IP_ATTEMPTS} DescribeInstances calls: the coordinators \
+                 could not reach its witness",
+                instance.instance_id
+            ),
+        ))
+    }
+
     fn instance(&self, description: InstanceDescription, token: Option<&str>) -> Instance {
         Instance {
             token: description.tag(LAUNCH_TOKEN_TAG).or(token).map(str::to_owned),
@@ -153,23 +215,42 @@ impl<C: Ec2Client> Ec2Provider<C> {
 impl<C: Ec2Client> Provider for Ec2Provider<C> {
     async fn launch(&self, token: &str) -> Result<Instance, ProviderError> {
         let request = self.launch.request(token)?;
-        let mut by_token = self.describe_all(&self.token_filters(token)).await?;
-        by_token.retain(|instance| !instance.is_ending() && self.launch.is_own_worker(&instance.tags));
-        if let Some(found) = by_token.into_iter().next() {
+        if let Some(found) = self.launched_under(token).await? {
             tracing::info!(token, instance_id = %found.instance_id, "launch already made: adopting its instance");
             return Ok(self.instance(found, Some(token)));
         }
-        let started = self.client.run_instances(&request).await.map_err(provider_error)?;
-        let Some(first) = started.into_iter().next() else {
-            // With MinCount=1 EC2 says why it cannot start one; an answer with none is a shortfall
-            // it did not explain, and the autoscaler backs off as for one it did.
-            return Err(ProviderError::new(
-                ProviderErrorKind::Capacity,
-                format!("RunInstances started no instance for launch {token} (partial fulfilment)"),
-            ));
-        };
+        let first = self.run(&request).await?;
         tracing::info!(token, instance_id = %first.instance_id, "launched a worker instance");
         Ok(self.instance(first, Some(token)))
+    }
+
+    async fn launch_witness(&self, token: &str, node_id: u64) -> Result<WitnessInstance, ProviderError> {
+        let request = self.launch.request_witness(token, node_id)?;
+        let instance = match self.launched_under(token).await? {
+            Some(found) => {
+                let voter = node_id.to_string();
+                if found.tag(VOTER_ID_TAG) != Some(voter.as_str()) {
+                    return Err(ProviderError::new(
+                        ProviderErrorKind::Other,
+                        format!(
+                            "{} was launched under {token} but not as the witness of voter {node_id} ({VOTER_ID_TAG}: \
+                             {:?})",
+                            found.instance_id,
+                            found.tag(VOTER_ID_TAG)
+                        ),
+                    ));
+                }
+                tracing::info!(token, instance_id = %found.instance_id, "witness launch already made: adopting its instance");
+                found
+            }
+            None => {
+                let first = self.run(&request).await?;
+                tracing::info!(token, node_id, instance_id = %first.instance_id, "launched a witness instance");
+                first
+            }
+        };
+        let raft_addr = format!("{}:{}", self.private_ip(&instance).await?, self.launch.witness_port);
+        Ok(WitnessInstance { instance: self.instance(instance, Some(token)), raft_addr })
     }
 
     async fn terminate(&self, instance_id: &str) -> Result<(), ProviderError> {

@@ -23,6 +23,8 @@ pub struct InstanceDescription {
     pub tags: Vec<(String, String)>,
     /// When it was launched, in ms since the Unix epoch, if given.
     pub launched_at_ms: Option<u64>,
+    /// Its primary private IPv4 address, once EC2 gives it one.
+    pub private_ip: Option<String>,
 }
 
 impl InstanceDescription {
@@ -221,6 +223,7 @@ fn describe(instance: &aws_sdk_ec2::types::Instance) -> InstanceDescription {
             .map(|tag| (tag.key().unwrap_or_default().to_owned(), tag.value().unwrap_or_default().to_owned()))
             .collect(),
         launched_at_ms: instance.launch_time().and_then(|t| t.to_millis().ok()).and_then(|ms| u64::try_from(ms).ok()),
+        private_ip: instance.private_ip_address().filter(|ip| !ip.is_empty()).map(str::to_owned),
     }
 }
 

@@ -1,6 +1,7 @@
 //! An in-memory EC2 for the provider's unit tests: what moto cannot show. It honours
 //! `ClientToken` as EC2 does, can lag `DescribeInstances` behind `RunInstances` (EC2 is eventually
-//! consistent), start nothing, fail with chosen error codes, and paginate.
+//! consistent), answer `RunInstances` before a private IP is given, start nothing, fail with
+//! chosen error codes, and paginate.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -27,6 +28,10 @@ pub(super) struct FakeState {
     pub start_nothing: bool,
     /// Instances `RunInstances` starts are not yet shown by `DescribeInstances`.
     pub describe_lags: bool,
+    /// `RunInstances` answers without the private IP; `DescribeInstances` shows it.
+    pub run_answer_lacks_private_ip: bool,
+    /// Instances `RunInstances` starts get no private IP at all.
+    pub no_private_ip: bool,
     /// Instances on one `DescribeInstances` page (0: all).
     pub page_size: usize,
     /// Every `RunInstances` request.
@@ -60,6 +65,7 @@ impl FakeEc2 {
                     state: Some("running".into()),
                     tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
                     launched_at_ms: Some(launched_at_ms),
+                    private_ip: Some(format!("10.1.0.{}", state.next_id)),
                 },
                 client_token: None,
                 visible: true,
@@ -110,7 +116,11 @@ impl Ec2Client for FakeEc2 {
             if let Some(seen) =
                 state.instances.iter().find(|i| i.client_token.as_deref() == Some(request.client_token.as_str()))
             {
-                return Ok(vec![seen.description.clone()]);
+                let mut answer = seen.description.clone();
+                if state.run_answer_lacks_private_ip {
+                    answer.private_ip = None;
+                }
+                return Ok(vec![answer]);
             }
             if state.start_nothing {
                 return Ok(Vec::new());
@@ -121,6 +131,7 @@ impl Ec2Client for FakeEc2 {
                 state: Some("pending".into()),
                 tags: request.tags.clone(),
                 launched_at_ms: Some(1_700_000_000_000 + state.next_id),
+                private_ip: (!state.no_private_ip).then(|| format!("10.0.0.{}", state.next_id)),
             };
             let visible = !state.describe_lags;
             state.instances.push(FakeInstance {
@@ -128,7 +139,11 @@ impl Ec2Client for FakeEc2 {
                 client_token: Some(request.client_token.clone()),
                 visible,
             });
-            Ok(vec![description])
+            let mut answer = description;
+            if state.run_answer_lacks_private_ip {
+                answer.private_ip = None;
+            }
+            Ok(vec![answer])
         })
     }
 

@@ -2,8 +2,10 @@
 //! worker, written once for the leader's provider and for `deploy aws`.
 //!
 //! Pure: [`WorkerLaunch::request`] turns the cluster's settings and a launch token into a
-//! [`LaunchRequest`], checked and rendered, that a client turns into `RunInstances`. Nothing here
-//! talks to EC2, so all of it is unit-tested without a network.
+//! [`LaunchRequest`], checked and rendered, that a client turns into `RunInstances`;
+//! [`WorkerLaunch::request_witness`] does the same for a worker in the witness role, which also
+//! runs a Raft voter (the leader launches one to replace a lost witness). Nothing here talks to
+//! EC2, so all of it is unit-tested without a network.
 //!
 //! Every value that reaches the user-data script is checked against a character set that needs
 //! no quoting in the shell or in a systemd environment file, and the rendered script is refused
@@ -24,6 +26,13 @@ pub const ROLE_TAG: &str = "tandem:role";
 pub const LAUNCH_TOKEN_TAG: &str = "tandem:launch-token";
 /// The [`ROLE_TAG`] value of a worker.
 pub const WORKER_ROLE: &str = "worker";
+/// The tag holding the Raft node id of the voter a worker in the witness role runs. A witness
+/// keeps [`ROLE_TAG`]` = `[`WORKER_ROLE`]: it is this cluster's worker, which the provider lists,
+/// and terminates when its replacement of the old witness fails.
+pub const VOTER_ID_TAG: &str = "tandem:voter-id";
+/// The port a witness's Raft routes listen on, unless configured otherwise: the one the
+/// coordinators' default `--member` gives the witness.
+pub const DEFAULT_WITNESS_PORT: u16 = 8090;
 /// Where the worker binary is on the AMI, unless configured otherwise.
 pub const DEFAULT_WORKER_BINARY: &str = "/opt/tandem/bin/worker";
 /// The longest launch token EC2 takes as a `ClientToken`.
@@ -31,6 +40,9 @@ pub const MAX_TOKEN_LEN: usize = 64;
 
 /// Where the instance holds the worker's environment, the cluster secret among it: root only.
 const ENV_FILE: &str = "/etc/tandem/worker.env";
+/// The witness's data directory: under `/var/lib/tandem`, the unit's `StateDirectory`, the one
+/// place the service's dynamic user may write.
+const WITNESS_DATA_DIR: &str = "/var/lib/tandem/witness";
 /// Where a downloaded worker binary is installed.
 const DOWNLOADED_BINARY: &str = "/opt/tandem/bin/worker";
 /// A configured secret access key shorter than this is a test dummy (real ones are 40
@@ -114,6 +126,9 @@ pub struct WorkerLaunch {
     /// worker (it powers off when the worker exits, and so terminates): one orphaned with its
     /// cluster costs minutes, not days.
     pub give_up_after_ms: u64,
+    /// The port a witness's Raft routes listen on (on every address of its instance); the
+    /// coordinators reach it at the instance's private IPv4.
+    pub witness_port: u16,
     /// The cluster secret the workers present to the coordinators.
     pub cluster_secret: Option<String>,
     /// The secret access key of the credentials this process runs with, if it knows it: a
@@ -133,6 +148,7 @@ impl std::fmt::Debug for WorkerLaunch {
             .field("coordinators", &self.coordinators)
             .field("worker_binary", &self.worker_binary)
             .field("give_up_after_ms", &self.give_up_after_ms)
+            .field("witness_port", &self.witness_port)
             .field("cluster_secret", &self.cluster_secret.as_ref().map(|_| "<redacted>"))
             .field("aws_secret_access_key", &self.aws_secret_access_key.as_ref().map(|_| "<redacted>"))
             .finish()
@@ -196,10 +212,27 @@ impl WorkerLaunch {
     /// [`ProviderErrorKind::Configuration`] if a setting or the token cannot be used, or if the
     /// script would hold an AWS key.
     pub fn request(&self, token: &str) -> Result<LaunchRequest, ProviderError> {
+        self.build_request(token, None)
+    }
+
+    /// The launch of one worker in the witness role under `token`: the worker's launch, whose
+    /// worker also runs the Raft voter `node_id` on [`WorkerLaunch::witness_port`] of every
+    /// address, with an empty data directory, and whose instance is tagged with
+    /// [`VOTER_ID_TAG`]. Refused as [`WorkerLaunch::request`] is.
+    pub fn request_witness(&self, token: &str, node_id: u64) -> Result<LaunchRequest, ProviderError> {
+        self.build_request(token, Some(node_id))
+    }
+
+    /// A worker's launch; with `witness`, in the witness role as voter `witness`.
+    fn build_request(&self, token: &str, witness: Option<u64>) -> Result<LaunchRequest, ProviderError> {
         self.validate()?;
         check_token(token)?;
-        let user_data = self.render_user_data(token);
+        let user_data = self.render_user_data(token, witness);
         refuse_aws_keys(&user_data, self.aws_secret_access_key.as_deref())?;
+        let tags = match witness {
+            None => self.tags(token),
+            Some(node_id) => self.witness_tags(token, node_id),
+        };
         Ok(LaunchRequest {
             client_token: token.to_owned(),
             image_id: self.image_id.clone(),
@@ -208,7 +241,7 @@ impl WorkerLaunch {
             security_group_ids: self.security_group_ids.clone(),
             instance_profile: self.instance_profile.clone(),
             user_data,
-            tags: self.tags(token),
+            tags,
             metadata: WORKER_METADATA,
             terminate_on_shutdown: true,
         })
@@ -222,6 +255,19 @@ impl WorkerLaunch {
             (ROLE_TAG.to_owned(), WORKER_ROLE.to_owned()),
             (LAUNCH_TOKEN_TAG.to_owned(), token.to_owned()),
         ]
+    }
+
+    /// The tags of the worker launched under `token` in the witness role as voter `node_id`: a
+    /// worker's, named for a witness, and [`VOTER_ID_TAG`].
+    pub fn witness_tags(&self, token: &str, node_id: u64) -> Vec<(String, String)> {
+        let mut tags = self.tags(token);
+        for (key, value) in &mut tags {
+            if key == "Name" {
+                *value = format!("tandem-{}-witness", self.cluster_name);
+            }
+        }
+        tags.push((VOTER_ID_TAG.to_owned(), node_id.to_string()));
+        tags
     }
 
     /// Whether `tags` mark an instance as one of this cluster's workers: the only instances
@@ -264,6 +310,9 @@ impl WorkerLaunch {
                 }
             }
         }
+        if self.witness_port == 0 {
+            return Err(configuration("the witness port (--ec2-witness-port) must not be 0"));
+        }
         if let Some(secret) = &self.cluster_secret {
             // Printable, and nothing the shell or a systemd environment file would interpret.
             check_chars("the cluster secret (TANDEM_CLUSTER_SECRET)", secret, 1024, |c| {
@@ -273,10 +322,27 @@ impl WorkerLaunch {
         Ok(())
     }
 
-    /// The cloud-init script that starts the worker under systemd. Values are checked by
-    /// [`WorkerLaunch::validate`] and [`check_token`] before they get here.
-    fn render_user_data(&self, token: &str) -> String {
+    /// The cloud-init script that starts the worker under systemd; with `witness`, in the
+    /// witness role as voter `witness`. Values are checked by [`WorkerLaunch::validate`] and
+    /// [`check_token`] before they get here.
+    fn render_user_data(&self, token: &str, witness: Option<u64>) -> String {
         let cluster = &self.cluster_name;
+        let (what, witness_lines, state_directory) = match witness {
+            None => ("A Tandem worker".to_owned(), String::new(), ""),
+            Some(node_id) => (
+                format!("A Tandem worker in the witness role (Raft voter {node_id})"),
+                format!(
+                    "TANDEM_WITNESS=true\n\
+                     TANDEM_WITNESS_ID={node_id}\n\
+                     TANDEM_WITNESS_LISTEN=0.0.0.0:{}\n\
+                     TANDEM_WITNESS_DATA_DIR={WITNESS_DATA_DIR}\n",
+                    self.witness_port
+                ),
+                // The voter's log and snapshots: systemd creates /var/lib/tandem for the dynamic
+                // user, who can write nowhere else.
+                "StateDirectory=tandem\n",
+            ),
+        };
         let coordinators = self.coordinators.join(",");
         let (fetch_binary, exec_start) = match &self.worker_binary {
             WorkerBinary::Path(path) => (String::new(), path.as_str()),
@@ -298,7 +364,7 @@ impl WorkerLaunch {
         let give_up_after_ms = self.give_up_after_ms;
         format!(
             r#"#!/bin/bash
-# A Tandem worker of cluster {cluster}, launched under token {token}.
+# {what} of cluster {cluster}, launched under token {token}.
 # Rendered by deploy's WorkerLaunch. Never `set -x`: the cluster secret is below.
 set -euo pipefail
 umask 077
@@ -319,7 +385,7 @@ TANDEM_COORDINATORS={coordinators}
 TANDEM_LAUNCH_TOKEN={token}
 TANDEM_GIVE_UP_AFTER_MS={give_up_after_ms}
 TANDEM_LOG_FORMAT=json
-{secret_line}TANDEM_ENV
+{witness_lines}{secret_line}TANDEM_ENV
 echo "TANDEM_INSTANCE_ID=$instance_id" >> {ENV_FILE}
 chmod 0600 {ENV_FILE}
 
@@ -339,7 +405,7 @@ FailureAction=poweroff
 EnvironmentFile={ENV_FILE}
 ExecStart={exec_start}
 DynamicUser=yes
-NoNewPrivileges=yes
+{state_directory}NoNewPrivileges=yes
 Restart=no
 
 [Install]
@@ -456,6 +522,7 @@ pub(crate) mod tests {
             coordinators: vec!["http://10.0.0.1:8080".into(), "http://10.0.0.2:8080".into()],
             worker_binary: WorkerBinary::parse(DEFAULT_WORKER_BINARY),
             give_up_after_ms: 900_000,
+            witness_port: DEFAULT_WITNESS_PORT,
             cluster_secret: Some("s3cret-of-the-cluster".into()),
             aws_secret_access_key: None,
         }
@@ -516,6 +583,51 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_witness_request_is_a_workers_that_also_runs_the_voter() {
+        let mut settings = launch();
+        settings.witness_port = 8095;
+        let worker = settings.request("t-42").expect("valid launch");
+        let witness = settings.request_witness("t-42", 7).expect("valid witness launch");
+        let env_file_body =
+            witness.user_data.split("<<'TANDEM_ENV'\n").nth(1).and_then(|rest| rest.split("TANDEM_ENV\n").next());
+        assert_eq!(
+            env_file_body,
+            Some(
+                "TANDEM_COORDINATORS=http://10.0.0.1:8080,http://10.0.0.2:8080\nTANDEM_LAUNCH_TOKEN=t-42\n\
+                 TANDEM_GIVE_UP_AFTER_MS=900000\nTANDEM_LOG_FORMAT=json\n\
+                 TANDEM_WITNESS=true\nTANDEM_WITNESS_ID=7\nTANDEM_WITNESS_LISTEN=0.0.0.0:8095\n\
+                 TANDEM_WITNESS_DATA_DIR=/var/lib/tandem/witness\n\
+                 TANDEM_CLUSTER_SECRET=s3cret-of-the-cluster\n"
+            )
+        );
+        // The dynamic user may write the data directory, and only a witness gets one.
+        assert!(witness.user_data.contains("DynamicUser=yes\nStateDirectory=tandem\nNoNewPrivileges=yes\n"));
+        assert!(!worker.user_data.contains("StateDirectory") && !worker.user_data.contains("TANDEM_WITNESS"));
+        // Everything else is the worker's: the script but for those lines, the instance, the token.
+        let unwitnessed = witness
+            .user_data
+            .lines()
+            .filter(|line| !line.starts_with("TANDEM_WITNESS") && *line != "StateDirectory=tandem")
+            .map(|line| line.replace("A Tandem worker in the witness role (Raft voter 7)", "A Tandem worker"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(unwitnessed + "\n", worker.user_data);
+        assert_eq!(
+            LaunchRequest { user_data: worker.user_data.clone(), tags: worker.tags.clone(), ..witness.clone() },
+            worker
+        );
+        // Tagged as this cluster's worker, with its voter's id.
+        let tag = |key: &str| witness.tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        assert_eq!(tag(ROLE_TAG), Some(WORKER_ROLE));
+        assert_eq!(tag(VOTER_ID_TAG), Some("7"));
+        assert_eq!(tag(LAUNCH_TOKEN_TAG), Some("t-42"));
+        assert_eq!(tag("Name"), Some("tandem-blue-witness"));
+        assert_eq!(witness.tags, settings.witness_tags("t-42", 7));
+        assert!(settings.is_own_worker(&witness.tags));
+        assert!(!worker.tags.iter().any(|(k, _)| k == VOTER_ID_TAG));
+    }
+
+    #[test]
     fn a_worker_binary_url_is_downloaded_at_boot() {
         let mut settings = launch();
         settings.worker_binary = WorkerBinary::parse("http://10.0.0.1:8080/bin/worker");
@@ -535,12 +647,15 @@ pub(crate) mod tests {
     #[test]
     fn the_rendered_script_is_valid_bash() {
         let Ok(bash) = which_bash() else { return };
-        let script = launch().request("t-1").expect("valid launch").user_data;
+        let worker = launch().request("t-1").expect("valid launch").user_data;
+        let witness = launch().request_witness("t-2", 4).expect("valid witness launch").user_data;
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("user-data.sh");
-        std::fs::write(&path, &script).expect("write script");
-        let status = std::process::Command::new(bash).arg("-n").arg(&path).status().expect("run bash -n");
-        assert!(status.success(), "bash -n rejects the script:\n{script}");
+        for script in [worker, witness] {
+            let path = dir.path().join("user-data.sh");
+            std::fs::write(&path, &script).expect("write script");
+            let status = std::process::Command::new(bash).arg("-n").arg(&path).status().expect("run bash -n");
+            assert!(status.success(), "bash -n rejects the script:\n{script}");
+        }
     }
 
     fn which_bash() -> Result<&'static str, ()> {
@@ -582,6 +697,8 @@ pub(crate) mod tests {
         assert_eq!(error.kind, ProviderErrorKind::Configuration);
         assert!(error.message.contains("access key id"), "{error}");
         assert!(!error.message.contains(&key_id), "the error must not repeat the key: {error}");
+        let error = settings.request_witness("t", 4).expect_err("an access key id in a witness's user-data");
+        assert!(error.message.contains("access key id"), "{error}");
 
         // The secret access key this process runs with.
         let secret_key = &secret_shaped();
@@ -589,6 +706,9 @@ pub(crate) mod tests {
         settings.cluster_secret = Some(secret_key.replace('/', "-"));
         settings.aws_secret_access_key = Some(secret_key.into());
         assert!(settings.request("t").is_ok(), "a different secret is fine");
+        settings.cluster_secret = Some(secret_key.clone());
+        let error = settings.request_witness("t", 4).expect_err("the secret key in a witness's user-data");
+        assert!(error.message.contains("secret access key"), "{error}");
         assert!(refuse_aws_keys(&format!("x={secret_key}"), Some(secret_key)).is_err());
         // A short dummy key (moto's "testing") is not looked for: it would match innocent text.
         assert!(refuse_aws_keys("# testing", Some("testing")).is_ok());
@@ -597,7 +717,7 @@ pub(crate) mod tests {
     #[test]
     fn settings_and_tokens_the_script_cannot_hold_are_refused() {
         type Mutation = fn(&mut WorkerLaunch);
-        let mutations: [(&str, Mutation); 14] = [
+        let mutations: [(&str, Mutation); 15] = [
             ("empty cluster name", |l| l.cluster_name.clear()),
             ("cluster name with a space", |l| l.cluster_name = "a b".into()),
             ("cluster name too long", |l| l.cluster_name = "a".repeat(65)),
@@ -612,11 +732,13 @@ pub(crate) mod tests {
             ("secret with a space", |l| l.cluster_secret = Some("a b".into())),
             ("secret with a newline", |l| l.cluster_secret = Some("a\nTANDEM_X=1".into())),
             ("subnet with a semicolon", |l| l.subnet_id = Some("subnet-1;rm".into())),
+            ("witness port 0", |l| l.witness_port = 0),
         ];
         for (name, mutate) in mutations {
             let mut settings = launch();
             mutate(&mut settings);
             assert_eq!(kind(settings.request("t")), Some(ProviderErrorKind::Configuration), "{name}");
+            assert_eq!(kind(settings.request_witness("t", 4)), Some(ProviderErrorKind::Configuration), "{name}");
         }
         for token in ["", "a b", "t'1", "t\n", &"t".repeat(MAX_TOKEN_LEN + 1)] {
             assert_eq!(kind(launch().request(token)), Some(ProviderErrorKind::Configuration), "token {token:?}");

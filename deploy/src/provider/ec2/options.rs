@@ -2,7 +2,7 @@
 //! it (the coordinator flattens [`Ec2Options`] into its own clap struct).
 
 use super::super::{ProviderError, ProviderErrorKind};
-use super::launch::{DEFAULT_WORKER_BINARY, InstanceProfile, WorkerBinary, WorkerLaunch};
+use super::launch::{DEFAULT_WITNESS_PORT, DEFAULT_WORKER_BINARY, InstanceProfile, WorkerBinary, WorkerLaunch};
 
 /// Where and how the EC2 provider launches workers. Credentials come only from the standard AWS
 /// chain (environment, profile, the instance's role); none is a flag.
@@ -42,6 +42,11 @@ pub struct Ec2Options {
     /// A worker that reaches no coordinator for this long exits and terminates its instance.
     #[arg(long = "ec2-worker-give-up-after-ms", env = "TANDEM_EC2_WORKER_GIVE_UP_AFTER_MS", default_value_t = 900_000)]
     pub worker_give_up_after_ms: u64,
+    /// The port the Raft routes of a witness the leader launches (to replace a lost one) listen
+    /// on; the coordinators reach it at the instance's private IPv4, so their security group
+    /// must be let in on it.
+    #[arg(long = "ec2-witness-port", env = "TANDEM_EC2_WITNESS_PORT", default_value_t = DEFAULT_WITNESS_PORT)]
+    pub witness_port: u16,
 }
 
 impl Ec2Options {
@@ -68,6 +73,7 @@ impl Ec2Options {
             coordinators: self.coordinators.clone(),
             worker_binary: WorkerBinary::parse(&self.worker_binary),
             give_up_after_ms: self.worker_give_up_after_ms,
+            witness_port: self.witness_port,
             cluster_secret,
             aws_secret_access_key,
         };
@@ -102,6 +108,7 @@ mod tests {
         .expect("valid flags");
         assert_eq!(cli.ec2.instance_type, "c7i.large");
         assert_eq!(cli.ec2.worker_binary, DEFAULT_WORKER_BINARY);
+        assert_eq!(cli.ec2.witness_port, 8090, "the witness's port in the default --member");
         let launch = cli.ec2.worker_launch(Some("secret".into()), None).expect("valid settings");
         assert_eq!(launch.security_group_ids, vec!["sg-1".to_owned(), "sg-2".to_owned()]);
         assert_eq!(launch.instance_profile, Some(InstanceProfile::Name("tandem-worker".into())));
@@ -118,5 +125,16 @@ mod tests {
         let cli = Cli::try_parse_from(["coordinator", "--ec2-cluster-name=blue", "--ec2-ami=ami-1"]).expect("flags");
         let error = cli.ec2.worker_launch(None, None).expect_err("no coordinators");
         assert!(error.message.contains("--ec2-coordinators"), "{error}");
+        let cli = Cli::try_parse_from([
+            "coordinator",
+            "--ec2-cluster-name=blue",
+            "--ec2-ami=ami-1",
+            "--ec2-coordinators=http://10.0.0.1:8080",
+            "--ec2-witness-port=0",
+        ])
+        .expect("flags");
+        let error = cli.ec2.worker_launch(None, None).expect_err("witness port 0");
+        assert_eq!(error.kind, ProviderErrorKind::Configuration);
+        assert!(error.message.contains("--ec2-witness-port"), "{error}");
     }
 }

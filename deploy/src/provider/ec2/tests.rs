@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use super::client::Ec2CallError;
 use super::fake_client::FakeEc2;
-use super::launch::{CLUSTER_TAG, DEFAULT_WORKER_BINARY, LAUNCH_TOKEN_TAG, ROLE_TAG, WorkerBinary};
+use super::launch::{
+    CLUSTER_TAG, DEFAULT_WITNESS_PORT, DEFAULT_WORKER_BINARY, LAUNCH_TOKEN_TAG, ROLE_TAG, VOTER_ID_TAG, WorkerBinary,
+};
 use super::*;
 
 fn worker_launch() -> WorkerLaunch {
@@ -18,6 +20,7 @@ fn worker_launch() -> WorkerLaunch {
         coordinators: vec!["http://10.0.0.1:8080".into()],
         worker_binary: WorkerBinary::parse(DEFAULT_WORKER_BINARY),
         give_up_after_ms: 900_000,
+        witness_port: DEFAULT_WITNESS_PORT,
         cluster_secret: Some("secret".into()),
         aws_secret_access_key: None,
     }
@@ -197,4 +200,110 @@ async fn terminating_an_unknown_or_terminated_instance_succeeds() {
     provider.terminate(&instance.instance_id).await.expect("terminate again");
     assert_eq!(fake(&provider).with(|s| s.terminate_calls.len()), 1, "the second one was a no-op");
     assert!(provider.list().await.expect("list").is_empty());
+}
+
+/// The private IP the fake gave `instance_id`.
+fn private_ip_of(provider: &Ec2Provider<Arc<FakeEc2>>, instance_id: &str) -> String {
+    fake(provider).with(|s| {
+        let instance = s.instances.iter().find(|i| i.description.instance_id == instance_id).expect("an instance");
+        instance.description.private_ip.clone().expect("a private IP")
+    })
+}
+
+#[tokio::test]
+async fn a_witness_launch_sends_the_witness_launch_and_answers_where_its_voter_listens() {
+    let mut settings = worker_launch();
+    settings.witness_port = 8095;
+    let provider = Ec2Provider::with_client(settings.clone(), Arc::<FakeEc2>::default());
+    let witness = provider.launch_witness("w1", 5).await.expect("witness launch");
+    assert_eq!(witness.instance.token.as_deref(), Some("w1"));
+    let ip = private_ip_of(&provider, &witness.instance.instance_id);
+    assert_eq!(witness.raft_addr, format!("{ip}:8095"));
+
+    let sent = fake(&provider).with(|s| s.run_requests.clone());
+    assert_eq!(sent, vec![settings.request_witness("w1", 5).expect("valid witness launch")]);
+    assert_eq!(sent[0].client_token, "w1");
+    for line in [
+        "TANDEM_WITNESS=true\n",
+        "TANDEM_WITNESS_ID=5\n",
+        "TANDEM_WITNESS_LISTEN=0.0.0.0:8095\n",
+        "TANDEM_WITNESS_DATA_DIR=/var/lib/tandem/witness\n",
+        "StateDirectory=tandem\n",
+    ] {
+        assert!(sent[0].user_data.contains(line), "{line:?} in the witness's user-data");
+    }
+    let tag = |key: &str| sent[0].tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    assert_eq!(tag(VOTER_ID_TAG), Some("5"));
+    assert_eq!(tag(ROLE_TAG), Some("worker"));
+    assert_eq!(tag(CLUSTER_TAG), Some("blue"));
+
+    // It is this cluster's worker: listed, and terminated if its replacement fails.
+    assert_eq!(provider.list().await.expect("list"), vec![witness.instance.clone()]);
+    provider.terminate(&witness.instance.instance_id).await.expect("terminate");
+    assert_eq!(fake(&provider).state_of(&witness.instance.instance_id).as_deref(), Some("terminated"));
+}
+
+#[tokio::test]
+async fn a_retried_witness_launch_returns_the_first_instance_and_raft_addr() {
+    // By ClientToken: DescribeInstances does not show the first instance yet.
+    let provider = provider();
+    fake(&provider).with(|s| s.describe_lags = true);
+    let first = provider.launch_witness("w1", 5).await.expect("witness launch");
+    let again = provider.launch_witness("w1", 5).await.expect("retried witness launch");
+    assert_eq!(first, again);
+    assert_eq!(fake(&provider).started(), 1, "one instance for one token");
+
+    // By its tag: a new leader carrying on its predecessor's launch, no RunInstances at all.
+    let first_leader = self::provider();
+    let first = first_leader.launch_witness("w2", 6).await.expect("witness launch");
+    let new_leader = Ec2Provider::with_client(worker_launch(), Arc::clone(first_leader.client()));
+    let again = new_leader.launch_witness("w2", 6).await.expect("witness launch again");
+    assert_eq!(first, again);
+    assert_eq!(fake(&new_leader).with(|s| s.run_requests.len()), 1, "only the first leader's RunInstances");
+}
+
+#[tokio::test]
+async fn a_token_that_launched_something_else_does_not_pass_for_the_witness() {
+    let provider = provider();
+    provider.launch("t1").await.expect("a plain worker");
+    provider.launch_witness("w1", 5).await.expect("a witness");
+    for (token, node_id, what) in [("t1", 5, "a plain worker"), ("w1", 6, "another voter's witness")] {
+        let error = provider.launch_witness(token, node_id).await.expect_err(what);
+        assert_eq!(error.kind, ProviderErrorKind::Other, "{what}");
+        assert!(error.message.contains(&format!("not as the witness of voter {node_id}")), "{error}");
+    }
+    assert_eq!(fake(&provider).started(), 2, "nothing more launched");
+}
+
+#[tokio::test]
+async fn a_witness_launch_answered_without_a_private_ip_describes_the_instance_for_it() {
+    let provider = provider();
+    fake(&provider).with(|s| s.run_answer_lacks_private_ip = true);
+    let witness = provider.launch_witness("w1", 5).await.expect("witness launch");
+    let ip = private_ip_of(&provider, &witness.instance.instance_id);
+    assert_eq!(witness.raft_addr, format!("{ip}:{DEFAULT_WITNESS_PORT}"));
+    // One DescribeInstances for the token before the launch, one for the IP after.
+    assert_eq!(fake(&provider).with(|s| s.describe_calls), 2);
+}
+
+#[tokio::test]
+async fn a_witness_with_no_private_ip_is_an_error_after_a_bounded_wait() {
+    let mut provider = provider();
+    provider.private_ip_retry = std::time::Duration::from_millis(1);
+    fake(&provider).with(|s| s.no_private_ip = true);
+    let error = provider.launch_witness("w1", 5).await.expect_err("no private IP");
+    assert_eq!(error.kind, ProviderErrorKind::Other);
+    assert!(error.message.contains("no private IPv4 address"), "{error}");
+    assert_eq!(fake(&provider).with(|s| s.describe_calls), 1 + PRIVATE_IP_ATTEMPTS as usize);
+}
+
+#[tokio::test]
+async fn a_witness_launch_whose_user_data_holds_an_aws_key_never_reaches_ec2() {
+    let mut settings = worker_launch();
+    settings.cluster_secret = Some(super::launch::tests::key_shaped("AKIA", "TESTONLY0000000E"));
+    let provider = Ec2Provider::with_client(settings, Arc::<FakeEc2>::default());
+    let error = provider.launch_witness("w1", 5).await.expect_err("refused");
+    assert_eq!(error.kind, ProviderErrorKind::Configuration);
+    assert!(error.message.contains("access key id"), "{error}");
+    assert_eq!(fake(&provider).with(|s| (s.run_requests.len(), s.describe_calls)), (0, 0));
 }
