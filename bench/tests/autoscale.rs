@@ -63,3 +63,34 @@ fn autoscale_quick_runs_every_trace_and_policy_to_completion() {
     let given_up: u64 = ["tandem", "peers", "ray-like"].iter().filter_map(|p| failing[p]["given_up"].as_u64()).sum();
     assert!(given_up > 0, "{failing}");
 }
+
+/// `--seeds N` judges each trace on the means over N seeds and says in how many of them the
+/// trace's own verdict held; seed 1's table is the same as without it.
+#[test]
+fn autoscale_over_several_seeds_judges_the_means() {
+    let run = |extra: &[&str]| -> (serde_json::Value, String) {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let json = dir.path().join("report.json");
+        let output = Command::new(env!("CARGO_BIN_EXE_bench"))
+            .args(["autoscale", "--quick", "--json"])
+            .arg(&json)
+            .args(extra)
+            .output()
+            .expect("run bench");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "bench autoscale {extra:?} failed:\n{stdout}");
+        (serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("json"), stdout)
+    };
+    let (one, _) = run(&[]);
+    let (three, stdout) = run(&["--seeds", "3"]);
+    assert_eq!(three["failures"], serde_json::json!([]), "{stdout}");
+    assert_eq!(three["figures"]["seeds"], 3);
+    let held = three["figures"]["seeds_passed_per_trace"].as_array().expect("per trace");
+    assert_eq!(held.len(), TRACES.len());
+    assert!(held.iter().all(|n| n.as_u64().is_some_and(|n| n <= 3)), "{held:?}");
+    for trace in TRACES {
+        assert!(stdout.lines().any(|l| l.contains(trace) && l.contains("of 3 seeds")), "{trace}: {stdout}");
+    }
+    // The first seed's runs are the ones reported in detail, unchanged.
+    assert_eq!(one["detail"]["traces"][0]["policies"], three["detail"]["traces"][0]["policies"]);
+}

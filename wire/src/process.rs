@@ -12,12 +12,16 @@ pub enum LogFormat {
     Json,
 }
 
-/// Print logs in `format`, filtered by `RUST_LOG` or else by `default_filter`.
+/// Print logs in `format` on stdout, filtered by `RUST_LOG` or else by `default_filter`.
 pub fn init_tracing(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     match format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        // Colours only on a terminal: a log file (deploy local's) or a journal gets plain text.
+        LogFormat::Text => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).init()
+        }
         LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
     }
 }

@@ -62,7 +62,12 @@ pub struct AutoscaleArgs {
     /// Tandem's policy: seconds after a scale-out during which nothing is scaled in.
     #[arg(long)]
     pub cooldown_s: Option<u64>,
-    /// Fail the run when Tandem's policy loses a trace's verdict.
+    /// Also run seeds `seed + 1` to `seed + seeds - 1`, and judge each trace on the means over
+    /// all of them (one seed's p95 moves by seconds with which worker's cores, each within
+    /// ±10 % of the mean rate, happen to run the longest jobs).
+    #[arg(long, default_value_t = 1)]
+    pub seeds: u64,
+    /// Fail the run when Tandem's policy loses a trace's verdict (on the means, with --seeds).
     #[arg(long)]
     pub strict: bool,
 }
@@ -123,10 +128,9 @@ pub fn run(args: &AutoscaleArgs, quick: bool) -> anyhow::Result<Report> {
     let mut table = summary::table_header();
     let mut simulated_ms = 0;
     let mut tandem_busy_workers_killed = 0;
+    let mut across = Across::default();
     for (index, trace) in traces.iter().enumerate() {
-        let seed = seeded(args.seed, &[0x72_756e, index as u64]).random::<u64>();
-        let outcomes: Vec<(&'static str, model::Outcome)> =
-            policies.iter().map(|p| (p.name(), Simulation::new(trace, &model, seed).run(*p))).collect();
+        let outcomes = run_trace(trace, index, args.seed, &model, &policies);
         let runs: Vec<RunSummary> = outcomes.iter().map(|(name, o)| RunSummary::new(name, o)).collect();
         for run in &runs {
             simulated_ms += (run.ended_minutes * 60e3) as u64;
@@ -153,6 +157,7 @@ pub fn run(args: &AutoscaleArgs, quick: bool) -> anyhow::Result<Report> {
             ));
         }
         let verdict = Verdict::new(trace.name, tandem_run, &baselines.iter().collect::<Vec<_>>());
+        across.add(index, trace.name, &runs, verdict.passed);
         let chart_runs: Vec<(&'static str, &model::Outcome)> = outcomes.iter().map(|(n, o)| (*n, o)).collect();
         report.charts.push(summary::fleet_chart(trace.name, &chart_runs));
         detail.push(serde_json::json!({
@@ -164,6 +169,31 @@ pub fn run(args: &AutoscaleArgs, quick: bool) -> anyhow::Result<Report> {
         verdicts.push(verdict);
     }
 
+    for seed in (args.seed + 1)..args.seed.saturating_add(args.seeds.max(1)) {
+        for (index, trace) in traces::all(quick, model.mean_core_rate, seed).iter().enumerate() {
+            let outcomes = run_trace(trace, index, seed, &model, &policies);
+            let runs: Vec<RunSummary> = outcomes.iter().map(|(name, o)| RunSummary::new(name, o)).collect();
+            for run in &runs {
+                simulated_ms += (run.ended_minutes * 60e3) as u64;
+                if run.jobs_completed < run.jobs || run.counts.witness_scale_ins > 0 {
+                    report
+                        .failures
+                        .push(format!("{} with seed {seed}: {} did not complete cleanly", trace.name, run.policy));
+                }
+            }
+            let (tandem_run, baselines) = runs.split_first().expect("Tandem's policy runs first");
+            tandem_busy_workers_killed += tandem_run.counts.busy_workers_killed;
+            if tandem_run.counts.busy_workers_killed > 0 {
+                report.failures.push(format!("{} with seed {seed}: Tandem's policy killed busy workers", trace.name));
+            }
+            let passed = Verdict::new(trace.name, tandem_run, &baselines.iter().collect::<Vec<_>>()).passed;
+            across.add(index, trace.name, &runs, passed);
+        }
+    }
+    if args.seeds > 1 {
+        // Judged on the means from here on.
+        verdicts = across.verdicts();
+    }
     let passed = verdicts.iter().filter(|v| v.passed).count();
     report.figure("traces", traces.len());
     report.figure("verdicts_passed", passed);
@@ -207,7 +237,25 @@ pub fn run(args: &AutoscaleArgs, quick: bool) -> anyhow::Result<Report> {
          better on one"
             .into(),
     );
-    report.text.extend(verdicts.iter().map(Verdict::line));
+    if args.seeds > 1 {
+        report.text.push(format!(
+            "(the table is seed {}'s; the verdicts are on the means over seeds {} to {}, each trace's line ending \
+             with the seeds whose own verdict held)",
+            args.seed,
+            args.seed,
+            args.seed + args.seeds - 1
+        ));
+        report.text.extend(
+            verdicts
+                .iter()
+                .zip(&across.traces)
+                .map(|(v, t)| format!("{} [held in {} of {} seeds]", v.line(), t.seeds_passed, t.seeds)),
+        );
+        report.figure("seeds", args.seeds);
+        report.figure("seeds_passed_per_trace", across.traces.iter().map(|t| t.seeds_passed).collect::<Vec<_>>());
+    } else {
+        report.text.extend(verdicts.iter().map(Verdict::line));
+    }
     if args.strict {
         for verdict in verdicts.iter().filter(|v| !v.passed) {
             report.failures.push(format!("verdict lost: {}", verdict.line()));
@@ -221,6 +269,61 @@ pub fn run(args: &AutoscaleArgs, quick: bool) -> anyhow::Result<Report> {
     }
     report.detail = serde_json::json!({ "traces": detail });
     Ok(report)
+}
+
+/// Every policy's run of `trace` (the `index`-th of seed `seed`'s), Tandem's first, on the same
+/// random draws.
+fn run_trace(
+    trace: &traces::Trace,
+    index: usize,
+    seed: u64,
+    model: &ModelConfig,
+    policies: &[&dyn Policy],
+) -> Vec<(&'static str, model::Outcome)> {
+    let seed = seeded(seed, &[0x72_756e, index as u64]).random::<u64>();
+    policies.iter().map(|p| (p.name(), Simulation::new(trace, model, seed).run(*p))).collect()
+}
+
+/// Each trace's runs summed over seeds, for the verdict on the means.
+#[derive(Default)]
+struct Across {
+    traces: Vec<TraceAcross>,
+}
+
+/// One trace over seeds: per policy (Tandem's first) the sums of p95 and instance time.
+struct TraceAcross {
+    name: &'static str,
+    seeds: u64,
+    seeds_passed: u64,
+    sums: Vec<(&'static str, u64, u64)>,
+}
+
+impl Across {
+    fn add(&mut self, index: usize, name: &'static str, runs: &[RunSummary], passed: bool) {
+        if self.traces.len() <= index {
+            let sums = runs.iter().map(|r| (r.policy, 0, 0)).collect();
+            self.traces.push(TraceAcross { name, seeds: 0, seeds_passed: 0, sums });
+        }
+        let trace = &mut self.traces[index];
+        trace.seeds += 1;
+        trace.seeds_passed += u64::from(passed);
+        for (sum, run) in trace.sums.iter_mut().zip(runs) {
+            sum.1 += run.p95_ms.unwrap_or(u64::MAX / 1_000);
+            sum.2 += run.counts.instance_ms;
+        }
+    }
+
+    /// The verdict of each trace on the means.
+    fn verdicts(&self) -> Vec<Verdict> {
+        self.traces
+            .iter()
+            .map(|trace| {
+                let mean = |(_, p95, instance): &(&'static str, u64, u64)| (p95 / trace.seeds, instance / trace.seeds);
+                let (tandem, baselines) = trace.sums.split_first().expect("Tandem's policy runs first");
+                Verdict::of_means(trace.name, mean(tandem), baselines.iter().map(|b| (b.0, mean(b))).collect())
+            })
+            .collect()
+    }
 }
 
 /// Tandem's policy as the simulator runs it: the defaults, but for the fleet's size, the

@@ -82,6 +82,19 @@ impl Verdict {
         Verdict { trace, passed: against.iter().all(Against::passed), against }
     }
 
+    /// The verdict on means over seeds: Tandem's (p95 ms, instance ms) against each baseline's.
+    pub fn of_means(trace: &'static str, tandem: (u64, u64), baselines: Vec<(&'static str, (u64, u64))>) -> Self {
+        let against: Vec<Against> = baselines
+            .into_iter()
+            .map(|(baseline, (p95, instance))| Against {
+                baseline,
+                p95_ms: (Some(tandem.0), Some(p95)),
+                instance_ms: (tandem.1, instance),
+            })
+            .collect();
+        Verdict { trace, passed: against.iter().all(Against::passed), against }
+    }
+
     /// One printed line.
     pub fn line(&self) -> String {
         let against: Vec<String> = self.against.iter().map(Against::describe).collect();
