@@ -53,7 +53,8 @@ pub struct LocalProcesses {
 
 impl LocalProcesses {
     /// Start `worker_binary` with `args` (its coordinators, cores, ...) for each launch, keeping
-    /// records and logs in `dir`, giving each worker `cluster_secret` in its environment.
+    /// records and logs in `dir`, giving each worker `cluster_secret` in its environment (with
+    /// none, the insecure flag that lets the worker start without it).
     pub fn new(
         worker_binary: PathBuf,
         args: Vec<String>,
@@ -134,9 +135,12 @@ impl LocalProcesses {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr);
-        if let Some(secret) = &self.cluster_secret {
-            command.env(crate::local::SECRET_ENV, secret);
-        }
+        match &self.cluster_secret {
+            Some(secret) => command.env(crate::local::SECRET_ENV, secret),
+            // A coordinator runs without a secret only when its operator said so
+            // (`--insecure-no-cluster-secret`): its workers need the same word to start.
+            None => command.env(wire::INSECURE_NO_CLUSTER_SECRET_ENV, "true"),
+        };
         let child = command.spawn().map_err(|e| {
             ProviderError::new(
                 ProviderErrorKind::Configuration,
