@@ -389,6 +389,37 @@ mod tests {
         assert!(read_records(&provider.dir).is_empty());
     }
 
+    #[tokio::test]
+    async fn a_worker_gets_the_secret_or_else_the_insecure_flag_its_coordinator_runs_with() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        // Read once the child has exec'd the stand-in (its command line names the instance):
+        // before, /proc shows the forked copy of this process, or nothing.
+        let environ = |provider: &LocalProcesses, token: &str| {
+            let record = read_record(&provider.dir, token).expect("record");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !is_running(&record) {
+                assert!(std::time::Instant::now() < deadline, "the stand-in never started");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let environ = std::fs::read(format!("/proc/{}/environ", record.pid)).expect("environ");
+            String::from_utf8_lossy(&environ).split('\0').map(str::to_owned).collect::<Vec<_>>()
+        };
+        let secured = provider(dir.path());
+        secured.launch("s").await.expect("launch");
+        let env = environ(&secured, "s");
+        assert!(env.contains(&"TANDEM_CLUSTER_SECRET=s3cret".to_owned()), "{env:?}");
+        assert!(!env.iter().any(|v| v.starts_with("TANDEM_INSECURE_NO_CLUSTER_SECRET")), "{env:?}");
+        let mut insecure = provider(dir.path());
+        insecure.cluster_secret = None;
+        insecure.launch("i").await.expect("launch");
+        let env = environ(&insecure, "i");
+        assert!(env.contains(&"TANDEM_INSECURE_NO_CLUSTER_SECRET=true".to_owned()), "{env:?}");
+        assert!(!env.iter().any(|v| v.starts_with("TANDEM_CLUSTER_SECRET")), "{env:?}");
+        LocalProcesses::stop_all(&secured.dir, Duration::from_secs(5));
+        secured.reap();
+        insecure.reap();
+    }
+
     #[test]
     fn a_missing_worker_binary_is_a_configuration_error() {
         let dir = tempfile::TempDir::new().expect("temp dir");
