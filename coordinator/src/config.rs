@@ -289,9 +289,7 @@ mod tests {
 
     #[test]
     fn scaling_bounds_and_a_provider_this_build_lacks_are_refused_at_startup() {
-        let refused = |args: &[&str]| {
-            parse(args).validate().expect_err("refused")
-        };
+        let refused = |args: &[&str]| parse(args).validate().expect_err("refused");
         assert!(refused(&["--min-workers", "5", "--max-workers", "4"]).contains("--min-workers"));
         assert!(refused(&["--scaler-worker-cores", "0"]).contains("--scaler-worker-cores"));
         #[cfg(not(feature = "ec2"))]

@@ -2,10 +2,10 @@
 //! started by the same code as `deploy local`. Build them first: `cargo build --workspace --bins`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use deploy::local::{LocalCluster, random_token};
