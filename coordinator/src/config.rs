@@ -38,10 +38,16 @@ pub struct Config {
     /// coordinator only, and never to one whose data directory was lost.
     #[arg(long, env = "TANDEM_INITIALIZE")]
     pub initialize: bool,
-    /// Shared secret required on the internal /raft and /worker routes (header `x-tandem-secret`;
-    /// unset: they are open). Prefer the environment: a flag shows in `ps`.
+    /// Shared secret required on the internal /raft and /worker routes (header `x-tandem-secret`).
+    /// Required: without it the coordinator refuses to start, unless
+    /// `--insecure-no-cluster-secret` is given. Prefer the environment: a flag shows in `ps`.
     #[arg(long, env = "TANDEM_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// Start without a cluster secret, serving the /raft and /worker routes to anyone who
+    /// reaches the port (who could then record results and disrupt Raft). For tests on a
+    /// private machine only.
+    #[arg(long, env = "TANDEM_INSECURE_NO_CLUSTER_SECRET")]
+    pub insecure_no_cluster_secret: bool,
     /// Token the /admin routes require (`Authorization: Bearer TOKEN`); unset disables them.
     #[arg(long, env = "TANDEM_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -195,9 +201,7 @@ impl Config {
 
     /// Check what clap cannot.
     pub fn validate(&self) -> Result<(), String> {
-        if let Some(secret) = &self.cluster_secret {
-            wire::check_credential("the cluster secret (TANDEM_CLUSTER_SECRET)", secret)?;
-        }
+        wire::check_cluster_secret(self.cluster_secret.as_deref(), self.insecure_no_cluster_secret)?;
         if let Some(token) = &self.admin_token {
             wire::check_credential("the admin token (TANDEM_ADMIN_TOKEN)", token)?;
         }
@@ -261,6 +265,11 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// A config parsed from `args` after the binary's name and a cluster secret.
+    fn parse(args: &[&str]) -> Config {
+        Config::parse_from(["coordinator", "--cluster-secret", "s3cret"].into_iter().chain(args.iter().copied()))
+    }
+
     #[test]
     fn parses_members() {
         let config = Config::parse_from(["coordinator", "--member", "1=coordinator@a:1,3=witness@10.0.0.3:8090"]);
@@ -270,8 +279,8 @@ mod tests {
 
     #[test]
     fn defaults_describe_the_local_cluster() {
-        let config = Config::parse_from(["coordinator"]);
-        config.validate().expect("defaults are valid");
+        let config = parse(&[]);
+        config.validate().expect("defaults and a secret are valid");
         let members = config.membership();
         assert_eq!(members.len(), 3);
         assert_eq!(members[&3].role, Role::Witness);
@@ -280,25 +289,31 @@ mod tests {
 
     #[test]
     fn scaling_bounds_and_a_provider_this_build_lacks_are_refused_at_startup() {
-        let refused = |args: &[&str]| {
-            let config = Config::parse_from(std::iter::once("coordinator").chain(args.iter().copied()));
-            config.validate().expect_err("refused")
-        };
+        let refused = |args: &[&str]| parse(args).validate().expect_err("refused");
         assert!(refused(&["--min-workers", "5", "--max-workers", "4"]).contains("--min-workers"));
         assert!(refused(&["--scaler-worker-cores", "0"]).contains("--scaler-worker-cores"));
         #[cfg(not(feature = "ec2"))]
         assert!(refused(&["--scaler", "ec2"]).contains("`ec2` feature"));
-        Config::parse_from(["coordinator", "--scaler", "local", "--max-workers", "8"]).validate().expect("valid");
+        parse(&["--scaler", "local", "--max-workers", "8"]).validate().expect("valid");
     }
 
     #[test]
     fn a_secret_or_token_that_http_would_alter_is_refused_at_startup_without_showing_it() {
         for flag in ["--cluster-secret", "--admin-token"] {
-            let config = Config::parse_from(["coordinator", flag, "hunter2 "]);
+            let config = parse(&[flag, "hunter2 "]);
             let error = config.validate().expect_err("a trailing space is refused");
             assert!(error.contains("must not begin or end with a space"), "{error}");
             assert!(!error.contains("hunter2"), "the error shows the value: {error}");
-            Config::parse_from(["coordinator", flag, "hunter2"]).validate().expect("a plain value is fine");
+            parse(&[flag, "hunter2"]).validate().expect("a plain value is fine");
         }
+    }
+
+    #[test]
+    fn no_cluster_secret_is_refused_at_startup_unless_the_insecure_flag_is_given() {
+        let error = Config::parse_from(["coordinator"]).validate().expect_err("no secret is refused");
+        assert!(error.contains("TANDEM_CLUSTER_SECRET"), "{error}");
+        assert!(error.contains("--insecure-no-cluster-secret"), "{error}");
+        assert!(error.contains("record made-up results"), "the error says why: {error}");
+        Config::parse_from(["coordinator", "--insecure-no-cluster-secret"]).validate().expect("the flag allows it");
     }
 }

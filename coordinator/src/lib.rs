@@ -95,6 +95,13 @@ impl Coordinator {
     /// until `shutdown` is cancelled.
     pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Coordinator> {
         config.validate().map_err(anyhow::Error::msg)?;
+        if config.cluster_secret.is_none() {
+            tracing::warn!(
+                listen = %config.listen,
+                "running without a cluster secret (--insecure-no-cluster-secret): anyone who reaches this \
+                 port can record results for leased jobs and disrupt Raft; for tests on a private machine only"
+            );
+        }
         let mut node_config = NodeConfig::new(config.id, Role::Coordinator, config.data_dir());
         node_config.secret = config.cluster_secret.clone();
         node_config.fault_injection = config.fault_injection;

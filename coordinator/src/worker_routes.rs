@@ -1,7 +1,8 @@
 //! The worker routes: register, lease (a long-poll), heartbeat, complete, release. MessagePack
-//! in and out; see `wire::worker` for the protocol and its status codes. When the cluster has a
-//! secret, every worker route requires it (as the `/raft/` routes do): without it anyone who
-//! reaches the port could register, take jobs and report made-up results.
+//! in and out; see `wire::worker` for the protocol and its status codes. Every worker route
+//! requires the cluster secret (as the `/raft/` routes do): without it anyone who reaches the
+//! port could register, take jobs and report made-up results. Only a coordinator started with
+//! `--insecure-no-cluster-secret` has none, and serves them open.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -80,7 +81,8 @@ pub fn router(app: App) -> Router<App> {
         .route_layer(middleware::from_fn_with_state(app, require_secret))
 }
 
-/// Refuse a worker request without the cluster secret (when the cluster has one).
+/// Refuse a worker request without the cluster secret (unless this coordinator was started
+/// with `--insecure-no-cluster-secret`).
 async fn require_secret(State(app): State<App>, request: Request, next: Next) -> Response {
     if let Some(secret) = &app.config.cluster_secret {
         let given = request.headers().get(SECRET_HEADER).and_then(|v| v.to_str().ok());

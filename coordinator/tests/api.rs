@@ -25,15 +25,20 @@ struct Cluster {
     shutdown: CancellationToken,
     witness: Node,
     http: reqwest::Client,
+    /// The cluster secret every voter has, which the worker routes require.
+    secret: String,
 }
+
+/// The cluster secret of the tests that do not choose their own.
+const TEST_SECRET: &str = "api-test-cluster-secret";
 
 impl Cluster {
     async fn start(extra: &[&str]) -> Cluster {
-        Cluster::start_with_secret(extra, None).await
+        Cluster::start_with_secret(extra, TEST_SECRET).await
     }
 
-    /// Start the cluster with `secret` as its cluster secret on every voter, if given.
-    async fn start_with_secret(extra: &[&str], secret: Option<&str>) -> Cluster {
+    /// Start the cluster with `secret` as its cluster secret on every voter.
+    async fn start_with_secret(extra: &[&str], secret: &str) -> Cluster {
         let dir = TempDir::new().expect("temp dir");
         let mut listeners = Vec::new();
         for _ in 0..3 {
@@ -61,14 +66,12 @@ impl Cluster {
                 args.push("--initialize".into());
             }
             args.extend(extra.iter().map(|s| s.to_string()));
-            if let Some(secret) = secret {
-                args.extend(["--cluster-secret".to_owned(), secret.to_owned()]);
-            }
+            args.extend(["--cluster-secret".to_owned(), secret.to_owned()]);
             let config = Config::parse_from(args);
             tokio::spawn(coordinator::run(config, listener, shutdown.child_token()));
         }
         let mut witness_config = NodeConfig::new(3, Role::Witness, dir.path().join("w3"));
-        witness_config.secret = secret.map(str::to_owned);
+        witness_config.secret = Some(secret.to_owned());
         let witness = Node::start(witness_config, Arc::new(NetworkFaults::default())).await.expect("witness");
         let router = witness.router();
         let stop = shutdown.child_token();
@@ -79,6 +82,7 @@ impl Cluster {
             shutdown,
             witness,
             http: reqwest::Client::builder().no_proxy().build().expect("client"),
+            secret: secret.to_owned(),
         };
         for url in &cluster.urls {
             let client = ApiClient::new(url.clone());
@@ -99,6 +103,7 @@ impl Cluster {
         let response = self
             .http
             .post(format!("{}{path}", self.urls[i]))
+            .header(wire::SECRET_HEADER, &self.secret)
             .header("content-type", "application/msgpack")
             .body(rmp_serde::to_vec_named(req).expect("encode"))
             .send()
@@ -142,7 +147,7 @@ impl Cluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_routes_refuse_a_missing_or_wrong_cluster_secret() {
     let secret = "worker-routes-secret";
-    let cluster = Cluster::start_with_secret(&[], Some(secret)).await;
+    let cluster = Cluster::start_with_secret(&[], secret).await;
     let register =
         RegisterRequest { name: "intruder".into(), cores: 8, instance_id: None, witness: false, launch_token: None };
     let body = rmp_serde::to_vec_named(&register).expect("encode");
@@ -282,6 +287,7 @@ async fn jobs_flow_through_the_worker_protocol_with_cursors_and_idempotency() {
     let response = cluster
         .http
         .post(format!("{}{}", cluster.urls[0], wire::worker::LEASE))
+        .header(wire::SECRET_HEADER, &cluster.secret)
         .header("content-type", "application/msgpack")
         .body(rmp_serde::to_vec_named(&empty).expect("encode"))
         .send()

@@ -12,6 +12,9 @@ use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+/// The coordinator's cluster secret, which the worker routes require.
+const SECRET: &str = "validation-test-secret";
+
 /// A coordinator that is its own cluster (one voter, leading), with small limits.
 struct Single {
     _dir: TempDir,
@@ -32,6 +35,8 @@ impl Single {
             "--data-dir".into(),
             dir.path().join("c1").display().to_string(),
             "--initialize".into(),
+            "--cluster-secret".into(),
+            SECRET.into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let shutdown = CancellationToken::new();
@@ -58,6 +63,12 @@ impl Drop for Single {
 
 fn request(method: Method, uri: &str, body: impl Into<Body>) -> Request<Body> {
     Request::builder().method(method).uri(uri).body(body.into()).expect("a valid request")
+}
+
+/// `request` with the cluster secret, as a worker sends it.
+fn with_secret(mut request: Request<Body>) -> Request<Body> {
+    request.headers_mut().insert(wire::SECRET_HEADER, SECRET.parse().expect("a valid header value"));
+    request
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,7 +107,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         (request(Method::GET, "/nope", Body::empty()), 404, "no such route"),
         (request(Method::GET, "/enqueue?iterations=1", Body::empty()), 405, "method not allowed"),
         (multipart, 400, "multipart"),
-        (request(Method::POST, "/worker/lease", "not msgpack"), 400, ""),
+        (with_secret(request(Method::POST, "/worker/lease", "not msgpack")), 400, ""),
         (request(Method::POST, "/admin/failover", Body::empty()), 401, "admin"),
         (request(Method::POST, "/admin/workers/1/drain", Body::empty()), 401, "admin"),
     ];

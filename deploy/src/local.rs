@@ -66,7 +66,9 @@ pub struct LocalOptions {
     /// command line); `None` leaves the admin routes off.
     pub admin_token: Option<String>,
     /// The cluster secret, given to every process in `TANDEM_CLUSTER_SECRET` (not on its
-    /// command line, where `ps` shows it); `None` leaves the /raft and /worker routes open.
+    /// command line, where `ps` shows it). `None`: [`LocalCluster::start`] generates a random
+    /// one (see [`LocalCluster::options`]), so that a local cluster is never open to anyone
+    /// who reaches its ports.
     pub cluster_secret: Option<String>,
     /// The address each voter listens on (coordinator 1, coordinator 2, the witness):
     /// 127.0.0.1, unless the voters run in network namespaces of their own.
@@ -240,7 +242,10 @@ impl LocalCluster {
     /// Start every process. Returns once they are spawned; see [`LocalCluster::wait_ready`].
     /// Starts nothing, and says which port and whose, if a port a voter is to listen on is taken
     /// (see [`check_ports`]).
-    pub fn start(options: LocalOptions) -> anyhow::Result<LocalCluster> {
+    pub fn start(mut options: LocalOptions) -> anyhow::Result<LocalCluster> {
+        if options.cluster_secret.is_none() {
+            options.cluster_secret = Some(random_token()?);
+        }
         for (what, value) in
             [("the cluster secret", &options.cluster_secret), ("the admin token", &options.admin_token)]
         {

@@ -2,6 +2,8 @@
 //! started by the same code as `deploy local`. Build them first: `cargo build --workspace --bins`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -365,8 +367,10 @@ async fn forced_failover_moves_leadership_and_requires_the_token() {
     let dir = TempDir::new().expect("temp dir");
     let mut layout = options(&dir, 0);
     layout.admin_token = Some("s3cret-token".into());
-    let secret = layout.cluster_secret.clone().expect("tests run with a cluster secret");
+    // A layout without a cluster secret gets a generated one: a local cluster is never open.
+    layout.cluster_secret = None;
     let mut cluster = LocalCluster::start(layout).expect("start the local cluster");
+    let secret = cluster.options.cluster_secret.clone().expect("the cluster generated a secret");
     cluster.wait_ready(Duration::from_secs(60)).await.expect("cluster ready");
     // The token and the secret reach the processes in their environment, never on their command
     // line (which `ps` shows every user); only coordinators get the admin token.
@@ -380,6 +384,11 @@ async fn forced_failover_moves_leadership_and_requires_the_token() {
         let cmdline = String::from_utf8_lossy(&cmdline);
         assert!(!cmdline.contains("s3cret-token") && !cmdline.contains(&secret), "{}: {cmdline}", process.name);
         assert!(environ.contains(&format!("TANDEM_CLUSTER_SECRET={secret}")), "{} lacks the secret", process.name);
+        assert!(
+            !environ.iter().any(|v| v.starts_with("TANDEM_INSECURE_NO_CLUSTER_SECRET")),
+            "{} was told to run insecure",
+            process.name
+        );
         let has_token = environ.iter().any(|v| v == "TANDEM_ADMIN_TOKEN=s3cret-token");
         assert_eq!(has_token, process.name.starts_with("coordinator"), "{}: admin token in environ", process.name);
     }
@@ -424,4 +433,95 @@ async fn forced_failover_moves_leadership_and_requires_the_token() {
     // And the cluster still takes writes.
     ApiClient::new(urls[0].clone()).enqueue(b"after failover".to_vec(), 1, None).await.expect("enqueue");
     cluster.stop(Duration::from_secs(10));
+}
+
+/// `binary` from the build under test with `args`, its output piped, and neither the cluster
+/// secret nor the insecure flag in its environment (whatever this test process has).
+fn without_a_secret(binary: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(bin_dir().join(binary));
+    command
+        .args(args)
+        .env_remove("TANDEM_CLUSTER_SECRET")
+        .env_remove("TANDEM_INSECURE_NO_CLUSTER_SECRET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Run `command` to its exit (killing it after `timeout`); its status and its output.
+fn exit_and_output(mut command: Command, timeout: Duration) -> (std::process::ExitStatus, String) {
+    let mut child = command.spawn().expect("start the binary");
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            child.kill().expect("kill");
+            panic!("it kept running for {timeout:?} instead of refusing to start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("output");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status, text)
+}
+
+#[test]
+fn a_coordinator_worker_or_witness_without_a_cluster_secret_refuses_to_start() {
+    let dir = TempDir::new().expect("temp dir");
+    let data_dir = dir.path().join("coordinator-1").display().to_string();
+    let witness_dir = dir.path().join("witness").display().to_string();
+    let coordinator = ["--listen", "127.0.0.1:0", "--member", "1=coordinator@127.0.0.1:9", "--data-dir", &data_dir];
+    let cases = [
+        ("coordinator", without_a_secret("coordinator", &coordinator)),
+        ("worker", without_a_secret("worker", &["--coordinator", "http://127.0.0.1:9"])),
+        (
+            "witness",
+            without_a_secret(
+                "worker",
+                &["--witness", "--witness-listen", "127.0.0.1:0", "--witness-data-dir", &witness_dir],
+            ),
+        ),
+    ];
+    for (what, command) in cases {
+        let (status, output) = exit_and_output(command, Duration::from_secs(20));
+        assert!(!status.success(), "the {what} exited with {status}: {output}");
+        assert!(output.contains("TANDEM_CLUSTER_SECRET"), "the {what} does not name the variable: {output}");
+        assert!(output.contains("--insecure-no-cluster-secret"), "the {what} does not name the flag: {output}");
+    }
+    assert!(!std::path::Path::new(&data_dir).exists(), "the refused coordinator opened its data directory");
+    assert!(!std::path::Path::new(&witness_dir).exists(), "the refused witness opened its data directory");
+}
+
+#[test]
+fn a_coordinator_with_the_insecure_flag_starts_and_warns() {
+    let dir = TempDir::new().expect("temp dir");
+    let data_dir = dir.path().join("coordinator-1").display().to_string();
+    let args = [
+        "--insecure-no-cluster-secret",
+        "--listen",
+        "127.0.0.1:0",
+        "--member",
+        "1=coordinator@127.0.0.1:9",
+        "--data-dir",
+        &data_dir,
+        "--log-format",
+        "json",
+    ];
+    let mut child = without_a_secret("coordinator", &args).spawn().expect("start the coordinator");
+    let stdout = child.stdout.take().expect("piped");
+    // Kill it however the test ends.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = KillOnDrop(child);
+    let warning = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find(|line| line.contains("running without a cluster secret"))
+        .expect("the warning, before its output ends");
+    assert!(warning.contains("WARN"), "not a warning: {warning}");
 }

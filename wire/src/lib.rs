@@ -52,6 +52,28 @@ pub fn check_credential(what: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The environment variable of the flag that lets a coordinator, worker or witness run without
+/// a cluster secret (`--insecure-no-cluster-secret`).
+pub const INSECURE_NO_CLUSTER_SECRET_ENV: &str = "TANDEM_INSECURE_NO_CLUSTER_SECRET";
+
+/// Check the cluster secret a coordinator, worker or witness starts with: a valid credential
+/// (see [`check_credential`]), or none and the operator's explicit `insecure` flag. Without
+/// either it refuses: a process with no secret serves its /raft and /worker routes to anyone
+/// who reaches its port, so the open mode must be asked for by name, never fallen into.
+pub fn check_cluster_secret(secret: Option<&str>, insecure: bool) -> Result<(), String> {
+    match secret {
+        Some(secret) => check_credential("the cluster secret (TANDEM_CLUSTER_SECRET)", secret),
+        None if insecure => Ok(()),
+        None => Err(format!(
+            "no cluster secret: set TANDEM_CLUSTER_SECRET (or --cluster-secret) to the same random value on \
+             every coordinator, worker and witness (`deploy local` generates one). Without it anyone who \
+             reaches this process's port could record made-up results for leased jobs and disrupt Raft \
+             (drive terms up, send a crafted snapshot). To run without one anyway, for tests on a private \
+             machine only, pass --insecure-no-cluster-secret ({INSECURE_NO_CLUSTER_SECRET_ENV}=true)"
+        )),
+    }
+}
+
 /// Whether `given` is `expected`, compared in time that does not depend on where they differ
 /// (so a caller cannot find a secret or token byte by byte by timing refusals). Only its length
 /// can leak.
@@ -62,7 +84,7 @@ pub fn secret_matches(given: Option<&str>, expected: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_credential, secret_matches};
+    use super::{check_cluster_secret, check_credential, secret_matches};
 
     #[test]
     fn only_the_exact_secret_matches() {
@@ -83,5 +105,15 @@ mod tests {
             assert!(error.starts_with("the secret must"), "{error}");
             assert!(bad.trim().is_empty() || !error.contains(bad.trim()), "the error shows the value: {error}");
         }
+    }
+
+    #[test]
+    fn no_cluster_secret_is_refused_unless_the_insecure_flag_says_so() {
+        let error = check_cluster_secret(None, false).expect_err("no secret, no flag");
+        assert!(error.contains("TANDEM_CLUSTER_SECRET"), "{error}");
+        assert!(error.contains("--insecure-no-cluster-secret"), "{error}");
+        assert_eq!(check_cluster_secret(None, true), Ok(()));
+        assert_eq!(check_cluster_secret(Some("s3cret"), false), Ok(()));
+        assert!(check_cluster_secret(Some("s3cret "), true).is_err(), "the flag does not excuse a bad secret");
     }
 }

@@ -56,9 +56,16 @@ pub struct Config {
     #[arg(long, env = "TANDEM_WITNESS_DATA_DIR", default_value = "data/witness")]
     pub witness_data_dir: PathBuf,
     /// The cluster secret, as the coordinators have it: sent on every /worker request, and
-    /// required by the witness's /raft routes. Prefer the environment: a flag shows in `ps`.
+    /// required by the witness's /raft routes. Required: without it the worker refuses to
+    /// start, unless `--insecure-no-cluster-secret` is given. Prefer the environment: a flag
+    /// shows in `ps`.
     #[arg(long, env = "TANDEM_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// Start without a cluster secret: the witness serves its /raft routes to anyone who
+    /// reaches its port, and only coordinators without a secret accept this worker. For tests
+    /// on a private machine only.
+    #[arg(long, env = "TANDEM_INSECURE_NO_CLUSTER_SECRET")]
+    pub insecure_no_cluster_secret: bool,
     /// Let a test harness cut the witness's links to chosen peers (`POST /raft/faults`). For
     /// the fault-injection suite only.
     #[arg(long, env = "TANDEM_FAULT_INJECTION")]
@@ -72,6 +79,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// Check what clap cannot: a cluster secret, or the explicit insecure flag.
+    pub fn validate(&self) -> Result<(), String> {
+        wire::check_cluster_secret(self.cluster_secret.as_deref(), self.insecure_no_cluster_secret)
+    }
+
     /// Cores to use.
     pub fn cores(&self) -> usize {
         self.cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1)
@@ -83,5 +95,25 @@ impl Config {
             let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
             format!("{}-{}", if host.is_empty() { "worker" } else { &host }, std::process::id())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Config;
+
+    #[test]
+    fn no_cluster_secret_is_refused_at_startup_unless_the_insecure_flag_is_given() {
+        let error = Config::parse_from(["worker"]).validate().expect_err("no secret is refused");
+        assert!(error.contains("TANDEM_CLUSTER_SECRET"), "{error}");
+        assert!(error.contains("--insecure-no-cluster-secret"), "{error}");
+        let witness = Config::parse_from(["worker", "--witness"]).validate().expect_err("nor for a witness");
+        assert_eq!(witness, error);
+        Config::parse_from(["worker", "--insecure-no-cluster-secret"]).validate().expect("the flag allows it");
+        Config::parse_from(["worker", "--cluster-secret", "s3cret"]).validate().expect("a secret is fine");
+        let bad = Config::parse_from(["worker", "--cluster-secret", "s3cret "]).validate().expect_err("bad secret");
+        assert!(!bad.contains("s3cret"), "the error shows the value: {bad}");
     }
 }

@@ -105,8 +105,14 @@ impl RunningWorker {
 
 /// Run the worker until `shutdown` is cancelled (or the coordinators tell it to drain).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    if let Some(secret) = &config.cluster_secret {
-        wire::check_credential("the cluster secret (TANDEM_CLUSTER_SECRET)", secret).map_err(anyhow::Error::msg)?;
+    config.validate().map_err(anyhow::Error::msg)?;
+    if config.cluster_secret.is_none() {
+        tracing::warn!(
+            witness = config.witness,
+            "running without a cluster secret (--insecure-no-cluster-secret): only coordinators without one \
+             accept this worker, and a witness serves its Raft routes to anyone who reaches its port; for \
+             tests on a private machine only"
+        );
     }
     let witness_voter = if config.witness { Some(witness::Witness::start(&config)?) } else { None };
     let shared = Arc::new(RunningWorker {

@@ -53,7 +53,8 @@ pub struct LocalProcesses {
 
 impl LocalProcesses {
     /// Start `worker_binary` with `args` (its coordinators, cores, ...) for each launch, keeping
-    /// records and logs in `dir`, giving each worker `cluster_secret` in its environment.
+    /// records and logs in `dir`, giving each worker `cluster_secret` in its environment (with
+    /// none, the insecure flag that lets the worker start without it).
     pub fn new(
         worker_binary: PathBuf,
         args: Vec<String>,
@@ -134,9 +135,12 @@ impl LocalProcesses {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr);
-        if let Some(secret) = &self.cluster_secret {
-            command.env(crate::local::SECRET_ENV, secret);
-        }
+        match &self.cluster_secret {
+            Some(secret) => command.env(crate::local::SECRET_ENV, secret),
+            // A coordinator runs without a secret only when its operator said so
+            // (`--insecure-no-cluster-secret`): its workers need the same word to start.
+            None => command.env(wire::INSECURE_NO_CLUSTER_SECRET_ENV, "true"),
+        };
         let child = command.spawn().map_err(|e| {
             ProviderError::new(
                 ProviderErrorKind::Configuration,
@@ -383,6 +387,37 @@ mod tests {
         provider.reap();
         assert!(records.iter().all(|r| !is_running(r)));
         assert!(read_records(&provider.dir).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_worker_gets_the_secret_or_else_the_insecure_flag_its_coordinator_runs_with() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        // Read once the child has exec'd the stand-in (its command line names the instance):
+        // before, /proc shows the forked copy of this process, or nothing.
+        let environ = |provider: &LocalProcesses, token: &str| {
+            let record = read_record(&provider.dir, token).expect("record");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !is_running(&record) {
+                assert!(std::time::Instant::now() < deadline, "the stand-in never started");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let environ = std::fs::read(format!("/proc/{}/environ", record.pid)).expect("environ");
+            String::from_utf8_lossy(&environ).split('\0').map(str::to_owned).collect::<Vec<_>>()
+        };
+        let secured = provider(dir.path());
+        secured.launch("s").await.expect("launch");
+        let env = environ(&secured, "s");
+        assert!(env.contains(&"TANDEM_CLUSTER_SECRET=s3cret".to_owned()), "{env:?}");
+        assert!(!env.iter().any(|v| v.starts_with("TANDEM_INSECURE_NO_CLUSTER_SECRET")), "{env:?}");
+        let mut insecure = provider(dir.path());
+        insecure.cluster_secret = None;
+        insecure.launch("i").await.expect("launch");
+        let env = environ(&insecure, "i");
+        assert!(env.contains(&"TANDEM_INSECURE_NO_CLUSTER_SECRET=true".to_owned()), "{env:?}");
+        assert!(!env.iter().any(|v| v.starts_with("TANDEM_CLUSTER_SECRET")), "{env:?}");
+        LocalProcesses::stop_all(&secured.dir, Duration::from_secs(5));
+        secured.reap();
+        insecure.reap();
     }
 
     #[test]

@@ -357,9 +357,11 @@ impl WorkerLaunch {
                 DOWNLOADED_BINARY,
             ),
         };
+        // A coordinator runs without a secret only when its operator said so
+        // (`--insecure-no-cluster-secret`): its workers need the same word to start.
         let secret_line = match &self.cluster_secret {
             Some(secret) => format!("TANDEM_CLUSTER_SECRET={secret}\n"),
-            None => String::new(),
+            None => format!("{}=true\n", wire::INSECURE_NO_CLUSTER_SECRET_ENV),
         };
         let give_up_after_ms = self.give_up_after_ms;
         format!(
@@ -637,11 +639,14 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn no_cluster_secret_means_no_secret_line() {
+    fn no_cluster_secret_means_no_secret_line_and_the_insecure_flag() {
         let mut settings = launch();
         settings.cluster_secret = None;
         let script = settings.request("t").expect("valid launch").user_data;
-        assert!(!script.contains("TANDEM_CLUSTER_SECRET"));
+        assert!(!script.contains("TANDEM_CLUSTER_SECRET="));
+        assert!(script.contains("\nTANDEM_INSECURE_NO_CLUSTER_SECRET=true\n"), "{script}");
+        let with_secret = launch().request("t").expect("valid launch").user_data;
+        assert!(!with_secret.contains("TANDEM_INSECURE_NO_CLUSTER_SECRET"));
     }
 
     #[test]
