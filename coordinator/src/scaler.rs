@@ -88,9 +88,9 @@ pub async fn run<P: Provider>(
     }
 }
 
-/// Why an autoscaler step stopped.
+/// Why an autoscaler (or witness care) step stopped; the next tick tries again.
 #[derive(Debug, thiserror::Error)]
-enum StepError {
+pub(crate) enum StepError {
     #[error(transparent)]
     Propose(#[from] ProposeError),
     #[error("reading the committed state: {0}")]
@@ -100,7 +100,7 @@ enum StepError {
 }
 
 /// Commit `proposal` as this term's leader; a refusal is an answer, not an error.
-async fn commit(node: &Node, term: u64, proposal: ScalerProposal) -> Result<CommandResponse, StepError> {
+pub(crate) async fn commit(node: &Node, term: u64, proposal: ScalerProposal) -> Result<CommandResponse, StepError> {
     Ok(node.propose_as_leader(term, Proposal::Scaler(proposal)).await?)
 }
 
@@ -116,13 +116,17 @@ async fn carry_out<P: Provider>(
         match &decision.action {
             Action::Launch { count } => {
                 for _ in 0..*count {
-                    let token = new_token()?;
+                    let token = new_token("tandem")?;
                     let answer =
                         commit(node, term, ScalerProposal::LaunchRequested { token: token.clone(), why: why.clone() })
                             .await?;
                     if answer == CommandResponse::Done {
                         tracing::info!(token, why, "launching a worker");
-                        launch(node, provider, term, &token).await?;
+                        // One refusal ends the batch: a capacity error counts once toward the
+                        // backoff, not once per instance asked for.
+                        if !launch(node, provider, term, &token).await? {
+                            break;
+                        }
                     }
                 }
             }
@@ -237,7 +241,8 @@ async fn reconcile<P: Provider>(node: &Node, provider: &P, term: u64) -> Result<
     Ok(())
 }
 
-/// A fresh idempotency token (EC2 allows up to 64 ASCII characters).
-fn new_token() -> Result<String, StepError> {
-    deploy::local::random_token().map(|t| format!("tandem-{t}")).map_err(|e| StepError::Read(e.to_string()))
+/// A fresh idempotency token, `{prefix}-` and 32 hex digits (EC2 allows up to 64 ASCII
+/// characters).
+pub(crate) fn new_token(prefix: &str) -> Result<String, StepError> {
+    deploy::local::random_token().map(|t| format!("{prefix}-{t}")).map_err(|e| StepError::Read(e.to_string()))
 }
