@@ -215,23 +215,35 @@ async fn start_scaler(
                 Duration::from_secs(60),
             )
             .context("the local worker provider")?;
-            let provider = std::sync::Arc::new(provider);
-            tasks.spawn(witness_care::run(node.clone(), provider.clone(), care, shutdown.child_token()));
-            tasks.spawn(scaler::run(node.clone(), Some(provider), policy, status, shutdown.child_token()));
+            spawn_leader_machines(tasks, node, provider, policy, care, status, shutdown);
         }
         #[cfg(feature = "ec2")]
         config::ScalerKind::Ec2 => {
             let provider = deploy::provider::ec2::Ec2Provider::new(&config.ec2, config.cluster_secret.clone())
                 .await
                 .context("the EC2 provider")?;
-            let provider = std::sync::Arc::new(provider);
-            tasks.spawn(witness_care::run(node.clone(), provider.clone(), care, shutdown.child_token()));
-            tasks.spawn(scaler::run(node.clone(), Some(provider), policy, status, shutdown.child_token()));
+            spawn_leader_machines(tasks, node, provider, policy, care, status, shutdown);
         }
         #[cfg(not(feature = "ec2"))]
         config::ScalerKind::Ec2 => unreachable!("Config::validate refuses --scaler ec2 without the ec2 feature"),
     }
     Ok(())
+}
+
+/// The two loops that launch and terminate machines through `provider` while this node leads:
+/// the autoscaler and the witness's care.
+fn spawn_leader_machines<P: deploy::provider::Provider>(
+    tasks: &tokio_util::task::TaskTracker,
+    node: &Node,
+    provider: P,
+    policy: wire::scaler::PolicyConfig,
+    care: witness_care::WitnessCare,
+    status: scaler::SharedStatus,
+    shutdown: &CancellationToken,
+) {
+    let provider = std::sync::Arc::new(provider);
+    tasks.spawn(witness_care::run(node.clone(), provider.clone(), care, shutdown.child_token()));
+    tasks.spawn(scaler::run(node.clone(), Some(provider), policy, status, shutdown.child_token()));
 }
 
 /// Start the voter and serve everything on `listener` until `shutdown` is cancelled.

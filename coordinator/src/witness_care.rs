@@ -22,10 +22,12 @@
 use std::time::Duration;
 
 use deploy::provider::{Provider, WitnessInstance};
-use raft_store::job_table::{CommandResponse, Proposal, ScalerProposal, WitnessReplacement};
-use raft_store::{MembershipError, Node, NodeInfo, NodeView, ProposeError, Role};
+use raft_store::job_table::{CommandResponse, ScalerProposal, WitnessReplacement};
+use raft_store::{MembershipError, Node, NodeInfo, NodeView, Role};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::scaler::{StepError, commit, new_token};
 
 /// How often the leader looks at the witness.
 const TICK: Duration = Duration::from_secs(1);
@@ -37,15 +39,6 @@ pub struct WitnessCare {
     pub timeout: Duration,
     /// The new witness must hold the whole log within this of being asked to (boot included).
     pub catch_up: Duration,
-}
-
-/// Why a step stopped; the next tick tries again.
-#[derive(Debug, thiserror::Error)]
-enum StepError {
-    #[error(transparent)]
-    Propose(#[from] ProposeError),
-    #[error("the provider: {0}")]
-    Provider(#[from] deploy::provider::ProviderError),
 }
 
 /// Look after the witness every second while this node leads, until `shutdown`.
@@ -122,7 +115,7 @@ async fn step<P: Provider>(
     }
     let highest = node.state_machine().read(|t| t.scaler().highest_node_id);
     let node_id = view.members.iter().map(|m| m.id).max().unwrap_or(0).max(highest) + 1;
-    let token = format!("tandem-witness-{}", deploy::local::random_token().unwrap_or_else(|_| node_id.to_string()));
+    let token = new_token("tandem-witness")?;
     let why = format!("witness node {} silent for {} s", witness.id, silent_for.as_secs());
     let proposal = ScalerProposal::ReplaceWitness { token: token.clone(), replaces: witness.id, node_id, why };
     let answer = commit(node, term, proposal).await?;
@@ -196,9 +189,4 @@ async fn fail<P: Provider>(
         provider.terminate(instance_id).await?;
     }
     Ok(())
-}
-
-/// Commit `proposal` as this term's leader; a refusal is an answer, not an error.
-async fn commit(node: &Node, term: u64, proposal: ScalerProposal) -> Result<CommandResponse, StepError> {
-    Ok(node.propose_as_leader(term, Proposal::Scaler(proposal)).await?)
 }
