@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -55,8 +56,10 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct NetworkFaults {
     /// Peers this node neither sends to nor accepts requests from.
     isolated_from: RwLock<BTreeSet<NodeId>>,
-    /// How many of the next requests to (peer, route) are lost on the way.
+    /// How many of the next requests to (peer, route) are lost on the way; `lossy` says whether
+    /// any are, so that a request in production takes no lock for it.
     losses: Mutex<BTreeMap<(NodeId, String), usize>>,
+    lossy: AtomicBool,
 }
 
 impl NetworkFaults {
@@ -83,19 +86,28 @@ impl NetworkFaults {
     /// Lose the next `count` requests this node sends to `peer` on `/raft/{route}` (the sender
     /// sees a network error, the peer nothing).
     pub fn lose_next(&self, peer: NodeId, route: &str, count: usize) {
-        self.losses.lock().unwrap_or_else(|p| p.into_inner()).insert((peer, route.to_owned()), count);
+        let mut losses = self.losses.lock().unwrap_or_else(|p| p.into_inner());
+        match count {
+            0 => losses.remove(&(peer, route.to_owned())),
+            _ => losses.insert((peer, route.to_owned()), count),
+        };
+        self.lossy.store(!losses.is_empty(), Ordering::Release);
     }
 
     /// Whether this request to `peer` on `route` is to be lost (and count it).
     fn lose(&self, peer: NodeId, route: &str) -> bool {
-        let mut losses = self.losses.lock().unwrap_or_else(|p| p.into_inner());
-        match losses.iter_mut().find(|((to, on), left)| *to == peer && on == route && **left > 0) {
-            Some((_, left)) => {
-                *left -= 1;
-                true
-            }
-            None => false,
+        if !self.lossy.load(Ordering::Acquire) {
+            return false;
         }
+        let mut losses = self.losses.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (peer, route.to_owned());
+        let Some(left) = losses.get_mut(&key) else { return false };
+        *left -= 1;
+        if *left == 0 {
+            losses.remove(&key);
+            self.lossy.store(!losses.is_empty(), Ordering::Release);
+        }
+        true
     }
 }
 

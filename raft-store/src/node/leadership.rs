@@ -125,11 +125,11 @@ impl Node {
                         Some(target)
                     }
                     None => Some(self.choose_target(to).await?),
-                    Some((_, previous)) => match self.choose_target(to).await {
+                    Some(_) => match self.choose_target(to).await {
                         Ok(target) => Some(target),
                         // Leadership moved while choosing: wait to see where it went.
                         Err(TransferError::NotLeader) => None,
-                        Err(_) => return Err(TransferError::TimedOut(previous)),
+                        Err(e) => return Err(e),
                     },
                 };
                 if let Some(target) = target {
@@ -187,48 +187,50 @@ pub(crate) fn eligible_target(
         return Err(TransferError::NotLeader);
     }
     let last_log = view.status.last_log_index;
-    // Why `id` may not take over, and whether that may pass by itself (it is not ready yet).
-    let verdict = |id: NodeId| -> Result<(), (String, bool)> {
-        let member = view.member(id).ok_or((format!("node {id} is not a member"), false))?;
+    // Why `id` may not take over: for good (`NoEligibleTarget`), or not yet (`NotReady`).
+    let verdict = |id: NodeId| -> Result<(), TransferError> {
+        let never = TransferError::NoEligibleTarget;
+        let member = view.member(id).ok_or_else(|| never(format!("node {id} is not a member")))?;
         if id == view.status.id {
-            return Err((format!("node {id} already leads"), false));
+            return Err(never(format!("node {id} already leads")));
         }
         if member.info.role != Role::Coordinator {
-            return Err((format!("node {id} is a {}: only a coordinator may lead", member.info.role), false));
+            return Err(never(format!("node {id} is a {}: only a coordinator may lead", member.info.role)));
         }
         if !member.voter {
-            return Err((format!("node {id} is not a voter"), false));
+            return Err(never(format!("node {id} is not a voter")));
         }
         let peer = view.peers.get(&id);
         let matched = peer.and_then(|peer| peer.matched_index);
         let lag = last_log.unwrap_or(0).saturating_sub(matched.unwrap_or(0));
         if matched.is_none() && last_log.is_some() || lag > max_lag {
-            return Err((format!("node {id} is not caught up (has {matched:?} of {last_log:?})"), true));
+            return Err(TransferError::NotReady(format!(
+                "node {id} is not caught up (has {matched:?} of {last_log:?})"
+            )));
         }
         if peer.and_then(|peer| peer.last_contact).is_none_or(|age| age >= fresh) {
-            return Err((format!("node {id} has not answered recently"), true));
+            return Err(TransferError::NotReady(format!("node {id} has not answered recently")));
         }
         Ok(())
     };
-    let refusal = |reason: String, not_ready: bool| match not_ready {
-        true => TransferError::NotReady(reason),
-        false => TransferError::NoEligibleTarget(reason),
-    };
     match wanted {
-        Some(id) => verdict(id).map(|()| id).map_err(|(reason, not_ready)| refusal(reason, not_ready)),
+        Some(id) => verdict(id).map(|()| id),
         None => {
             let (mut reasons, mut not_ready) = (Vec::new(), false);
             for member in &view.members {
                 match verdict(member.id) {
                     Ok(()) => return Ok(member.id),
-                    Err((reason, transient)) => {
-                        reasons.push(reason);
-                        not_ready |= transient;
+                    Err(e) => {
+                        not_ready |= matches!(e, TransferError::NotReady(_));
+                        reasons.push(e.to_string());
                     }
                 }
             }
-            let what = if not_ready { "no coordinator ready to take over" } else { "no eligible coordinator" };
-            Err(refusal(format!("{what}: {}", reasons.join("; ")), not_ready))
+            let reasons = reasons.join("; ");
+            Err(match not_ready {
+                true => TransferError::NotReady(format!("no coordinator ready to take over: {reasons}")),
+                false => TransferError::NoEligibleTarget(format!("no eligible coordinator: {reasons}")),
+            })
         }
     }
 }
