@@ -211,6 +211,8 @@ pub struct LocalCluster {
     pub options: LocalOptions,
     /// Coordinators, the witness, then workers.
     pub processes: Vec<Process>,
+    /// Whether the workers the leader started have been stopped since the last (re)start.
+    launched_stopped: bool,
 }
 
 impl LocalCluster {
@@ -262,7 +264,7 @@ impl LocalCluster {
         check_ports(&options)?;
         std::fs::create_dir_all(&options.data_dir)
             .with_context(|| format!("creating {}", options.data_dir.display()))?;
-        let mut cluster = LocalCluster { options: options.clone(), processes: Vec::new() };
+        let mut cluster = LocalCluster { options: options.clone(), processes: Vec::new(), launched_stopped: false };
         let members = cluster.members().to_string();
         let coordinator_urls = cluster.api_urls().join(",");
         for id in [1, 2] {
@@ -432,6 +434,8 @@ impl LocalCluster {
         process.kill();
         process.child =
             Some(spawn_child(&process.binary, &process.args, &process.name, &options, process.netns.as_deref())?);
+        // A restarted coordinator may start workers again.
+        self.launched_stopped = false;
         Ok(())
     }
 
@@ -566,7 +570,16 @@ impl LocalCluster {
             }
         }
         // With the coordinators gone nobody starts more.
-        crate::provider::local::LocalProcesses::stop_all(&self.options.launched_workers_dir(), grace);
+        self.stop_launched_workers(grace);
+    }
+
+    /// Stop the workers the leader started, once: only an autoscaled cluster has any (its
+    /// coordinators run a provider, for the autoscaler and the witness's care).
+    fn stop_launched_workers(&mut self, grace: Duration) {
+        if self.options.autoscale.is_some() && !self.launched_stopped {
+            crate::provider::local::LocalProcesses::stop_all(&self.options.launched_workers_dir(), grace);
+            self.launched_stopped = true;
+        }
     }
 }
 
@@ -575,7 +588,7 @@ impl Drop for LocalCluster {
         for process in &mut self.processes {
             process.kill();
         }
-        crate::provider::local::LocalProcesses::stop_all(&self.options.launched_workers_dir(), Duration::ZERO);
+        self.stop_launched_workers(Duration::ZERO);
     }
 }
 

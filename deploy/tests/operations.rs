@@ -469,22 +469,26 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exposed_by_a_fresh_cluster
     let wanted =
         ["tandem_jobs_rejected_total", "tandem_raft_leader_changes_total", "tandem_autoscaler_desired_workers"];
     assert!(wanted.iter().all(|name| referenced.contains(*name)), "{referenced:?}");
-    let missing = wait_for("every referenced metric exposed", Duration::from_secs(10), || async {
+    // Give the once-a-second samplers a moment, then name what is still missing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let missing = loop {
         let mut exposed = BTreeSet::new();
         for process in &cluster.processes {
-            let text = http().get(&process.metrics_url).send().await.ok()?.text().await.ok()?;
+            let Ok(response) = http().get(&process.metrics_url).send().await else { continue };
+            let text = response.text().await.unwrap_or_default();
             exposed.extend(
                 text.lines()
                     .filter(|l| !l.starts_with('#'))
                     .filter_map(|l| l.split(['{', ' ']).next().map(str::to_owned)),
             );
         }
-        let missing: Vec<&String> = referenced.iter().filter(|name| !exposed.contains(*name)).collect();
-        // Give the once-a-second samplers a moment; report what is still missing at the end.
-        missing.is_empty().then_some(missing.len())
-    })
-    .await;
-    assert_eq!(missing, 0);
+        let missing: Vec<String> = referenced.iter().filter(|name| !exposed.contains(*name)).cloned().collect();
+        if missing.is_empty() || tokio::time::Instant::now() >= deadline {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(missing.is_empty(), "referenced by the dashboard or the alerts but not exposed: {missing:?}");
     for process in &cluster.processes {
         let text = http().get(&process.metrics_url).send().await.expect("scrape").text().await.expect("body");
         if process.name.starts_with("coordinator") {

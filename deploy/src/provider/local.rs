@@ -159,6 +159,15 @@ impl LocalProcesses {
         Ok(record)
     }
 
+    /// The running worker launched under `token`, or a new one (see [`LocalProcesses::spawn`]).
+    fn running_or_spawn(&self, token: &str, witness: Option<u64>) -> Result<Record, ProviderError> {
+        self.reap();
+        match read_record(&self.dir, token) {
+            Some(record) if is_running(&record) => Ok(record),
+            _ => self.spawn(token, witness),
+        }
+    }
+
     /// Reap children that have exited, so that none stays a zombie.
     fn reap(&self) {
         self.children.lock().expect("children lock").retain(|_, child| matches!(child.try_wait(), Ok(None)));
@@ -167,21 +176,11 @@ impl LocalProcesses {
 
 impl Provider for LocalProcesses {
     async fn launch(&self, token: &str) -> Result<Instance, ProviderError> {
-        self.reap();
-        let existing = read_record(&self.dir, token);
-        let record = match existing {
-            Some(record) if is_running(&record) => record,
-            _ => self.spawn(token, None)?,
-        };
-        Ok(record.into())
+        Ok(self.running_or_spawn(token, None)?.into())
     }
 
     async fn launch_witness(&self, token: &str, node_id: u64) -> Result<WitnessInstance, ProviderError> {
-        self.reap();
-        let record = match read_record(&self.dir, token) {
-            Some(record) if is_running(&record) => record,
-            _ => self.spawn(token, Some(node_id))?,
-        };
+        let record = self.running_or_spawn(token, Some(node_id))?;
         let Some(raft_addr) = record.witness_raft_addr.clone() else {
             return Err(ProviderError::new(
                 ProviderErrorKind::Other,
