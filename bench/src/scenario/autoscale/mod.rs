@@ -129,65 +129,61 @@ pub fn run(args: &AutoscaleArgs, quick: bool) -> anyhow::Result<Report> {
     let mut simulated_ms = 0;
     let mut tandem_busy_workers_killed = 0;
     let mut across = Across::default();
-    for (index, trace) in traces.iter().enumerate() {
-        let outcomes = run_trace(trace, index, args.seed, &model, &policies);
-        let runs: Vec<RunSummary> = outcomes.iter().map(|(name, o)| RunSummary::new(name, o)).collect();
-        for run in &runs {
-            simulated_ms += (run.ended_minutes * 60e3) as u64;
-            table.push(summary::table_row(trace.name, run));
-            if run.jobs_completed < run.jobs {
-                report.failures.push(format!(
-                    "{}: {} completed {} of {} jobs by the end of the drain allowance",
-                    trace.name, run.policy, run.jobs_completed, run.jobs
-                ));
+    for seed in args.seed..args.seed.saturating_add(args.seeds.max(1)) {
+        // The first seed's runs are the ones shown: table, charts and detail.
+        let shown = seed == args.seed;
+        let drawn;
+        let seed_traces = match shown {
+            true => &traces,
+            false => {
+                drawn = traces::all(quick, model.mean_core_rate, seed);
+                &drawn
             }
-            if run.counts.witness_scale_ins > 0 {
-                report.failures.push(format!(
-                    "{}: {} tried to scale in the witness's worker {} times",
-                    trace.name, run.policy, run.counts.witness_scale_ins
-                ));
-            }
-        }
-        let (tandem_run, baselines) = runs.split_first().expect("Tandem's policy runs first");
-        tandem_busy_workers_killed += tandem_run.counts.busy_workers_killed;
-        if tandem_run.counts.busy_workers_killed > 0 {
-            report.failures.push(format!(
-                "{}: Tandem's policy killed {} busy workers",
-                trace.name, tandem_run.counts.busy_workers_killed
-            ));
-        }
-        let verdict = Verdict::new(trace.name, tandem_run, &baselines.iter().collect::<Vec<_>>());
-        across.add(index, trace.name, &runs, verdict.passed);
-        let chart_runs: Vec<(&'static str, &model::Outcome)> = outcomes.iter().map(|(n, o)| (*n, o)).collect();
-        report.charts.push(summary::fleet_chart(trace.name, &chart_runs));
-        detail.push(serde_json::json!({
-            "trace": trace.name,
-            "about": trace.about,
-            "policies": runs.iter().map(|r| (r.policy.to_owned(), serde_json::json!(r))).collect::<serde_json::Map<_, _>>(),
-            "verdict": verdict,
-        }));
-        verdicts.push(verdict);
-    }
-
-    for seed in (args.seed + 1)..args.seed.saturating_add(args.seeds.max(1)) {
-        for (index, trace) in traces::all(quick, model.mean_core_rate, seed).iter().enumerate() {
+        };
+        let of_seed = if shown { String::new() } else { format!(" with seed {seed}") };
+        for (index, trace) in seed_traces.iter().enumerate() {
             let outcomes = run_trace(trace, index, seed, &model, &policies);
             let runs: Vec<RunSummary> = outcomes.iter().map(|(name, o)| RunSummary::new(name, o)).collect();
             for run in &runs {
                 simulated_ms += (run.ended_minutes * 60e3) as u64;
-                if run.jobs_completed < run.jobs || run.counts.witness_scale_ins > 0 {
-                    report
-                        .failures
-                        .push(format!("{} with seed {seed}: {} did not complete cleanly", trace.name, run.policy));
+                if shown {
+                    table.push(summary::table_row(trace.name, run));
+                }
+                if run.jobs_completed < run.jobs {
+                    report.failures.push(format!(
+                        "{}{of_seed}: {} completed {} of {} jobs by the end of the drain allowance",
+                        trace.name, run.policy, run.jobs_completed, run.jobs
+                    ));
+                }
+                if run.counts.witness_scale_ins > 0 {
+                    report.failures.push(format!(
+                        "{}{of_seed}: {} tried to scale in the witness's worker {} times",
+                        trace.name, run.policy, run.counts.witness_scale_ins
+                    ));
                 }
             }
             let (tandem_run, baselines) = runs.split_first().expect("Tandem's policy runs first");
             tandem_busy_workers_killed += tandem_run.counts.busy_workers_killed;
             if tandem_run.counts.busy_workers_killed > 0 {
-                report.failures.push(format!("{} with seed {seed}: Tandem's policy killed busy workers", trace.name));
+                report.failures.push(format!(
+                    "{}{of_seed}: Tandem's policy killed {} busy workers",
+                    trace.name, tandem_run.counts.busy_workers_killed
+                ));
             }
-            let passed = Verdict::new(trace.name, tandem_run, &baselines.iter().collect::<Vec<_>>()).passed;
-            across.add(index, trace.name, &runs, passed);
+            let verdict = Verdict::new(trace.name, tandem_run, &baselines.iter().collect::<Vec<_>>());
+            across.add(index, trace.name, &runs, verdict.passed);
+            if !shown {
+                continue;
+            }
+            let chart_runs: Vec<(&'static str, &model::Outcome)> = outcomes.iter().map(|(n, o)| (*n, o)).collect();
+            report.charts.push(summary::fleet_chart(trace.name, &chart_runs));
+            detail.push(serde_json::json!({
+                "trace": trace.name,
+                "about": trace.about,
+                "policies": runs.iter().map(|r| (r.policy.to_owned(), serde_json::json!(r))).collect::<serde_json::Map<_, _>>(),
+                "verdict": verdict,
+            }));
+            verdicts.push(verdict);
         }
     }
     if args.seeds > 1 {
