@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -50,6 +50,21 @@ pub use wire::SECRET_HEADER;
 pub const MSGPACK: &str = "application/msgpack";
 /// Snapshots may be large and the receiver writes them to disk: give them time.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The largest AppendEntries body a voter reads. A leader whose batch of entries encodes to more
+/// sends the longest prefix that fits and reports a partial success, so openraft sends the rest
+/// next (see [`PeerClient::append_entries`]): the limit can never wedge a follower, unless a
+/// single entry outgrows it. No entry comes near: the largest are an enqueue batch (512 jobs,
+/// about 180 KiB with 256-byte idempotency keys) and a command from one worker request (at
+/// most `wire::worker::MAX_BODY_BYTES`).
+pub const APPEND_BODY_LIMIT: usize = 64 << 20;
+/// The largest forwarded proposal: one entry (see [`APPEND_BODY_LIMIT`]).
+pub const PROPOSE_BODY_LIMIT: usize = 4 << 20;
+/// The largest snapshot: the whole state machine in one body, until snapshots are streamed.
+pub const SNAPSHOT_BODY_LIMIT: usize = 512 << 20;
+/// Votes, transfers, read-index, status, failover and voter replacement: fixed-size messages of
+/// a few hundred bytes (a membership with its addresses at most).
+pub const CONTROL_BODY_LIMIT: usize = 64 << 10;
 
 /// Links cut and requests lost for fault injection. Empty in production.
 #[derive(Debug, Default)]
@@ -122,6 +137,8 @@ pub struct Transport {
     pub secret: Option<Arc<str>>,
     /// Fault hooks.
     pub faults: Arc<NetworkFaults>,
+    /// The largest AppendEntries body sent: the receiver's limit ([`APPEND_BODY_LIMIT`]).
+    pub append_limit: usize,
 }
 
 impl Transport {
@@ -133,7 +150,7 @@ impl Transport {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .expect("a reqwest client with static settings always builds");
-        Transport { self_id, http, secret, faults }
+        Transport { self_id, http, secret, faults, append_limit: APPEND_BODY_LIMIT }
     }
 
     /// POST `body` to `path` on `target` at `raft_addr`, with the cluster headers, and decode the
@@ -146,6 +163,18 @@ impl Transport {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>> {
+        self.call_encoded(target, raft_addr, path, encode(req)?, timeout).await
+    }
+
+    /// [`Transport::call`] with the request already encoded.
+    async fn call_encoded<Resp: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        raft_addr: &str,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
         if self.faults.is_cut(target) {
             return Err(RPCError::Unreachable(Unreachable::from_string(format!("link to node {target} is cut"))));
         }
@@ -154,7 +183,6 @@ impl Transport {
                 "request to node {target} on /raft/{path} lost by fault injection"
             ))));
         }
-        let body = rmp_serde::to_vec_named(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = self
             .http
             .post(format!("http://{raft_addr}/raft/{path}"))
@@ -185,6 +213,10 @@ impl Transport {
     }
 }
 
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RPCError<TypeConfig>> {
+    rmp_serde::to_vec_named(value).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+}
+
 impl RaftNetworkFactory<TypeConfig> for Transport {
     type Network = PeerClient;
 
@@ -207,8 +239,17 @@ impl PeerClient {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>> {
+        self.rpc_encoded(path, encode(req)?, timeout).await
+    }
+
+    async fn rpc_encoded<Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
         let result: Result<Resp, RaftError<TypeConfig>> =
-            self.transport.call(self.target, &self.raft_addr, path, req, timeout).await?;
+            self.transport.call_encoded(self.target, &self.raft_addr, path, body, timeout).await?;
         result.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
     }
 }
@@ -221,7 +262,24 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         req: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.rpc("append", &req, option.hard_ttl()).await
+        // Send the longest prefix of the entries whose request fits the receiver's limit (halving
+        // until it does: a rare path, only for batches of unusually large entries), and report
+        // a partial success so that openraft sends the rest next.
+        let mut req = req;
+        let all = req.entries.len();
+        let mut body = encode(&req)?;
+        while body.len() > self.transport.append_limit && req.entries.len() > 1 {
+            req.entries.truncate(req.entries.len() / 2);
+            body = encode(&req)?;
+        }
+        let response = self.rpc_encoded("append", body, option.hard_ttl()).await?;
+        match (response, req.entries.last()) {
+            (AppendEntriesResponse::Success, Some(last)) if req.entries.len() < all => {
+                tracing::debug!(target = self.target, sent = req.entries.len(), of = all, "sent a prefix of an append");
+                Ok(AppendEntriesResponse::PartialSuccess(Some(last.log_id)))
+            }
+            (response, _) => Ok(response),
+        }
     }
 
     async fn vote(
@@ -392,14 +450,16 @@ async fn transfer_leader(
 }
 
 /// The routes openraft's peers call (append, vote, pre-vote, snapshot, transfer-leader), behind
-/// [`require_peer`]. Add other `/raft/` routes before the layer is applied (see `Node::router`).
-pub fn raft_rpc_router(raft: Raft) -> Router {
+/// [`require_peer`], each with the body limit its traffic needs; `append_limit` is
+/// [`APPEND_BODY_LIMIT`] but in tests. Add other `/raft/` routes before the layer is applied
+/// (see `Node::router`).
+pub fn raft_rpc_router(raft: Raft, append_limit: usize) -> Router {
+    let limit = DefaultBodyLimit::max;
     Router::new()
-        .route("/raft/append", post(append))
-        .route("/raft/vote", post(vote))
-        .route("/raft/pre-vote", post(pre_vote))
-        .route("/raft/snapshot", post(snapshot))
-        .route("/raft/transfer-leader", post(transfer_leader))
-        .layer(axum::extract::DefaultBodyLimit::max(512 << 20))
+        .route("/raft/append", post(append).layer(limit(append_limit)))
+        .route("/raft/vote", post(vote).layer(limit(CONTROL_BODY_LIMIT)))
+        .route("/raft/pre-vote", post(pre_vote).layer(limit(CONTROL_BODY_LIMIT)))
+        .route("/raft/snapshot", post(snapshot).layer(limit(SNAPSHOT_BODY_LIMIT)))
+        .route("/raft/transfer-leader", post(transfer_leader).layer(limit(CONTROL_BODY_LIMIT)))
         .with_state(raft)
 }

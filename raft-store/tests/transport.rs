@@ -1,13 +1,18 @@
-//! The voters' transport: error mapping, the cluster secret, and misdirected requests.
+//! The voters' transport: error mapping, the cluster secret, misdirected requests, body limits.
+
+mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::other_coordinator;
 use openraft::errors::RPCError;
-use raft_store::job_table::{CommandResponse, Proposal};
-use raft_store::network::{NetworkFaults, Transport};
-use raft_store::test_cluster::{COORDINATOR_1, COORDINATOR_2, TestCluster};
-use raft_store::{NodeId, ProposeError};
+use raft_store::job_table::{CommandResponse, EnqueueOutcome, JobRequest, Proposal};
+use raft_store::network::{
+    CONTROL_BODY_LIMIT, NetworkFaults, PROPOSE_BODY_LIMIT, SECRET_HEADER, TARGET_HEADER, Transport,
+};
+use raft_store::test_cluster::{COORDINATOR_1, COORDINATOR_2, TestCluster, WITNESS};
+use raft_store::{Digest, NodeId, ProposeError};
 use tempfile::TempDir;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -75,5 +80,133 @@ async fn without_quorum_proposals_fail_instead_of_hanging() {
     let read = cluster.node(COORDINATOR_1).read_barrier().await;
     assert!(read.is_err(), "a lone voter must not serve linearizable reads");
     assert!(started.elapsed() < Duration::from_secs(8));
+    cluster.shutdown().await;
+}
+
+/// Every route a voter serves under `/raft/` but the health check.
+const RAFT_ROUTES: [&str; 11] = [
+    "append",
+    "vote",
+    "pre-vote",
+    "snapshot",
+    "transfer-leader",
+    "propose",
+    "read-index",
+    "status",
+    "failover",
+    "replace-voter",
+    "faults",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_raft_route_refuses_a_request_without_the_secret_and_changes_nothing() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = TestCluster::start(dir.path(), |config| {
+        config.secret = Some("s3cret".into());
+        config.fault_injection = true;
+    })
+    .await;
+    let leader = common::wait_for_coordinator_leader(&cluster).await;
+    let before = cluster.node(leader).status();
+    let http = reqwest::Client::new();
+    // Bodies that would each change something if they were read: a vote for a far term, a
+    // proposal, faults that cut every link.
+    let far_vote: openraft::raft::VoteRequest<raft_store::TypeConfig> =
+        openraft::raft::VoteRequest::new(raft_store::type_config::Vote::new(1_000, WITNESS), None);
+    let vote = rmp_serde::to_vec_named(&far_vote).expect("encode");
+    let proposal = rmp_serde::to_vec_named(&Proposal::Enqueue { jobs: vec![common::job(1)] }).expect("encode");
+    let body = |route: &str| match route {
+        "faults" => br#"{"isolated_from":[1,2,3]}"#.to_vec(),
+        "vote" | "pre-vote" => vote.clone(),
+        _ => proposal.clone(),
+    };
+    for node in [COORDINATOR_1, COORDINATOR_2, WITNESS] {
+        let addr = cluster.infos()[&node].raft_addr.clone();
+        for route in RAFT_ROUTES {
+            for secret in [None, Some("guess"), Some("")] {
+                let mut request = http
+                    .post(format!("http://{addr}/raft/{route}"))
+                    .header(TARGET_HEADER, node)
+                    .header("content-type", "application/msgpack")
+                    .body(body(route));
+                if let Some(secret) = secret {
+                    request = request.header(SECRET_HEADER, secret);
+                }
+                let response = request.send().await.expect("send");
+                assert_eq!(response.status(), 401, "/raft/{route} on node {node} with secret {secret:?}");
+            }
+        }
+    }
+    // Nothing moved: the same leader in the same term, no link cut, and the cluster still
+    // commits (a cut link or a bumped term would show here).
+    let after = cluster.node(leader).status();
+    assert_eq!((after.leader, after.term), (before.leader, before.term), "{before:?} -> {after:?}");
+    for node in [COORDINATOR_1, COORDINATOR_2, WITNESS] {
+        for peer in [COORDINATOR_1, COORDINATOR_2, WITNESS] {
+            assert!(!cluster.faults(node).is_cut(peer), "node {node} cut from {peer}");
+        }
+    }
+    let id = common::enqueue(cluster.node(other_coordinator(leader)), 7).await;
+    common::assert_visible(cluster.node(leader), &[id]).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_a_routes_limit_is_refused_with_413_before_it_is_read() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = TestCluster::start(dir.path(), |config| config.secret = Some("s3cret".into())).await;
+    cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let addr = cluster.infos()[&COORDINATOR_1].raft_addr.clone();
+    let http = reqwest::Client::new();
+    // (read-index and status never read their bodies.)
+    let routes = ["vote", "pre-vote", "transfer-leader", "failover", "replace-voter"].map(|r| (r, CONTROL_BODY_LIMIT));
+    for (route, limit) in routes.into_iter().chain([("propose", PROPOSE_BODY_LIMIT)]) {
+        let response = http
+            .post(format!("http://{addr}/raft/{route}"))
+            .header(TARGET_HEADER, COORDINATOR_1)
+            .header(SECRET_HEADER, "s3cret")
+            .body(vec![0x90; limit + 1])
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 413, "/raft/{route}");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_follower_catches_up_in_appends_that_each_fit_the_limit() {
+    // With a 16 KiB limit and entries of about 5 KiB, the 300 entries openraft sends a lagging
+    // follower at once would be a 1.5 MiB body: the receiver refuses it (413), and without the
+    // leader splitting it the follower would never catch up.
+    const LIMIT: usize = 16 << 10;
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = TestCluster::start(dir.path(), |config| config.append_body_limit = LIMIT).await;
+    let leader = common::wait_for_coordinator_leader(&cluster).await;
+    let follower = other_coordinator(leader);
+    cluster.cut(leader, follower);
+    cluster.cut(WITNESS, follower);
+    let mut ids = Vec::new();
+    for batch in 0..60u64 {
+        let jobs: Vec<JobRequest> = (0..16u64)
+            .map(|i| JobRequest {
+                digest: Digest([(batch * 16 + i) as u8; 64]),
+                iterations: 1 + i,
+                idempotency_key: Some(format!("{batch:03}-{i:02}-{}", "k".repeat(240))),
+            })
+            .collect();
+        match cluster.node(leader).propose(Proposal::Enqueue { jobs }).await {
+            Ok(CommandResponse::Enqueued(outcomes)) => {
+                for outcome in outcomes {
+                    let EnqueueOutcome::Created(id) = outcome else { panic!("{outcome:?}") };
+                    ids.push(id);
+                }
+            }
+            other => panic!("enqueue batch {batch}: {other:?}"),
+        }
+    }
+    cluster.heal_all();
+    // The read barrier on the follower waits until it has applied the leader's commit index.
+    common::assert_visible(cluster.node(follower), &ids).await;
     cluster.shutdown().await;
 }

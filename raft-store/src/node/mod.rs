@@ -113,6 +113,9 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// Log store tuning.
     pub log: LogStoreOptions,
+    /// The largest AppendEntries body this voter reads and sends
+    /// ([`crate::network::APPEND_BODY_LIMIT`]; smaller only in tests of the splitting).
+    pub append_body_limit: usize,
 }
 
 impl NodeConfig {
@@ -130,6 +133,7 @@ impl NodeConfig {
             logs_kept_after_snapshot: 1_000,
             request_timeout: Duration::from_secs(5),
             log: LogStoreOptions::default(),
+            append_body_limit: crate::network::APPEND_BODY_LIMIT,
         }
     }
 }
@@ -229,7 +233,8 @@ impl Node {
         }
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
-        let transport = Transport::new(config.id, config.secret.as_deref().map(Arc::from), faults);
+        let mut transport = Transport::new(config.id, config.secret.as_deref().map(Arc::from), faults);
+        transport.append_limit = config.append_body_limit;
         let wal_stats = log.stats_handle();
         let raft = Raft::new(config.id, Arc::new(raft_config), transport.clone(), log, state_machine.clone())
             .await

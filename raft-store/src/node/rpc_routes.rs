@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use super::Node;
 use crate::job_table::Proposal;
-use crate::network::{MsgPack, PeerCheck, msgpack_response, raft_rpc_router, require_peer};
+use crate::network::{
+    CONTROL_BODY_LIMIT, MsgPack, PROPOSE_BODY_LIMIT, PeerCheck, msgpack_response, raft_rpc_router, require_peer,
+};
 use crate::type_config::{NodeId, NodeInfo};
 
 /// The body of `POST /raft/faults`: the peers this voter is cut off from (both ways), replacing
@@ -48,16 +50,17 @@ impl Node {
             secret: self.parts.transport.secret.clone(),
             faults: self.parts.transport.faults.clone(),
         };
+        let control = DefaultBodyLimit::max(CONTROL_BODY_LIMIT);
         let mut calls = Router::new()
-            .route("/raft/propose", post(propose))
-            .route("/raft/read-index", post(read_index))
-            .route("/raft/status", post(status))
-            .route("/raft/failover", post(failover))
-            .route("/raft/replace-voter", post(replace_voter));
+            .route("/raft/propose", post(propose).layer(DefaultBodyLimit::max(PROPOSE_BODY_LIMIT)))
+            .route("/raft/read-index", post(read_index).layer(control))
+            .route("/raft/status", post(status).layer(control))
+            .route("/raft/failover", post(failover).layer(control))
+            .route("/raft/replace-voter", post(replace_voter).layer(control));
         if self.parts.config.fault_injection {
-            calls = calls.route("/raft/faults", post(faults));
+            calls = calls.route("/raft/faults", post(faults).layer(control));
         }
-        raft_rpc_router(self.parts.raft.clone())
+        raft_rpc_router(self.parts.raft.clone(), self.parts.config.append_body_limit)
             .merge(calls.with_state(self.clone()))
             .route_layer(axum::middleware::from_fn_with_state(check, require_peer))
             .route("/raft/health", get(|| async { "ok" }))
