@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use raft_store::job_table::{CommandResponse, Proposal, WorkerState};
 use raft_store::{MembershipError, NodeInfo, ProposeError, Role, TransferError};
@@ -24,6 +25,8 @@ use wire::api::{ErrorBody, FailoverResponse, ReplaceMemberRequest, ReplaceMember
 
 use crate::App;
 
+/// The largest body an admin route reads: a voter replacement's small JSON object.
+pub const BODY_LIMIT: usize = 16 << 10;
 /// How long a follower waits for the leader's answer to a forwarded failover.
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the leader waits for a new node to hold the whole log (a snapshot of a large job
@@ -101,6 +104,15 @@ impl IntoResponse for AdminError {
     }
 }
 
+/// The layer in front of every admin route: a request without the admin token is refused
+/// before its body is read.
+pub async fn require_token(State(app): State<App>, request: Request, next: Next) -> Response {
+    match authorize(&app, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
 /// Refuse requests without the configured admin token.
 fn authorize(app: &App, headers: &HeaderMap) -> Result<(), AdminError> {
     let Some(token) = &app.config.admin_token else {
@@ -117,10 +129,8 @@ fn authorize(app: &App, headers: &HeaderMap) -> Result<(), AdminError> {
 /// `POST /admin/failover[?to=ID]`
 pub async fn failover(
     State(app): State<App>,
-    headers: HeaderMap,
     params: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<FailoverResponse>, AdminError> {
-    authorize(&app, &headers)?;
     let to = match params.map(|Query(p)| p.get("to").cloned()) {
         Ok(None) => None,
         Ok(Some(raw)) => {
@@ -140,10 +150,8 @@ pub async fn failover(
 /// `POST /admin/members/replace` with a [`ReplaceMemberRequest`].
 pub async fn replace_member(
     State(app): State<App>,
-    headers: HeaderMap,
     body: Result<Json<ReplaceMemberRequest>, JsonRejection>,
 ) -> Result<Json<ReplaceMemberResponse>, AdminError> {
-    authorize(&app, &headers)?;
     let Json(request) = body.map_err(|e| {
         AdminError::BadRequest(format!(
             "expected a JSON body {{\"remove\": ID, \"add\": NEW_ID, \"role\": \"coordinator\" or \"witness\", \
@@ -170,28 +178,24 @@ pub async fn replace_member(
 /// its next heartbeat and takes no new ones until resumed. It stays registered and running.
 pub async fn drain_worker(
     State(app): State<App>,
-    headers: HeaderMap,
     id: Result<Path<u64>, PathRejection>,
 ) -> Result<Json<WorkerStateResponse>, AdminError> {
-    set_worker_state(app, headers, id, WorkerState::Draining).await
+    set_worker_state(app, id, WorkerState::Draining).await
 }
 
 /// `POST /admin/workers/{id}/resume`: a drained worker takes work again.
 pub async fn resume_worker(
     State(app): State<App>,
-    headers: HeaderMap,
     id: Result<Path<u64>, PathRejection>,
 ) -> Result<Json<WorkerStateResponse>, AdminError> {
-    set_worker_state(app, headers, id, WorkerState::Active).await
+    set_worker_state(app, id, WorkerState::Active).await
 }
 
 async fn set_worker_state(
     app: App,
-    headers: HeaderMap,
     id: Result<Path<u64>, PathRejection>,
     state: WorkerState,
 ) -> Result<Json<WorkerStateResponse>, AdminError> {
-    authorize(&app, &headers)?;
     let Path(worker) = id.map_err(|_| AdminError::BadRequest("the worker id must be a non-negative integer".into()))?;
     let command = Proposal::UpdateWorker { worker, state };
     match app.node.propose(command).await? {

@@ -10,6 +10,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use raft_store::job_table::{EnqueueOutcome, JobRequest, JobStatus};
 use wire::api::{
@@ -75,6 +76,23 @@ async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
             Some(field.bytes().await.map_err(|e| too_large(e.status(), format!("malformed part: {}", e.body_text())))?);
     }
     body.ok_or_else(|| ApiError::BadRequest("the multipart form has no part".into()))
+}
+
+/// The layer in front of the client API when `--client-token` is set: a request without the
+/// token is refused (401, counted as rejected) before its body is read.
+pub async fn require_client_token(State(app): State<App>, request: Request, next: Next) -> Response {
+    if let Some(token) = &app.config.client_token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !wire::secret_matches(given, token) {
+            metrics::counter!("tandem_jobs_rejected_total", "reason" => ApiError::Unauthorized.reason()).increment(1);
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// `PUT /enqueue?iterations=N`

@@ -16,6 +16,9 @@ pub enum ApiError {
     /// A parameter or the body is wrong: 400.
     #[error("{0}")]
     BadRequest(String),
+    /// The client token is required and missing or wrong: 401.
+    #[error("missing or wrong client token (Authorization: Bearer ...)")]
+    Unauthorized,
     /// The body is over the limit: 413.
     #[error("body is larger than the limit of {limit} bytes")]
     TooLarge {
@@ -38,13 +41,14 @@ pub enum ApiError {
 
 impl ApiError {
     /// Every [`ApiError::reason`], so that each series exists (at zero) before its first refusal.
-    pub const REASONS: [&'static str; 6] =
-        ["bad_request", "too_large", "not_found", "key_reused", "queue_full", "unavailable"];
+    pub const REASONS: [&'static str; 7] =
+        ["bad_request", "unauthorized", "too_large", "not_found", "key_reused", "queue_full", "unavailable"];
 
     /// A short label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized => "unauthorized",
             ApiError::TooLarge { .. } => "too_large",
             ApiError::NotFound(_) => "not_found",
             ApiError::KeyReused(_) => "key_reused",
@@ -77,6 +81,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -85,6 +90,9 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(ErrorBody { error: self.to_string() })).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

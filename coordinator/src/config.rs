@@ -51,6 +51,10 @@ pub struct Config {
     /// Token the /admin routes require (`Authorization: Bearer TOKEN`); unset disables them.
     #[arg(long, env = "TANDEM_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Token the client API (`/enqueue`, `/pullCompleted`, `/jobs/ID`) requires
+    /// (`Authorization: Bearer TOKEN`); unset leaves it open to whoever reaches the port.
+    #[arg(long, env = "TANDEM_CLIENT_TOKEN", hide_env_values = true)]
+    pub client_token: Option<String>,
     /// Largest `iterations` a job may ask for.
     #[arg(long, env = "TANDEM_MAX_ITERATIONS", default_value_t = 1_000_000_000)]
     pub max_iterations: u64,

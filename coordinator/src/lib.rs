@@ -29,6 +29,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post, put};
 use raft_store::job_table::Limits;
 use raft_store::network::NetworkFaults;
@@ -37,6 +38,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::enqueue_batcher::EnqueueBatcher;
+
+/// Room for a multipart form's part headers and boundaries around an enqueue's body.
+const MULTIPART_OVERHEAD: usize = 16 << 10;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -58,22 +62,35 @@ pub struct App {
 }
 
 /// The coordinator's routes: client API, worker routes and Raft routes on one port.
+///
+/// Every credential is checked in a layer before the request's body is read: the client token
+/// (when set) on the client API, the admin token on `/admin/`, the cluster secret on `/worker/`
+/// and `/raft/`. The status page, `/cluster`, `/metrics` and the health checks carry no job data
+/// and stay open to operators, probes and Prometheus.
 pub fn router(app: App) -> Router {
-    let limit = app.config.max_body_bytes;
+    // A multipart form carries the body with a few hundred bytes of headers and boundaries.
+    let enqueue_limit = app.config.max_body_bytes.saturating_add(MULTIPART_OVERHEAD);
     let raft = app.node.router();
-    Router::new()
-        .route("/", get(api::status_page))
-        .route("/enqueue", put(api::enqueue).layer(DefaultBodyLimit::max(limit)))
+    let client = Router::new()
+        .route("/enqueue", put(api::enqueue).layer(DefaultBodyLimit::max(enqueue_limit)))
         .route("/pullCompleted", post(api::pull_completed))
         .route("/jobs/{id}", get(api::job))
-        .route("/cluster", get(api::cluster))
-        .route("/healthz", get(api::healthz))
-        .route("/readyz", get(api::readyz))
-        .route("/metrics", get(api::metrics))
+        .route_layer(middleware::from_fn_with_state(app.clone(), api::require_client_token));
+    let admin = Router::new()
         .route("/admin/failover", post(admin::failover))
         .route("/admin/members/replace", post(admin::replace_member))
         .route("/admin/workers/{id}/drain", post(admin::drain_worker))
         .route("/admin/workers/{id}/resume", post(admin::resume_worker))
+        .layer(DefaultBodyLimit::max(admin::BODY_LIMIT))
+        .route_layer(middleware::from_fn_with_state(app.clone(), admin::require_token));
+    Router::new()
+        .route("/", get(api::status_page))
+        .route("/cluster", get(api::cluster))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .merge(client)
+        .merge(admin)
         .merge(worker_routes::router(app.clone()))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)

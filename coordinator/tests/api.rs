@@ -457,3 +457,61 @@ async fn a_cursor_behind_retention_is_told_how_many_results_it_missed() {
     }
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_client_token_the_client_api_refuses_requests_without_it_before_reading_them() {
+    let token = "the-client-token";
+    let cluster = Cluster::start(&["--client-token", token, "--admin-token", "the-admin-token"]).await;
+    let http = &cluster.http;
+    let body = vec![7u8; 16 << 10];
+    for (node, url) in cluster.urls.iter().enumerate() {
+        for given in [None, Some("the-client-tokeN"), Some("")] {
+            let auth = |request: reqwest::RequestBuilder| match given {
+                Some(given) => request.bearer_auth(given),
+                None => request,
+            };
+            let calls = [
+                auth(http.put(format!("{url}/enqueue?iterations=1")).body(body.clone())),
+                auth(http.post(format!("{url}/pullCompleted?top=5"))),
+                auth(http.get(format!("{url}/jobs/1"))),
+            ];
+            for call in calls {
+                let response = call.send().await.expect("send");
+                assert_eq!(response.status(), 401, "node {node}, token {given:?}");
+                assert_eq!(response.headers()["www-authenticate"], "Bearer");
+                let error: serde_json::Value = response.json().await.expect("a JSON error");
+                assert!(error["error"].as_str().is_some_and(|e| e.contains("client token")), "{error}");
+            }
+        }
+        // Checked before the body is read: a body over the limit is refused for the token
+        // (401), not for its size (413), and so is an admin request's. (The server closes such a
+        // connection unread: a client of its own, so that no later request reuses it.)
+        let unpooled = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().expect("client");
+        let oversized = vec![0u8; (1 << 20) + (64 << 10)];
+        let response = unpooled.put(format!("{url}/enqueue?iterations=1")).body(oversized.clone()).send().await;
+        assert_eq!(response.expect("send").status(), 401);
+        let response = unpooled.post(format!("{url}/admin/members/replace")).body(oversized).send().await;
+        assert_eq!(response.expect("send").status(), 401);
+        // What carries no job data stays open.
+        for path in ["/cluster", "/healthz", "/readyz", "/metrics", "/"] {
+            let response = http.get(format!("{url}{path}")).send().await.expect("send");
+            assert_eq!(response.status(), 200, "{path} on node {node}");
+        }
+    }
+    // With the token, on either node; and the refused enqueues made no job: the first job has
+    // id 1 and the second id 2.
+    let first = cluster.client(0).with_client_token(Some(token));
+    let second = cluster.client(1).with_client_token(Some(token));
+    assert_eq!(first.enqueue(body.clone(), 1, None).await.expect("enqueue"), 1);
+    assert_eq!(second.enqueue(vec![8u8; 16 << 10], 1, None).await.expect("enqueue"), 2);
+    assert_eq!(second.job(1).await.expect("job 1").id, 1);
+    assert!(first.pull_completed(5).await.expect("pull").jobs.is_empty());
+    let metrics = http.get(format!("{}/metrics", cluster.urls[0])).send().await.expect("scrape");
+    let text = metrics.text().await.expect("body");
+    let refused = text
+        .lines()
+        .find(|l| l.starts_with("tandem_jobs_rejected_total{") && l.contains("reason=\"unauthorized\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(refused.is_some_and(|n| n >= 10.0), "refusals counted: {refused:?}");
+    cluster.stop().await;
+}

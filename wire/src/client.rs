@@ -45,6 +45,8 @@ impl ClientError {
 pub struct ApiClient {
     http: reqwest::Client,
     base: String,
+    /// The client token sent on the client API's calls, if the cluster requires one.
+    token: Option<std::sync::Arc<str>>,
 }
 
 impl ApiClient {
@@ -60,7 +62,22 @@ impl ApiClient {
 
     /// A client sharing an existing connection pool.
     pub fn with_http(http: reqwest::Client, base: impl Into<String>) -> Self {
-        ApiClient { http, base: base.into().trim_end_matches('/').to_owned() }
+        ApiClient { http, base: base.into().trim_end_matches('/').to_owned(), token: None }
+    }
+
+    /// The same client, sending `token` (`--client-token`) on enqueues, pulls and job reads.
+    pub fn with_client_token(mut self, token: Option<&str>) -> Self {
+        self.token = token.map(std::sync::Arc::from);
+        self
+    }
+
+    /// A client-API request, with the client token if there is one.
+    fn client_call(&self, method: reqwest::Method, path_and_query: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path_and_query}", self.base));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
     }
 
     /// The base URL.
@@ -75,7 +92,8 @@ impl ApiClient {
         iterations: u64,
         idempotency_key: Option<&str>,
     ) -> Result<u64, ClientError> {
-        let mut request = self.http.put(format!("{}/enqueue?iterations={iterations}", self.base)).body(body);
+        let mut request =
+            self.client_call(reqwest::Method::PUT, &format!("/enqueue?iterations={iterations}")).body(body);
         if let Some(key) = idempotency_key {
             request = request.header("Idempotency-Key", key);
         }
@@ -85,17 +103,18 @@ impl ApiClient {
 
     /// `POST /pullCompleted?top=N`: the newest results, newest first.
     pub async fn pull_completed(&self, top: u64) -> Result<PullResponse, ClientError> {
-        decode(self.http.post(format!("{}/pullCompleted?top={top}", self.base)).send().await).await
+        decode(self.client_call(reqwest::Method::POST, &format!("/pullCompleted?top={top}")).send().await).await
     }
 
     /// `POST /pullCompleted?after=SEQ&top=N`: results after a cursor, oldest first.
     pub async fn pull_after(&self, after: u64, top: u64) -> Result<PullResponse, ClientError> {
-        decode(self.http.post(format!("{}/pullCompleted?after={after}&top={top}", self.base)).send().await).await
+        let call = self.client_call(reqwest::Method::POST, &format!("/pullCompleted?after={after}&top={top}"));
+        decode(call.send().await).await
     }
 
     /// `GET /jobs/{id}`.
     pub async fn job(&self, id: u64) -> Result<JobView, ClientError> {
-        decode(self.http.get(format!("{}/jobs/{id}", self.base)).send().await).await
+        decode(self.client_call(reqwest::Method::GET, &format!("/jobs/{id}")).send().await).await
     }
 
     /// `GET /cluster`.

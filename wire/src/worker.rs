@@ -21,6 +21,10 @@ pub const HEARTBEAT: &str = "/worker/heartbeat";
 pub const COMPLETE: &str = "/worker/complete";
 /// Hand jobs back.
 pub const RELEASE: &str = "/worker/release";
+/// The largest body a coordinator reads on a worker route. The largest a worker sends is a
+/// release of everything it holds: at most 256 jobs per core, about 110 bytes each, so 2 MiB
+/// covers a 64-core worker.
+pub const MAX_BODY_BYTES: usize = 2 << 20;
 
 /// Join the registry.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

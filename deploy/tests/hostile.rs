@@ -1,0 +1,94 @@
+//! Hostile input against the real binaries: what an unauthenticated client can make a voter
+//! hold, and how long a slow one can hold it. The coordinators run as processes (as
+//! `deploy local` starts them), so their memory is the process's own resident set.
+
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+mod common;
+
+/// A process's resident memory, in bytes, from `/proc/PID/status`.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("a VmRSS line");
+    kib * 1024
+}
+
+/// POST `total` bytes to `path` as a chunked body (so that no Content-Length lets the server
+/// refuse it by size: only reading it would tell), without the cluster secret. Returns the
+/// status line the server answered with and how many body bytes it took before it closed.
+async fn post_unauthenticated(addr: String, path: &'static str, target: u64, total: usize) -> (String, usize) {
+    let stream = TcpStream::connect(&addr).await.expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nx-tandem-target: {target}\r\ncontent-type: application/msgpack\r\n\
+         transfer-encoding: chunked\r\n\r\n"
+    );
+    let send = tokio::spawn(async move {
+        const CHUNK: usize = 1 << 20;
+        let chunk = [format!("{CHUNK:x}\r\n").into_bytes(), vec![0x91; CHUNK], b"\r\n".to_vec()].concat();
+        writer.write_all(head.as_bytes()).await.expect("send the head");
+        let mut sent = 0;
+        while sent < total {
+            if writer.write_all(&chunk).await.is_err() {
+                break; // the server closed the connection
+            }
+            sent += CHUNK;
+        }
+        let _ = writer.write_all(b"0\r\n\r\n").await;
+        sent
+    });
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !answer.windows(2).any(|w| w == b"\r\n") {
+        match tokio::time::timeout(Duration::from_secs(30), reader.read(&mut buffer)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buffer[..n]),
+            other => panic!("no answer on {path}: {other:?}"),
+        }
+    }
+    drop(reader);
+    let sent = send.await.expect("sender");
+    let status = String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned();
+    (status, sent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_concurrent_400_mib_bodies_without_the_secret_leave_a_voters_memory_alone() {
+    const BODY: usize = 400 << 20;
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = common::start(&dir, 0).await;
+    let pid = cluster.process("coordinator-1").pid().expect("coordinator 1 runs");
+    let addr = cluster.raft_addr(1);
+    let before = resident_bytes(pid);
+    // The snapshot route reads up to 512 MiB and append up to 64 MiB once the secret is
+    // checked; the worker routes 2 MiB: none of it may be read before.
+    let routes = ["/raft/snapshot", "/raft/append", "/raft/propose", "/worker/register"];
+    let sends: Vec<_> =
+        routes.iter().map(|path| tokio::spawn(post_unauthenticated(addr.clone(), path, 1, BODY))).collect();
+    let mut peak = before;
+    let started = Instant::now();
+    while !sends.iter().all(|s| s.is_finished()) {
+        peak = peak.max(resident_bytes(pid));
+        assert!(started.elapsed() < Duration::from_secs(60), "the unauthenticated sends did not finish");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (path, send) in routes.iter().zip(sends) {
+        let (status, sent) = send.await.expect("send task");
+        assert!(status.starts_with("HTTP/1.1 401"), "{path}: {status:?}");
+        assert!(sent < BODY, "{path}: the server read the whole body ({sent} bytes) rather than close at once");
+    }
+    let grew = peak.saturating_sub(before);
+    println!("coordinator-1 resident: {} MiB before, peak growth {} KiB", before >> 20, grew >> 10);
+    assert!(grew < 8 << 20, "the voter's resident memory grew by {} KiB", grew >> 10);
+    // It still serves.
+    let client = wire::client::ApiClient::new(cluster.api_urls()[0].clone());
+    assert!(client.ready().await.expect("readyz"), "coordinator 1 stopped serving");
+    cluster.stop(Duration::from_secs(5));
+}
