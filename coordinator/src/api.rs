@@ -95,6 +95,27 @@ pub async fn require_client_token(State(app): State<App>, request: Request, next
     next.run(request).await
 }
 
+/// A JSON body for the error answers that layers give without one (408 from the request
+/// timeout, 413 from a body limit): every client and admin error is `{"error": "..."}`.
+pub async fn json_error_body(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let message = match status {
+        StatusCode::REQUEST_TIMEOUT => "the request took longer than the server allows (its body arrived too slowly?)",
+        _ => status.canonical_reason().unwrap_or("the request failed"),
+    };
+    let mut answer = (status, Json(wire::api::ErrorBody { error: message.to_owned() })).into_response();
+    for name in [header::RETRY_AFTER, header::WWW_AUTHENTICATE] {
+        if let Some(value) = response.headers().get(&name) {
+            answer.headers_mut().insert(name, value.clone());
+        }
+    }
+    answer
+}
+
 /// `PUT /enqueue?iterations=N`
 pub async fn enqueue(
     State(app): State<App>,

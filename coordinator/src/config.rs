@@ -76,6 +76,18 @@ pub struct Config {
     /// Jobs that may wait before enqueues get 503.
     #[arg(long, env = "TANDEM_MAX_QUEUED", default_value_t = 10_000_000)]
     pub max_queued: u64,
+    /// Connections served at once, on the API, worker and Raft routes together; more wait to be
+    /// accepted.
+    #[arg(long, env = "TANDEM_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// A connection that takes longer than this to send a request's head, or sits idle between
+    /// requests this long, is closed (slow-loris clients; idle keep-alive connections).
+    #[arg(long, env = "TANDEM_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// The longest a client or admin request may take, its body's upload included: a slower
+    /// one is answered 408. (Worker long-polls get `--long-poll-max-ms` more.)
+    #[arg(long, env = "TANDEM_CLIENT_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub client_request_timeout_ms: u64,
     /// How long a write or a linearizable read may wait for the cluster before answering 503.
     #[arg(long, env = "TANDEM_REQUEST_TIMEOUT_MS", default_value_t = 3_000)]
     pub request_timeout_ms: u64,
@@ -209,6 +221,9 @@ impl Config {
         if let Some(token) = &self.admin_token {
             wire::check_credential("the admin token (TANDEM_ADMIN_TOKEN)", token)?;
         }
+        if let Some(token) = &self.client_token {
+            wire::check_credential("the client token (TANDEM_CLIENT_TOKEN)", token)?;
+        }
         let me = self.members.iter().find(|m| m.id == self.id);
         match me {
             None => return Err(format!("--id {} is not among --member", self.id)),
@@ -228,6 +243,11 @@ impl Config {
         }
         if self.max_iterations == 0 || self.max_body_bytes == 0 {
             return Err("--max-iterations and --max-body-bytes must be positive".into());
+        }
+        if self.max_connections == 0 || self.header_timeout_ms == 0 || self.client_request_timeout_ms == 0 {
+            return Err(
+                "--max-connections, --header-timeout-ms and --client-request-timeout-ms must be positive".into()
+            );
         }
         if self.completed_retention == 0 || self.max_queued == 0 {
             return Err("--completed-retention and --max-queued must be positive".into());

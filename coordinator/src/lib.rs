@@ -29,15 +29,25 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
 use axum::middleware;
 use axum::routing::{get, post, put};
 use raft_store::job_table::Limits;
 use raft_store::network::NetworkFaults;
+use raft_store::server::{ServeBounds, serve_bounded};
 use raft_store::{Node, NodeConfig, Role, Timing};
 use tokio_util::sync::CancellationToken;
+use tower_http::timeout::TimeoutLayer;
 
 use crate::config::Config;
 use crate::enqueue_batcher::EnqueueBatcher;
+
+/// How long requests in progress may finish once the coordinator stops (a worker's long-poll
+/// is cut short: it asks the other coordinator).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// The longest an admin request may take: a voter replacement waits for the new voter to
+/// catch up.
+const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Room for a multipart form's part headers and boundaries around an enqueue's body.
 const MULTIPART_OVERHEAD: usize = 16 << 10;
@@ -71,18 +81,26 @@ pub fn router(app: App) -> Router {
     // A multipart form carries the body with a few hundred bytes of headers and boundaries.
     let enqueue_limit = app.config.max_body_bytes.saturating_add(MULTIPART_OVERHEAD);
     let raft = app.node.router();
+    let timeout = |limit: Duration| TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limit);
+    let client_timeout = Duration::from_millis(app.config.client_request_timeout_ms);
     let client = Router::new()
         .route("/enqueue", put(api::enqueue).layer(DefaultBodyLimit::max(enqueue_limit)))
         .route("/pullCompleted", post(api::pull_completed))
         .route("/jobs/{id}", get(api::job))
-        .route_layer(middleware::from_fn_with_state(app.clone(), api::require_client_token));
+        .route_layer(middleware::from_fn_with_state(app.clone(), api::require_client_token))
+        .layer(timeout(client_timeout))
+        .layer(middleware::map_response(api::json_error_body));
     let admin = Router::new()
         .route("/admin/failover", post(admin::failover))
         .route("/admin/members/replace", post(admin::replace_member))
         .route("/admin/workers/{id}/drain", post(admin::drain_worker))
         .route("/admin/workers/{id}/resume", post(admin::resume_worker))
         .layer(DefaultBodyLimit::max(admin::BODY_LIMIT))
-        .route_layer(middleware::from_fn_with_state(app.clone(), admin::require_token));
+        .route_layer(middleware::from_fn_with_state(app.clone(), admin::require_token))
+        .layer(timeout(ADMIN_REQUEST_TIMEOUT))
+        .layer(middleware::map_response(api::json_error_body));
+    let long_poll = Duration::from_millis(app.config.long_poll_max_ms);
+    let workers = worker_routes::router(app.clone()).layer(timeout(client_timeout + long_poll));
     Router::new()
         .route("/", get(api::status_page))
         .route("/cluster", get(api::cluster))
@@ -91,7 +109,7 @@ pub fn router(app: App) -> Router {
         .route("/metrics", get(api::metrics))
         .merge(client)
         .merge(admin)
-        .merge(worker_routes::router(app.clone()))
+        .merge(workers)
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(app)
@@ -172,15 +190,17 @@ impl Coordinator {
         // answer 503: stop serving and exit with an error, so that a supervisor restarts it.
         let raft_died = CancellationToken::new();
         let (server_shutdown, stopped, died) = (shutdown.clone(), node.clone(), raft_died.clone());
-        axum::serve(listener, router(app))
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    _ = server_shutdown.cancelled() => {}
-                    _ = stopped.stopped() => died.cancel(),
-                }
-            })
-            .await
-            .context("serving HTTP")?;
+        let bounds = ServeBounds {
+            max_connections: app.config.max_connections,
+            header_timeout: Duration::from_millis(app.config.header_timeout_ms),
+        };
+        let stop = async move {
+            tokio::select! {
+                _ = server_shutdown.cancelled() => {}
+                _ = stopped.stopped() => died.cancel(),
+            }
+        };
+        serve_bounded(listener, router(app), bounds, stop, SHUTDOWN_GRACE).await.context("serving HTTP")?;
         if raft_died.is_cancelled() {
             shutdown.cancel();
             tasks.close();

@@ -92,3 +92,47 @@ async fn four_concurrent_400_mib_bodies_without_the_secret_leave_a_voters_memory
     assert!(client.ready().await.expect("readyz"), "coordinator 1 stopped serving");
     cluster.stop(Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trickling_its_body_is_answered_408_and_enqueues_nothing() {
+    const TIMEOUT: Duration = Duration::from_millis(1500);
+    let dir = TempDir::new().expect("temp dir");
+    let mut options = common::options(&dir, 0);
+    options.coordinator_args.extend(["--client-request-timeout-ms".into(), TIMEOUT.as_millis().to_string()]);
+    let mut cluster = deploy::local::LocalCluster::start(options).expect("start");
+    cluster.wait_ready(Duration::from_secs(60)).await.expect("cluster ready");
+    let url = cluster.api_urls()[0].clone();
+    let addr = url.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&addr).await.expect("connect");
+    let head = format!("PUT /enqueue?iterations=1 HTTP/1.1\r\nHost: {addr}\r\ncontent-length: 16384\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.expect("send the head");
+    let started = Instant::now();
+    let (mut reader, mut writer) = stream.into_split();
+    let trickle = tokio::spawn(async move {
+        // One byte every 100 ms: the body would take 27 minutes.
+        while writer.write_all(&[7]).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let client = wire::client::ApiClient::new(url.clone());
+    assert!(client.ready().await.expect("readyz"), "others are served meanwhile");
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("}") {
+        match tokio::time::timeout(Duration::from_secs(10), reader.read(&mut buffer)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buffer[..n]),
+            other => panic!("no answer after {:?}: {other:?}", started.elapsed()),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/json") && answer.contains("\"error\""), "{answer}");
+    assert!(started.elapsed() >= TIMEOUT - Duration::from_millis(100), "answered after {:?}", started.elapsed());
+    trickle.abort();
+    // Nothing was enqueued.
+    match client.job(1).await {
+        Err(wire::client::ClientError::Status { status: 404, .. }) => {}
+        other => panic!("job 1 after a refused enqueue: {other:?}"),
+    }
+    cluster.stop(Duration::from_secs(5));
+}

@@ -21,6 +21,7 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod raft_metrics;
+pub mod server;
 pub mod state_machine;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_cluster;

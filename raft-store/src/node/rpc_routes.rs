@@ -19,6 +19,7 @@ use crate::job_table::Proposal;
 use crate::network::{
     CONTROL_BODY_LIMIT, MsgPack, PROPOSE_BODY_LIMIT, PeerCheck, msgpack_response, raft_rpc_router, require_peer,
 };
+use crate::server::ServeBounds;
 use crate::type_config::{NodeId, NodeInfo};
 
 /// The body of `POST /raft/faults`: the peers this voter is cut off from (both ways), replacing
@@ -111,11 +112,14 @@ async fn faults(State(node): State<Node>, body: Bytes) -> Response {
     axum::Json(settings).into_response()
 }
 
-/// Serve `router` on `listener` until `shutdown` resolves.
+/// Serve `router` on `listener` with the default [`ServeBounds`] until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    crate::server::serve_bounded(listener, router, ServeBounds::default(), shutdown, SHUTDOWN_GRACE).await
 }
+
+/// How long requests in progress may finish after a shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
