@@ -147,7 +147,9 @@ impl Transport {
         let http = reqwest::Client::builder()
             .no_proxy()
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below the servers' header timeout (10 s by default), after which they close an idle
+            // connection: a pooled one is dropped first rather than raced.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .expect("a reqwest client with static settings always builds");
         Transport { self_id, http, secret, faults, append_limit: APPEND_BODY_LIMIT }

@@ -55,6 +55,8 @@ impl ApiClient {
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(30))
+            // Below the coordinators' header timeout, after which they close an idle connection.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .expect("a reqwest client with static settings always builds");
         Self::with_http(http, base)

@@ -64,7 +64,12 @@ impl WorkerClient {
     /// Talk to `urls` (base URLs), starting with the first, sending `secret` (the cluster
     /// secret) with every request when given.
     pub fn new(urls: Vec<String>, secret: Option<&str>) -> Result<Self, WorkerClientError> {
-        let http = reqwest::Client::builder().no_proxy().tcp_nodelay(true).build()?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            // Below the coordinators' header timeout, after which they close an idle connection.
+            .pool_idle_timeout(std::time::Duration::from_secs(5))
+            .build()?;
         Self::with_http(http, urls, secret)
     }
 
