@@ -268,6 +268,24 @@ fn create_dir_durably(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Scan the WAL file `path` whose bytes are `bytes` and replay its records into an index.
+fn replay(path: &Path, bytes: &[u8]) -> Result<(LogIndex, ScanSummary), WalError> {
+    let mut index = LogIndex::default();
+    let scan = wal::scan(path, bytes, |_, record| {
+        index.apply(record);
+        Ok(())
+    })?;
+    Ok((index, scan))
+}
+
+/// What [`LogStore::open`] would recover from a WAL file with these bytes, without touching a
+/// disk, with the number of entries it would hold. For the decoders' fuzz tests.
+#[cfg(any(test, feature = "test-util"))]
+pub fn replay_wal_bytes(bytes: &[u8]) -> Result<(Recovery, usize), WalError> {
+    let (index, scan) = replay(Path::new(WAL_FILE), bytes)?;
+    Ok((Recovery { scan, last_log_id: index.last_log_id(), vote: index.vote }, index.entries.len()))
+}
+
 impl LogStore {
     /// Open (or create) the log in `dir`, replaying the WAL. A torn tail is cut off and reported
     /// in [`Recovery::scan`]; damage before the tail is an error and nothing is changed.
@@ -313,11 +331,7 @@ impl LogStore {
                 return Err(WalError::Io { op: "read", path, source });
             }
         };
-        let mut index = LogIndex::default();
-        let scan = wal::scan(&path, &bytes, |_, record| {
-            index.apply(record);
-            Ok(())
-        })?;
+        let (index, scan) = replay(&path, &bytes)?;
         if let Some(torn) = &scan.torn_tail {
             tracing::warn!(
                 path = %path.display(),
