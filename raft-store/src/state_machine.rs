@@ -82,7 +82,7 @@ pub fn encode_table(table: &JobTable) -> io::Result<Vec<u8>> {
 
 /// Decode snapshot bytes into a table.
 pub fn decode_table(data: &[u8]) -> io::Result<JobTable> {
-    rmp_serde::from_slice(data).map_err(invalid_data)
+    wire::from_msgpack(data).map_err(invalid_data)
 }
 
 fn write_snapshot_file(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
@@ -119,7 +119,7 @@ fn decode_snapshot_file(path: &Path, bytes: &[u8]) -> io::Result<SnapshotFile> {
     if crc32fast::hash(&bytes[12..]) != crc {
         return Err(corrupt("checksum mismatch"));
     }
-    rmp_serde::from_slice(&bytes[12..]).map_err(|e| corrupt(&e.to_string()))
+    wire::from_msgpack(&bytes[12..]).map_err(|e| corrupt(&e.to_string()))
 }
 
 /// Decode the bytes of a snapshot file as a restart reads `snapshot.bin`: its metadata and the
