@@ -96,7 +96,7 @@ async fn require_secret(State(app): State<App>, request: Request, next: Next) ->
 }
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, WorkerRouteError> {
-    rmp_serde::from_slice(body).map_err(|e| WorkerRouteError::BadRequest(format!("undecodable message: {e}")))
+    wire::from_msgpack(body).map_err(|e| WorkerRouteError::BadRequest(format!("undecodable message: {e}")))
 }
 
 fn reply<T: Serialize>(value: &T) -> Response {

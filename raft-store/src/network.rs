@@ -211,7 +211,7 @@ impl Transport {
             ))));
         }
         let bytes = response.bytes().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        rmp_serde::from_slice(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+        wire::from_msgpack(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
 }
 
@@ -414,7 +414,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for MsgPack<T> {
         let body = Bytes::from_request(request, state)
             .await
             .map_err(|e| Refusal::new(e.status(), format!("could not read the body: {}", e.body_text())))?;
-        rmp_serde::from_slice(&body)
+        wire::from_msgpack(&body)
             .map(MsgPack)
             .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("undecodable MessagePack body: {e}")))
     }

@@ -82,7 +82,7 @@ pub fn encode_table(table: &JobTable) -> io::Result<Vec<u8>> {
 
 /// Decode snapshot bytes into a table.
 pub fn decode_table(data: &[u8]) -> io::Result<JobTable> {
-    rmp_serde::from_slice(data).map_err(invalid_data)
+    wire::from_msgpack(data).map_err(invalid_data)
 }
 
 fn write_snapshot_file(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
@@ -106,6 +106,11 @@ fn read_snapshot_file(dir: &Path) -> io::Result<Option<SnapshotFile>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    decode_snapshot_file(&path, &bytes).map(Some)
+}
+
+/// Decode the bytes of a snapshot file (header, checksum, then the metadata and table bytes).
+fn decode_snapshot_file(path: &Path, bytes: &[u8]) -> io::Result<SnapshotFile> {
     let corrupt = |what: &str| invalid_data(format!("snapshot {} is corrupt: {what}", path.display()));
     if bytes.len() < 12 || &bytes[..8] != SNAPSHOT_MAGIC {
         return Err(corrupt("bad header"));
@@ -114,8 +119,14 @@ fn read_snapshot_file(dir: &Path) -> io::Result<Option<SnapshotFile>> {
     if crc32fast::hash(&bytes[12..]) != crc {
         return Err(corrupt("checksum mismatch"));
     }
-    let file: SnapshotFile = rmp_serde::from_slice(&bytes[12..]).map_err(|e| corrupt(&e.to_string()))?;
-    Ok(Some(file))
+    wire::from_msgpack(&bytes[12..]).map_err(|e| corrupt(&e.to_string()))
+}
+
+/// Decode the bytes of a snapshot file as a restart reads `snapshot.bin`: its metadata and the
+/// table's bytes (for [`decode_table`]). For the decoders' fuzz tests.
+#[cfg(any(test, feature = "test-util"))]
+pub fn decode_snapshot_file_bytes(bytes: &[u8]) -> io::Result<(SnapshotMeta, SnapshotData)> {
+    decode_snapshot_file(Path::new(SNAPSHOT_FILE), bytes).map(|file| (file.meta, file.data))
 }
 
 impl StateMachineStore {

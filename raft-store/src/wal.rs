@@ -172,7 +172,7 @@ fn check_frame(buf: &[u8], pos: usize) -> Result<(usize, usize), String> {
 /// Try to read one record at `pos` of `buf`: the record and the offset after it, or why not.
 fn parse_record(buf: &[u8], pos: usize) -> Result<(Record, usize), String> {
     let (start, end) = check_frame(buf, pos)?;
-    let record = rmp_serde::from_slice(&buf[start..end]).map_err(|e| format!("undecodable record: {e}"))?;
+    let record = wire::from_msgpack(&buf[start..end]).map_err(|e| format!("undecodable record: {e}"))?;
     Ok((record, end))
 }
 

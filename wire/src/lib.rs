@@ -27,6 +27,21 @@ pub mod worker_client;
 
 pub use digest::Digest;
 
+/// How deeply MessagePack values may nest in anything Tandem decodes (worker and Raft
+/// messages, WAL records, snapshots). Its own values nest about ten deep. rmp-serde's default,
+/// 1024, lets a body of a kilobyte of nested one-element arrays, in a field nobody reads,
+/// recurse deep enough to overflow a 2 MiB thread stack (a tokio worker's) in a debug build,
+/// about 2.3 KiB a level: the process aborts instead of refusing the message.
+pub const MAX_MSGPACK_DEPTH: usize = 64;
+
+/// Decode MessagePack like `rmp_serde::from_slice`, with nesting limited to
+/// [`MAX_MSGPACK_DEPTH`]: what every decoder of untrusted bytes in Tandem uses.
+pub fn from_msgpack<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, rmp_serde::decode::Error> {
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
+    deserializer.set_max_depth(MAX_MSGPACK_DEPTH);
+    T::deserialize(&mut deserializer)
+}
+
 /// Milliseconds since the Unix epoch on this machine's clock (0 if the clock is before 1970).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -84,7 +99,44 @@ pub fn secret_matches(given: Option<&str>, expected: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_cluster_secret, check_credential, secret_matches};
+    use super::{MAX_MSGPACK_DEPTH, check_cluster_secret, check_credential, from_msgpack, secret_matches};
+    use crate::worker::RegisterRequest;
+
+    /// A worker message with an unknown field holding `depth` nested one-element arrays.
+    fn nested_register(depth: usize) -> Vec<u8> {
+        let mut bytes = rmp_serde::to_vec_named(&RegisterRequest {
+            name: "w".into(),
+            cores: 1,
+            instance_id: None,
+            witness: false,
+            launch_token: None,
+        })
+        .expect("encode");
+        bytes[0] += 1; // one more pair in the fixmap
+        bytes.extend([0xa1, b'x']);
+        bytes.extend(std::iter::repeat_n(0x91, depth));
+        bytes.push(0xc0);
+        bytes
+    }
+
+    /// Found by `wire/tests/fuzz_messages.rs`: 1000 bytes of `0x91` (nested one-element arrays)
+    /// in a field of a worker message overflowed the decoding thread's stack under rmp-serde's
+    /// default depth limit (1024), aborting the process. Decoded here on a 256 KiB stack.
+    #[test]
+    fn deep_nesting_is_refused_without_exhausting_the_stack() {
+        let decoded = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(|| {
+                let shallow = from_msgpack::<RegisterRequest>(&nested_register(MAX_MSGPACK_DEPTH - 2)).is_ok();
+                let deep = from_msgpack::<RegisterRequest>(&nested_register(100_000)).map_err(|e| e.to_string());
+                (shallow, deep)
+            })
+            .expect("spawn")
+            .join()
+            .expect("no panic");
+        assert!(decoded.0, "nesting within the limit decodes");
+        assert_eq!(decoded.1, Err("depth limit exceeded".to_string()));
+    }
 
     #[test]
     fn only_the_exact_secret_matches() {

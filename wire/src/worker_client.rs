@@ -192,10 +192,10 @@ impl WorkerClient {
                 }
             };
             if status.is_success() {
-                return rmp_serde::from_slice(&bytes)
+                return crate::from_msgpack(&bytes)
                     .map_err(|e| WorkerCallError::Rejected(format!("undecodable answer: {e}")));
             }
-            let error = rmp_serde::from_slice::<WorkerErrorBody>(&bytes).map(|b| b.error).unwrap_or_default();
+            let error = crate::from_msgpack::<WorkerErrorBody>(&bytes).map(|b| b.error).unwrap_or_default();
             match status.as_u16() {
                 410 => return Err(WorkerCallError::UnknownWorker),
                 400 => return Err(WorkerCallError::Rejected(error)),

@@ -152,7 +152,8 @@ impl LogIndex {
     }
 
     fn truncate_after(&mut self, last: Option<LogId>) {
-        let from = last.map_or(0, |id| id.index + 1);
+        // Nothing can follow the last possible index (a record can say so: no overflow).
+        let Some(from) = last.map_or(Some(0), |id| id.index.checked_add(1)) else { return };
         self.entries.split_off(&from);
     }
 
@@ -161,7 +162,10 @@ impl LogIndex {
             return;
         }
         self.last_purged = Some(upto);
-        self.entries = self.entries.split_off(&(upto.index + 1));
+        self.entries = match upto.index.checked_add(1) {
+            Some(from) => self.entries.split_off(&from),
+            None => BTreeMap::new(),
+        };
     }
 
     fn apply(&mut self, record: Record) {
@@ -268,6 +272,24 @@ fn create_dir_durably(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Scan the WAL file `path` whose bytes are `bytes` and replay its records into an index.
+fn replay(path: &Path, bytes: &[u8]) -> Result<(LogIndex, ScanSummary), WalError> {
+    let mut index = LogIndex::default();
+    let scan = wal::scan(path, bytes, |_, record| {
+        index.apply(record);
+        Ok(())
+    })?;
+    Ok((index, scan))
+}
+
+/// What [`LogStore::open`] would recover from a WAL file with these bytes, without touching a
+/// disk, with the number of entries it would hold. For the decoders' fuzz tests.
+#[cfg(any(test, feature = "test-util"))]
+pub fn replay_wal_bytes(bytes: &[u8]) -> Result<(Recovery, usize), WalError> {
+    let (index, scan) = replay(Path::new(WAL_FILE), bytes)?;
+    Ok((Recovery { scan, last_log_id: index.last_log_id(), vote: index.vote }, index.entries.len()))
+}
+
 impl LogStore {
     /// Open (or create) the log in `dir`, replaying the WAL. A torn tail is cut off and reported
     /// in [`Recovery::scan`]; damage before the tail is an error and nothing is changed.
@@ -313,11 +335,7 @@ impl LogStore {
                 return Err(WalError::Io { op: "read", path, source });
             }
         };
-        let mut index = LogIndex::default();
-        let scan = wal::scan(&path, &bytes, |_, record| {
-            index.apply(record);
-            Ok(())
-        })?;
+        let (index, scan) = replay(&path, &bytes)?;
         if let Some(torn) = &scan.torn_tail {
             tracing::warn!(
                 path = %path.display(),
@@ -499,5 +517,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Losing a purge only resurrects entries a snapshot already covers: no fsync.
         self.send(WriteOp::Append { frame: wal::encode(&Record::Purge(log_id))?, entries: 0, waiter: Waiter::Nobody })?;
         self.maybe_compact()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 }, index)
+    }
+
+    /// Found by `raft-store/tests/fuzz_decoders.rs`: a WAL whose checksummed records held a
+    /// `Purge` or `TruncateAfter` at index `u64::MAX` made replay panic ("attempt to add with
+    /// overflow") in debug builds and, in release builds, purge nothing instead of everything.
+    #[test]
+    fn purge_and_truncation_at_the_last_possible_index_do_not_overflow() {
+        let entry = |index| Entry { log_id: log_id(index), payload: openraft::EntryPayload::Blank };
+        let mut index = LogIndex::default();
+        index.apply(Record::Entries(vec![entry(1), entry(2)]));
+        index.apply(Record::TruncateAfter(Some(log_id(u64::MAX))));
+        assert_eq!(index.entries.len(), 2, "nothing follows the last index: nothing is truncated");
+        index.apply(Record::Purge(log_id(u64::MAX)));
+        assert!(index.entries.is_empty(), "everything up to the last index is purged");
+        assert_eq!(index.last_log_id(), Some(log_id(u64::MAX)));
     }
 }
