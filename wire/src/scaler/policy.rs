@@ -25,7 +25,7 @@ pub struct PolicyConfig {
     pub assumed_core_rate: u64,
     /// Pause after the first failed launch; doubled after each further one.
     pub backoff_base_ms: u64,
-    /// Longest pause after failed launches.
+    /// Longest pause after failed launches: capacity that comes back is tried within this.
     pub backoff_max_ms: u64,
 }
 
@@ -42,8 +42,11 @@ impl Default for PolicyConfig {
             boot_timeout_ms: 300_000,
             assumed_boot_ms: 45_000,
             assumed_core_rate: 1_000_000,
-            backoff_base_ms: 10_000,
-            backoff_max_ms: 600_000,
+            // 5, 10, 20, 20 ... s. A capacity error is cheap to retry (it starts and bills
+            // nothing) and the backlog waits while launches are held: a longer cap mostly delays
+            // the first launch after capacity returns (`bench autoscale`, launch-failures trace).
+            backoff_base_ms: 5_000,
+            backoff_max_ms: 20_000,
         }
     }
 }

@@ -291,6 +291,25 @@ fn a_launch_that_never_registers_is_given_up_and_launches_back_off_exponentially
 }
 
 #[test]
+fn by_default_launches_back_off_from_5_s_to_at_most_20_s() {
+    // A capacity error costs nothing to retry, while the backlog waits for every second of the
+    // pause: capacity that comes back is tried within 20 s, however long it was gone.
+    let config = PolicyConfig::default();
+    for (failures, pause) in [(1, 5_000), (2, 10_000), (3, 20_000), (4, 20_000), (60, 20_000)] {
+        let failed = |ago: u64| Observation {
+            workers: vec![witness(2)],
+            consecutive_failures: failures,
+            last_failure_ms: Some(NOW - ago),
+            ..queued(40, 12)
+        };
+        let plan = decide(&config, &failed(pause - 1));
+        assert_eq!(actions(&plan), vec![], "{failures} failures, {pause} ms pause");
+        assert_eq!(plan.held, vec![Why::BackingOff { failures, until_ms: NOW + 1 }], "{failures} failures");
+        assert_eq!(actions(&decide(&config, &failed(pause))), vec![Action::Launch { count: 3 }], "{failures} failures");
+    }
+}
+
+#[test]
 fn once_boots_have_been_observed_a_launch_three_boots_overdue_is_given_up_before_the_timeout() {
     // Boots observed at 45 s: a launch not registered after 135 s has hung; it is given up then
     // (its instance no longer billed, no longer counted as capacity), not at the 300 s timeout.

@@ -109,24 +109,28 @@ fn a_launched_worker_registers_after_the_boot_delay_and_takes_the_oldest_job() {
 fn a_launch_that_never_registers_is_given_up_at_the_boot_timeout_and_billed_until_then() {
     // Tandem launches one worker at 0 for the job no core can take; its instance never
     // registers. At 300 s (the default boot timeout) it is given up: one failure, 300 s billed,
-    // and launches back off for 10 s.
+    // and launches back off for 5 s: the next one goes at 305 s.
     let trace = trace(
         vec![Arrival { at_ms: 0, iterations: 20_000_000 }],
         LaunchFailures { capacity_errors_ms: vec![], never_registers: 1.0 },
     );
     let tandem = tandem();
-    assert_eq!(tandem.config.boot_timeout_ms, 300_000);
+    assert_eq!((tandem.config.boot_timeout_ms, tandem.config.backoff_base_ms), (300_000, 5_000));
     let mut sim = Simulation::new(&trace, &model(0), 1);
     sim.run_until(&tandem, 295_000);
     let obs = sim.observation();
     assert_eq!(obs.launches_in_flight, vec![LaunchInFlight { token: "launch-0".into(), requested_at_ms: 0 }]);
     assert_eq!(obs.consecutive_failures, 0);
-    sim.run_until(&tandem, 305_000);
+    sim.run_until(&tandem, 300_000);
     let obs = sim.observation();
     assert_eq!(obs.launches_in_flight, vec![], "given up, and no new launch within the backoff");
     assert_eq!((obs.consecutive_failures, obs.last_failure_ms), (1, Some(300_000)));
+    sim.run_until(&tandem, 305_000);
+    let obs = sim.observation();
+    let relaunch = LaunchInFlight { token: "launch-1".into(), requested_at_ms: 305_000 };
+    assert_eq!(obs.launches_in_flight, vec![relaunch], "launched again once the backoff is over");
     let outcome = sim.outcome();
-    assert_eq!((outcome.counts.launches, outcome.counts.given_up, outcome.counts.instance_ms), (1, 1, 300_000));
+    assert_eq!((outcome.counts.launches, outcome.counts.given_up, outcome.counts.instance_ms), (2, 1, 300_000));
 }
 
 #[test]
