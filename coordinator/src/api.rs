@@ -116,6 +116,13 @@ pub async fn json_error_body(response: Response) -> Response {
     answer
 }
 
+/// The answer to an enqueue shed by the concurrency limit on `/enqueue` (the only error that
+/// limit's load shedding gives).
+pub async fn enqueue_shed(_: tower::BoxError) -> ApiError {
+    metrics::counter!("tandem_jobs_rejected_total", "reason" => ApiError::Overloaded.reason()).increment(1);
+    ApiError::Overloaded
+}
+
 /// `PUT /enqueue?iterations=N`
 pub async fn enqueue(
     State(app): State<App>,

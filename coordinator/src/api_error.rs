@@ -31,6 +31,10 @@ pub enum ApiError {
     /// The request conflicts with an earlier one (an idempotency key reused): 422.
     #[error("{0}")]
     KeyReused(String),
+    /// This coordinator already handles `--max-concurrent-enqueues` enqueues: 503 with
+    /// Retry-After, before the body is read.
+    #[error("this coordinator is handling as many enqueues as it takes at once; retry shortly")]
+    Overloaded,
     /// The queue is at its limit: 503 with Retry-After.
     #[error("the queue is full; retry later")]
     QueueFull,
@@ -41,8 +45,16 @@ pub enum ApiError {
 
 impl ApiError {
     /// Every [`ApiError::reason`], so that each series exists (at zero) before its first refusal.
-    pub const REASONS: [&'static str; 7] =
-        ["bad_request", "unauthorized", "too_large", "not_found", "key_reused", "queue_full", "unavailable"];
+    pub const REASONS: [&'static str; 8] = [
+        "bad_request",
+        "unauthorized",
+        "too_large",
+        "not_found",
+        "key_reused",
+        "overloaded",
+        "queue_full",
+        "unavailable",
+    ];
 
     /// A short label for metrics.
     pub fn reason(&self) -> &'static str {
@@ -52,6 +64,7 @@ impl ApiError {
             ApiError::TooLarge { .. } => "too_large",
             ApiError::NotFound(_) => "not_found",
             ApiError::KeyReused(_) => "key_reused",
+            ApiError::Overloaded => "overloaded",
             ApiError::QueueFull => "queue_full",
             ApiError::Unavailable(_) => "unavailable",
         }
@@ -85,7 +98,7 @@ impl IntoResponse for ApiError {
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::QueueFull | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded | ApiError::QueueFull | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         let mut response = (status, Json(ErrorBody { error: self.to_string() })).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {

@@ -73,6 +73,11 @@ pub struct Config {
     /// Completed results kept; the oldest is dropped first.
     #[arg(long, env = "TANDEM_COMPLETED_RETENTION", default_value_t = 1_000_000)]
     pub completed_retention: u64,
+    /// Enqueues this coordinator reads, hashes and commits at once; one more is answered 503
+    /// with `Retry-After` at once, before its body is read. Bounds what bodies in flight take:
+    /// at most this × `--max-body-bytes`.
+    #[arg(long, env = "TANDEM_MAX_CONCURRENT_ENQUEUES", default_value_t = 256)]
+    pub max_concurrent_enqueues: usize,
     /// Jobs that may wait before enqueues get 503.
     #[arg(long, env = "TANDEM_MAX_QUEUED", default_value_t = 10_000_000)]
     pub max_queued: u64,
@@ -243,6 +248,9 @@ impl Config {
         }
         if self.max_iterations == 0 || self.max_body_bytes == 0 {
             return Err("--max-iterations and --max-body-bytes must be positive".into());
+        }
+        if self.max_concurrent_enqueues == 0 {
+            return Err("--max-concurrent-enqueues must be positive".into());
         }
         if self.max_connections == 0 || self.header_timeout_ms == 0 || self.client_request_timeout_ms == 0 {
             return Err(

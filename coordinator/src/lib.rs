@@ -23,11 +23,13 @@ pub mod voter_probes;
 pub mod witness_care;
 pub mod worker_routes;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware;
@@ -37,6 +39,7 @@ use raft_store::network::NetworkFaults;
 use raft_store::server::{ServeBounds, serve_bounded};
 use raft_store::{Node, NodeConfig, Role, Timing};
 use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::config::Config;
@@ -83,8 +86,17 @@ pub fn router(app: App) -> Router {
     let raft = app.node.router();
     let timeout = |limit: Duration| TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limit);
     let client_timeout = Duration::from_millis(app.config.client_request_timeout_ms);
+    // At most --max-concurrent-enqueues in flight; one more is shed at once, before its body is
+    // read (the limit is shared by every clone of the route: one per coordinator).
+    let enqueue_admission = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(api::enqueue_shed))
+        .load_shed()
+        .concurrency_limit(app.config.max_concurrent_enqueues);
+    let enqueue = put(api::enqueue)
+        .layer::<_, Infallible>(DefaultBodyLimit::max(enqueue_limit))
+        .layer::<_, Infallible>(enqueue_admission);
     let client = Router::new()
-        .route("/enqueue", put(api::enqueue).layer(DefaultBodyLimit::max(enqueue_limit)))
+        .route("/enqueue", enqueue)
         .route("/pullCompleted", post(api::pull_completed))
         .route("/jobs/{id}", get(api::job))
         .route_layer(middleware::from_fn_with_state(app.clone(), api::require_client_token))

@@ -515,3 +515,79 @@ async fn with_a_client_token_the_client_api_refuses_requests_without_it_before_r
     assert!(refused.is_some_and(|n| n >= 10.0), "refusals counted: {refused:?}");
     cluster.stop().await;
 }
+
+/// Send a PUT /enqueue head and half of a 16 KiB body to `url`; the connection holds its
+/// enqueue slot until the rest is sent.
+async fn half_sent_enqueue(url: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!("PUT /enqueue?iterations=1 HTTP/1.1\r\nHost: {addr}\r\ncontent-length: 16384\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.expect("head");
+    stream.write_all(&[5u8; 8192]).await.expect("half the body");
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueues_beyond_the_concurrency_bound_are_shed_with_503_before_their_bodies_are_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = Cluster::start(&["--max-concurrent-enqueues", "2"]).await;
+    let url = cluster.urls[0].clone();
+    let mut held = vec![half_sent_enqueue(&url).await, half_sent_enqueue(&url).await];
+    // Both slots are taken by bodies still arriving: a third enqueue is refused at once, even
+    // one whose body is over the limit (it is not read), and reads are still served.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for body in [vec![1u8; 16 << 10], vec![1u8; 2 << 20]] {
+        let response = cluster.http.put(format!("{url}/enqueue?iterations=1")).body(body).send().await.expect("send");
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "1");
+        let error: serde_json::Value = response.json().await.expect("JSON");
+        assert!(error["error"].as_str().is_some_and(|e| e.contains("retry")), "{error}");
+    }
+    assert!(cluster.client(0).pull_completed(5).await.is_ok(), "reads are not shed");
+    // The other coordinator has its own bound.
+    assert!(cluster.client(1).enqueue(vec![2u8; 16 << 10], 1, None).await.is_ok());
+    // The held enqueues finish and are acknowledged.
+    for stream in &mut held {
+        stream.write_all(&[5u8; 8192]).await.expect("the rest of the body");
+        let mut answer = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+            .await
+            .expect("answer")
+            .expect("read");
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("\"id\""), "{answer}");
+    }
+    // With the slots free again, an enqueue goes through.
+    assert!(cluster.client(0).enqueue(vec![3u8; 16 << 10], 1, None).await.is_ok());
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_enqueues_with_503_and_keeps_serving_the_rest() {
+    let cluster = Cluster::start(&["--max-queued", "3"]).await;
+    for i in 0..3u8 {
+        cluster.client(usize::from(i % 2)).enqueue(vec![i; 16 << 10], 1, None).await.expect("room in the queue");
+    }
+    for node in 0..2 {
+        match cluster.client(node).enqueue(vec![9u8; 16 << 10], 1, None).await {
+            Err(ClientError::Status { status: 503, retry_after: Some(1), error }) => {
+                assert!(error.contains("queue is full"), "{error}")
+            }
+            other => panic!("a fourth job on node {node}: {other:?}"),
+        }
+    }
+    // Everything else still works, and once the queue drains there is room again.
+    assert_eq!(cluster.client(1).job(3).await.expect("job 3").id, 3);
+    let registered: RegisterResponse = cluster
+        .worker_call(
+            0,
+            wire::worker::REGISTER,
+            &RegisterRequest { name: "w".into(), cores: 4, instance_id: None, witness: false, launch_token: None },
+        )
+        .await;
+    cluster.compute_all(registered.worker, 3, 0, 1).await;
+    assert_eq!(cluster.client(0).pull_completed(10).await.expect("pull").jobs.len(), 3);
+    assert!(cluster.client(1).enqueue(vec![9u8; 16 << 10], 1, None).await.is_ok());
+    cluster.stop().await;
+}

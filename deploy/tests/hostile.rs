@@ -136,3 +136,72 @@ async fn a_client_trickling_its_body_is_answered_408_and_enqueues_nothing() {
     }
     cluster.stop(Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_overload_every_enqueue_is_acknowledged_and_completed_or_refused_with_retry_after() {
+    // 48 clients without pause against coordinators that take 4 enqueues at once each: far
+    // beyond what they take, so most are shed.
+    const CLIENTS: usize = 48;
+    const LOAD: Duration = Duration::from_secs(4);
+    let dir = TempDir::new().expect("temp dir");
+    let mut options = common::options(&dir, 1);
+    options.coordinator_args.extend(["--max-concurrent-enqueues".into(), "4".into()]);
+    let mut cluster = deploy::local::LocalCluster::start(options).expect("start");
+    cluster.wait_ready(Duration::from_secs(60)).await.expect("cluster ready");
+    let pid = cluster.process("coordinator-1").pid().expect("coordinator 1 runs");
+    let before = resident_bytes(pid);
+    let urls = cluster.api_urls();
+    let deadline = Instant::now() + LOAD;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let client = wire::client::ApiClient::new(urls[c % 2].clone());
+            tokio::spawn(async move {
+                let (mut acked, mut shed, mut other) = (Vec::new(), 0usize, Vec::new());
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let body = format!("overload client {c} job {n}").into_bytes().repeat(512);
+                    let iterations = 1 + n % 7;
+                    match client.enqueue(body.clone(), iterations, None).await {
+                        Ok(id) => acked.push((id, common::reference_chain(&body, iterations))),
+                        Err(wire::client::ClientError::Status { status: 503, retry_after: Some(_), .. }) => shed += 1,
+                        Err(e) => other.push(e.to_string()),
+                    }
+                    n += 1;
+                }
+                (acked, shed, other)
+            })
+        })
+        .collect();
+    let mut peak = before;
+    while !clients.iter().all(|c| c.is_finished()) {
+        peak = peak.max(resident_bytes(pid));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut expected, mut shed, mut other) = (std::collections::BTreeMap::new(), 0, Vec::new());
+    for client in clients {
+        let (acked, refused, failed) = client.await.expect("client task");
+        expected.extend(acked);
+        shed += refused;
+        other.extend(failed);
+    }
+    println!(
+        "overload: {} acknowledged, {shed} shed with 503 + Retry-After, {} other; coordinator-1 resident \
+         {} MiB, peak growth {} MiB",
+        expected.len(),
+        other.len(),
+        before >> 20,
+        peak.saturating_sub(before) >> 20
+    );
+    assert!(other.is_empty(), "answers other than an id or a 503 with Retry-After: {other:?}");
+    assert!(shed > 0, "the load never passed the bound: nothing was shed");
+    assert!(!expected.is_empty(), "nothing was acknowledged");
+    assert!(peak.saturating_sub(before) < 64 << 20, "resident memory grew by {} MiB", (peak - before) >> 20);
+    // Every acknowledged job completes, with the right result.
+    let client = wire::client::ApiClient::new(urls[1].clone());
+    let ids = expected.keys().copied().collect();
+    let results = common::wait_for_results(&client, &ids, Duration::from_secs(120)).await;
+    for (id, result) in &expected {
+        assert_eq!(&results[id], result, "job {id}");
+    }
+    cluster.stop(Duration::from_secs(5));
+}
