@@ -332,6 +332,8 @@ pub async fn cluster(State(app): State<App>) -> Json<ClusterView> {
             requeued_total: totals.requeued,
             completed_retained: table.completed_len() as u64,
             last_completion_seq: table.last_completion_seq(),
+            max_queued: table.limits().max_queued,
+            completed_retention: table.limits().completed_retention,
         };
         let workers = table
             .workers()

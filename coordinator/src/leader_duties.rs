@@ -1,5 +1,5 @@
-//! What only the leader does, with its own clock: expire leases, drop silent workers, and keep
-//! the replicated limits equal to this coordinator's configuration.
+//! What only the leader does, with its own clock: expire leases, drop silent workers, and write
+//! this coordinator's configured limits once per configuration.
 //!
 //! A new leader first waits one lease period before expiring anything: leases granted (or
 //! extended) by its predecessor were stamped with the predecessor's clock, and a heartbeat may
@@ -55,6 +55,17 @@ pub async fn run(node: Node, config: DutyConfig, shutdown: CancellationToken) {
         let now = now_ms();
         // A reign is one term: leading again after losing it starts a new grace period.
         let (term, since) = *leading_since.get_or_insert_with(|| {
+            let (limits, mine) =
+                node.state_machine().read(|table| (table.limits(), table.limits_configured_by(node.id())));
+            if mine == Some(config.limits) && limits != config.limits {
+                tracing::warn!(
+                    node = node.id(),
+                    replicated = ?limits,
+                    configured = ?config.limits,
+                    "the cluster runs with limits another coordinator configured since this one did; \
+                     restart the coordinators with the same limits"
+                );
+            }
             tracing::info!(
                 node = node.id(),
                 term = now_leading.term,
@@ -79,11 +90,15 @@ async fn act(
     now: u64,
     past_grace: bool,
 ) -> Result<(), raft_store::ProposeError> {
-    let (limits, expired, silent) = node.state_machine().read(|table| {
-        (table.limits(), table.any_lease_expired(now), table.silent_workers(now, config.worker_timeout_ms))
+    let (configured, expired, silent) = node.state_machine().read(|table| {
+        let configured = table.limits_configured_by(node.id());
+        (configured, table.any_lease_expired(now), table.silent_workers(now, config.worker_timeout_ms))
     });
-    if limits != config.limits {
-        node.propose_as_leader(term, Proposal::SetLimits(config.limits)).await?;
+    // This coordinator's limits, written once per configuration: not again at each of its
+    // terms when the other coordinator, configured otherwise, wrote its own since.
+    if configured != Some(config.limits) {
+        let limits = Proposal::ConfigureLimits { node: node.id(), limits: config.limits };
+        node.propose_as_leader(term, limits).await?;
     }
     if !past_grace {
         return Ok(());

@@ -39,6 +39,11 @@ impl Cluster {
 
     /// Start the cluster with `secret` as its cluster secret on every voter.
     async fn start_with_secret(extra: &[&str], secret: &str) -> Cluster {
+        Cluster::start_each([extra, extra], secret).await
+    }
+
+    /// Start the cluster with `extra[i]` given to coordinator `i + 1`.
+    async fn start_each(extra: [&[&str]; 2], secret: &str) -> Cluster {
         let dir = TempDir::new().expect("temp dir");
         let mut listeners = Vec::new();
         for _ in 0..3 {
@@ -65,7 +70,7 @@ impl Cluster {
             if i == 0 {
                 args.push("--initialize".into());
             }
-            args.extend(extra.iter().map(|s| s.to_string()));
+            args.extend(extra[i].iter().map(|s| s.to_string()));
             args.extend(["--cluster-secret".to_owned(), secret.to_owned()]);
             let config = Config::parse_from(args);
             tokio::spawn(coordinator::run(config, listener, shutdown.child_token()));
@@ -589,5 +594,38 @@ async fn a_full_queue_refuses_enqueues_with_503_and_keeps_serving_the_rest() {
     cluster.compute_all(registered.worker, 3, 0, 1).await;
     assert_eq!(cluster.client(0).pull_completed(10).await.expect("pull").jobs.len(), 3);
     assert!(cluster.client(1).enqueue(vec![9u8; 16 << 10], 1, None).await.is_ok());
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinators_configured_with_different_limits_do_not_overwrite_each_other_at_every_failover() {
+    let admin = ["--admin-token", "the-admin-token"];
+    let one = [&admin[..], &["--max-queued", "1000"]].concat();
+    let two = [&admin[..], &["--max-queued", "2000"]].concat();
+    let cluster = Cluster::start_each([&one, &two], TEST_SECRET).await;
+    let max_queued = |node: usize| {
+        let client = cluster.client(node);
+        async move { client.cluster().await.expect("cluster view").queue.max_queued }
+    };
+    let lead = |node: u64| {
+        let client = cluster.client(0);
+        async move {
+            match client.failover("the-admin-token", Some(node)).await {
+                Ok(answer) => assert_eq!(answer.leader, node),
+                Err(ClientError::Status { status: 409, error, .. }) if error.contains("already leads") => {}
+                Err(e) => panic!("failover to {node}: {e}"),
+            }
+        }
+    };
+    // Whoever leads first writes its limits; each coordinator, on leading, writes its own once.
+    lead(1).await;
+    wait_until(|| async { max_queued(0).await == 1000 && max_queued(1).await == 1000 }).await;
+    lead(2).await;
+    wait_until(|| async { max_queued(0).await == 2000 && max_queued(1).await == 2000 }).await;
+    // Coordinator 1 leads again: its configuration is the one it already wrote, so the newer one
+    // (coordinator 2's) holds, instead of flipping back at every change of leader.
+    lead(1).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await; // five of the leader's duty ticks
+    assert_eq!((max_queued(0).await, max_queued(1).await), (2000, 2000));
     cluster.stop().await;
 }

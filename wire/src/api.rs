@@ -137,6 +137,12 @@ pub struct QueueView {
     pub completed_retained: u64,
     /// The newest completion sequence number.
     pub last_completion_seq: u64,
+    /// The replicated limits the cluster runs with: jobs that may wait...
+    #[serde(default)]
+    pub max_queued: u64,
+    /// ...and results kept.
+    #[serde(default)]
+    pub completed_retention: u64,
 }
 
 /// One committed autoscaler decision in `GET /cluster`.

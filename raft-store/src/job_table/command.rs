@@ -175,10 +175,21 @@ pub enum Command {
         #[serde(default)]
         last_seen_ms: Option<u64>,
     },
-    /// Replace the table's limits.
+    /// Replace the table's limits (in logs written before [`Command::ConfigureLimits`]).
     SetLimits(Limits),
     /// Record an autoscaler decision.
     Scaler(ScalerCommand),
+    /// Coordinator `node`'s configured limits, proposed by it as leader when they differ from
+    /// the last it configured: they become the table's, and are recorded as `node`'s. So two
+    /// coordinators started with different limits do not overwrite each other at every change
+    /// of leader: each writes its limits once per configuration, and the newest configuration
+    /// holds.
+    ConfigureLimits {
+        /// The coordinator whose configuration these are.
+        node: u64,
+        /// Its limits.
+        limits: Limits,
+    },
 }
 
 impl std::fmt::Display for Command {
@@ -206,6 +217,7 @@ impl std::fmt::Display for Command {
             Command::RemoveWorker { worker, .. } => write!(f, "RemoveWorker({worker})"),
             Command::SetLimits(limits) => write!(f, "SetLimits({limits:?})"),
             Command::Scaler(decision) => write!(f, "Scaler({decision:?})"),
+            Command::ConfigureLimits { node, limits } => write!(f, "ConfigureLimits(node {node}: {limits:?})"),
         }
     }
 }

@@ -100,6 +100,9 @@ pub struct JobTable {
     /// Iterations still to compute over every waiting job.
     queued_iterations: u64,
     totals: Totals,
+    /// Each coordinator's limits as it last configured them ([`Command::ConfigureLimits`]).
+    #[serde(default)]
+    limits_configured: BTreeMap<u64, Limits>,
 }
 
 impl Default for JobTable {
@@ -128,7 +131,17 @@ impl JobTable {
             scaler: ScalerState::default(),
             queued_iterations: 0,
             totals: Totals::default(),
+            limits_configured: BTreeMap::new(),
         }
+    }
+
+    fn set_limits(&mut self, limits: Limits) -> CommandResponse {
+        if limits.completed_retention == 0 || limits.max_queued == 0 || limits.max_lease_batch == 0 {
+            return CommandResponse::Rejected(Rejection::InvalidLimits);
+        }
+        self.limits = limits;
+        self.enforce_retention();
+        CommandResponse::Done
     }
 
     /// Apply one committed command. Deterministic; never panics on any input.
@@ -192,13 +205,13 @@ impl JobTable {
                 }
                 CommandResponse::Requeued(held)
             }
-            Command::SetLimits(limits) => {
-                if limits.completed_retention == 0 || limits.max_queued == 0 || limits.max_lease_batch == 0 {
-                    return CommandResponse::Rejected(Rejection::InvalidLimits);
+            Command::SetLimits(limits) => self.set_limits(*limits),
+            Command::ConfigureLimits { node, limits } => {
+                let answer = self.set_limits(*limits);
+                if answer == CommandResponse::Done {
+                    self.limits_configured.insert(*node, *limits);
                 }
-                self.limits = *limits;
-                self.enforce_retention();
-                CommandResponse::Done
+                answer
             }
             Command::Scaler(decision) => self.apply_scaler(decision),
         }

@@ -111,6 +111,13 @@ pub enum Proposal {
     SetLimits(Limits),
     /// Record an autoscaler decision.
     Scaler(ScalerProposal),
+    /// Coordinator `node`'s configured limits (see [`Command::ConfigureLimits`]).
+    ConfigureLimits {
+        /// The coordinator whose configuration these are.
+        node: u64,
+        /// Its limits.
+        limits: Limits,
+    },
 }
 
 impl Proposal {
@@ -145,6 +152,7 @@ impl Proposal {
             Proposal::RemoveWorker { worker, last_seen_ms } => Command::RemoveWorker { worker, last_seen_ms },
             Proposal::SetLimits(limits) => Command::SetLimits(limits),
             Proposal::Scaler(decision) => Command::Scaler(decision.stamp(now_ms)),
+            Proposal::ConfigureLimits { node, limits } => Command::ConfigureLimits { node, limits },
         }
     }
 

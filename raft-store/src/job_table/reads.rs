@@ -137,6 +137,11 @@ impl JobTable {
         self.limits
     }
 
+    /// The limits coordinator `node` last configured, if it ever did.
+    pub fn limits_configured_by(&self, node: u64) -> Option<Limits> {
+        self.limits_configured.get(&node).copied()
+    }
+
     /// Running totals.
     pub fn totals(&self) -> Totals {
         self.totals

@@ -526,3 +526,18 @@ fn a_witness_replacement_runs_one_at_a_time_under_ids_never_handed_out_twice() {
         ["replace witness", "witness replacement failed", "replace witness", "witness replaced", "replace witness"]
     );
 }
+
+#[test]
+fn configured_limits_become_the_tables_and_are_recorded_per_coordinator() {
+    let mut table = JobTable::default();
+    let of = |max_queued| Limits { max_queued, ..Limits::default() };
+    assert_eq!(table.limits_configured_by(1), None);
+    let configure = |node, limits| Command::ConfigureLimits { node, limits };
+    assert_eq!(table.apply(&configure(1, of(10))), CommandResponse::Done);
+    assert_eq!(table.apply(&configure(2, of(20))), CommandResponse::Done);
+    assert_eq!(table.limits(), of(20), "the newest configuration holds");
+    assert_eq!((table.limits_configured_by(1), table.limits_configured_by(2)), (Some(of(10)), Some(of(20))));
+    // Invalid limits change nothing, not even the record.
+    assert_eq!(table.apply(&configure(1, of(0))), CommandResponse::Rejected(Rejection::InvalidLimits));
+    assert_eq!((table.limits(), table.limits_configured_by(1)), (of(20), Some(of(10))));
+}
