@@ -28,6 +28,12 @@ use wire::{SECRET_HEADER, secret_matches};
 
 use crate::App;
 
+/// The most cores a worker may declare: it is leased a job per free core.
+const MAX_CORES: u32 = 1024;
+/// The longest instance id or launch token a worker may give: both are kept in the replicated
+/// registry (an EC2 instance id has 19 characters, a launch token about 30).
+const MAX_ID_BYTES: usize = 128;
+
 /// A failure on a worker route, with the status the protocol gives it.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerRouteError {
@@ -118,8 +124,16 @@ fn unexpected(response: CommandResponse) -> WorkerRouteError {
 /// `POST /worker/register`
 pub async fn register(State(app): State<App>, body: Bytes) -> Result<Response, WorkerRouteError> {
     let request: RegisterRequest = decode(&body)?;
-    if request.cores == 0 || request.name.len() > 256 {
-        return Err(WorkerRouteError::BadRequest("cores must be positive and the name at most 256 bytes".into()));
+    let too_long = |field: &Option<String>| field.as_ref().is_some_and(|v| v.len() > MAX_ID_BYTES);
+    if request.cores == 0 || request.cores > MAX_CORES || request.name.len() > 256 {
+        return Err(WorkerRouteError::BadRequest(format!(
+            "cores must be 1 to {MAX_CORES} and the name at most 256 bytes"
+        )));
+    }
+    if too_long(&request.instance_id) || too_long(&request.launch_token) {
+        return Err(WorkerRouteError::BadRequest(format!(
+            "the instance id and the launch token must be at most {MAX_ID_BYTES} bytes"
+        )));
     }
     let command = Proposal::RegisterWorker {
         name: request.name,

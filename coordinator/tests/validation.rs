@@ -87,7 +87,37 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         .header("content-type", "multipart/form-data; boundary=zz")
         .body(Body::from("garbage"))
         .expect("a valid request");
+    let form = |parts: &[&str]| {
+        let mut body = String::new();
+        for (i, content) in parts.iter().enumerate() {
+            body.push_str(&format!(
+                "--zz\r\nContent-Disposition: form-data; name=\"f{i}\"; filename=\"f{i}\"\r\n\r\n{content}\r\n"
+            ));
+        }
+        body.push_str("--zz--\r\n");
+        Request::builder()
+            .method(Method::PUT)
+            .uri("/enqueue?iterations=1")
+            .header("content-type", "multipart/form-data; boundary=zz")
+            .body(Body::from(body))
+            .expect("a valid request")
+    };
+    let register = |name: String, cores: u32, instance_id: Option<String>, launch_token: Option<String>| {
+        let message = wire::worker::RegisterRequest { name, cores, instance_id, witness: false, launch_token };
+        with_secret(request(Method::POST, "/worker/register", rmp_serde::to_vec_named(&message).expect("encode")))
+    };
+    let heartbeat = wire::worker::HeartbeatRequest { worker: 4242, progress: vec![], hashes_per_s: 0 };
+    let heartbeat = rmp_serde::to_vec_named(&heartbeat).expect("encode");
     let cases: Vec<(Request<Body>, u16, &str)> = vec![
+        (form(&[]), 400, "no part"),
+        (form(&["first part", "second part"]), 400, "exactly one part"),
+        (request(Method::GET, "/jobs/99999999999999999999999", Body::empty()), 400, "positive integer"),
+        (register("w".into(), 0, None, None), 400, ""),
+        (register("w".into(), 1_000_000, None, None), 400, ""),
+        (register("w".repeat(300), 1, None, None), 400, ""),
+        (register("w".into(), 1, Some("i".repeat(10_000)), None), 400, ""),
+        (register("w".into(), 1, None, Some("t".repeat(10_000))), 400, ""),
+        (with_secret(request(Method::POST, "/worker/heartbeat", heartbeat)), 410, ""),
         (request(Method::PUT, "/enqueue", x20()), 400, "iterations is required"),
         (request(Method::PUT, "/enqueue?iterations=abc", x20()), 400, "non-negative integer"),
         (request(Method::PUT, "/enqueue?iterations=-1", x20()), 400, "non-negative integer"),
