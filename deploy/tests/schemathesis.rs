@@ -9,11 +9,13 @@
 //! and `TANDEM_REQUIRE_SCHEMATHESIS`; without either, the test looks on PATH and in
 //! `target/schemathesis-venv`, and is skipped when it finds none (unless required, or in CI).
 //!
-//! The cluster runs without an admin token, so every admin route (failover, voter replacement,
-//! worker drain and resume) answers 401 before reading anything: the fuzzer cannot move
-//! leadership, change the membership or drain the worker the vectors need, and the 401 answers
-//! are still checked against the document. The client API is open (no `--client-token`), so
-//! every client route is exercised past authentication.
+//! The cluster's admin token is not given to schemathesis, so every admin route (failover, voter
+//! replacement, worker drain and resume) answers it 401 before reading anything: the fuzzer
+//! cannot move leadership, change the membership or drain the workers the vectors need, and the
+//! 401 answers are still checked against the document. The test itself uses the token to drain
+//! the workers while schemathesis runs (the jobs it enqueues wait instead of taking both cores
+//! from the coordinators under test) and to resume them after. The client API is open (no
+//! `--client-token`), so every client route is exercised past authentication.
 
 mod common;
 
@@ -23,15 +25,16 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{body, vectors, wait_for_results};
-use deploy::local::LocalCluster;
+use deploy::local::{LocalCluster, random_token};
 use tempfile::TempDir;
 use wire::api::JobState;
 use wire::client::ApiClient;
 
 const TEST_NAME: &str = "schemathesis_finds_no_server_error_and_the_cluster_still_computes_the_vectors";
-/// Generated test cases per operation and coordinator: 13 operations, each with a few requests
-/// of its own (coverage phase, methods not listed) beyond these, on two coordinators.
-const MAX_EXAMPLES: &str = "50";
+/// Generated test cases per operation and coordinator: 12 operations (schemathesis leaves out
+/// `GET /openapi.json`, the document it reads), on two coordinators, about 1,300 cases in all
+/// (the coverage phase's boundary cases and the methods a route lacks come on top).
+const MAX_EXAMPLES: &str = "60";
 /// The least number of requests the two runs together must make.
 const MIN_REQUESTS: usize = 1_000;
 /// A run that takes longer than this is killed and fails the test.
@@ -57,14 +60,16 @@ fn find_schemathesis() -> Option<PathBuf> {
     on_path.chain([venv]).find(|path| path.is_file())
 }
 
-/// One schemathesis run against `url`: the requests it made (entries of its HAR log) and its
-/// output. Fails the test if it reports a failure or does not finish within [`RUN_TIMEOUT`].
-fn run_schemathesis(schemathesis: &Path, url: &str, work: &Path, seed: u64) -> (usize, String) {
+/// One schemathesis run against `url`: the requests it made (entries of its HAR log), or its
+/// output if it reports a failure. Fails the test if it does not finish within [`RUN_TIMEOUT`].
+fn run_schemathesis(schemathesis: &Path, url: &str, work: &Path, seed: u64) -> Result<usize, String> {
     let har = work.join(format!("requests-{seed}.har"));
+    // One worker: with several threads, Python 3.11's parser (hypothesis describes its filters
+    // from their source) fails now and then with "AST constructor recursion depth mismatch".
     let mut child = Command::new(schemathesis)
         .current_dir(work)
         .args(["run", &format!("{url}/openapi.json"), "--checks", CHECKS, "--max-examples", MAX_EXAMPLES])
-        .args(["--seed", &seed.to_string(), "--workers", "2", "--request-timeout", "20", "--no-color"])
+        .args(["--seed", &seed.to_string(), "--workers", "1", "--request-timeout", "20", "--no-color"])
         .args(["--generation-database", "none", "--suppress-health-check", "all"])
         .args(["--report", "har", "--report-har-path"])
         .arg(&har)
@@ -93,11 +98,25 @@ fn run_schemathesis(schemathesis: &Path, url: &str, work: &Path, seed: u64) -> (
     };
     let output = format!("{}\n{}", out.join().expect("the stdout reader"), err.join().expect("the stderr reader"));
     println!("schemathesis against {url}:\n{output}");
-    assert!(status.success(), "schemathesis against {url} found failures ({status}):\n{output}");
+    if !status.success() {
+        return Err(format!("schemathesis against {url} found failures ({status}):\n{output}"));
+    }
     let log: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&har).expect("the HAR report")).expect("the HAR report is JSON");
-    let requests = log["log"]["entries"].as_array().expect("HAR entries").len();
-    (requests, output)
+    Ok(log["log"]["entries"].as_array().expect("HAR entries").len())
+}
+
+/// What the voters logged at WARN and above (elections, commits that timed out), for a failure.
+fn voter_warnings(cluster: &LocalCluster) -> String {
+    let mut found = String::new();
+    for name in ["coordinator-1", "coordinator-2", "witness"] {
+        let log = std::fs::read_to_string(cluster.log_path(name)).unwrap_or_default();
+        let lines: Vec<&str> =
+            log.lines().filter(|line| [" WARN ", " ERROR "].iter().any(|level| line.contains(level))).collect();
+        found += &format!("\n{name}: {} warnings, the last:\n", lines.len());
+        found += &lines[lines.len().saturating_sub(15)..].join("\n");
+    }
+    found
 }
 
 /// No process of the cluster (coordinators, witness, workers) has exited.
@@ -123,19 +142,28 @@ async fn schemathesis_finds_no_server_error_and_the_cluster_still_computes_the_v
     let dir = TempDir::new().expect("temp dir");
     let mut options = common::options(&dir, 1);
     options.coordinator_args.extend(["--max-iterations".to_owned(), MAX_ITERATIONS.to_owned()]);
-    assert!(options.admin_token.is_none(), "the admin routes must stay disabled (see the module's comment)");
+    let admin_token = random_token().expect("an admin token");
+    options.admin_token = Some(admin_token.clone());
     let mut cluster = LocalCluster::start(options).expect("start the local cluster");
     cluster.wait_ready(Duration::from_secs(60)).await.expect("cluster ready");
+    cluster.wait_workers(Duration::from_secs(60)).await.expect("workers registered");
     let urls = cluster.api_urls();
+    let client = ApiClient::new(urls[0].clone());
+    let workers: Vec<u64> = client.cluster().await.expect("cluster").workers.iter().map(|w| w.id).collect();
+    for &worker in &workers {
+        client.set_worker_draining(&admin_token, worker, true).await.expect("drain a worker");
+    }
     let work = TempDir::new().expect("schemathesis's directory");
 
     let started = Instant::now();
     let mut requests = 0;
     for (seed, url) in (1..).zip(&urls) {
         let (schemathesis, url, work) = (schemathesis.clone(), url.clone(), work.path().to_owned());
-        let (made, _) =
-            tokio::task::spawn_blocking(move || run_schemathesis(&schemathesis, &url, &work, seed)).await.expect("run");
-        requests += made;
+        let run = tokio::task::spawn_blocking(move || run_schemathesis(&schemathesis, &url, &work, seed));
+        match run.await.expect("run") {
+            Ok(made) => requests += made,
+            Err(failures) => panic!("{failures}\nThe voters' warnings:{}", voter_warnings(&cluster)),
+        }
     }
     let took = started.elapsed();
     println!("{TEST_NAME}: schemathesis made {requests} requests in {took:?}");
@@ -145,7 +173,9 @@ async fn schemathesis_finds_no_server_error_and_the_cluster_still_computes_the_v
     cluster.wait_ready(Duration::from_secs(30)).await.expect("the cluster is still ready");
 
     // The cluster still computes correct results, whatever the fuzzer enqueued before them.
-    let client = ApiClient::new(urls[0].clone());
+    for &worker in &workers {
+        client.set_worker_draining(&admin_token, worker, false).await.expect("resume a worker");
+    }
     let other = ApiClient::new(urls[1].clone());
     let mut expected = BTreeMap::new();
     for case in vectors() {
@@ -153,7 +183,7 @@ async fn schemathesis_finds_no_server_error_and_the_cluster_still_computes_the_v
         expected.insert(id, case.result_hex);
     }
     let ids: BTreeSet<u64> = expected.keys().copied().collect();
-    let results = wait_for_results(&other, &ids, Duration::from_secs(120)).await;
+    let results = wait_for_results(&other, &ids, Duration::from_secs(150)).await;
     for (id, want) in &expected {
         assert_eq!(&results[id], want, "job {id}");
         let view = client.job(*id).await.expect("job");
