@@ -127,6 +127,23 @@ fn authorize(app: &App, headers: &HeaderMap) -> Result<(), AdminError> {
 }
 
 /// `POST /admin/failover[?to=ID]`
+#[utoipa::path(
+    post,
+    path = "/admin/failover",
+    tag = "admin",
+    summary = "Move leadership",
+    description = "Moves leadership to the other coordinator, or to `to`, once the target is a caught-up, recently heard-from coordinator. A follower asks the leader.",
+    params(("to" = Option<u64>, Query, description = "The node id to hand leadership to.")),
+    responses(
+        (status = 200, description = "Who led before and who leads now.", body = wire::api::FailoverResponse),
+        (status = 400, description = "`to` is not a node id, or the query string is malformed.", body = wire::api::ErrorBody),
+        (status = 401, description = "No `--admin-token` is configured (the admin routes are disabled), or the `Authorization: Bearer` token is missing or wrong.", body = wire::api::ErrorBody),
+        (status = 408, description = "The request, its body's upload included, took longer than the admin request timeout (long enough for a voter replacement to catch up).", body = wire::api::ErrorBody),
+        (status = 409, description = "No eligible target (not a coordinator, not caught up, not heard from recently).", body = wire::api::ErrorBody),
+        (status = 503, description = "No leader right now, or leadership moved meanwhile. Retry after the `Retry-After` delay.", body = wire::api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn failover(
     State(app): State<App>,
     params: Result<Query<HashMap<String, String>>, QueryRejection>,
@@ -148,6 +165,23 @@ pub async fn failover(
 }
 
 /// `POST /admin/members/replace` with a [`ReplaceMemberRequest`].
+#[utoipa::path(
+    post,
+    path = "/admin/members/replace",
+    tag = "admin",
+    summary = "Replace a voter",
+    description = "Replaces voter `remove` (lost with its disk, or about to be shut down) by the new node `add`, already running with an empty data directory at `addr`; answers once the new node caught up and the membership changed. A follower asks the leader.",
+    request_body(content = wire::api::ReplaceMemberRequest, content_type = "application/json", description = "At most 16 KiB."),
+    responses(
+        (status = 200, description = "The voters now.", body = wire::api::ReplaceMemberResponse),
+        (status = 400, description = "The body is not the JSON object described (or larger than 16 KiB), `role` is neither `coordinator` nor `witness`, or `addr` is not `HOST:PORT`.", body = wire::api::ErrorBody),
+        (status = 401, description = "No `--admin-token` is configured (the admin routes are disabled), or the `Authorization: Bearer` token is missing or wrong.", body = wire::api::ErrorBody),
+        (status = 408, description = "The request, its body's upload included, took longer than the admin request timeout (long enough for a voter replacement to catch up).", body = wire::api::ErrorBody),
+        (status = 409, description = "The cluster refuses the change as asked (an unknown or reused id, a role mismatch, the new node did not catch up).", body = wire::api::ErrorBody),
+        (status = 503, description = "No leader with a quorum right now, or leadership moved meanwhile. Retry after the `Retry-After` delay.", body = wire::api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn replace_member(
     State(app): State<App>,
     body: Result<Json<ReplaceMemberRequest>, JsonRejection>,
@@ -176,6 +210,23 @@ pub async fn replace_member(
 
 /// `POST /admin/workers/{id}/drain`: the worker hands its jobs back (with their checkpoints) at
 /// its next heartbeat and takes no new ones until resumed. It stays registered and running.
+#[utoipa::path(
+    post,
+    path = "/admin/workers/{id}/drain",
+    tag = "admin",
+    summary = "Drain a worker",
+    description = "The worker hands its jobs back (with their checkpoints) at its next heartbeat and takes no new ones until resumed.",
+    params(("id" = u64, Path, description = "The worker's registry id (`GET /cluster`).")),
+    responses(
+        (status = 200, description = "The worker's state now.", body = wire::api::WorkerStateResponse),
+        (status = 400, description = "The id is not a non-negative integer.", body = wire::api::ErrorBody),
+        (status = 401, description = "No `--admin-token` is configured (the admin routes are disabled), or the `Authorization: Bearer` token is missing or wrong.", body = wire::api::ErrorBody),
+        (status = 404, description = "No such worker is registered.", body = wire::api::ErrorBody),
+        (status = 408, description = "The request, its body's upload included, took longer than the admin request timeout (long enough for a voter replacement to catch up).", body = wire::api::ErrorBody),
+        (status = 503, description = "No leader with a quorum committed the change in time (repeating it is safe). Retry after the `Retry-After` delay.", body = wire::api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn drain_worker(
     State(app): State<App>,
     id: Result<Path<u64>, PathRejection>,
@@ -184,6 +235,23 @@ pub async fn drain_worker(
 }
 
 /// `POST /admin/workers/{id}/resume`: a drained worker takes work again.
+#[utoipa::path(
+    post,
+    path = "/admin/workers/{id}/resume",
+    tag = "admin",
+    summary = "Resume a worker",
+    description = "A drained worker takes work again.",
+    params(("id" = u64, Path, description = "The worker's registry id (`GET /cluster`).")),
+    responses(
+        (status = 200, description = "The worker's state now.", body = wire::api::WorkerStateResponse),
+        (status = 400, description = "The id is not a non-negative integer.", body = wire::api::ErrorBody),
+        (status = 401, description = "No `--admin-token` is configured (the admin routes are disabled), or the `Authorization: Bearer` token is missing or wrong.", body = wire::api::ErrorBody),
+        (status = 404, description = "No such worker is registered.", body = wire::api::ErrorBody),
+        (status = 408, description = "The request, its body's upload included, took longer than the admin request timeout (long enough for a voter replacement to catch up).", body = wire::api::ErrorBody),
+        (status = 503, description = "No leader with a quorum committed the change in time (repeating it is safe). Retry after the `Retry-After` delay.", body = wire::api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn resume_worker(
     State(app): State<App>,
     id: Result<Path<u64>, PathRejection>,

@@ -124,6 +124,34 @@ pub async fn enqueue_shed(_: tower::BoxError) -> ApiError {
 }
 
 /// `PUT /enqueue?iterations=N`
+#[utoipa::path(
+    put,
+    path = "/enqueue",
+    tag = "client",
+    summary = "Enqueue a job",
+    description = "Creates a job: the SHA-512 chain of the body, `iterations` times. The body is the raw bytes (`application/octet-stream`, or any content type but multipart) or the one part of a `multipart/form-data` form. With an `Idempotency-Key`, a repeated request (same key, body and iterations) answers the first job's id instead of creating another.",
+    params(
+        ("iterations" = u64, Query, description = "How many times to apply SHA-512: 1 to `--max-iterations`."),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: visible ASCII, surrounding spaces trimmed."),
+    ),
+    request_body(
+        description = "The job's bytes: not empty, at most `--max-body-bytes`.",
+        content(
+            (inline(crate::openapi::JobBytes) = "application/octet-stream"),
+            (inline(crate::openapi::EnqueueForm) = "multipart/form-data"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "The job exists (created now, or earlier with this Idempotency-Key).", body = wire::api::EnqueueResponse),
+        (status = 400, description = "`iterations` missing, not an integer or out of bounds; the body empty; a malformed multipart form or one without exactly one part; a malformed Idempotency-Key.", body = wire::api::ErrorBody),
+        (status = 401, description = "Only with `--client-token`: the `Authorization: Bearer` token is missing or wrong (refused before the body is read).", body = wire::api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 408, description = "The request, its body's upload included, took longer than `--client-request-timeout-ms`.", body = wire::api::ErrorBody),
+        (status = 413, description = "The body is larger than `--max-body-bytes`.", body = wire::api::ErrorBody),
+        (status = 422, description = "The Idempotency-Key was first used for another body or iterations.", body = wire::api::ErrorBody),
+        (status = 503, description = "The queue holds `--max-queued` jobs, or no leader with a quorum committed the job in time (the write may or may not have been committed: retry with the same Idempotency-Key). Retry after the `Retry-After` delay.", body = wire::api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+    security((), ("client_token" = [])),
+)]
 pub async fn enqueue(
     State(app): State<App>,
     params: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
@@ -196,6 +224,25 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// `POST /pullCompleted?top=N[&after=SEQ]`
+#[utoipa::path(
+    post,
+    path = "/pullCompleted",
+    tag = "client",
+    summary = "Completed results",
+    description = "With `top` alone: the `top` newest completed jobs, newest first. With `after`: up to `top` jobs completed after that completion sequence number, oldest first; pass the answer's `cursor` as the next `after` to walk every result with no gap and no repeat. A linearizable read.",
+    params(
+        ("top" = Option<u64>, Query, description = "How many jobs at most."),
+        ("after" = Option<u64>, Query, description = "A completion sequence number (a previous answer's `cursor`; 0 for the beginning)."),
+    ),
+    responses(
+        (status = 200, description = "A page of completed jobs.", body = wire::api::PullResponse),
+        (status = 400, description = "`top` or `after` not an integer, or `top` out of bounds.", body = wire::api::ErrorBody),
+        (status = 401, description = "Only with `--client-token`: the `Authorization: Bearer` token is missing or wrong (refused before the body is read).", body = wire::api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 408, description = "The request, its body's upload included, took longer than `--client-request-timeout-ms`.", body = wire::api::ErrorBody),
+        (status = 503, description = "No leader confirmed the read in time. Retry after the `Retry-After` delay.", body = wire::api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+    security((), ("client_token" = [])),
+)]
 pub async fn pull_completed(
     State(app): State<App>,
     params: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
@@ -227,6 +274,23 @@ pub async fn pull_completed(
 }
 
 /// `GET /jobs/{id}`
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}",
+    tag = "client",
+    summary = "A job's state",
+    description = "Queued, running (with its worker and progress) or completed (with its result), as a linearizable read.",
+    params(("id" = u64, Path, description = "The job's id, as `PUT /enqueue` answered it.")),
+    responses(
+        (status = 200, description = "The job.", body = wire::api::JobView),
+        (status = 400, description = "The id is not a non-negative integer.", body = wire::api::ErrorBody),
+        (status = 401, description = "Only with `--client-token`: the `Authorization: Bearer` token is missing or wrong (refused before the body is read).", body = wire::api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "No such job, or it completed so long ago that its result left retention.", body = wire::api::ErrorBody),
+        (status = 408, description = "The request, its body's upload included, took longer than `--client-request-timeout-ms`.", body = wire::api::ErrorBody),
+        (status = 503, description = "No leader confirmed the read in time. Retry after the `Retry-After` delay.", body = wire::api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+    security((), ("client_token" = [])),
+)]
 pub async fn job(
     State(app): State<App>,
     id: Result<Path<u64>, axum::extract::rejection::PathRejection>,
@@ -280,6 +344,14 @@ pub async fn job(
 
 /// `GET /cluster`: this node's view of the voters (each other voter's own status as it answered
 /// a probe at most 100 ms ago), the queue, the workers and the autoscaler's decisions.
+#[utoipa::path(
+    get,
+    path = "/cluster",
+    tag = "status",
+    summary = "Cluster status",
+    description = "This node's view of the voters, the queue, the workers and the autoscaler. Open: no job data.",
+    responses((status = 200, description = "The cluster as this node sees it.", body = wire::api::ClusterView)),
+)]
 pub async fn cluster(State(app): State<App>) -> Json<ClusterView> {
     // Probe first, then read this node's own state, so that the answer is of one moment (the
     // probes can wait for a round under way); probe again if the membership changed meanwhile.
@@ -407,16 +479,41 @@ fn scaler_view(
 }
 
 /// `GET /`: the status page, one self-contained HTML file that polls `/cluster`.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "status",
+    summary = "Status page",
+    description = "A self-contained HTML page that polls `/cluster`.",
+    responses((status = 200, description = "The page.", content_type = "text/html", body = String)),
+)]
 pub async fn status_page() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("status_page.html"))
 }
 
 /// `GET /healthz`: the process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "status",
+    summary = "Liveness",
+    responses((status = 200, description = "The process is up: `{\"status\": \"ok\"}`.", body = crate::openapi::Health)),
+)]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
 /// `GET /readyz`: this node can serve linearizable reads (and so forward writes) right now.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "status",
+    summary = "Readiness",
+    responses(
+        (status = 200, description = "A leader confirmed a linearizable read within 1 s: `{\"status\": \"ready\"}`.", body = crate::openapi::Health),
+        (status = 503, description = "No leader confirmed a read within 1 s. Retry after the `Retry-After` delay.", body = wire::api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 pub async fn readyz(State(app): State<App>) -> Response {
     match tokio::time::timeout(Duration::from_secs(1), app.node.read_barrier()).await {
         Ok(Ok(())) => Json(serde_json::json!({ "status": "ready" })).into_response(),
@@ -439,6 +536,13 @@ pub async fn method_not_allowed() -> Response {
 }
 
 /// `GET /metrics`: the Prometheus exposition.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "status",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "The Prometheus text exposition.", content_type = "text/plain", body = String)),
+)]
 pub async fn metrics(State(app): State<App>) -> Response {
     raft_store::raft_metrics::collect_process();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render()).into_response()

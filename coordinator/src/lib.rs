@@ -18,6 +18,7 @@ pub mod config;
 pub mod enqueue_batcher;
 pub mod leader_duties;
 pub mod metrics;
+pub mod openapi;
 pub mod scaler;
 pub mod voter_probes;
 pub mod witness_care;
@@ -119,6 +120,7 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
+        .route("/openapi.json", get(openapi::document))
         .merge(client)
         .merge(admin)
         .merge(workers)

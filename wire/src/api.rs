@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// `PUT /enqueue` answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct EnqueueResponse {
     /// The new job's id (or the first job's, for a repeated idempotency key).
@@ -10,6 +11,7 @@ pub struct EnqueueResponse {
 }
 
 /// One completed job in `POST /pullCompleted`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct CompletedJob {
     /// The job's id.
@@ -17,6 +19,7 @@ pub struct CompletedJob {
     /// Its completion sequence number: the cursor position of this result.
     pub seq: u64,
     /// The chain's result, 128 lowercase hex characters.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9a-f]{128}$"))]
     pub result: String,
     /// Iterations computed.
     pub iterations: u64,
@@ -27,6 +30,7 @@ pub struct CompletedJob {
 }
 
 /// `POST /pullCompleted` answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct PullResponse {
     /// Newest first with `top` alone; oldest first with `after`.
@@ -43,6 +47,7 @@ pub struct PullResponse {
 }
 
 /// Where a job is.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
@@ -55,6 +60,7 @@ pub enum JobState {
 }
 
 /// `GET /jobs/{id}` answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct JobView {
     /// The job's id.
@@ -66,6 +72,7 @@ pub struct JobView {
     /// Iterations done as of the last checkpoint (all of them once completed).
     pub iterations_done: u64,
     /// The result, once completed.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9a-f]{128}$"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<String>,
     /// The worker holding it, while running.
@@ -85,6 +92,7 @@ pub struct JobView {
 }
 
 /// One voter in `GET /cluster`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct VoterView {
     /// Its node id.
@@ -117,6 +125,7 @@ pub struct VoterView {
 }
 
 /// Queue figures in `GET /cluster` (the replicated state as the answering node holds it).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct QueueView {
     /// Jobs waiting.
@@ -146,6 +155,7 @@ pub struct QueueView {
 }
 
 /// One committed autoscaler decision in `GET /cluster`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ScalerDecisionView {
     /// When it was decided (ms since the Unix epoch).
@@ -160,6 +170,7 @@ pub struct ScalerDecisionView {
 }
 
 /// The autoscaler's state in `GET /cluster`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct ScalerView {
     /// Where workers come from: "off", "local" or "ec2".
@@ -197,6 +208,7 @@ pub struct ScalerView {
 }
 
 /// `GET /cluster` answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ClusterView {
     /// The answering node's id.
@@ -234,6 +246,7 @@ pub struct ClusterView {
 }
 
 /// One registered worker in `GET /cluster`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct WorkerView {
     /// Its registry id.
@@ -260,6 +273,7 @@ pub struct WorkerView {
 }
 
 /// `POST /admin/failover` answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct FailoverResponse {
     /// Who led before.
@@ -272,6 +286,7 @@ pub struct FailoverResponse {
 
 /// `POST /admin/members/replace` request: replace voter `remove` (lost, or about to be shut
 /// down) by the new node `add`, already running with an empty data directory at `addr`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ReplaceMemberRequest {
@@ -280,13 +295,16 @@ pub struct ReplaceMemberRequest {
     /// The new node's id: never used before, higher than every id in the membership.
     pub add: u64,
     /// `coordinator` or `witness`, as the removed voter was.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(coordinator|witness)$"))]
     pub role: String,
     /// The new node's `host:port` (its API and Raft address for a coordinator, its Raft address
     /// for a witness).
+    #[cfg_attr(feature = "openapi", schema(pattern = "^.+:[0-9]{1,5}$"))]
     pub addr: String,
 }
 
 /// `POST /admin/members/replace` answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct ReplaceMemberResponse {
     /// The voters now.
@@ -296,15 +314,18 @@ pub struct ReplaceMemberResponse {
 }
 
 /// `POST /admin/workers/{id}/drain` and `/resume` answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct WorkerStateResponse {
     /// The worker.
     pub worker: u64,
     /// Its state now: "draining" or "active".
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(draining|active)$"))]
     pub state: String,
 }
 
 /// Every error's body.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ErrorBody {
     /// What went wrong, for a human.
