@@ -6,6 +6,8 @@
 //! The `process_cpu_seconds_total` every process serves counts whole seconds (metrics counters
 //! are integers): right for Prometheus's long windows, too coarse for a 4 s round. So the CPU of
 //! a process the bench did not start (`--url`) is not reported.
+//!
+//! A local process's resident memory is read from `/proc/<pid>/statm` too (for `soak`).
 
 use nix::sys::resource::{UsageWho, getrusage};
 
@@ -96,6 +98,12 @@ fn cpu_seconds_of(pid: u32) -> Option<f64> {
     Some((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
 }
 
+/// Resident memory of process `pid` now, in bytes (`/proc/<pid>/statm`).
+pub fn rss_bytes_of(pid: u32) -> Option<u64> {
+    let statm = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?.statm().ok()?;
+    Some(statm.resident * procfs::page_size())
+}
+
 /// The value of the unlabelled sample `name` in a Prometheus exposition.
 fn counter_in(exposition: &str, name: &str) -> Option<f64> {
     exposition.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
@@ -124,6 +132,12 @@ mod tests {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
         }
         assert!(super::own_cpu_seconds() - before >= 0.05, "200 ms of spinning used no CPU time");
+    }
+
+    #[test]
+    fn a_process_resident_memory_is_read() {
+        let rss = super::rss_bytes_of(std::process::id()).expect("own statm");
+        assert!((1 << 20..1 << 40).contains(&rss), "resident memory read as {rss} bytes");
     }
 
     #[test]

@@ -28,7 +28,8 @@ struct Cli {
     /// Write the report as JSON here.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
-    /// Write an SVG here: latency over time (for `autoscale`, the fleet over time).
+    /// Write an SVG here: latency over time (for `autoscale`, the fleet over time; for `soak`,
+    /// memory, latency and throughput over time).
     #[arg(long, global = true)]
     plot: Option<PathBuf>,
 }
@@ -46,6 +47,9 @@ enum Scenario {
     Failover(scenario::failover::FailoverArgs),
     /// Many simulated workers long-polling one cluster: connected workers, leases/s, latency.
     Workers(scenario::workers::WorkersArgs),
+    /// A steady open-loop load at a share of the sustainable rate for M minutes: resident memory
+    /// and latency over time, and whether memory levels off.
+    Soak(scenario::soak::SoakArgs),
     /// Tandem's autoscaling policy against two baselines on load traces, in simulated time (no
     /// cluster): latency, instance-minutes, launches, busy workers killed.
     Autoscale(scenario::autoscale::AutoscaleArgs),
@@ -87,6 +91,7 @@ async fn run_against_cluster(which: &Scenario, quick: bool) -> anyhow::Result<re
         Scenario::Compute(args) => scenario::compute::run(args, quick).await,
         Scenario::Failover(args) => scenario::failover::run(args, quick).await,
         Scenario::Workers(args) => scenario::workers::run(args, quick).await,
+        Scenario::Soak(args) => scenario::soak::run(args, quick).await,
         Scenario::Autoscale(_) => anyhow::bail!("autoscale runs in simulated time, against no cluster"),
     }
 }

@@ -99,3 +99,30 @@ fn failover_by_hand_over_quick_loses_nothing() {
     }
     assert!(report["figures"]["max_gap_s"].as_f64().expect("gap") > 0.0);
 }
+
+#[test]
+fn soak_quick_samples_memory_and_latency_and_checks_every_result() {
+    let report = bench(&["soak", "--completed-retention", "100000"]);
+    let figures = &report["figures"];
+    assert!(figures["sustainable_jobs_per_s"].as_f64().expect("rate") > 0.0);
+    let acknowledged = figures["acknowledged"].as_u64().expect("acknowledged");
+    assert!(acknowledged > 0);
+    assert_eq!(figures["checked"], acknowledged);
+    assert_eq!(figures["wrong"], 0);
+    assert_eq!(figures["lost"], 0);
+    // A sample a second: every voter's memory and the bench's, latency, the queue.
+    let samples = report["detail"]["samples"].as_array().expect("samples");
+    assert!(samples.len() >= 3, "{} samples", samples.len());
+    for sample in samples {
+        for name in ["coordinator-1", "coordinator-2", "witness", "bench"] {
+            assert!(sample["rss_mib"][name].as_f64().is_some_and(|mib| mib > 1.0), "no RSS for {name}: {sample}");
+        }
+        assert!(sample["queued"].as_u64().is_some(), "{sample}");
+    }
+    assert!(samples.iter().any(|s| s["enqueue"]["count"].as_u64() > Some(0)));
+    assert!(samples.iter().any(|s| s["completion"]["count"].as_u64() > Some(0)));
+    for voter in ["coordinator-1", "coordinator-2", "witness"] {
+        assert!(figures["rss_mib_by_third"][voter]["growth_mib_per_10min"].as_f64().is_some(), "{figures}");
+    }
+    assert!(figures["memory_levels_off"].is_boolean());
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
+use wire::client::ApiClient;
 
 use crate::reference::{chain, hex, median, plain_loop_rate_median, plain_loop_rates_parallel};
 use crate::report::Report;
@@ -48,10 +49,57 @@ pub struct FlowArgs {
 }
 
 /// Job `n`'s body: deterministic, so it need not be kept for the check.
-fn body(n: u64, size: usize) -> Vec<u8> {
+pub fn body(n: u64, size: usize) -> Vec<u8> {
     let mut body = vec![(n % 251) as u8; size.max(8)];
     body[..8].copy_from_slice(&n.to_le_bytes());
     body
+}
+
+/// The result job `n` (a body of `size` bytes, `iterations`) must have, from the bench's own chain.
+pub fn expected_result(n: u64, size: usize, iterations: u64) -> String {
+    hex(&chain(&body(n, size), iterations))
+}
+
+/// What one step of a [`Follower`] saw.
+pub enum Page {
+    /// Results after the cursor, oldest first; `full` when more may be waiting right away.
+    Results { jobs: Vec<wire::api::CompletedJob>, full: bool },
+    /// Nothing new (or the coordinator asked did not answer).
+    Nothing,
+    /// Retention dropped this many results before they were read.
+    Skipped(u64),
+}
+
+/// Follows the completions with a `pullCompleted` cursor, alternating coordinators.
+#[derive(Default)]
+pub struct Follower {
+    cursor: u64,
+    reader: usize,
+}
+
+impl Follower {
+    /// The next page of results from one of `clients`.
+    pub async fn next(&mut self, clients: &[ApiClient]) -> Page {
+        let client = &clients[self.reader % clients.len()];
+        self.reader += 1;
+        match client.pull_after(self.cursor, PAGE as u64).await {
+            Ok(page) if page.skipped > 0 => Page::Skipped(page.skipped),
+            Ok(page) if !page.jobs.is_empty() => {
+                self.cursor = page.cursor;
+                let full = page.jobs.len() >= PAGE;
+                Page::Results { jobs: page.jobs, full }
+            }
+            _ => Page::Nothing,
+        }
+    }
+}
+
+/// The failure when retention dropped `skipped` results before the bench read them.
+pub fn skipped_failure(skipped: u64) -> String {
+    format!(
+        "the cluster's retention dropped {skipped} results before the bench read them: \
+         run it with a larger --completed-retention"
+    )
 }
 
 /// Run `flow`.
@@ -105,10 +153,9 @@ pub async fn run(args: &FlowArgs, quick: bool) -> anyhow::Result<Report> {
     }
     // Follow the completions with a cursor, alternating coordinators.
     let mut visible: HashMap<u64, (String, Instant)> = HashMap::new();
-    let mut cursor = 0;
+    let mut follower = Follower::default();
     let mut latencies = Latencies::default();
     let give_up = started + Duration::from_secs(args.timeout_s);
-    let mut reader = 0;
     let progress = crate::report::progress_bar(jobs, "results visible");
     while (visible.len() as u64) < jobs {
         progress.set_position(visible.len() as u64);
@@ -120,33 +167,25 @@ pub async fn run(args: &FlowArgs, quick: bool) -> anyhow::Result<Report> {
             ));
             break;
         }
-        let client = &target.clients[reader % target.clients.len()];
-        reader += 1;
-        match client.pull_after(cursor, PAGE as u64).await {
-            Ok(page) if page.skipped > 0 => {
-                report.failures.push(format!(
-                    "the cluster's retention dropped {} results before the bench read them: \
-                     run it with a larger --completed-retention",
-                    page.skipped
-                ));
+        match follower.next(&target.clients).await {
+            Page::Skipped(skipped) => {
+                report.failures.push(skipped_failure(skipped));
                 break;
             }
-            Ok(page) if !page.jobs.is_empty() => {
+            Page::Results { jobs, full } => {
                 let now = Instant::now();
-                let full = page.jobs.len() >= PAGE;
-                for job in page.jobs {
+                for job in jobs {
                     if visible.insert(job.id, (job.result, now)).is_some() {
                         report.failures.push(format!("job {} seen twice in the cursor walk", job.id));
                     }
                 }
-                cursor = page.cursor;
                 // A full page means more are waiting; otherwise pause, so the bench's polling
                 // (a read barrier each) does not take the CPU the workers hash on.
                 if !full {
                     tokio::time::sleep(poll_pause).await;
                 }
             }
-            _ => tokio::time::sleep(poll_pause).await,
+            Page::Nothing => tokio::time::sleep(poll_pause).await,
         }
     }
     progress.finish_and_clear();
@@ -166,7 +205,7 @@ pub async fn run(args: &FlowArgs, quick: bool) -> anyhow::Result<Report> {
         let latency = seen_at.duration_since(*sent);
         latencies.record(latency);
         series.push((sent.duration_since(started).as_secs_f64(), latency.as_secs_f64() * 1e3));
-        if *result != hex(&chain(&body(*n, args.body_bytes), args.iterations)) {
+        if *result != expected_result(*n, args.body_bytes, args.iterations) {
             report.failures.push(format!("job {id} has a wrong result"));
         }
     }

@@ -5,4 +5,5 @@ pub mod compute;
 pub mod failover;
 pub mod flow;
 pub mod ingest;
+pub mod soak;
 pub mod workers;
