@@ -79,6 +79,12 @@ impl DeployLocal {
             Some(())
         })
         .await;
+        // And deploy local has finished its own start-up and supervises: a child that exits
+        // before then is reported as a failed start-up, not restarted.
+        wait_for("deploy local to say the cluster is up", timeout, || async {
+            self.output().contains("Tandem is up").then_some(())
+        })
+        .await;
     }
 
     /// Its children's pids, each with its command line.
