@@ -32,12 +32,14 @@ mod fuzz_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::OnceLock;
 
 use arbtest::arbitrary::{self, Unstructured};
 use axum::extract::FromRequest;
-use fuzz_support::{Watchdog, assert_bounded, edgy_u64, fuzz, measure, mutate};
+use fuzz_support::{
+    BUDGET_MS, CASE_LIMIT, Checker, Watchdog, assert_bounded, edgy_u64, encode_all, fuzz, fuzz_messages, measure,
+    mutate,
+};
 use openraft::impls::leader_id_adv::LeaderId;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest, VoteResponse};
 use openraft::storage::{IOFlushed, RaftLogStorage, RaftStateMachine};
@@ -59,11 +61,6 @@ use tempfile::TempDir;
 
 #[global_allocator]
 static ALLOC: fuzz_support::CountingAlloc = fuzz_support::CountingAlloc;
-
-/// Each fuzz target's default time budget.
-const BUDGET_MS: u64 = 2500;
-/// Longer than any one case should take, even on a loaded CI machine: past it, a hang.
-const CASE_LIMIT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
 // Real values to encode.
@@ -617,16 +614,12 @@ fn check_message<T: DeserializeOwned + Serialize>(bytes: &[u8]) {
     }
 }
 
-type Checker = fn(&[u8]);
 type RaftResult<T> = Result<T, openraft::error::RaftError<TypeConfig>>;
 
 /// Each message type a voter decodes, with real encodings of it.
 fn message_targets() -> &'static Vec<(Checker, Vec<Vec<u8>>)> {
     static TARGETS: OnceLock<Vec<(Checker, Vec<Vec<u8>>)>> = OnceLock::new();
     TARGETS.get_or_init(|| {
-        fn encode<T: Serialize>(values: &[T]) -> Vec<Vec<u8>> {
-            values.iter().map(|value| rmp_serde::to_vec_named(value).expect("encode")).collect()
-        }
         let vote = Vote::new_committed(2, 1);
         let append = |entries: Vec<TandemEntry>| AppendEntriesRequest::<TypeConfig> {
             vote,
@@ -664,11 +657,11 @@ fn message_targets() -> &'static Vec<(Checker, Vec<Vec<u8>>)> {
         vec![
             (
                 check_message::<AppendEntriesRequest<TypeConfig>> as Checker,
-                encode(&[append(sample_entries(2, 11)), append(Vec::new())]),
+                encode_all(&[append(sample_entries(2, 11)), append(Vec::new())]),
             ),
             (
                 check_message::<VoteRequest<TypeConfig>>,
-                encode(&[VoteRequest::<TypeConfig>::new(vote, Some(log_id(2, 30)))]),
+                encode_all(&[VoteRequest::<TypeConfig>::new(vote, Some(log_id(2, 30)))]),
             ),
             (
                 check_message::<(Vote, SnapshotMeta, serde_bytes::ByteBuf)>,
@@ -676,13 +669,13 @@ fn message_targets() -> &'static Vec<(Checker, Vec<Vec<u8>>)> {
             ),
             (
                 check_message::<TransferLeaderRequest<TypeConfig>>,
-                encode(&[TransferLeaderRequest::<TypeConfig>::new(vote, 2, Some(log_id(2, 30)))]),
+                encode_all(&[TransferLeaderRequest::<TypeConfig>::new(vote, 2, Some(log_id(2, 30)))]),
             ),
-            (check_message::<Proposal>, encode(&proposals)),
-            (check_message::<Option<u64>>, encode(&[Some(2u64), None])),
+            (check_message::<Proposal>, encode_all(&proposals)),
+            (check_message::<Option<u64>>, encode_all(&[Some(2u64), None])),
             (
                 check_message::<RaftResult<AppendEntriesResponse<TypeConfig>>>,
-                encode::<RaftResult<_>>(&[
+                encode_all::<RaftResult<_>>(&[
                     Ok(AppendEntriesResponse::<TypeConfig>::Success),
                     Ok(AppendEntriesResponse::Conflict),
                     Ok(AppendEntriesResponse::HigherVote(vote)),
@@ -691,7 +684,7 @@ fn message_targets() -> &'static Vec<(Checker, Vec<Vec<u8>>)> {
             ),
             (
                 check_message::<RaftResult<VoteResponse<TypeConfig>>>,
-                encode::<RaftResult<_>>(&[Ok(VoteResponse::<TypeConfig>::new(vote, Some(log_id(2, 3)), true))]),
+                encode_all::<RaftResult<_>>(&[Ok(VoteResponse::<TypeConfig>::new(vote, Some(log_id(2, 3)), true))]),
             ),
         ]
     })
@@ -699,20 +692,5 @@ fn message_targets() -> &'static Vec<(Checker, Vec<Vec<u8>>)> {
 
 #[test]
 fn fuzz_raft_messages() {
-    let targets = message_targets();
-    let all: Arc<Vec<Vec<u8>>> = Arc::new(targets.iter().flat_map(|(_, corpus)| corpus.clone()).collect());
-    let watchdog = Watchdog::new(CASE_LIMIT);
-    fuzz("raft messages", BUDGET_MS, |u| {
-        let (check, corpus) = u.choose(targets)?;
-        let bytes = if u.ratio(1, 32)? {
-            u.bytes(u.len().min(256))?.to_vec()
-        } else {
-            let mut bytes = u.choose(corpus)?.clone();
-            mutate(u, &mut bytes, &all)?;
-            bytes
-        };
-        let (check, input) = (*check, bytes.clone());
-        watchdog.run(&input, move || check(&bytes));
-        Ok(())
-    });
+    fuzz_messages("raft messages", message_targets());
 }

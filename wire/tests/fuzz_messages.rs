@@ -15,10 +15,7 @@
 #[path = "../../raft-store/tests/fuzz_support/mod.rs"]
 mod fuzz_support;
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use fuzz_support::{Watchdog, assert_bounded, fuzz, measure, mutate};
+use fuzz_support::{Checker, assert_bounded, encode_all, fuzz_messages, measure};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wire::Digest;
@@ -42,12 +39,6 @@ fn check<T: DeserializeOwned + Serialize + PartialEq + std::fmt::Debug>(bytes: &
     }
 }
 
-type Checker = fn(&[u8]);
-
-fn encode<T: Serialize>(values: &[T]) -> Vec<Vec<u8>> {
-    values.iter().map(|value| rmp_serde::to_vec_named(value).expect("encode")).collect()
-}
-
 fn digest(seed: u8) -> Digest {
     Digest(std::array::from_fn(|i| seed.wrapping_mul(i as u8)))
 }
@@ -58,7 +49,7 @@ fn targets() -> Vec<(Checker, Vec<Vec<u8>>)> {
     vec![
         (
             check::<RegisterRequest> as Checker,
-            encode(&[
+            encode_all(&[
                 RegisterRequest {
                     name: "host/1".into(),
                     cores: 8,
@@ -77,57 +68,42 @@ fn targets() -> Vec<(Checker, Vec<Vec<u8>>)> {
         ),
         (
             check::<LeaseRequest>,
-            encode(&[
+            encode_all(&[
                 LeaseRequest { worker: 3, max_jobs: 4, wait_ms: 1000, free_cores: Some(2), budget_iterations: Some(9) },
                 LeaseRequest { worker: 3, max_jobs: 4, wait_ms: 0, free_cores: None, budget_iterations: None },
             ]),
         ),
         (
             check::<HeartbeatRequest>,
-            encode(&[HeartbeatRequest { worker: 3, progress: progress.clone(), hashes_per_s: 1 << 20 }]),
+            encode_all(&[HeartbeatRequest { worker: 3, progress: progress.clone(), hashes_per_s: 1 << 20 }]),
         ),
         (
             check::<CompleteRequest>,
-            encode(&[CompleteRequest {
+            encode_all(&[CompleteRequest {
                 worker: 3,
                 results: vec![Finished { job: 1, result: digest(3) }, Finished { job: 2, result: digest(4) }],
             }]),
         ),
-        (check::<ReleaseRequest>, encode(&[ReleaseRequest { worker: 3, progress }])),
-        (check::<RegisterResponse>, encode(&[RegisterResponse { worker: 3, lease_ms: 3000, heartbeat_ms: 1000 }])),
+        (check::<ReleaseRequest>, encode_all(&[ReleaseRequest { worker: 3, progress }])),
+        (check::<RegisterResponse>, encode_all(&[RegisterResponse { worker: 3, lease_ms: 3000, heartbeat_ms: 1000 }])),
         (
             check::<LeaseResponse>,
-            encode(&[LeaseResponse {
+            encode_all(&[LeaseResponse {
                 jobs: vec![
                     Assignment { job: 1, iterations: 100, done: 0, digest: digest(5) },
                     Assignment { job: 2, iterations: 7, done: 3, digest: digest(6) },
                 ],
             }]),
         ),
-        (check::<HeartbeatResponse>, encode(&[HeartbeatResponse { lost: vec![1, 2, 3], draining: true }])),
-        (check::<CompleteResponse>, encode(&[CompleteResponse { recorded: 1, duplicate: 2, unknown: 3 }])),
-        (check::<ReleaseResponse>, encode(&[ReleaseResponse { requeued: 2 }])),
-        (check::<WorkerErrorBody>, encode(&[WorkerErrorBody { error: "unknown worker".into() }])),
-        (check::<Digest>, encode(&[digest(7)])),
+        (check::<HeartbeatResponse>, encode_all(&[HeartbeatResponse { lost: vec![1, 2, 3], draining: true }])),
+        (check::<CompleteResponse>, encode_all(&[CompleteResponse { recorded: 1, duplicate: 2, unknown: 3 }])),
+        (check::<ReleaseResponse>, encode_all(&[ReleaseResponse { requeued: 2 }])),
+        (check::<WorkerErrorBody>, encode_all(&[WorkerErrorBody { error: "unknown worker".into() }])),
+        (check::<Digest>, encode_all(&[digest(7)])),
     ]
 }
 
 #[test]
 fn fuzz_worker_messages() {
-    let targets = targets();
-    let all: Arc<Vec<Vec<u8>>> = Arc::new(targets.iter().flat_map(|(_, corpus)| corpus.clone()).collect());
-    let watchdog = Watchdog::new(Duration::from_secs(10));
-    fuzz("worker messages", 2500, |u| {
-        let (check, corpus) = u.choose(&targets)?;
-        let bytes = if u.ratio(1, 32)? {
-            u.bytes(u.len().min(256))?.to_vec()
-        } else {
-            let mut bytes = u.choose(corpus)?.clone();
-            mutate(u, &mut bytes, &all)?;
-            bytes
-        };
-        let (check, input) = (*check, bytes.clone());
-        watchdog.run(&input, move || check(&bytes));
-        Ok(())
-    });
+    fuzz_messages("worker messages", &targets());
 }

@@ -205,6 +205,41 @@ fn splitmix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// Each fuzz target's default time budget.
+pub const BUDGET_MS: u64 = 2500;
+/// Longer than any one case should take, even on a loaded CI machine: past it, a hang.
+pub const CASE_LIMIT: Duration = Duration::from_secs(10);
+
+/// A check of one message type's decoding, given any bytes.
+pub type Checker = fn(&[u8]);
+
+/// Each value's MessagePack encoding (named fields, as Tandem encodes).
+pub fn encode_all<T: serde::Serialize>(values: &[T]) -> Vec<Vec<u8>> {
+    values.iter().map(|value| rmp_serde::to_vec_named(value).expect("encode")).collect()
+}
+
+/// Fuzz message decoding: each case picks a target, then either plain random bytes (1 in 32)
+/// or one of the target's real encodings mutated (with any target's encodings to splice from),
+/// and runs the target's check on it under the watchdog.
+pub fn fuzz_messages(name: &str, targets: &[(Checker, Vec<Vec<u8>>)]) {
+    let all: std::sync::Arc<Vec<Vec<u8>>> =
+        std::sync::Arc::new(targets.iter().flat_map(|(_, corpus)| corpus.clone()).collect());
+    let watchdog = Watchdog::new(CASE_LIMIT);
+    fuzz(name, BUDGET_MS, |u| {
+        let (check, corpus) = u.choose(targets)?;
+        let bytes = if u.ratio(1, 32)? {
+            u.bytes(u.len().min(256))?.to_vec()
+        } else {
+            let mut bytes = u.choose(corpus)?.clone();
+            mutate(u, &mut bytes, &all)?;
+            bytes
+        };
+        let (check, input) = (*check, bytes.clone());
+        watchdog.run(&input, move || check(&bytes));
+        Ok(())
+    });
+}
+
 /// The default base seed: the same cases on every run unless `FUZZ_SEED` says otherwise.
 const DEFAULT_SEED: u64 = 0x7a4d_e2c0_11f5_9b3d;
 
