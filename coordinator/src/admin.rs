@@ -118,9 +118,7 @@ fn authorize(app: &App, headers: &HeaderMap) -> Result<(), AdminError> {
     let Some(token) = &app.config.admin_token else {
         return Err(AdminError::Unauthorized("admin routes are disabled: no --admin-token is configured"));
     };
-    let given =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if !wire::secret_matches(given, token) {
+    if !crate::api::bearer_matches(headers, token) {
         return Err(AdminError::Unauthorized("missing or wrong admin token (Authorization: Bearer ...)"));
     }
     Ok(())
@@ -137,8 +135,6 @@ fn authorize(app: &App, headers: &HeaderMap) -> Result<(), AdminError> {
     responses(
         (status = 200, description = "Who led before and who leads now.", body = wire::api::FailoverResponse),
         (status = 400, description = "`to` is not a node id, or the query string is malformed.", body = wire::api::ErrorBody),
-        (status = 401, description = "No `--admin-token` is configured (the admin routes are disabled), or the `Authorization: Bearer` token is missing or wrong.", body = wire::api::ErrorBody),
-        (status = 408, description = "The request, its body's upload included, took longer than the admin request timeout (long enough for a voter replacement to catch up).", body = wire::api::ErrorBody),
         (status = 409, description = "No eligible target (not a coordinator, not caught up, not heard from recently).", body = wire::api::ErrorBody),
         (status = 503, description = "No leader right now, or leadership moved meanwhile. Retry after the `Retry-After` delay.", body = wire::api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ),
@@ -175,8 +171,6 @@ pub async fn failover(
     responses(
         (status = 200, description = "The voters now.", body = wire::api::ReplaceMemberResponse),
         (status = 400, description = "The body is not the JSON object described (or larger than 16 KiB), `role` is neither `coordinator` nor `witness`, or `addr` is not `HOST:PORT`.", body = wire::api::ErrorBody),
-        (status = 401, description = "No `--admin-token` is configured (the admin routes are disabled), or the `Authorization: Bearer` token is missing or wrong.", body = wire::api::ErrorBody),
-        (status = 408, description = "The request, its body's upload included, took longer than the admin request timeout (long enough for a voter replacement to catch up).", body = wire::api::ErrorBody),
         (status = 409, description = "The cluster refuses the change as asked (an unknown or reused id, a role mismatch, the new node did not catch up).", body = wire::api::ErrorBody),
         (status = 503, description = "No leader with a quorum right now, or leadership moved meanwhile. Retry after the `Retry-After` delay.", body = wire::api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ),
@@ -220,9 +214,7 @@ pub async fn replace_member(
     responses(
         (status = 200, description = "The worker's state now.", body = wire::api::WorkerStateResponse),
         (status = 400, description = "The id is not a non-negative integer.", body = wire::api::ErrorBody),
-        (status = 401, description = "No `--admin-token` is configured (the admin routes are disabled), or the `Authorization: Bearer` token is missing or wrong.", body = wire::api::ErrorBody),
         (status = 404, description = "No such worker is registered.", body = wire::api::ErrorBody),
-        (status = 408, description = "The request, its body's upload included, took longer than the admin request timeout (long enough for a voter replacement to catch up).", body = wire::api::ErrorBody),
         (status = 503, description = "No leader with a quorum committed the change in time (repeating it is safe). Retry after the `Retry-After` delay.", body = wire::api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ),
     security(("admin_token" = [])),
@@ -245,9 +237,7 @@ pub async fn drain_worker(
     responses(
         (status = 200, description = "The worker's state now.", body = wire::api::WorkerStateResponse),
         (status = 400, description = "The id is not a non-negative integer.", body = wire::api::ErrorBody),
-        (status = 401, description = "No `--admin-token` is configured (the admin routes are disabled), or the `Authorization: Bearer` token is missing or wrong.", body = wire::api::ErrorBody),
         (status = 404, description = "No such worker is registered.", body = wire::api::ErrorBody),
-        (status = 408, description = "The request, its body's upload included, took longer than the admin request timeout (long enough for a voter replacement to catch up).", body = wire::api::ErrorBody),
         (status = 503, description = "No leader with a quorum committed the change in time (repeating it is safe). Retry after the `Retry-After` delay.", body = wire::api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ),
     security(("admin_token" = [])),

@@ -78,19 +78,21 @@ async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
     body.ok_or_else(|| ApiError::BadRequest("the multipart form has no part".into()))
 }
 
+/// Whether `headers` carry `Authorization: Bearer TOKEN` with `token` (compared in constant time).
+pub(crate) fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    let given =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    wire::secret_matches(given, token)
+}
+
 /// The layer in front of the client API when `--client-token` is set: a request without the
 /// token is refused (401, counted as rejected) before its body is read.
 pub async fn require_client_token(State(app): State<App>, request: Request, next: Next) -> Response {
-    if let Some(token) = &app.config.client_token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !wire::secret_matches(given, token) {
-            metrics::counter!("tandem_jobs_rejected_total", "reason" => ApiError::Unauthorized.reason()).increment(1);
-            return ApiError::Unauthorized.into_response();
-        }
+    if let Some(token) = &app.config.client_token
+        && !bearer_matches(request.headers(), token)
+    {
+        metrics::counter!("tandem_jobs_rejected_total", "reason" => ApiError::Unauthorized.reason()).increment(1);
+        return ApiError::Unauthorized.into_response();
     }
     next.run(request).await
 }
@@ -144,11 +146,9 @@ pub async fn enqueue_shed(_: tower::BoxError) -> ApiError {
     responses(
         (status = 200, description = "The job exists (created now, or earlier with this Idempotency-Key).", body = wire::api::EnqueueResponse),
         (status = 400, description = "`iterations` missing, not an integer or out of bounds; the body empty; a malformed multipart form or one without exactly one part; a malformed Idempotency-Key.", body = wire::api::ErrorBody),
-        (status = 401, description = "Only with `--client-token`: the `Authorization: Bearer` token is missing or wrong (refused before the body is read).", body = wire::api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 408, description = "The request, its body's upload included, took longer than `--client-request-timeout-ms`.", body = wire::api::ErrorBody),
         (status = 413, description = "The body is larger than `--max-body-bytes`.", body = wire::api::ErrorBody),
         (status = 422, description = "The Idempotency-Key was first used for another body or iterations.", body = wire::api::ErrorBody),
-        (status = 503, description = "The queue holds `--max-queued` jobs, or no leader with a quorum committed the job in time (the write may or may not have been committed: retry with the same Idempotency-Key). Retry after the `Retry-After` delay.", body = wire::api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 503, description = "The queue holds `--max-queued` jobs, this coordinator already handles `--max-concurrent-enqueues` enqueues (refused before the body is read), or no leader with a quorum committed the job in time (the write may or may not have been committed: retry with the same Idempotency-Key). Retry after the `Retry-After` delay.", body = wire::api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ),
     security((), ("client_token" = [])),
 )]
@@ -237,8 +237,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     responses(
         (status = 200, description = "A page of completed jobs.", body = wire::api::PullResponse),
         (status = 400, description = "`top` or `after` not an integer, or `top` out of bounds.", body = wire::api::ErrorBody),
-        (status = 401, description = "Only with `--client-token`: the `Authorization: Bearer` token is missing or wrong (refused before the body is read).", body = wire::api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 408, description = "The request, its body's upload included, took longer than `--client-request-timeout-ms`.", body = wire::api::ErrorBody),
         (status = 503, description = "No leader confirmed the read in time. Retry after the `Retry-After` delay.", body = wire::api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ),
     security((), ("client_token" = [])),
@@ -284,9 +282,7 @@ pub async fn pull_completed(
     responses(
         (status = 200, description = "The job.", body = wire::api::JobView),
         (status = 400, description = "The id is not a non-negative integer.", body = wire::api::ErrorBody),
-        (status = 401, description = "Only with `--client-token`: the `Authorization: Bearer` token is missing or wrong (refused before the body is read).", body = wire::api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 404, description = "No such job, or it completed so long ago that its result left retention.", body = wire::api::ErrorBody),
-        (status = 408, description = "The request, its body's upload included, took longer than `--client-request-timeout-ms`.", body = wire::api::ErrorBody),
         (status = 503, description = "No leader confirmed the read in time. Retry after the `Retry-After` delay.", body = wire::api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ),
     security((), ("client_token" = [])),

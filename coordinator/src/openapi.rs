@@ -162,10 +162,45 @@ pub fn document_for(config: &Config) -> Result<Value, String> {
     let pull = operation(&mut doc, "/pullCompleted", "post")?;
     bound(param(pull, "top")?, json!({"minimum": 1, "maximum": MAX_TOP, "default": DEFAULT_TOP}));
 
+    // What the layers in front of the client and admin routes answer (see `crate::router`: the
+    // token checks and the request timeouts), described once for every operation behind them.
+    let error = |description: &str| {
+        json!({
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+        })
+    };
+    let mut client_401 = error(
+        "Only with `--client-token`: the `Authorization: Bearer` token is missing or wrong (refused before the body \
+         is read).",
+    );
+    client_401["headers"] = json!({"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}});
+    let client_408 = error("The request, its body's upload included, took longer than `--client-request-timeout-ms`.");
     let client = [("/enqueue", "put"), ("/pullCompleted", "post"), ("/jobs/{id}", "get")];
     for (path, method) in client {
         let op = operation(&mut doc, path, method)?;
         op["security"] = if config.client_token.is_some() { json!([{"client_token": []}]) } else { json!([{}]) };
+        op["responses"]["401"] = client_401.clone();
+        op["responses"]["408"] = client_408.clone();
+    }
+    let admin_401 = error(
+        "No `--admin-token` is configured (the admin routes are disabled), or the `Authorization: Bearer` token is \
+         missing or wrong.",
+    );
+    let admin_408 = error(
+        "The request, its body's upload included, took longer than the admin request timeout (long enough for a \
+         voter replacement to catch up).",
+    );
+    let admin = [
+        ("/admin/failover", "post"),
+        ("/admin/members/replace", "post"),
+        ("/admin/workers/{id}/drain", "post"),
+        ("/admin/workers/{id}/resume", "post"),
+    ];
+    for (path, method) in admin {
+        let op = operation(&mut doc, path, method)?;
+        op["responses"]["401"] = admin_401.clone();
+        op["responses"]["408"] = admin_408.clone();
     }
     Ok(doc)
 }
