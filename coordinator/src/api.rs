@@ -97,16 +97,19 @@ pub async fn require_client_token(State(app): State<App>, request: Request, next
     next.run(request).await
 }
 
-/// A JSON body for the error answers that layers give without one (408 from the request
-/// timeout, 413 from a body limit): every client and admin error is `{"error": "..."}`.
+/// A JSON body for the error answers that layers give without one or in plain text (408 from
+/// the request timeout, 413 from a body limit): every client and admin error is
+/// `{"error": "..."}`.
 pub async fn json_error_body(response: Response) -> Response {
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) || response.headers().contains_key(header::CONTENT_TYPE)
-    {
+    let json =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
         return response;
     }
     let message = match status {
         StatusCode::REQUEST_TIMEOUT => "the request took longer than the server allows (its body arrived too slowly?)",
+        StatusCode::PAYLOAD_TOO_LARGE => "the request body is larger than the limit of this route",
         _ => status.canonical_reason().unwrap_or("the request failed"),
     };
     let mut answer = (status, Json(wire::api::ErrorBody { error: message.to_owned() })).into_response();

@@ -37,6 +37,7 @@ use axum::middleware;
 use axum::routing::{get, post, put};
 use raft_store::job_table::Limits;
 use raft_store::network::NetworkFaults;
+use raft_store::network::body_limit;
 use raft_store::server::{ServeBounds, serve_bounded};
 use raft_store::{Node, NodeConfig, Role, Timing};
 use tokio_util::sync::CancellationToken;
@@ -108,7 +109,7 @@ pub fn router(app: App) -> Router {
         .route("/admin/members/replace", post(admin::replace_member))
         .route("/admin/workers/{id}/drain", post(admin::drain_worker))
         .route("/admin/workers/{id}/resume", post(admin::resume_worker))
-        .layer(DefaultBodyLimit::max(admin::BODY_LIMIT))
+        .layer(body_limit(admin::BODY_LIMIT))
         .route_layer(middleware::from_fn_with_state(app.clone(), admin::require_token))
         .layer(timeout(ADMIN_REQUEST_TIMEOUT))
         .layer(middleware::map_response(api::json_error_body));

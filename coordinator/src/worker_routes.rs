@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -17,6 +17,7 @@ use axum::routing::post;
 use raft_store::job_table::{
     Checkpoint, CommandResponse, CompleteOutcome, JobResult, LeaseBudget, Proposal, Rejection, WorkerState,
 };
+use raft_store::network::body_limit;
 use raft_store::{ProposeError, ReadError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -84,7 +85,7 @@ pub fn router(app: App) -> Router<App> {
         .route(wire::worker::HEARTBEAT, post(heartbeat))
         .route(wire::worker::COMPLETE, post(complete))
         .route(wire::worker::RELEASE, post(release))
-        .layer(DefaultBodyLimit::max(wire::worker::MAX_BODY_BYTES))
+        .layer(body_limit(wire::worker::MAX_BODY_BYTES))
         .route_layer(middleware::from_fn_with_state(app, require_secret))
 }
 

@@ -37,6 +37,7 @@ use openraft::raft::{
 use openraft::{OptionalSend, Snapshot};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::state_machine::SnapshotData;
 use crate::type_config::{NodeId, NodeInfo, Raft, SnapshotMeta, TypeConfig, Vote};
@@ -65,6 +66,13 @@ pub const SNAPSHOT_BODY_LIMIT: usize = 512 << 20;
 /// Votes, transfers, read-index, status, failover and voter replacement: fixed-size messages of
 /// a few hundred bytes (a membership with its addresses at most).
 pub const CONTROL_BODY_LIMIT: usize = 64 << 10;
+
+/// A route's body limit of `max` bytes: a request that announces a longer body (its
+/// Content-Length) is answered 413 from its head, before any of the body is read; a body sent
+/// without a length is cut off at `max`, and the extractors buffer no more than that.
+pub fn body_limit(max: usize) -> (RequestBodyLimitLayer, DefaultBodyLimit) {
+    (RequestBodyLimitLayer::new(max), DefaultBodyLimit::max(max))
+}
 
 /// Links cut and requests lost for fault injection. Empty in production.
 #[derive(Debug, Default)]
@@ -456,12 +464,11 @@ async fn transfer_leader(
 /// [`APPEND_BODY_LIMIT`] but in tests. Add other `/raft/` routes before the layer is applied
 /// (see `Node::router`).
 pub fn raft_rpc_router(raft: Raft, append_limit: usize) -> Router {
-    let limit = DefaultBodyLimit::max;
     Router::new()
-        .route("/raft/append", post(append).layer(limit(append_limit)))
-        .route("/raft/vote", post(vote).layer(limit(CONTROL_BODY_LIMIT)))
-        .route("/raft/pre-vote", post(pre_vote).layer(limit(CONTROL_BODY_LIMIT)))
-        .route("/raft/snapshot", post(snapshot).layer(limit(SNAPSHOT_BODY_LIMIT)))
-        .route("/raft/transfer-leader", post(transfer_leader).layer(limit(CONTROL_BODY_LIMIT)))
+        .route("/raft/append", post(append).layer(body_limit(append_limit)))
+        .route("/raft/vote", post(vote).layer(body_limit(CONTROL_BODY_LIMIT)))
+        .route("/raft/pre-vote", post(pre_vote).layer(body_limit(CONTROL_BODY_LIMIT)))
+        .route("/raft/snapshot", post(snapshot).layer(body_limit(SNAPSHOT_BODY_LIMIT)))
+        .route("/raft/transfer-leader", post(transfer_leader).layer(body_limit(CONTROL_BODY_LIMIT)))
         .with_state(raft)
 }

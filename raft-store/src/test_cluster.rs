@@ -240,3 +240,36 @@ async fn bind_when_free(addr: SocketAddr) -> tokio::net::TcpListener {
         }
     }
 }
+
+/// Send `head` (a whole HTTP/1.1 request head, ending in an empty line, that announces a body)
+/// to `addr` and read the answer, its head and its body by its content-length, without ever
+/// sending the body. Shows that a request is refused from its head alone; a client that sent
+/// the body could instead see the connection closed under it, as a server does not read what it
+/// refused. Panics without a whole answer within 10 s.
+pub async fn answer_without_body(addr: &str, head: &str) -> (String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("send the head");
+    let mut answer = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&answer[..end]).into_owned();
+            let length = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if answer.len() >= end + 4 + length {
+                return (head, answer[end + 4..end + 4 + length].to_vec());
+            }
+        }
+        let mut buffer = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buffer))
+            .await
+            .expect("an answer before the body is sent")
+            .expect("read the answer");
+        assert!(n > 0, "closed before a whole answer: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buffer[..n]);
+    }
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use super::Node;
 use crate::job_table::Proposal;
 use crate::network::{
-    CONTROL_BODY_LIMIT, MsgPack, PROPOSE_BODY_LIMIT, PeerCheck, msgpack_response, raft_rpc_router, require_peer,
+    CONTROL_BODY_LIMIT, MsgPack, PROPOSE_BODY_LIMIT, PeerCheck, body_limit, msgpack_response, raft_rpc_router,
+    require_peer,
 };
 use crate::server::ServeBounds;
 use crate::type_config::{NodeId, NodeInfo};
@@ -51,9 +52,9 @@ impl Node {
             secret: self.parts.transport.secret.clone(),
             faults: self.parts.transport.faults.clone(),
         };
-        let control = DefaultBodyLimit::max(CONTROL_BODY_LIMIT);
+        let control = body_limit(CONTROL_BODY_LIMIT);
         let mut calls = Router::new()
-            .route("/raft/propose", post(propose).layer(DefaultBodyLimit::max(PROPOSE_BODY_LIMIT)))
+            .route("/raft/propose", post(propose).layer(body_limit(PROPOSE_BODY_LIMIT)))
             .route("/raft/read-index", post(read_index).layer(control))
             .route("/raft/status", post(status).layer(control))
             .route("/raft/failover", post(failover).layer(control))
