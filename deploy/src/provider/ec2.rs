@@ -38,6 +38,11 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::Region;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
+/// The SDK the provider is built on, for tests that look at EC2 behind the provider's back
+/// (`deploy/tests/common/moto.rs`).
+pub use aws_sdk_ec2;
+/// See [`aws_sdk_ec2`] (its base64, for user-data).
+pub use aws_smithy_types;
 pub use client::{Ec2CallError, Ec2Client, SdkEc2Client};
 pub use launch::WorkerLaunch;
 pub use options::Ec2Options;
