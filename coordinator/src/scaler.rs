@@ -15,7 +15,7 @@
 //! - **Reconcile**, once per term before anything else: list the provider's machines, adopt the
 //!   ones launched under committed tokens, relaunch committed tokens with no machine, and
 //!   terminate machines launched under tokens the table does not know (a launch that was given
-//!   up but came up after all).
+//!   up but came up after all), but never one that runs a member voter (the witness's).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -208,8 +208,13 @@ async fn reconcile<P: Provider>(node: &Node, provider: &P, term: u64) -> Result<
         // The witness's replacement is `witness_care`'s, registered or not.
         (in_flight, known, scaler.witness.as_ref().map(|w| w.token.clone()))
     });
+    // A machine running a voter of the cluster is never a stray, registered or not: the
+    // witness's worker may not have registered yet (it boots alongside the coordinators), or
+    // may be out of the registry for a while, and ending its machine would end a voter.
+    let members: BTreeSet<u64> = node.view().member_ids().into_iter().collect();
     let listed_tokens: BTreeSet<&str> = machines.iter().filter_map(|m| m.token.as_deref()).collect();
     for machine in &machines {
+        let runs_a_voter = machine.voter_id.is_some_and(|id| members.contains(&id));
         let token = machine.token.as_deref();
         if let Some((token, seen)) = in_flight.iter().find(|(t, _)| Some(t.as_str()) == token) {
             if seen.is_none() {
@@ -221,7 +226,11 @@ async fn reconcile<P: Provider>(node: &Node, provider: &P, term: u64) -> Result<
                 )
                 .await?;
             }
-        } else if token.is_some() && token != witness_token.as_deref() && !known.contains(&machine.instance_id) {
+        } else if token.is_some()
+            && token != witness_token.as_deref()
+            && !known.contains(&machine.instance_id)
+            && !runs_a_voter
+        {
             tracing::warn!(
                 instance_id = machine.instance_id,
                 token,

@@ -212,6 +212,7 @@ impl<C: Ec2Client> Ec2Provider<C> {
         Instance {
             token: description.tag(LAUNCH_TOKEN_TAG).or(token).map(str::to_owned),
             launched_at_ms: description.launched_at_ms,
+            voter_id: description.tag(VOTER_ID_TAG).and_then(|id| id.parse().ok()),
             instance_id: description.instance_id,
         }
     }

@@ -37,6 +37,9 @@ struct Record {
     /// For a worker in the witness role: where its voter listens.
     #[serde(default)]
     witness_raft_addr: Option<String>,
+    /// For a worker in the witness role: its voter's node id.
+    #[serde(default)]
+    voter_id: Option<u64>,
 }
 
 /// Starts worker processes on this host.
@@ -153,6 +156,7 @@ impl LocalProcesses {
             pid: child.id(),
             launched_at_ms: wire::now_ms(),
             witness_raft_addr,
+            voter_id: witness,
         };
         self.children.lock().expect("children lock").insert(token.to_owned(), child);
         write_record(&self.dir, &record)?;
@@ -234,6 +238,7 @@ impl From<Record> for Instance {
             instance_id: record.instance_id,
             token: Some(record.token),
             launched_at_ms: Some(record.launched_at_ms),
+            voter_id: record.voter_id,
         }
     }
 }
@@ -368,6 +373,7 @@ mod tests {
             pid: std::process::id(),
             launched_at_ms: 0,
             witness_raft_addr: None,
+            voter_id: None,
         };
         write_record(&provider.dir, &impostor).expect("write");
         assert_eq!(provider.list().await.expect("list"), vec![]);

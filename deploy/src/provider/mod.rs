@@ -23,6 +23,10 @@ pub struct Instance {
     pub token: Option<String>,
     /// When it was launched (ms since the Unix epoch), if the provider knows.
     pub launched_at_ms: Option<u64>,
+    /// For a worker launched in the witness role: the node id of the voter it runs. While that
+    /// id is a member, the machine is the cluster's voter, whoever launched it, and only the
+    /// voter-replacement path may end it.
+    pub voter_id: Option<u64>,
 }
 
 /// A worker launched in the witness role: it also runs the cluster's third voter.
