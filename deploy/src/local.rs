@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use wire::members::{Member, Members, Role};
+use wire::members::Members;
 
 /// The node id of coordinator 1, 2 and the witness.
 pub const IDS: [u64; 3] = [1, 2, 3];
@@ -234,11 +234,7 @@ impl LocalCluster {
 
     /// The voters, as every coordinator is told them (`--member`).
     fn members(&self) -> Members {
-        Members(vec![
-            Member { id: 1, role: Role::Coordinator, addr: self.raft_addr(1) },
-            Member { id: 2, role: Role::Coordinator, addr: self.raft_addr(2) },
-            Member { id: 3, role: Role::Witness, addr: self.raft_addr(3) },
-        ])
+        Members::layout(|id, _| self.raft_addr(id))
     }
 
     /// Start every process. Returns once they are spawned; see [`LocalCluster::wait_ready`].

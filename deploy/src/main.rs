@@ -21,6 +21,14 @@ enum Commands {
     /// exits, and stops everything (non-zero status) if one keeps exiting. Restarting on the same
     /// data directory recovers jobs and results.
     Local(LocalArgs),
+    /// A cluster on EC2 (built with `--features aws`): `up` creates or converges it, `status`
+    /// shows it, `down` removes everything `up` made. Credentials come from the standard AWS
+    /// chain (environment, profile, SSO), never from a flag.
+    #[cfg(feature = "aws")]
+    Aws {
+        #[command(subcommand)]
+        command: AwsCommand,
+    },
     /// Move Raft leadership to the other coordinator (or to --to), as `POST /admin/failover`
     /// does; prints who leads now.
     Failover {
@@ -64,6 +72,41 @@ enum Commands {
         /// The worker's registry id.
         worker: u64,
     },
+}
+
+/// `deploy aws ...`
+#[cfg(feature = "aws")]
+#[derive(Subcommand, Debug)]
+enum AwsCommand {
+    /// Create what is missing of the cluster (security group, key pair, the two coordinators and
+    /// the witness's worker), keep what is there; prints the cluster. Run it again to converge.
+    Up(deploy::aws::UpOptions),
+    /// The cluster's security group, key pair and instances.
+    Status(deploy::aws::AwsOptions),
+    /// Terminate every instance of the cluster (autoscaled workers too), wait for them, delete
+    /// the security group, the key pair and the local state. Harmless when nothing is left.
+    Down(deploy::aws::AwsOptions),
+}
+
+#[cfg(feature = "aws")]
+fn run_aws(command: AwsCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match command {
+            AwsCommand::Up(options) => print!("{}", deploy::aws::up(&options).await?.describe()),
+            AwsCommand::Status(options) => print!("{}", deploy::aws::status(&options).await?.describe()),
+            AwsCommand::Down(options) => {
+                let done = deploy::aws::down(&options).await?;
+                if done.is_empty() {
+                    println!("nothing left of cluster {}", options.cluster_name);
+                }
+                for line in done {
+                    println!("{line}");
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
 /// How to lay out the local cluster.
@@ -132,6 +175,8 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Commands::Local(args) => run_local(args),
+        #[cfg(feature = "aws")]
+        Commands::Aws { command } => run_aws(command),
         Commands::Failover { admin, to } => {
             let client = wire::client::ApiClient::new(admin.url);
             admin_call(async { client.failover(&admin.admin_token, to).await })

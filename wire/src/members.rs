@@ -79,6 +79,17 @@ impl FromStr for Member {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Members(pub Vec<Member>);
 
+/// The voters every cluster `deploy` starts has, locally or on EC2: two coordinators (ids 1 and
+/// 2) and the witness (id 3, inside the first worker).
+pub const LAYOUT: [(u64, Role); 3] = [(1, Role::Coordinator), (2, Role::Coordinator), (3, Role::Witness)];
+
+impl Members {
+    /// The [`LAYOUT`], each voter at the address `addr` gives it.
+    pub fn layout(addr: impl Fn(u64, Role) -> String) -> Members {
+        Members(LAYOUT.iter().map(|&(id, role)| Member { id, role, addr: addr(id, role) }).collect())
+    }
+}
+
 impl Members {
     /// The member with id `id`.
     pub fn get(&self, id: u64) -> Option<&Member> {

@@ -81,26 +81,44 @@ impl Ec2Provider<SdkEc2Client> {
     pub async fn new(options: &Ec2Options, cluster_secret: Option<String>) -> Result<Self, ProviderError> {
         let aws_secret = std::env::var("AWS_SECRET_ACCESS_KEY").ok().filter(|key| !key.is_empty());
         let launch = options.worker_launch(cluster_secret, aws_secret)?;
-        let https =
-            aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(CryptoMode::Ring)).build_https();
-        let timeouts =
-            TimeoutConfig::builder().operation_attempt_timeout(ATTEMPT_TIMEOUT).operation_timeout(CALL_TIMEOUT).build();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(https).timeout_config(timeouts);
-        if let Some(region) = &options.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        if let Some(url) = &options.endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
-        let config = loader.load().await;
-        if config.region().is_none() {
-            return Err(ProviderError::new(
-                ProviderErrorKind::Configuration,
-                "the EC2 provider needs a region: --ec2-region (TANDEM_EC2_REGION), AWS_REGION or a profile's",
-            ));
-        }
-        Ok(Ec2Provider::with_client(launch, SdkEc2Client::new(aws_sdk_ec2::Client::new(&config))))
+        let client = sdk_client(options.region.as_deref(), options.endpoint_url.as_deref()).await.map_err(|e| {
+            ProviderError::new(ProviderErrorKind::Configuration, e.with_flag("--ec2-region (TANDEM_EC2_REGION)"))
+        })?;
+        Ok(Ec2Provider::with_client(launch, client))
     }
+}
+
+/// No region was configured anywhere.
+#[derive(Debug)]
+pub struct NoRegion;
+
+impl NoRegion {
+    /// The message, naming the flag that sets the region.
+    pub fn with_flag(&self, flag: &str) -> String {
+        format!("EC2 needs a region: {flag}, AWS_REGION or a profile's")
+    }
+}
+
+/// An EC2 client with credentials from the standard AWS chain (never from a flag), the region
+/// given or the chain's, `endpoint_url` if given (moto's server in tests), rustls over ring and
+/// bounded calls.
+pub async fn sdk_client(region: Option<&str>, endpoint_url: Option<&str>) -> Result<SdkEc2Client, NoRegion> {
+    let https =
+        aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(CryptoMode::Ring)).build_https();
+    let timeouts =
+        TimeoutConfig::builder().operation_attempt_timeout(ATTEMPT_TIMEOUT).operation_timeout(CALL_TIMEOUT).build();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(https).timeout_config(timeouts);
+    if let Some(region) = region {
+        loader = loader.region(Region::new(region.to_owned()));
+    }
+    if let Some(url) = endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    let config = loader.load().await;
+    if config.region().is_none() {
+        return Err(NoRegion);
+    }
+    Ok(SdkEc2Client::new(aws_sdk_ec2::Client::new(&config)))
 }
 
 impl<C: Ec2Client> Ec2Provider<C> {

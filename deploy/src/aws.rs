@@ -1,0 +1,818 @@
+//! `deploy aws up | status | down` (feature `aws`): a Tandem cluster's EC2 resources, found by
+//! their tags and names so that every command converges from whatever is there.
+//!
+//! `up` makes sure of, in order: the local state (the cluster secret and admin token, generated
+//! once, in a file of mode 0600 outside any git work tree), one security group (the client API
+//! open to `--api-cidr`, SSH to `--ssh-cidr` if given, everything else only between members of
+//! the group), one key pair (its private key beside the state, mode 0600), and the three voters'
+//! instances (two coordinators, the witness's worker; [`wire::members::LAYOUT`]), each tagged
+//! with the cluster, its role and its voter id, requiring IMDSv2. What exists is kept; what is
+//! missing is created; a second `up` changes nothing. `down` terminates every instance tagged with
+//! the cluster (autoscaled workers included), waits until they are gone, and deletes the group
+//! and the key pair; a second `down` finds nothing to do.
+//!
+//! Credentials come only from the standard AWS chain of the operator's machine; nothing written
+//! here (user-data, the state file, the output) holds an AWS key: user-data is checked with
+//! [`refuse_aws_keys`] before any launch, and it holds no Tandem secret either.
+//!
+//! Not yet: uploading the binaries and starting the processes (the instances are prepared, their
+//! systemd units installed but not started), creating IAM roles (`--instance-profile` names an
+//! existing profile for the coordinators).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use aws_sdk_ec2::types::{
+    Filter, HttpTokensState, IamInstanceProfileSpecification, InstanceMetadataEndpointState,
+    InstanceMetadataOptionsRequest, InstanceType, IpPermission, IpRange, KeyType, ResourceType, Tag, TagSpecification,
+    UserIdGroupPair,
+};
+use serde::{Deserialize, Serialize};
+use wire::members::{LAYOUT, Role};
+
+use crate::local::random_token;
+use crate::provider::ec2::launch::{CLUSTER_TAG, ROLE_TAG, VOTER_ID_TAG, WORKER_ROLE, refuse_aws_keys};
+use crate::provider::ec2::sdk_client;
+
+/// The client API's port on the coordinators.
+pub const API_PORT: u16 = 8080;
+/// The role tag of a coordinator's instance.
+pub const COORDINATOR_ROLE: &str = "coordinator";
+/// How long `up` waits for its instances to run, and `down` for them to be gone.
+const WAIT: Duration = Duration::from_secs(600);
+/// Instance states `up` and `status` count as present.
+const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
+
+/// Which cluster, where. Credentials are not among them: the standard AWS chain gives them.
+#[derive(clap::Args, Clone, Debug)]
+pub struct AwsOptions {
+    /// The cluster's name: tagged `tandem:cluster=<name>` on everything `up` creates, which is
+    /// how `status` and `down` find it.
+    #[arg(long, env = "TANDEM_CLUSTER_NAME", default_value = "tandem")]
+    pub cluster_name: String,
+    /// The region (unset: the AWS chain's, AWS_REGION or the profile's).
+    #[arg(long, env = "TANDEM_AWS_REGION")]
+    pub region: Option<String>,
+    /// Another EC2 endpoint (moto's server in tests).
+    #[arg(long, env = "TANDEM_AWS_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+    /// Where the cluster's secrets and SSH key are kept for the operator, mode 0600 (default:
+    /// $XDG_STATE_HOME/tandem/<cluster>, else ~/.local/state/tandem/<cluster>). Refused inside a
+    /// git work tree.
+    #[arg(long, env = "TANDEM_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// What `up` builds.
+#[derive(clap::Args, Clone, Debug)]
+pub struct UpOptions {
+    #[command(flatten)]
+    pub aws: AwsOptions,
+    /// Who may reach the client API (port 8080), as a CIDR: your address (`203.0.113.7/32`) or
+    /// your network. Required: there is no safe default.
+    #[arg(long, env = "TANDEM_API_CIDR")]
+    pub api_cidr: String,
+    /// Who may reach SSH (port 22), as a CIDR: your address. Unset: SSH closed.
+    #[arg(long, env = "TANDEM_SSH_CIDR")]
+    pub ssh_cidr: Option<String>,
+    /// The AMI (default: the newest Amazon Linux 2023 for x86_64, found with DescribeImages).
+    #[arg(long, env = "TANDEM_AMI")]
+    pub ami: Option<String>,
+    /// The coordinators' instance type.
+    #[arg(long, env = "TANDEM_COORDINATOR_TYPE", default_value = "c7i.large")]
+    pub coordinator_type: String,
+    /// The workers' instance type (the witness's worker and those the leader launches).
+    #[arg(long, env = "TANDEM_WORKER_TYPE", default_value = "c7i.large")]
+    pub worker_type: String,
+    /// The subnet (default: the default VPC's subnet EC2 picks).
+    #[arg(long, env = "TANDEM_SUBNET")]
+    pub subnet: Option<String>,
+    /// An existing IAM instance profile for the coordinators (the autoscaler's EC2 calls). Unset:
+    /// none, and the coordinators cannot launch workers.
+    #[arg(long, env = "TANDEM_INSTANCE_PROFILE")]
+    pub instance_profile: Option<String>,
+}
+
+/// What the operator keeps: the cluster's secrets, generated once. Never holds an AWS key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct State {
+    /// The cluster it belongs to.
+    pub cluster: String,
+    /// The secret the voters and workers present to each other.
+    pub cluster_secret: String,
+    /// The operators' bearer token (`/admin/*`).
+    pub admin_token: String,
+    /// The launch token (`ClientToken`) of each voter's instance, chosen before its launch: a
+    /// rerun after a failure mid-launch gets the same instance back rather than a second one.
+    #[serde(default)]
+    pub launch_tokens: BTreeMap<u64, String>,
+}
+
+/// One instance of the cluster, as `up` and `status` report it.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct InstanceView {
+    /// Its id.
+    pub instance_id: String,
+    /// `coordinator` or `worker`.
+    pub role: String,
+    /// Its voter id, for the voters.
+    pub voter_id: Option<u64>,
+    /// `pending`, `running`, ...
+    pub state: String,
+    /// Its private IPv4 address.
+    pub private_ip: Option<String>,
+    /// Its public IPv4 address.
+    pub public_ip: Option<String>,
+}
+
+/// The cluster as found.
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct ClusterView {
+    /// The cluster's name.
+    pub cluster: String,
+    /// Its security group, if there is one.
+    pub security_group: Option<String>,
+    /// Its key pair, if there is one.
+    pub key_pair: Option<String>,
+    /// Its instances, voters first.
+    pub instances: Vec<InstanceView>,
+    /// Where the operator's state is.
+    pub state_file: PathBuf,
+}
+
+impl ClusterView {
+    /// What an operator reads after `up` or `status`.
+    pub fn describe(&self) -> String {
+        let mut out = format!("cluster {}\n", self.cluster);
+        out += &format!("  security group: {}\n", self.security_group.as_deref().unwrap_or("-"));
+        out += &format!("  key pair:       {}\n", self.key_pair.as_deref().unwrap_or("-"));
+        out += &format!("  secrets:        {} (cluster secret, admin token; mode 0600)\n", self.state_file.display());
+        out += "  instances:\n";
+        for i in &self.instances {
+            let voter = i.voter_id.map_or(String::new(), |id| format!(" voter {id}"));
+            out += &format!(
+                "    {:<20} {:<11}{:<9} {:<10} private {:<15} public {}\n",
+                i.instance_id,
+                i.role,
+                voter,
+                i.state,
+                i.private_ip.as_deref().unwrap_or("-"),
+                i.public_ip.as_deref().unwrap_or("-")
+            );
+        }
+        let urls: Vec<String> = self
+            .instances
+            .iter()
+            .filter(|i| i.role == COORDINATOR_ROLE)
+            .filter_map(|i| i.public_ip.as_ref().map(|ip| format!("http://{ip}:{API_PORT}")))
+            .collect();
+        if let Some(first) = urls.first() {
+            out += &format!("  coordinators:   {}\n", urls.join(" "));
+            out += &format!("  status page:    {first}/\n");
+            out += &format!(
+                "  try:            curl -X PUT --data-binary @file '{first}/enqueue?iterations=1000' -H \"Authorization: Bearer $TOKEN\"\n"
+            );
+        }
+        out += &format!("  prometheus scrape configuration:\n{}", indent(&self.scrape_config(), 4));
+        out
+    }
+
+    /// A Prometheus scrape job for this cluster's instances, found through EC2 service discovery
+    /// by the cluster tag (the coordinators on the API port; workers serve their own metrics).
+    pub fn scrape_config(&self) -> String {
+        format!(
+            "scrape_configs:\n  - job_name: tandem-{cluster}\n    ec2_sd_configs:\n      - port: {API_PORT}\n        filters:\n          - name: tag:{CLUSTER_TAG}\n            values: [{cluster}]\n          - name: tag:{ROLE_TAG}\n            values: [{COORDINATOR_ROLE}]\n    relabel_configs:\n      - source_labels: [__meta_ec2_private_ip]\n        target_label: __address__\n        replacement: \"${{1}}:{API_PORT}\"\n",
+            cluster = self.cluster
+        )
+    }
+}
+
+fn indent(text: &str, by: usize) -> String {
+    text.lines().map(|l| format!("{}{l}\n", " ".repeat(by))).collect()
+}
+
+/// The EC2 side of a cluster.
+struct Cloud {
+    sdk: aws_sdk_ec2::Client,
+    cluster: String,
+}
+
+impl AwsOptions {
+    async fn cloud(&self) -> anyhow::Result<Cloud> {
+        check_name(&self.cluster_name)?;
+        let client = sdk_client(self.region.as_deref(), self.endpoint_url.as_deref())
+            .await
+            .map_err(|e| anyhow::anyhow!(e.with_flag("--region (TANDEM_AWS_REGION)")))?;
+        Ok(Cloud { sdk: client.sdk().clone(), cluster: self.cluster_name.clone() })
+    }
+
+    /// The state directory, checked to be outside any git work tree.
+    pub fn state_dir(&self) -> anyhow::Result<PathBuf> {
+        let dir = match &self.state_dir {
+            Some(dir) => dir.clone(),
+            None => {
+                let base =
+                    std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()).map(PathBuf::from).or_else(|| {
+                        std::env::var_os("HOME")
+                            .filter(|v| !v.is_empty())
+                            .map(|h| PathBuf::from(h).join(".local/state"))
+                    });
+                base.context("no state directory: set --state-dir, XDG_STATE_HOME or HOME")?
+                    .join("tandem")
+                    .join(&self.cluster_name)
+            }
+        };
+        let absolute = std::path::absolute(&dir).with_context(|| format!("state directory {}", dir.display()))?;
+        if let Some(repo) = absolute.ancestors().find(|a| a.join(".git").exists()) {
+            bail!(
+                "the state directory {} is inside the git work tree {}: its secrets must never be committed; \
+                 choose another --state-dir",
+                absolute.display(),
+                repo.display()
+            );
+        }
+        Ok(absolute)
+    }
+}
+
+/// A cluster name fits tags, group and key names: 1 to 32 of `a-z 0-9 -`.
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !ok {
+        bail!("a cluster name is 1 to 32 characters of a-z, 0-9 and '-', not {name:?}");
+    }
+    Ok(())
+}
+
+fn state_file(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}
+
+fn key_file(dir: &Path) -> PathBuf {
+    dir.join("ssh-key.pem")
+}
+
+/// Write `bytes` to `path` with mode 0600, atomically (a temporary file renamed over it).
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .with_context(|| format!("creating {}", temporary.display()))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// The state in `dir`, or a new one (new secrets) written there.
+fn load_or_create_state(dir: &Path, cluster: &str) -> anyhow::Result<State> {
+    let path = state_file(dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let state: State = serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))?;
+            if state.cluster != cluster {
+                bail!("{} belongs to cluster {:?}, not {cluster:?}", path.display(), state.cluster);
+            }
+            Ok(state)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            let state = State {
+                cluster: cluster.to_owned(),
+                cluster_secret: random_token()?,
+                admin_token: random_token()?,
+                launch_tokens: BTreeMap::new(),
+            };
+            save_state(dir, &state)?;
+            Ok(state)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn save_state(dir: &Path, state: &State) -> anyhow::Result<()> {
+    write_private(&state_file(dir), &serde_json::to_vec_pretty(state)?)
+}
+
+fn filter(name: impl Into<String>, values: &[&str]) -> Filter {
+    Filter::builder().name(name).set_values(Some(values.iter().map(|v| (*v).to_owned()).collect())).build()
+}
+
+fn tags(pairs: &[(&str, &str)]) -> Vec<Tag> {
+    pairs.iter().map(|(k, v)| Tag::builder().key(*k).value(*v).build()).collect()
+}
+
+fn tag_of<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
+    tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
+}
+
+impl Cloud {
+    fn group_name(&self) -> String {
+        format!("tandem-{}", self.cluster)
+    }
+
+    fn key_name(&self) -> String {
+        format!("tandem-{}", self.cluster)
+    }
+
+    fn cluster_tag(&self) -> Filter {
+        filter(format!("tag:{CLUSTER_TAG}"), &[&self.cluster])
+    }
+
+    /// The VPC to build in: the subnet's, else the default VPC.
+    async fn vpc(&self, subnet: Option<&str>) -> anyhow::Result<String> {
+        if let Some(subnet) = subnet {
+            let found = self.sdk.describe_subnets().subnet_ids(subnet).send().await.context("DescribeSubnets")?;
+            return found
+                .subnets()
+                .first()
+                .and_then(|s| s.vpc_id())
+                .map(str::to_owned)
+                .with_context(|| format!("no subnet {subnet}"));
+        }
+        let found =
+            self.sdk.describe_vpcs().filters(filter("is-default", &["true"])).send().await.context("DescribeVpcs")?;
+        found.vpcs().first().and_then(|v| v.vpc_id()).map(str::to_owned).context(
+            "this region has no default VPC: give --subnet (a subnet with a route to the internet for the API)",
+        )
+    }
+
+    /// The cluster's security group in `vpc`, if it exists.
+    async fn find_group(&self) -> anyhow::Result<Option<aws_sdk_ec2::types::SecurityGroup>> {
+        let found = self
+            .sdk
+            .describe_security_groups()
+            .filters(filter("group-name", &[&self.group_name()]))
+            .filters(self.cluster_tag())
+            .send()
+            .await
+            .context("DescribeSecurityGroups")?;
+        Ok(found.security_groups().first().cloned())
+    }
+
+    /// The security group, created if missing, with exactly the rules asked for added if missing.
+    async fn ensure_group(&self, vpc: &str, api_cidr: &str, ssh_cidr: Option<&str>) -> anyhow::Result<String> {
+        let group = match self.find_group().await? {
+            Some(group) => group,
+            None => {
+                let name = self.group_name();
+                self.sdk
+                    .create_security_group()
+                    .group_name(&name)
+                    .description(format!("Tandem cluster {}", self.cluster))
+                    .vpc_id(vpc)
+                    .tag_specifications(
+                        TagSpecification::builder()
+                            .resource_type(ResourceType::SecurityGroup)
+                            .set_tags(Some(tags(&[(CLUSTER_TAG, &self.cluster), ("Name", &name)])))
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .context("CreateSecurityGroup")?;
+                self.find_group().await?.context("the security group just created is not found")?
+            }
+        };
+        let id = group.group_id().context("a security group without an id")?.to_owned();
+        let has = |port: u16, cidr: Option<&str>, own_group: bool| {
+            group.ip_permissions().iter().any(|p| {
+                p.ip_protocol() == Some("tcp")
+                    && p.from_port() == Some(i32::from(if own_group { 0 } else { port }))
+                    && p.to_port() == Some(i32::from(if own_group { u16::MAX } else { port }))
+                    && (cidr.is_none_or(|c| p.ip_ranges().iter().any(|r| r.cidr_ip() == Some(c))))
+                    && (!own_group || p.user_id_group_pairs().iter().any(|g| g.group_id() == Some(id.as_str())))
+            })
+        };
+        let mut wanted = Vec::new();
+        if !has(API_PORT, Some(api_cidr), false) {
+            wanted.push(
+                IpPermission::builder()
+                    .ip_protocol("tcp")
+                    .from_port(i32::from(API_PORT))
+                    .to_port(i32::from(API_PORT))
+                    .ip_ranges(IpRange::builder().cidr_ip(api_cidr).description("Tandem client API").build())
+                    .build(),
+            );
+        }
+        if let Some(ssh) = ssh_cidr.filter(|c| !has(22, Some(c), false)) {
+            wanted.push(
+                IpPermission::builder()
+                    .ip_protocol("tcp")
+                    .from_port(22)
+                    .to_port(22)
+                    .ip_ranges(IpRange::builder().cidr_ip(ssh).description("SSH from the operator").build())
+                    .build(),
+            );
+        }
+        if !has(0, None, true) {
+            // Raft, worker and metrics traffic: only between members of the group.
+            wanted.push(
+                IpPermission::builder()
+                    .ip_protocol("tcp")
+                    .from_port(0)
+                    .to_port(i32::from(u16::MAX))
+                    .user_id_group_pairs(UserIdGroupPair::builder().group_id(&id).build())
+                    .build(),
+            );
+        }
+        if !wanted.is_empty() {
+            self.sdk
+                .authorize_security_group_ingress()
+                .group_id(&id)
+                .set_ip_permissions(Some(wanted))
+                .send()
+                .await
+                .context("AuthorizeSecurityGroupIngress")?;
+        }
+        Ok(id)
+    }
+
+    async fn find_key_pair(&self) -> anyhow::Result<bool> {
+        let found = self
+            .sdk
+            .describe_key_pairs()
+            .filters(filter("key-name", &[&self.key_name()]))
+            .send()
+            .await
+            .context("DescribeKeyPairs")?;
+        Ok(!found.key_pairs().is_empty())
+    }
+
+    /// The key pair, created (its private key written to `key_file`, mode 0600) if missing.
+    async fn ensure_key_pair(&self, key_file: &Path) -> anyhow::Result<String> {
+        let name = self.key_name();
+        if self.find_key_pair().await? {
+            if !key_file.is_file() {
+                bail!(
+                    "the key pair {name} exists but its private key is not in {}: run `deploy aws down` for this \
+                     cluster, or delete the key pair, and run up again",
+                    key_file.display()
+                );
+            }
+            return Ok(name);
+        }
+        let created = self
+            .sdk
+            .create_key_pair()
+            .key_name(&name)
+            .key_type(KeyType::Ed25519)
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::KeyPair)
+                    .set_tags(Some(tags(&[(CLUSTER_TAG, &self.cluster)])))
+                    .build(),
+            )
+            .send()
+            .await
+            .context("CreateKeyPair")?;
+        let material = created.key_material().context("CreateKeyPair returned no private key")?;
+        write_private(key_file, material.as_bytes())?;
+        Ok(name)
+    }
+
+    /// The newest Amazon Linux 2023 AMI for x86_64.
+    async fn default_ami(&self) -> anyhow::Result<String> {
+        let found = self
+            .sdk
+            .describe_images()
+            .owners("amazon")
+            .filters(filter("name", &["al2023-ami-2023.*-x86_64"]))
+            .filters(filter("state", &["available"]))
+            .send()
+            .await
+            .context("DescribeImages")?;
+        let newest = found
+            .images()
+            .iter()
+            .filter(|i| !i.name().unwrap_or_default().contains("minimal"))
+            .max_by_key(|i| i.creation_date().unwrap_or_default().to_owned());
+        newest.and_then(|i| i.image_id()).map(str::to_owned).context("no Amazon Linux 2023 AMI found: give --ami")
+    }
+
+    /// Every instance tagged with the cluster, in `states`.
+    async fn instances(&self, states: &[&str]) -> anyhow::Result<Vec<InstanceView>> {
+        let mut views = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let page = self
+                .sdk
+                .describe_instances()
+                .filters(self.cluster_tag())
+                .filters(filter("instance-state-name", states))
+                .set_next_token(next.take())
+                .send()
+                .await
+                .context("DescribeInstances")?;
+            for instance in page.reservations().iter().flat_map(|r| r.instances()) {
+                views.push(InstanceView {
+                    instance_id: instance.instance_id().unwrap_or_default().to_owned(),
+                    role: tag_of(instance.tags(), ROLE_TAG).unwrap_or("?").to_owned(),
+                    voter_id: tag_of(instance.tags(), VOTER_ID_TAG).and_then(|v| v.parse().ok()),
+                    state: instance.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default(),
+                    private_ip: instance.private_ip_address().map(str::to_owned),
+                    public_ip: instance.public_ip_address().map(str::to_owned),
+                });
+            }
+            match page.next_token() {
+                Some(token) if !token.is_empty() => next = Some(token.to_owned()),
+                _ => break,
+            }
+        }
+        views.sort_by_key(|v| (v.voter_id.is_none(), v.voter_id, v.instance_id.clone()));
+        Ok(views)
+    }
+
+    /// Launch voter `id`'s instance.
+    async fn launch_voter(&self, id: u64, role: Role, token: &str, up: &UpLaunch<'_>) -> anyhow::Result<()> {
+        let (role_tag, instance_type, profile) = match role {
+            Role::Coordinator => (COORDINATOR_ROLE, up.coordinator_type, up.instance_profile),
+            // The witness runs in the first worker; workers get no AWS permissions.
+            Role::Witness => (WORKER_ROLE, up.worker_type, None),
+        };
+        let name = format!("tandem-{}-{role}-{id}", self.cluster);
+        let id_text = id.to_string();
+        let user_data = prepare_script(role);
+        refuse_aws_keys(&user_data, up.aws_secret_access_key).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let encoded = aws_smithy_types::base64::encode(user_data.as_bytes());
+        self.sdk
+            .run_instances()
+            .client_token(token)
+            .image_id(up.ami)
+            .instance_type(InstanceType::from(instance_type))
+            .min_count(1)
+            .max_count(1)
+            .key_name(up.key_name)
+            .security_group_ids(up.security_group)
+            .set_subnet_id(up.subnet.map(str::to_owned))
+            .set_iam_instance_profile(profile.map(|p| IamInstanceProfileSpecification::builder().name(p).build()))
+            .user_data(encoded)
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_tokens(HttpTokensState::Required)
+                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                    .build(),
+            )
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Instance)
+                    .set_tags(Some(tags(&[
+                        (CLUSTER_TAG, &self.cluster),
+                        (ROLE_TAG, role_tag),
+                        (VOTER_ID_TAG, &id_text),
+                        ("Name", &name),
+                    ])))
+                    .build(),
+            )
+            .send()
+            .await
+            .with_context(|| format!("RunInstances for voter {id} ({role})"))?;
+        Ok(())
+    }
+
+    /// Wait until none of the cluster's instances is in `states`, or `WAIT` passes.
+    async fn wait_until_none(&self, states: &[&str], what: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = self.instances(states).await?;
+            if left.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let ids: Vec<&str> = left.iter().map(|i| i.instance_id.as_str()).collect();
+                bail!("{what}: still not done after {} s: {}", WAIT.as_secs(), ids.join(", "));
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+}
+
+/// What every voter's launch shares.
+struct UpLaunch<'a> {
+    ami: &'a str,
+    coordinator_type: &'a str,
+    worker_type: &'a str,
+    key_name: &'a str,
+    security_group: &'a str,
+    subnet: Option<&'a str>,
+    instance_profile: Option<&'a str>,
+    aws_secret_access_key: Option<&'a str>,
+}
+
+/// The user-data of a voter's instance: directories and a systemd unit (restarted on failure
+/// and after a reboot) that starts once `deploy aws` has uploaded the binary and its environment
+/// file. Holds no secret: those arrive with the upload, in a root-only file.
+pub fn prepare_script(role: Role) -> String {
+    let (unit, binary) = match role {
+        Role::Coordinator => ("tandem-coordinator", "coordinator"),
+        Role::Witness => ("tandem-worker", "worker"),
+    };
+    format!(
+        "#!/bin/bash\n\
+         # Tandem {role}: prepared here, started once deploy aws has uploaded /opt/tandem/bin/{binary}\n\
+         # and /etc/tandem/{binary}.env (root only: it holds the cluster secret).\n\
+         set -euo pipefail\n\
+         id -u tandem >/dev/null 2>&1 || useradd --system --home-dir /var/lib/tandem --shell /sbin/nologin tandem\n\
+         install -d -m 0755 /opt/tandem/bin\n\
+         install -d -m 0700 /etc/tandem\n\
+         install -d -m 0700 -o tandem -g tandem /var/lib/tandem\n\
+         cat > /etc/systemd/system/{unit}.service <<'UNIT'\n\
+         [Unit]\n\
+         Description=Tandem {role}\n\
+         After=network-online.target\n\
+         Wants=network-online.target\n\
+         ConditionPathExists=/etc/tandem/{binary}.env\n\
+         \n\
+         [Service]\n\
+         User=tandem\n\
+         EnvironmentFile=/etc/tandem/{binary}.env\n\
+         ExecStart=/opt/tandem/bin/{binary}\n\
+         Restart=always\n\
+         RestartSec=2\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n\
+         UNIT\n\
+         systemctl daemon-reload\n"
+    )
+}
+
+/// `deploy aws up`: converge the cluster's resources; see the module documentation.
+pub async fn up(options: &UpOptions) -> anyhow::Result<ClusterView> {
+    let dir = options.aws.state_dir()?;
+    let cloud = options.aws.cloud().await?;
+    let mut state = load_or_create_state(&dir, &cloud.cluster)?;
+    let vpc = cloud.vpc(options.subnet.as_deref()).await?;
+    let security_group = cloud.ensure_group(&vpc, &options.api_cidr, options.ssh_cidr.as_deref()).await?;
+    let key_name = cloud.ensure_key_pair(&key_file(&dir)).await?;
+    let ami = match &options.ami {
+        Some(ami) => ami.clone(),
+        None => cloud.default_ami().await?,
+    };
+    let aws_secret = std::env::var("AWS_SECRET_ACCESS_KEY").ok().filter(|k| !k.is_empty());
+    let launch = UpLaunch {
+        ami: &ami,
+        coordinator_type: &options.coordinator_type,
+        worker_type: &options.worker_type,
+        key_name: &key_name,
+        security_group: &security_group,
+        subnet: options.subnet.as_deref(),
+        instance_profile: options.instance_profile.as_deref(),
+        aws_secret_access_key: aws_secret.as_deref(),
+    };
+    let present = cloud.instances(&LIVE_STATES).await?;
+    for (id, role) in LAYOUT {
+        if present.iter().any(|i| i.voter_id == Some(id)) {
+            continue;
+        }
+        // A token per launch, kept before the call: a rerun after a failure mid-launch sends the
+        // same one, and EC2 answers with the instance the first call started.
+        let token = match state.launch_tokens.get(&id) {
+            Some(token) => token.clone(),
+            None => {
+                let token = format!("tandem-{}-{id}-{}", cloud.cluster, random_token()?);
+                state.launch_tokens.insert(id, token.clone());
+                save_state(&dir, &state)?;
+                token
+            }
+        };
+        cloud.launch_voter(id, role, &token, &launch).await?;
+    }
+    cloud.wait_until_none(&["pending"], "waiting for the instances to run").await?;
+    status_of(&cloud, &dir).await
+}
+
+/// `deploy aws status`: what the cluster has now.
+pub async fn status(options: &AwsOptions) -> anyhow::Result<ClusterView> {
+    let dir = options.state_dir()?;
+    let cloud = options.cloud().await?;
+    status_of(&cloud, &dir).await
+}
+
+async fn status_of(cloud: &Cloud, dir: &Path) -> anyhow::Result<ClusterView> {
+    Ok(ClusterView {
+        cluster: cloud.cluster.clone(),
+        security_group: cloud.find_group().await?.and_then(|g| g.group_id().map(str::to_owned)),
+        key_pair: cloud.find_key_pair().await?.then(|| cloud.key_name()),
+        instances: cloud.instances(&LIVE_STATES).await?,
+        state_file: state_file(dir),
+    })
+}
+
+/// `deploy aws down`: terminate every instance of the cluster and wait for them, then delete the
+/// security group, the key pair and the operator's state. Harmless when nothing is left.
+pub async fn down(options: &AwsOptions) -> anyhow::Result<Vec<String>> {
+    let dir = options.state_dir()?;
+    let cloud = options.cloud().await?;
+    let mut done = Vec::new();
+    let live = cloud.instances(&LIVE_STATES).await?;
+    if !live.is_empty() {
+        let ids: Vec<String> = live.iter().map(|i| i.instance_id.clone()).collect();
+        cloud
+            .sdk
+            .terminate_instances()
+            .set_instance_ids(Some(ids.clone()))
+            .send()
+            .await
+            .context("TerminateInstances")?;
+        done.push(format!("terminated {}", ids.join(", ")));
+    }
+    cloud.wait_until_none(&["pending", "running", "stopping", "stopped", "shutting-down"], "terminating").await?;
+    if let Some(group) = cloud.find_group().await?.and_then(|g| g.group_id().map(str::to_owned)) {
+        delete_group(&cloud, &group).await?;
+        done.push(format!("deleted security group {group}"));
+    }
+    if cloud.find_key_pair().await? {
+        cloud.sdk.delete_key_pair().key_name(cloud.key_name()).send().await.context("DeleteKeyPair")?;
+        done.push(format!("deleted key pair {}", cloud.key_name()));
+    }
+    for path in [key_file(&dir), state_file(&dir)] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => done.push(format!("removed {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+        }
+    }
+    Ok(done)
+}
+
+/// Delete the group, retrying while EC2 still counts a terminated instance's interface in it.
+async fn delete_group(cloud: &Cloud, group: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match cloud.sdk.delete_security_group().group_id(group).send().await {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                let dependency = e.as_service_error().and_then(|s| s.meta().code()) == Some("DependencyViolation");
+                if !dependency || Instant::now() >= deadline {
+                    return Err(anyhow::Error::new(e).context(format!("DeleteSecurityGroup {group}")));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_names_fit_tags_and_names() {
+        for good in ["tandem", "blue-2", "a"] {
+            check_name(good).expect(good);
+        }
+        for bad in ["", "Blue", "a b", "x/y", &"a".repeat(33)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_state_directory_inside_a_git_work_tree_is_refused() {
+        let root = tempfile::TempDir::new().expect("temp dir");
+        std::fs::create_dir(root.path().join(".git")).expect(".git");
+        let options = AwsOptions {
+            cluster_name: "t".into(),
+            region: None,
+            endpoint_url: None,
+            state_dir: Some(root.path().join("state")),
+        };
+        let error = options.state_dir().expect_err("inside a work tree");
+        assert!(error.to_string().contains("git work tree"), "{error}");
+    }
+
+    #[test]
+    fn the_state_is_private_and_keeps_its_secrets_across_runs() {
+        let root = tempfile::TempDir::new().expect("temp dir");
+        let dir = root.path().join("state");
+        let first = load_or_create_state(&dir, "t").expect("created");
+        let mode = std::fs::metadata(state_file(&dir)).expect("state file").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(&dir).expect("dir").permissions().mode() & 0o777, 0o700);
+        assert_ne!(first.cluster_secret, first.admin_token);
+        assert_eq!(load_or_create_state(&dir, "t").expect("read"), first);
+        let error = load_or_create_state(&dir, "other").expect_err("another cluster's state");
+        assert!(error.to_string().contains("belongs to cluster"), "{error}");
+    }
+
+    #[test]
+    fn the_prepare_script_holds_no_secret_and_restarts_the_process() {
+        for role in [Role::Coordinator, Role::Witness] {
+            let script = prepare_script(role);
+            assert!(script.contains("Restart=always") && script.contains("WantedBy=multi-user.target"), "{script}");
+            assert!(!script.to_ascii_lowercase().contains("secret="), "{script}");
+            refuse_aws_keys(&script, None).expect("no AWS key");
+        }
+    }
+}
