@@ -8,9 +8,10 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use deploy::leaks::{find_access_key_id, find_secret_access_key};
 use deploy::provider::ec2::aws_sdk_ec2;
 use deploy::provider::ec2::aws_sdk_ec2::types::{Filter, HttpTokensState, Tag};
-use deploy::provider::ec2::launch::{CLUSTER_TAG, ROLE_TAG, VOTER_ID_TAG, find_access_key_id};
+use deploy::provider::ec2::launch::{CLUSTER_TAG, ROLE_TAG, VOTER_ID_TAG};
 use tempfile::TempDir;
 
 #[path = "common/moto.rs"]
@@ -61,6 +62,7 @@ impl Deploy<'_> {
 
 fn assert_no_key(what: &str, text: &str) {
     assert!(find_access_key_id(text).is_none(), "{what} holds something like an access key id");
+    assert!(find_secret_access_key(text).is_none(), "{what} holds something like a secret access key");
     assert!(!text.contains(DUMMY_SECRET_ACCESS_KEY), "{what} holds the secret access key");
 }
 

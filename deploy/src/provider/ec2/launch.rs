@@ -427,13 +427,22 @@ fn check_token(token: &str) -> Result<(), ProviderError> {
     })
 }
 
+pub use crate::leaks::{find_access_key_id, find_secret_access_key};
+
 /// Refuse `user_data` if it holds an AWS access key id (`AKIA` or `ASIA` and 16 more upper-case
-/// letters or digits) or `secret_access_key`.
+/// letters or digits), what looks like a secret access key ([`find_secret_access_key`]), or
+/// `secret_access_key`.
 pub fn refuse_aws_keys(user_data: &str, secret_access_key: Option<&str>) -> Result<(), ProviderError> {
     if let Some(at) = find_access_key_id(user_data) {
         let line = user_data[..at].matches('\n').count() + 1;
         return Err(configuration(format!(
             "refusing to launch: the user-data holds what looks like an AWS access key id (line {line})"
+        )));
+    }
+    if let Some(at) = find_secret_access_key(user_data) {
+        let line = user_data[..at].matches('\n').count() + 1;
+        return Err(configuration(format!(
+            "refusing to launch: the user-data holds what looks like an AWS secret access key (line {line})"
         )));
     }
     if let Some(secret) = secret_access_key
@@ -443,20 +452,6 @@ pub fn refuse_aws_keys(user_data: &str, secret_access_key: Option<&str>) -> Resu
         return Err(configuration("refusing to launch: the user-data holds this process's AWS secret access key"));
     }
     Ok(())
-}
-
-/// Where the first AWS access key id in `text` starts.
-pub fn find_access_key_id(text: &str) -> Option<usize> {
-    let bytes = text.as_bytes();
-    let key_char = |b: &u8| b.is_ascii_uppercase() || b.is_ascii_digit();
-    (0..bytes.len().saturating_sub(19)).find(|&at| {
-        let window = &bytes[at..at + 20];
-        (window.starts_with(b"AKIA") || window.starts_with(b"ASIA"))
-            && window[4..].iter().all(key_char)
-            // A longer run of key characters is something else (a hash, a longer id).
-            && !bytes.get(at + 20).is_some_and(key_char)
-            && !(at > 0 && key_char(&bytes[at - 1]))
-    })
 }
 
 /// Characters of EC2 resource ids and instance types (`ami-0abc`, `c7i.large`).
