@@ -142,6 +142,9 @@ pub struct ClusterView {
     pub instances: Vec<InstanceView>,
     /// Where the operator's state is.
     pub state_file: PathBuf,
+    /// What the first coordinator that answered says of the cluster (`GET /cluster`), or why
+    /// none did; `None` when not asked.
+    pub live: Option<Result<String, String>>,
 }
 
 impl ClusterView {
@@ -176,6 +179,11 @@ impl ClusterView {
             out += &format!(
                 "  try:            curl -X PUT --data-binary @file '{first}/enqueue?iterations=1000' -H \"Authorization: Bearer $TOKEN\"\n"
             );
+        }
+        match &self.live {
+            Some(Ok(summary)) => out += &format!("  cluster:        {summary}\n"),
+            Some(Err(why)) => out += &format!("  cluster:        not reachable ({why})\n"),
+            None => {}
         }
         out += &format!("  prometheus scrape configuration:\n{}", indent(&self.scrape_config(), 4));
         out
@@ -690,24 +698,58 @@ pub async fn up(options: &UpOptions) -> anyhow::Result<ClusterView> {
         cloud.launch_voter(id, role, &token, &launch).await?;
     }
     cloud.wait_until_none(&["pending"], "waiting for the instances to run").await?;
-    status_of(&cloud, &dir).await
+    status_of(&cloud, &dir, false).await
 }
 
-/// `deploy aws status`: what the cluster has now.
-pub async fn status(options: &AwsOptions) -> anyhow::Result<ClusterView> {
+/// `deploy aws status`: what the cluster has now, and with `probe` what its coordinators say
+/// (`GET /cluster` on their public addresses).
+pub async fn status(options: &AwsOptions, probe: bool) -> anyhow::Result<ClusterView> {
     let dir = options.state_dir()?;
     let cloud = options.cloud().await?;
-    status_of(&cloud, &dir).await
+    status_of(&cloud, &dir, probe).await
 }
 
-async fn status_of(cloud: &Cloud, dir: &Path) -> anyhow::Result<ClusterView> {
+async fn status_of(cloud: &Cloud, dir: &Path, probe: bool) -> anyhow::Result<ClusterView> {
+    let instances = cloud.instances(&LIVE_STATES).await?;
+    let live = if probe { Some(ask_cluster(&instances).await) } else { None };
     Ok(ClusterView {
         cluster: cloud.cluster.clone(),
         security_group: cloud.find_group().await?.and_then(|g| g.group_id().map(str::to_owned)),
         key_pair: cloud.find_key_pair().await?.then(|| cloud.key_name()),
-        instances: cloud.instances(&LIVE_STATES).await?,
+        instances,
         state_file: state_file(dir),
+        live,
     })
+}
+
+/// `GET /cluster` of the first coordinator that answers within a few seconds, summed up.
+async fn ask_cluster(instances: &[InstanceView]) -> Result<String, String> {
+    let urls: Vec<String> = instances
+        .iter()
+        .filter(|i| i.role == COORDINATOR_ROLE && i.state == "running")
+        .filter_map(|i| i.public_ip.as_ref().map(|ip| format!("http://{ip}:{API_PORT}")))
+        .collect();
+    let mut why = String::from("no running coordinator with a public address");
+    for url in urls {
+        let client = wire::client::ApiClient::new(url.clone());
+        match tokio::time::timeout(Duration::from_secs(3), client.cluster()).await {
+            Ok(Ok(view)) => {
+                let voters: Vec<String> = view.voters.iter().map(|v| v.id.to_string()).collect();
+                return Ok(format!(
+                    "leader {}, term {}, voters {}, {} queued, {} running, {} workers (from {url})",
+                    view.leader.map_or("none".to_owned(), |l| l.to_string()),
+                    view.term,
+                    voters.join(" "),
+                    view.queue.queued,
+                    view.queue.running,
+                    view.workers.len()
+                ));
+            }
+            Ok(Err(e)) => why = format!("{url}: {e}"),
+            Err(_) => why = format!("{url}: no answer within 3 s"),
+        }
+    }
+    Err(why)
 }
 
 /// `deploy aws down`: terminate every instance of the cluster and wait for them, then delete the

@@ -81,8 +81,15 @@ enum AwsCommand {
     /// Create what is missing of the cluster (security group, key pair, the two coordinators and
     /// the witness's worker), keep what is there; prints the cluster. Run it again to converge.
     Up(deploy::aws::UpOptions),
-    /// The cluster's security group, key pair and instances.
-    Status(deploy::aws::AwsOptions),
+    /// The cluster's security group, key pair and instances, and what a coordinator says of the
+    /// cluster (GET /cluster on its public address) if one answers.
+    Status {
+        #[command(flatten)]
+        aws: deploy::aws::AwsOptions,
+        /// Do not ask the coordinators.
+        #[arg(long)]
+        no_probe: bool,
+    },
     /// Terminate every instance of the cluster (autoscaled workers too), wait for them, delete
     /// the security group, the key pair and the local state. Harmless when nothing is left.
     Down(deploy::aws::AwsOptions),
@@ -94,7 +101,9 @@ fn run_aws(command: AwsCommand) -> anyhow::Result<()> {
     runtime.block_on(async {
         match command {
             AwsCommand::Up(options) => print!("{}", deploy::aws::up(&options).await?.describe()),
-            AwsCommand::Status(options) => print!("{}", deploy::aws::status(&options).await?.describe()),
+            AwsCommand::Status { aws, no_probe } => {
+                print!("{}", deploy::aws::status(&aws, !no_probe).await?.describe())
+            }
             AwsCommand::Down(options) => {
                 let done = deploy::aws::down(&options).await?;
                 if done.is_empty() {
