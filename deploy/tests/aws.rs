@@ -34,6 +34,13 @@ impl Deploy<'_> {
     /// Run `deploy aws <command> <args>` for the test cluster; its stdout, or a panic with its
     /// output if it failed.
     async fn run(&self, command: &str, args: &[&str]) -> String {
+        let (success, stdout, stderr) = self.try_run(command, args).await;
+        assert!(success, "deploy aws {command} failed:\n{stdout}\n{stderr}");
+        stdout
+    }
+
+    /// Run `deploy aws <command> <args>`: whether it succeeded, its stdout and its stderr.
+    async fn try_run(&self, command: &str, args: &[&str]) -> (bool, String, String) {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_deploy"));
         child.args(["aws", command, "--cluster-name", CLUSTER, "--region", REGION, "--endpoint-url"]);
         child.args([self.moto_url, "--state-dir", &self.state_dir]).args(args);
@@ -53,10 +60,9 @@ impl Deploy<'_> {
             .await
             .expect("run deploy");
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "deploy aws {command} failed: {}\n{stdout}\n{stderr}", output.status);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         assert_no_key(&format!("deploy aws {command}'s output"), &format!("{stdout}{stderr}"));
-        stdout
+        (output.status.success(), stdout, stderr)
     }
 }
 
@@ -141,6 +147,16 @@ async fn up_status_down(moto_server: &Path) {
     let up_args =
         ["--api-cidr", API_CIDR, "--ssh-cidr", SSH_CIDR, "--ami", &ami, "--instance-profile", INSTANCE_PROFILE]
             .to_vec();
+
+    // An up that fails half-way (here at the first launch: EC2 refuses an unknown instance
+    // profile, as it would
+    // refuse expired credentials) leaves what it made; the next up converges from there.
+    let broken =
+        ["--api-cidr", API_CIDR, "--ssh-cidr", SSH_CIDR, "--ami", &ami, "--instance-profile", "no-such-profile"];
+    let (success, _, stderr) = deploy.try_run("up", &broken).await;
+    assert!(!success && stderr.contains("RunInstances for voter 1"), "{stderr}");
+    assert!(live_cluster_instances(sdk).await.is_empty());
+    assert_eq!((groups(sdk).await.len(), key_pairs(sdk).await), (1, 1), "the group and key pair were made");
 
     let printed = deploy.run("up", &up_args).await;
     // The security group: the API to the configured CIDR, SSH to the operator, the rest only
