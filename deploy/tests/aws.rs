@@ -149,8 +149,8 @@ async fn up_status_down(moto_server: &Path) {
             .to_vec();
 
     // An up that fails half-way (here at the first launch: EC2 refuses an unknown instance
-    // profile, as it would
-    // refuse expired credentials) leaves what it made; the next up converges from there.
+    // profile, as it would refuse expired credentials) leaves what it made; the next up
+    // converges from there.
     let broken =
         ["--api-cidr", API_CIDR, "--ssh-cidr", SSH_CIDR, "--ami", &ami, "--instance-profile", "no-such-profile"];
     let (success, _, stderr) = deploy.try_run("up", &broken).await;
