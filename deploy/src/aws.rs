@@ -134,6 +134,8 @@ pub struct InstanceView {
 pub struct ClusterView {
     /// The cluster's name.
     pub cluster: String,
+    /// Its region.
+    pub region: String,
     /// Its security group, if there is one.
     pub security_group: Option<String>,
     /// Its key pair, if there is one.
@@ -193,8 +195,9 @@ impl ClusterView {
     /// by the cluster tag (the coordinators on the API port; workers serve their own metrics).
     pub fn scrape_config(&self) -> String {
         format!(
-            "scrape_configs:\n  - job_name: tandem-{cluster}\n    ec2_sd_configs:\n      - port: {API_PORT}\n        filters:\n          - name: tag:{CLUSTER_TAG}\n            values: [{cluster}]\n          - name: tag:{ROLE_TAG}\n            values: [{COORDINATOR_ROLE}]\n    relabel_configs:\n      - source_labels: [__meta_ec2_private_ip]\n        target_label: __address__\n        replacement: \"${{1}}:{API_PORT}\"\n",
-            cluster = self.cluster
+            "scrape_configs:\n  - job_name: tandem-{cluster}\n    ec2_sd_configs:\n      - region: {region}\n        port: {API_PORT}\n        filters:\n          - name: tag:{CLUSTER_TAG}\n            values: [{cluster}]\n          - name: tag:{ROLE_TAG}\n            values: [{COORDINATOR_ROLE}]\n    relabel_configs:\n      - source_labels: [__meta_ec2_private_ip]\n        target_label: __address__\n        replacement: \"${{1}}:{API_PORT}\"\n",
+            cluster = self.cluster,
+            region = self.region
         )
     }
 }
@@ -207,6 +210,7 @@ fn indent(text: &str, by: usize) -> String {
 struct Cloud {
     sdk: aws_sdk_ec2::Client,
     cluster: String,
+    region: String,
 }
 
 impl AwsOptions {
@@ -215,7 +219,9 @@ impl AwsOptions {
         let client = sdk_client(self.region.as_deref(), self.endpoint_url.as_deref())
             .await
             .map_err(|e| anyhow::anyhow!(e.with_flag("--region (TANDEM_AWS_REGION)")))?;
-        Ok(Cloud { sdk: client.sdk().clone(), cluster: self.cluster_name.clone() })
+        let sdk = client.sdk().clone();
+        let region = sdk.config().region().map(ToString::to_string).unwrap_or_default();
+        Ok(Cloud { sdk, cluster: self.cluster_name.clone(), region })
     }
 
     /// The state directory, checked to be outside any git work tree.
@@ -714,6 +720,7 @@ async fn status_of(cloud: &Cloud, dir: &Path, probe: bool) -> anyhow::Result<Clu
     let live = if probe { Some(ask_cluster(&instances).await) } else { None };
     Ok(ClusterView {
         cluster: cloud.cluster.clone(),
+        region: cloud.region.clone(),
         security_group: cloud.find_group().await?.and_then(|g| g.group_id().map(str::to_owned)),
         key_pair: cloud.find_key_pair().await?.then(|| cloud.key_name()),
         instances,
@@ -846,6 +853,22 @@ mod tests {
         assert_eq!(load_or_create_state(&dir, "t").expect("read"), first);
         let error = load_or_create_state(&dir, "other").expect_err("another cluster's state");
         assert!(error.to_string().contains("belongs to cluster"), "{error}");
+    }
+
+    #[test]
+    fn the_printed_scrape_configuration_is_one_prometheus_accepts() {
+        let view = ClusterView { cluster: "blue".into(), region: "eu-west-1".into(), ..ClusterView::default() };
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(&config, view.scrape_config()).expect("write");
+        let output = std::process::Command::new("promtool")
+            .args(["check", "config", "--syntax-only"])
+            .arg(&config)
+            .output()
+            .expect("promtool is installed by ./scripts/test (Debian package prometheus)");
+        let said = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "promtool: {said}\n{}", view.scrape_config());
+        assert!(view.describe().contains("job_name: tandem-blue"));
     }
 
     #[test]
