@@ -38,6 +38,12 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// Whether asking again shortly may succeed: a 503 (no leader confirmed a read, an election
+    /// under way, a full queue) or no answer at all.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ClientError::Status { status: 503, .. } | ClientError::Transport(_))
+    }
 }
 
 /// A client of one coordinator's API.

@@ -46,10 +46,15 @@ pub async fn run(args: &ComputeArgs, quick: bool) -> anyhow::Result<Report> {
     for round in 0..rounds {
         let body = format!("tandem compute benchmark, round {round}").into_bytes();
         let id = client.enqueue(body.clone(), iterations, None).await?;
+        let polling_since = std::time::Instant::now();
         let view = loop {
-            let view = client.job(id).await?;
-            if view.result.is_some() {
-                break view;
+            match client.job(id).await {
+                Ok(view) if view.result.is_some() => break view,
+                Ok(_) => {}
+                // A voter starved of CPU for a moment (an election, a read no leader could
+                // confirm) answers 503: ask again, as any client would, for a while.
+                Err(e) if e.is_transient() && polling_since.elapsed() < Duration::from_secs(60) => {}
+                Err(e) => return Err(e.into()),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
