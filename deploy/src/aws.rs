@@ -19,7 +19,7 @@
 //! systemd units installed but not started), creating IAM roles (`--instance-profile` names an
 //! existing profile for the coordinators).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -204,6 +204,63 @@ impl ClusterView {
 
 fn indent(text: &str, by: usize) -> String {
     text.lines().map(|l| format!("{}{l}\n", " ".repeat(by))).collect()
+}
+
+/// Where an ingress rule lets traffic in from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Source {
+    Cidr(String),
+    Group(String),
+}
+
+/// One ingress rule of the security group: a protocol and port range, from one source.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Rule {
+    protocol: String,
+    from_port: i32,
+    to_port: i32,
+    source: Source,
+}
+
+impl Rule {
+    fn tcp(from_port: u16, to_port: u16, source: Source) -> Rule {
+        Rule { protocol: "tcp".into(), from_port: i32::from(from_port), to_port: i32::from(to_port), source }
+    }
+
+    /// Every rule of a group's permissions, one per source (IPv6 ranges and prefix lists
+    /// included, so that they are revoked: `up` never makes them).
+    fn all_of(permissions: &[IpPermission]) -> BTreeSet<Rule> {
+        let mut rules = BTreeSet::new();
+        for p in permissions {
+            let rule = |source| Rule {
+                protocol: p.ip_protocol().unwrap_or_default().to_owned(),
+                from_port: p.from_port().unwrap_or(-1),
+                to_port: p.to_port().unwrap_or(-1),
+                source,
+            };
+            rules.extend(p.ip_ranges().iter().filter_map(|r| r.cidr_ip()).map(|c| rule(Source::Cidr(c.to_owned()))));
+            rules
+                .extend(p.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()).map(|c| rule(Source::Cidr(c.to_owned()))));
+            rules.extend(
+                p.user_id_group_pairs().iter().filter_map(|g| g.group_id()).map(|g| rule(Source::Group(g.to_owned()))),
+            );
+        }
+        rules
+    }
+
+    /// The rule as the API takes it.
+    fn permission(&self) -> IpPermission {
+        let permission =
+            IpPermission::builder().ip_protocol(&self.protocol).from_port(self.from_port).to_port(self.to_port);
+        match &self.source {
+            Source::Cidr(cidr) if cidr.contains(':') => {
+                permission.ipv6_ranges(aws_sdk_ec2::types::Ipv6Range::builder().cidr_ipv6(cidr).build())
+            }
+            Source::Cidr(cidr) => permission.ip_ranges(IpRange::builder().cidr_ip(cidr).build()),
+            Source::Group(group) => permission.user_id_group_pairs(UserIdGroupPair::builder().group_id(group).build()),
+        }
+        .build()
+    }
 }
 
 /// The EC2 side of a cluster.
@@ -400,52 +457,33 @@ impl Cloud {
             }
         };
         let id = group.group_id().context("a security group without an id")?.to_owned();
-        let has = |port: u16, cidr: Option<&str>, own_group: bool| {
-            group.ip_permissions().iter().any(|p| {
-                p.ip_protocol() == Some("tcp")
-                    && p.from_port() == Some(i32::from(if own_group { 0 } else { port }))
-                    && p.to_port() == Some(i32::from(if own_group { u16::MAX } else { port }))
-                    && (cidr.is_none_or(|c| p.ip_ranges().iter().any(|r| r.cidr_ip() == Some(c))))
-                    && (!own_group || p.user_id_group_pairs().iter().any(|g| g.group_id() == Some(id.as_str())))
-            })
-        };
-        let mut wanted = Vec::new();
-        if !has(API_PORT, Some(api_cidr), false) {
-            wanted.push(
-                IpPermission::builder()
-                    .ip_protocol("tcp")
-                    .from_port(i32::from(API_PORT))
-                    .to_port(i32::from(API_PORT))
-                    .ip_ranges(IpRange::builder().cidr_ip(api_cidr).description("Tandem client API").build())
-                    .build(),
-            );
+        // Exactly these rules: the API to the configured CIDR, SSH to the operator if asked, and
+        // every port between members of the group (Raft, worker and metrics traffic). What else
+        // is there (an earlier --api-cidr, SSH no longer asked for) is revoked.
+        let mut wanted = BTreeSet::from([
+            Rule::tcp(API_PORT, API_PORT, Source::Cidr(api_cidr.to_owned())),
+            Rule::tcp(0, u16::MAX, Source::Group(id.clone())),
+        ]);
+        if let Some(ssh) = ssh_cidr {
+            wanted.insert(Rule::tcp(22, 22, Source::Cidr(ssh.to_owned())));
         }
-        if let Some(ssh) = ssh_cidr.filter(|c| !has(22, Some(c), false)) {
-            wanted.push(
-                IpPermission::builder()
-                    .ip_protocol("tcp")
-                    .from_port(22)
-                    .to_port(22)
-                    .ip_ranges(IpRange::builder().cidr_ip(ssh).description("SSH from the operator").build())
-                    .build(),
-            );
+        let present = Rule::all_of(group.ip_permissions());
+        let stale: Vec<IpPermission> = present.difference(&wanted).map(Rule::permission).collect();
+        let missing: Vec<IpPermission> = wanted.difference(&present).map(Rule::permission).collect();
+        if !stale.is_empty() {
+            self.sdk
+                .revoke_security_group_ingress()
+                .group_id(&id)
+                .set_ip_permissions(Some(stale))
+                .send()
+                .await
+                .context("RevokeSecurityGroupIngress")?;
         }
-        if !has(0, None, true) {
-            // Raft, worker and metrics traffic: only between members of the group.
-            wanted.push(
-                IpPermission::builder()
-                    .ip_protocol("tcp")
-                    .from_port(0)
-                    .to_port(i32::from(u16::MAX))
-                    .user_id_group_pairs(UserIdGroupPair::builder().group_id(&id).build())
-                    .build(),
-            );
-        }
-        if !wanted.is_empty() {
+        if !missing.is_empty() {
             self.sdk
                 .authorize_security_group_ingress()
                 .group_id(&id)
-                .set_ip_permissions(Some(wanted))
+                .set_ip_permissions(Some(missing))
                 .send()
                 .await
                 .context("AuthorizeSecurityGroupIngress")?;

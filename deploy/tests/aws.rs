@@ -76,6 +76,21 @@ fn tag<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
     tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
 }
 
+/// A group's ingress rules as (from port, to port, source CIDR or group).
+fn rules_of(group: &aws_sdk_ec2::types::SecurityGroup) -> BTreeSet<(i32, i32, String)> {
+    group
+        .ip_permissions()
+        .iter()
+        .flat_map(|p| {
+            let (from, to) = (p.from_port().unwrap_or(-1), p.to_port().unwrap_or(-1));
+            let cidrs = p.ip_ranges().iter().map(move |r| (from, to, r.cidr_ip().unwrap_or_default().to_owned()));
+            let groups =
+                p.user_id_group_pairs().iter().map(move |g| (from, to, g.group_id().unwrap_or_default().to_owned()));
+            cidrs.chain(groups).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 fn cluster_filter() -> Filter {
     Filter::builder().name(format!("tag:{CLUSTER_TAG}")).values(CLUSTER).build()
 }
@@ -166,17 +181,7 @@ async fn up_status_down(moto_server: &Path) {
     let group = &group[0];
     let group_id = group.group_id().expect("id").to_owned();
     assert_eq!(tag(group.tags(), CLUSTER_TAG), Some(CLUSTER));
-    let rules: BTreeSet<(i32, i32, String)> = group
-        .ip_permissions()
-        .iter()
-        .flat_map(|p| {
-            let (from, to) = (p.from_port().unwrap_or(-1), p.to_port().unwrap_or(-1));
-            let cidrs = p.ip_ranges().iter().map(move |r| (from, to, r.cidr_ip().unwrap_or_default().to_owned()));
-            let groups =
-                p.user_id_group_pairs().iter().map(move |g| (from, to, g.group_id().unwrap_or_default().to_owned()));
-            cidrs.chain(groups).collect::<Vec<_>>()
-        })
-        .collect();
+    let rules = rules_of(group);
     let expected: BTreeSet<(i32, i32, String)> =
         [(8080, 8080, API_CIDR.to_owned()), (22, 22, SSH_CIDR.to_owned()), (0, 65535, group_id.clone())].into();
     assert_eq!(rules, expected);
@@ -234,6 +239,18 @@ async fn up_status_down(moto_server: &Path) {
     assert_eq!(groups(sdk).await.len(), 1);
     assert_eq!(groups(sdk).await[0].ip_permissions().len(), group.ip_permissions().len(), "no rule added twice");
     assert_eq!(key_pairs(sdk).await, 1);
+
+    // Another CIDR for the API and no SSH: the group has exactly the new rules (the old CIDR
+    // and SSH revoked), and the instances are left alone.
+    let moved = ["--api-cidr", "192.0.2.0/24", "--ami", &ami, "--instance-profile", INSTANCE_PROFILE];
+    deploy.run("up", &moved).await;
+    let rules_now = rules_of(&groups(sdk).await[0]);
+    let expected: BTreeSet<(i32, i32, String)> =
+        [(8080, 8080, "192.0.2.0/24".to_owned()), (0, 65535, group_id.clone())].into();
+    assert_eq!(rules_now, expected);
+    assert_eq!(ids(&live_cluster_instances(sdk).await), before);
+    deploy.run("up", &up_args).await;
+    assert_eq!(rules_of(&groups(sdk).await[0]), rules, "back as it was");
 
     // A voter lost: up launches that one again, and only it.
     let lost =
