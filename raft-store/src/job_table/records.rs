@@ -98,6 +98,43 @@ pub struct Launch {
     pub requested_at_ms: u64,
     /// The instance it produced, once the provider said so.
     pub instance_id: Option<String>,
+    /// Its worker's one-time join secret (none in logs written before join secrets, and for a
+    /// provider whose workers are given the cluster secret).
+    #[serde(default)]
+    pub join: Option<JoinGrant>,
+}
+
+/// A one-time join secret as the leader chose it, before commit: the secret itself is never
+/// committed, only its SHA-256 and how long it is good for from the launch's time.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct JoinTerms {
+    /// SHA-256 of the join secret, lower-case hex (`wire::join_secret_sha256`).
+    pub secret_sha256: String,
+    /// It expires this long after the command's time (the boot timeout).
+    pub valid_ms: u64,
+}
+
+/// A launched worker's one-time join secret, as committed: exchanged once, before it expires,
+/// for the cluster secret (`Command::UseJoin`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct JoinGrant {
+    /// SHA-256 of the join secret, lower-case hex.
+    pub secret_sha256: String,
+    /// It is refused at and after this time (ms, the committing leader's clock).
+    pub expires_at_ms: u64,
+    /// When it was exchanged (ms); a used join secret is refused.
+    pub used_at_ms: Option<u64>,
+}
+
+impl JoinGrant {
+    /// The grant `terms` give at `at_ms`.
+    pub fn new(terms: &JoinTerms, at_ms: u64) -> Self {
+        JoinGrant {
+            secret_sha256: terms.secret_sha256.clone(),
+            expires_at_ms: at_ms.saturating_add(terms.valid_ms),
+            used_at_ms: None,
+        }
+    }
 }
 
 /// One autoscaler decision, as `/cluster` shows it.
@@ -174,6 +211,9 @@ pub struct WitnessReplacement {
     pub raft_addr: Option<String>,
     /// When the new witness became a voter in place of the old one (ms); until then, under way.
     pub done_at_ms: Option<u64>,
+    /// Its worker's one-time join secret (see [`Launch::join`]).
+    #[serde(default)]
+    pub join: Option<JoinGrant>,
 }
 
 impl WitnessReplacement {
