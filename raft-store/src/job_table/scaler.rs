@@ -138,13 +138,14 @@ impl JobTable {
                 let subject = format!("node {} by node {}", replacement.replaces, replacement.node_id);
                 self.record(*at_ms, "witness replacement failed", Some(subject), why.clone());
             }
-            ScalerCommand::JoinRenewed { token, join, at_ms } => {
-                match self.join_grant_mut(token) {
-                    Some(grant) if grant.used_at_ms.is_none() => *grant = JoinGrant::new(join, *at_ms),
-                    // Used: its worker joined, and a launch again starts nothing new.
-                    _ => return CommandResponse::Rejected(Rejection::StaleDecision),
+            ScalerCommand::JoinRenewed { token, join, at_ms } => match self.join_slot_mut(token) {
+                // A launch committed before join secrets had none: it gets one too.
+                Some(slot) if slot.as_ref().is_none_or(|grant| grant.used_at_ms.is_none()) => {
+                    *slot = Some(JoinGrant::new(join, *at_ms));
                 }
-            }
+                // Not in flight, or its worker joined already (and a launch again starts nothing).
+                _ => return CommandResponse::Rejected(Rejection::StaleDecision),
+            },
             ScalerCommand::Held { at_ms, why } => {
                 let repeated = self.scaler.records.back().is_some_and(|last| last.action == "held" && last.why == *why);
                 if !repeated {
@@ -155,13 +156,13 @@ impl JobTable {
         CommandResponse::Done
     }
 
-    /// The join secret of the launch in flight under `token`: an autoscaler's launch, or the
-    /// witness replacement under way.
-    fn join_grant_mut(&mut self, token: &str) -> Option<&mut JoinGrant> {
+    /// Where the join secret of the launch in flight under `token` is kept: an autoscaler's
+    /// launch, or the witness replacement under way.
+    fn join_slot_mut(&mut self, token: &str) -> Option<&mut Option<JoinGrant>> {
         let scaler = &mut self.scaler;
         match scaler.launches.get_mut(token) {
-            Some(launch) => launch.join.as_mut(),
-            None => scaler.witness.as_mut().filter(|w| w.pending() && w.token == token)?.join.as_mut(),
+            Some(launch) => Some(&mut launch.join),
+            None => Some(&mut scaler.witness.as_mut().filter(|w| w.pending() && w.token == token)?.join),
         }
     }
 
@@ -194,7 +195,7 @@ impl JobTable {
         if let Err(refused) = self.join_allowed(launch_token, secret_sha256, now_ms) {
             return CommandResponse::Rejected(refused);
         }
-        if let Some(grant) = self.join_grant_mut(launch_token) {
+        if let Some(Some(grant)) = self.join_slot_mut(launch_token) {
             grant.used_at_ms = Some(now_ms);
         }
         self.record(now_ms, "join", Some(launch_token.to_owned()), "its worker exchanged its join secret".into());
