@@ -10,9 +10,9 @@
 //!   join secret for the worker, then commit what it answered (`InstanceSeen` or `LaunchFailed`).
 //!   The worker exchanges the join secret once, at `/worker/join`, for the cluster secret, which
 //!   so never travels in its launch data. A leader that dies between the two leaves a committed
-//!   token; its successor, which never knew the join secret, commits a new one in its place
+//!   token; its successor, which never knew the join secret, commits another beside it
 //!   (`JoinRenewed`) and relaunches with the same token, which starts nothing new if the first
-//!   call got through.
+//!   call got through (and that machine's worker joins with the first secret).
 //! - **Scale-in**: commit `ScaleIn` (the worker drains: it hands its leases back with their
 //!   checkpoints), wait until it holds nothing, commit `TerminationRequested` (refused while it
 //!   holds a lease), terminate, then remove it from the registry.
@@ -256,7 +256,7 @@ async fn reconcile<P: Provider>(node: &Node, provider: &P, term: u64, join_valid
     }
     // Committed launches with no machine: the previous leader may have died before calling
     // the provider. The same token launches at most once. Only the join secret's hash was
-    // committed, so the relaunch gets a new one, committed first.
+    // committed, so the relaunch gets another, committed first.
     for (token, _) in in_flight.iter().filter(|(t, _)| !listed_tokens.contains(t.as_str())) {
         let Some(join_secret) = renew_join_secret(node, term, token, join_valid_ms).await? else {
             continue;
@@ -275,8 +275,8 @@ pub(crate) fn new_join_secret(valid_ms: u64) -> Result<(String, JoinTerms), Step
     Ok((secret, terms))
 }
 
-/// A new join secret for the launch in flight under `token`, committed in place of the one a
-/// previous leader chose (this leader never knew it); `None` if the table refused it (the launch
+/// A new join secret for the launch in flight under `token`, committed beside the one a previous
+/// leader chose (this leader never knew it); `None` if the table refused it (the launch
 /// is over, or its worker joined already): then there is nothing to relaunch.
 pub(crate) async fn renew_join_secret(
     node: &Node,

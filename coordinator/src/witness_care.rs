@@ -10,9 +10,8 @@
 //! 1. `ReplaceWitness{token, replaces, node_id}`: the decision, with a voter id above every id
 //!    handed out before. Apply refuses a second one while one is under way.
 //! 2. The provider launches under `token` (idempotent), its worker given the one-time join
-//!    secret whose SHA-256 step 1 committed (a new leader that never knew it commits a new one,
-//!    unless a machine already runs under `token`), then `WitnessLaunched` records where the new
-//!    voter listens.
+//!    secret whose SHA-256 step 1 committed (a new leader that never knew it commits another
+//!    beside it), then `WitnessLaunched` records where the new voter listens.
 //! 3. [`Node::replace_voter`] (safe to repeat), then `WitnessReplaced`.
 //!
 //! A new leader carries on from whatever was committed. A replacement that fails (the launch is
@@ -150,7 +149,7 @@ async fn carry_on<P: Provider>(
         return Ok(false);
     }
     let Some(raft_addr) = replacement.raft_addr.clone() else {
-        let Some(join_secret) = witness_join_secret(node, provider, care, term, &token, watch).await? else {
+        let Some(join_secret) = witness_join_secret(node, care, term, &token, watch).await? else {
             return Ok(false);
         };
         return match provider.launch_witness(&token, node_id, &join_secret).await {
@@ -187,14 +186,12 @@ async fn carry_on<P: Provider>(
     }
 }
 
-/// The join secret to launch the replacement under `token` with: the one this leader chose;
-/// else, if a machine already runs under `token` (a previous leader launched it, and its worker
-/// holds the secret that leader chose), any, since the provider adopts that machine and sends
-/// nothing; else a new one, committed in place of the one this leader never knew. `None` if the
-/// table refused the renewal (the replacement is over, or its worker joined already).
-async fn witness_join_secret<P: Provider>(
+/// The join secret to launch the replacement under `token` with: the one this leader chose, or
+/// else a new one, committed beside the one this leader never knew (a machine its predecessor
+/// launched keeps joining with that one). `None` if the table refused it (the replacement is
+/// over, or its worker joined already).
+async fn witness_join_secret(
     node: &Node,
-    provider: &P,
     care: WitnessCare,
     term: u64,
     token: &str,
@@ -205,11 +202,7 @@ async fn witness_join_secret<P: Provider>(
     {
         return Ok(Some(secret.clone()));
     }
-    let valid_ms = care.catch_up.as_millis() as u64;
-    if provider.list().await?.iter().any(|machine| machine.token.as_deref() == Some(token)) {
-        return Ok(Some(new_join_secret(valid_ms)?.0));
-    }
-    let renewed = renew_join_secret(node, term, token, valid_ms).await?;
+    let renewed = renew_join_secret(node, term, token, care.catch_up.as_millis() as u64).await?;
     if let Some(secret) = &renewed {
         watch.join_secret = Some((token.to_owned(), secret.clone()));
     }

@@ -121,7 +121,8 @@ pub enum ScalerCommand {
     },
     /// The launch (or witness launch) under `token` is launched again by a leader that does not
     /// know its join secret (its predecessor chose it, and only the hash was committed): a new
-    /// one replaces it. Refused when the launch is not in flight or its join secret was used.
+    /// one is added beside it (see `JoinGrant`). Refused when the launch is not in flight or
+    /// its join secret was used.
     JoinRenewed { token: String, join: JoinTerms, at_ms: u64 },
     /// The replacement witness under `token` was launched: `instance_id`, its voter at `raft_addr`.
     WitnessLaunched { token: String, instance_id: String, raft_addr: String, at_ms: u64 },

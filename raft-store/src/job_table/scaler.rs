@@ -139,10 +139,9 @@ impl JobTable {
                 self.record(*at_ms, "witness replacement failed", Some(subject), why.clone());
             }
             ScalerCommand::JoinRenewed { token, join, at_ms } => match self.join_slot_mut(token) {
+                Some(Some(grant)) if grant.used_at_ms.is_none() => grant.renew(join, *at_ms),
                 // A launch committed before join secrets had none: it gets one too.
-                Some(slot) if slot.as_ref().is_none_or(|grant| grant.used_at_ms.is_none()) => {
-                    *slot = Some(JoinGrant::new(join, *at_ms));
-                }
+                Some(slot @ None) => *slot = Some(JoinGrant::new(join, *at_ms)),
                 // Not in flight, or its worker joined already (and a launch again starts nothing).
                 _ => return CommandResponse::Rejected(Rejection::StaleDecision),
             },
@@ -178,7 +177,7 @@ impl JobTable {
                 scaler.witness.as_ref().filter(|w| w.pending() && w.token == launch_token).and_then(|w| w.join.as_ref())
             }
         };
-        let Some(grant) = grant.filter(|g| wire::secret_matches(Some(secret_sha256), &g.secret_sha256)) else {
+        let Some(grant) = grant.filter(|g| g.holds(secret_sha256)) else {
             return Err(Rejection::JoinRefused);
         };
         if grant.used_at_ms.is_some() {

@@ -582,7 +582,7 @@ fn a_join_secret_is_exchanged_once_for_its_own_launch_before_it_expires() {
     let before = table.clone();
     assert_eq!(table.apply(&use_join("t1", "s1", 1_999)), CommandResponse::Rejected(Rejection::JoinUsed));
     assert_eq!(table, before, "a second use changes nothing");
-    // A used join secret is not renewed; an unused one is, and the old one no longer joins.
+    // A used join secret is not renewed; an unused one is, and either then joins, once.
     let renew = |token: &str, secret: &str, at_ms| ScalerCommand::JoinRenewed {
         token: token.into(),
         join: JoinTerms { secret_sha256: wire::join_secret_sha256(secret), valid_ms: 1_000 },
@@ -590,8 +590,12 @@ fn a_join_secret_is_exchanged_once_for_its_own_launch_before_it_expires() {
     };
     assert_eq!(scaler(&mut table, renew("t1", "again", 1_500)), CommandResponse::Rejected(Rejection::StaleDecision));
     assert_eq!(scaler(&mut table, renew("t2", "s2b", 1_500)), CommandResponse::Done);
-    assert_eq!(table.apply(&use_join("t2", "s2", 1_600)), CommandResponse::Rejected(Rejection::JoinRefused));
+    assert_eq!(table.apply(&use_join("t2", "bad", 1_600)), CommandResponse::Rejected(Rejection::JoinRefused));
+    let mut first = table.clone();
+    assert_eq!(first.apply(&use_join("t2", "s2", 2_400)), CommandResponse::Done, "the first machine's secret");
+    assert_eq!(first.apply(&use_join("t2", "s2b", 2_401)), CommandResponse::Rejected(Rejection::JoinUsed));
     assert_eq!(table.apply(&use_join("t2", "s2b", 2_400)), CommandResponse::Done, "good for 1 s from its renewal");
+    assert_eq!(table.apply(&use_join("t2", "s2", 2_401)), CommandResponse::Rejected(Rejection::JoinUsed));
     // Registration ends the launch: its token joins nothing any more.
     table.apply(&Command::RegisterWorker {
         name: "w".into(),
