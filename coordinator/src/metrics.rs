@@ -56,6 +56,10 @@ fn describe() {
         "tandem_worker_requests_refused_total",
         "Worker requests refused by this coordinator for a missing or wrong cluster secret."
     );
+    describe_counter!(
+        "tandem_worker_joins_refused_total",
+        "Join secrets refused by this coordinator: unknown, wrong, used or expired."
+    );
     describe_gauge!("tandem_queue_depth", "Jobs waiting for a worker.");
     describe_gauge!("tandem_queue_iterations", "Iterations still to compute over the waiting jobs.");
     describe_gauge!("tandem_oldest_queued_job_age_seconds", "Age of the oldest waiting job.");
@@ -85,6 +89,7 @@ fn describe() {
         counter!("tandem_jobs_rejected_total", "reason" => reason).increment(0);
     }
     counter!("tandem_worker_requests_refused_total").increment(0);
+    counter!("tandem_worker_joins_refused_total").increment(0);
 }
 
 /// Sample the replicated state and Raft into gauges once a second until `shutdown`.

@@ -5,10 +5,14 @@
 //! The leader acts only in the term it reconciled in, and every decision is committed before
 //! its side effect (fenced, [`Node::propose_as_leader`]):
 //!
-//! - **Launch**: commit `LaunchRequested{token}`, then call the provider with the token as its
-//!   idempotency key, then commit what it answered (`InstanceSeen` or `LaunchFailed`). A leader
-//!   that dies between the two leaves a committed token; its successor relaunches it with the
-//!   same token, which starts nothing new if the first call got through.
+//! - **Launch**: choose a one-time join secret, commit `LaunchRequested{token}` with its SHA-256
+//!   (never the secret), then call the provider with the token as its idempotency key and the
+//!   join secret for the worker, then commit what it answered (`InstanceSeen` or `LaunchFailed`).
+//!   The worker exchanges the join secret once, at `/worker/join`, for the cluster secret, which
+//!   so never travels in its launch data. A leader that dies between the two leaves a committed
+//!   token; its successor, which never knew the join secret, commits another beside it
+//!   (`JoinRenewed`) and relaunches with the same token, which starts nothing new if the first
+//!   call got through (and that machine's worker joins with the first secret).
 //! - **Scale-in**: commit `ScaleIn` (the worker drains: it hands its leases back with their
 //!   checkpoints), wait until it holds nothing, commit `TerminationRequested` (refused while it
 //!   holds a lease), terminate, then remove it from the registry.
@@ -22,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deploy::provider::{Instance, Provider};
-use raft_store::job_table::{CommandResponse, Proposal, ScalerProposal};
+use raft_store::job_table::{CommandResponse, JoinTerms, Proposal, ScalerProposal};
 use raft_store::{Node, ProposeError, Role};
 use tokio_util::sync::CancellationToken;
 use wire::scaler::{Action, Plan, PolicyConfig, Why, decide};
@@ -72,7 +76,7 @@ pub async fn run<P: Provider>(
         };
         let term = leading.term;
         if reconciled_term != Some(term) {
-            match reconcile(&node, provider, term).await {
+            match reconcile(&node, provider, term, policy.boot_timeout_ms).await {
                 Ok(()) => reconciled_term = Some(term),
                 Err(e) => {
                     tracing::warn!(error = %e, "autoscaler reconciliation not finished; will retry");
@@ -82,7 +86,7 @@ pub async fn run<P: Provider>(
             // Decide again from the reconciled table.
             continue;
         }
-        if let Err(e) = carry_out(&node, provider, term, &plan, &mut last_held).await {
+        if let Err(e) = carry_out(&node, provider, term, &plan, policy.boot_timeout_ms, &mut last_held).await {
             tracing::warn!(error = %e, "autoscaler decision not committed; will retry");
         }
     }
@@ -109,6 +113,7 @@ async fn carry_out<P: Provider>(
     provider: &P,
     term: u64,
     plan: &Plan,
+    join_valid_ms: u64,
     last_held: &mut Vec<std::mem::Discriminant<Why>>,
 ) -> Result<(), StepError> {
     for decision in &plan.decisions {
@@ -117,14 +122,15 @@ async fn carry_out<P: Provider>(
             Action::Launch { count } => {
                 for _ in 0..*count {
                     let token = new_token("tandem")?;
-                    let answer =
-                        commit(node, term, ScalerProposal::LaunchRequested { token: token.clone(), why: why.clone() })
-                            .await?;
+                    let (join_secret, join) = new_join_secret(join_valid_ms)?;
+                    let join = Some(join);
+                    let proposal = ScalerProposal::LaunchRequested { token: token.clone(), why: why.clone(), join };
+                    let answer = commit(node, term, proposal).await?;
                     if answer == CommandResponse::Done {
                         tracing::info!(token, why, "launching a worker");
                         // One refusal ends the batch: a capacity error counts once toward the
                         // backoff, not once per instance asked for.
-                        if !launch(node, provider, term, &token).await? {
+                        if !launch(node, provider, term, &token, &join_secret).await? {
                             break;
                         }
                     }
@@ -178,9 +184,16 @@ async fn carry_out<P: Provider>(
     Ok(())
 }
 
-/// Call the provider for a committed launch and commit what it answered; whether it launched.
-async fn launch<P: Provider>(node: &Node, provider: &P, term: u64, token: &str) -> Result<bool, StepError> {
-    match provider.launch(token).await {
+/// Call the provider for a committed launch, its worker given `join_secret`, and commit what it
+/// answered; whether it launched.
+async fn launch<P: Provider>(
+    node: &Node,
+    provider: &P,
+    term: u64,
+    token: &str,
+    join_secret: &str,
+) -> Result<bool, StepError> {
+    match provider.launch(token, join_secret).await {
         Ok(Instance { instance_id, .. }) => {
             commit(node, term, ScalerProposal::InstanceSeen { token: token.into(), instance_id }).await?;
             Ok(true)
@@ -195,7 +208,7 @@ async fn launch<P: Provider>(node: &Node, provider: &P, term: u64, token: &str) 
 
 /// Bring the table and the provider's machines into agreement before this term's first
 /// decision (see the module documentation).
-async fn reconcile<P: Provider>(node: &Node, provider: &P, term: u64) -> Result<(), StepError> {
+async fn reconcile<P: Provider>(node: &Node, provider: &P, term: u64, join_valid_ms: u64) -> Result<(), StepError> {
     // Everything committed before this term is in the table.
     node.read_barrier().await.map_err(|e| StepError::Read(e.to_string()))?;
     let machines = provider.list().await?;
@@ -242,12 +255,42 @@ async fn reconcile<P: Provider>(node: &Node, provider: &P, term: u64) -> Result<
         }
     }
     // Committed launches with no machine: the previous leader may have died before calling
-    // the provider. The same token launches at most once.
+    // the provider. The same token launches at most once. Only the join secret's hash was
+    // committed, so the relaunch gets another, committed first.
     for (token, _) in in_flight.iter().filter(|(t, _)| !listed_tokens.contains(t.as_str())) {
+        let Some(join_secret) = renew_join_secret(node, term, token, join_valid_ms).await? else {
+            continue;
+        };
         tracing::info!(token, "relaunching a committed launch that has no machine");
-        launch(node, provider, term, token).await?;
+        launch(node, provider, term, token, &join_secret).await?;
     }
     Ok(())
+}
+
+/// A fresh one-time join secret (128 random bits), and the terms to commit for it: its SHA-256,
+/// good for `valid_ms` from the launch. The secret itself goes only to the provider.
+pub(crate) fn new_join_secret(valid_ms: u64) -> Result<(String, JoinTerms), StepError> {
+    let secret = new_token("tandem-join")?;
+    let terms = JoinTerms { secret_sha256: wire::join_secret_sha256(&secret), valid_ms };
+    Ok((secret, terms))
+}
+
+/// A new join secret for the launch in flight under `token`, committed beside the one a previous
+/// leader chose (this leader never knew it); `None` if the table refused it (the launch
+/// is over, or its worker joined already): then there is nothing to relaunch.
+pub(crate) async fn renew_join_secret(
+    node: &Node,
+    term: u64,
+    token: &str,
+    valid_ms: u64,
+) -> Result<Option<String>, StepError> {
+    let (join_secret, join) = new_join_secret(valid_ms)?;
+    let answer = commit(node, term, ScalerProposal::JoinRenewed { token: token.into(), join }).await?;
+    if answer != CommandResponse::Done {
+        tracing::info!(token, ?answer, "not relaunching: the launch is over or its worker joined");
+        return Ok(None);
+    }
+    Ok(Some(join_secret))
 }
 
 /// A fresh idempotency token, `{prefix}-` and 32 hex digits (EC2 allows up to 64 ASCII

@@ -9,8 +9,9 @@
 //!
 //! 1. `ReplaceWitness{token, replaces, node_id}`: the decision, with a voter id above every id
 //!    handed out before. Apply refuses a second one while one is under way.
-//! 2. The provider launches under `token` (idempotent), then `WitnessLaunched` records where
-//!    the new voter listens.
+//! 2. The provider launches under `token` (idempotent), its worker given the one-time join
+//!    secret whose SHA-256 step 1 committed (a new leader that never knew it commits another
+//!    beside it), then `WitnessLaunched` records where the new voter listens.
 //! 3. [`Node::replace_voter`] (safe to repeat), then `WitnessReplaced`.
 //!
 //! A new leader carries on from whatever was committed. A replacement that fails (the launch is
@@ -27,7 +28,7 @@ use raft_store::{MembershipError, Node, NodeInfo, NodeView, Role};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::scaler::{StepError, commit, new_token};
+use crate::scaler::{StepError, commit, new_join_secret, new_token, renew_join_secret};
 
 /// How often the leader looks at the witness.
 const TICK: Duration = Duration::from_secs(1);
@@ -76,6 +77,8 @@ struct Watch {
     term: Option<(u64, Instant)>,
     /// When its last replacement failed: the next waits a timeout.
     failed_at: Option<Instant>,
+    /// The join secret this leader chose for a replacement, by its token.
+    join_secret: Option<(String, String)>,
 }
 
 async fn step<P: Provider>(
@@ -96,7 +99,7 @@ async fn step<P: Provider>(
     };
     let under_way = node.state_machine().read(|t| t.scaler().witness.clone().filter(WitnessReplacement::pending));
     if let Some(replacement) = under_way {
-        let failed = carry_on(node, provider, care, term, view, replacement).await?;
+        let failed = carry_on(node, provider, care, term, view, replacement, watch).await?;
         if failed {
             watch.failed_at = Some(now);
         }
@@ -117,8 +120,13 @@ async fn step<P: Provider>(
     let node_id = view.members.iter().map(|m| m.id).max().unwrap_or(0).max(highest) + 1;
     let token = new_token("tandem-witness")?;
     let why = format!("witness node {} silent for {} s", witness.id, silent_for.as_secs());
-    let proposal = ScalerProposal::ReplaceWitness { token: token.clone(), replaces: witness.id, node_id, why };
+    let (join_secret, join) = new_join_secret(care.catch_up.as_millis() as u64)?;
+    let join = Some(join);
+    let proposal = ScalerProposal::ReplaceWitness { token: token.clone(), replaces: witness.id, node_id, why, join };
     let answer = commit(node, term, proposal).await?;
+    if answer == CommandResponse::Done {
+        watch.join_secret = Some((token.clone(), join_secret));
+    }
     tracing::warn!(replaces = witness.id, node_id, token, ?answer, "replacing the silent witness");
     Ok(())
 }
@@ -131,6 +139,7 @@ async fn carry_on<P: Provider>(
     term: u64,
     view: &NodeView,
     replacement: WitnessReplacement,
+    watch: &mut Watch,
 ) -> Result<bool, StepError> {
     let WitnessReplacement { token, replaces, node_id, .. } = replacement.clone();
     let swapped = view.member(node_id).is_some_and(|m| m.voter) && view.member(replaces).is_none_or(|m| !m.voter);
@@ -140,7 +149,10 @@ async fn carry_on<P: Provider>(
         return Ok(false);
     }
     let Some(raft_addr) = replacement.raft_addr.clone() else {
-        return match provider.launch_witness(&token, node_id).await {
+        let Some(join_secret) = witness_join_secret(node, care, term, &token, watch).await? else {
+            return Ok(false);
+        };
+        return match provider.launch_witness(&token, node_id, &join_secret).await {
             Ok(WitnessInstance { instance, raft_addr }) => {
                 tracing::info!(node_id, instance_id = instance.instance_id, raft_addr, "launched a new witness");
                 let launched = ScalerProposal::WitnessLaunched { token, instance_id: instance.instance_id, raft_addr };
@@ -172,6 +184,29 @@ async fn carry_on<P: Provider>(
             Ok(false)
         }
     }
+}
+
+/// The join secret to launch the replacement under `token` with: the one this leader chose, or
+/// else a new one, committed beside the one this leader never knew (a machine its predecessor
+/// launched keeps joining with that one). `None` if the table refused it (the replacement is
+/// over, or its worker joined already).
+async fn witness_join_secret(
+    node: &Node,
+    care: WitnessCare,
+    term: u64,
+    token: &str,
+    watch: &mut Watch,
+) -> Result<Option<String>, StepError> {
+    if let Some((chosen_for, secret)) = &watch.join_secret
+        && chosen_for == token
+    {
+        return Ok(Some(secret.clone()));
+    }
+    let renewed = renew_join_secret(node, term, token, care.catch_up.as_millis() as u64).await?;
+    if let Some(secret) = &renewed {
+        watch.join_secret = Some((token.to_owned(), secret.clone()));
+    }
+    Ok(renewed)
 }
 
 /// Record the failure, then terminate the machine it launched, if any.

@@ -3,6 +3,14 @@
 //! requires the cluster secret (as the `/raft/` routes do): without it anyone who reaches the
 //! port could register, take jobs and report made-up results. Only a coordinator started with
 //! `--insecure-no-cluster-secret` has none, and serves them open.
+//!
+//! One route needs no cluster secret, since it is how a worker the leader launched gets it:
+//! `POST /worker/join` exchanges the one-time join secret from the worker's launch data for the
+//! cluster secret, once. The table holds only the join secret's SHA-256; the exchange is
+//! checked on this coordinator's copy first (a guess costs no log entry), then committed as
+//! `UseJoin` through the leader, whose apply checks it again against the committed state (so
+//! two exchanges of one join secret, on either coordinator, across a failover, succeed once),
+//! and only then is the cluster secret sent.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -25,6 +33,7 @@ use wire::worker::{
     Assignment, CompleteRequest, CompleteResponse, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse,
     Progress, RegisterRequest, RegisterResponse, ReleaseRequest, ReleaseResponse, WorkerErrorBody,
 };
+use wire::worker::{JoinRequest, JoinResponse, MAX_JOIN_BODY_BYTES, MAX_JOIN_SECRET_BYTES};
 use wire::{SECRET_HEADER, secret_matches};
 
 use crate::App;
@@ -47,6 +56,16 @@ pub enum WorkerRouteError {
     /// The worker id is unknown: 410, register again.
     #[error("unknown worker: register again")]
     UnknownWorker,
+    /// No launch in flight has that launch token and that join secret (or this cluster has no
+    /// secret to hand out): 403.
+    #[error("join refused: no launch in flight has that launch token and join secret")]
+    JoinRefused,
+    /// The join secret was exchanged already: 410.
+    #[error("join refused: the join secret was used already")]
+    JoinUsed,
+    /// The join secret has expired: 410.
+    #[error("join refused: the join secret has expired")]
+    JoinExpired,
     /// Nothing can be committed now: 503, try the other coordinator.
     #[error("{0}")]
     Unavailable(String),
@@ -69,7 +88,10 @@ impl IntoResponse for WorkerRouteError {
         let status = match self {
             WorkerRouteError::BadRequest(_) => StatusCode::BAD_REQUEST,
             WorkerRouteError::Unauthorized => StatusCode::UNAUTHORIZED,
-            WorkerRouteError::UnknownWorker => StatusCode::GONE,
+            WorkerRouteError::UnknownWorker | WorkerRouteError::JoinUsed | WorkerRouteError::JoinExpired => {
+                StatusCode::GONE
+            }
+            WorkerRouteError::JoinRefused => StatusCode::FORBIDDEN,
             WorkerRouteError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         let body = rmp_serde::to_vec_named(&WorkerErrorBody { error: self.to_string() }).unwrap_or_default();
@@ -77,8 +99,9 @@ impl IntoResponse for WorkerRouteError {
     }
 }
 
-/// The worker routes, behind the cluster-secret check.
+/// The worker routes, behind the cluster-secret check, and the join route, which has none.
 pub fn router(app: App) -> Router<App> {
+    let join = Router::new().route(wire::worker::JOIN, post(join)).layer(body_limit(MAX_JOIN_BODY_BYTES));
     Router::new()
         .route(wire::worker::REGISTER, post(register))
         .route(wire::worker::LEASE, post(lease))
@@ -87,6 +110,7 @@ pub fn router(app: App) -> Router<App> {
         .route(wire::worker::RELEASE, post(release))
         .layer(body_limit(wire::worker::MAX_BODY_BYTES))
         .route_layer(middleware::from_fn_with_state(app, require_secret))
+        .merge(join)
 }
 
 /// Refuse a worker request without the cluster secret (unless this coordinator was started
@@ -149,6 +173,44 @@ pub async fn register(State(app): State<App>, body: Bytes) -> Result<Response, W
             lease_ms: app.config.lease_ms,
             heartbeat_ms: (app.config.lease_ms / 3).max(100),
         })),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn join_refusal(rejection: Rejection) -> WorkerRouteError {
+    metrics::counter!("tandem_worker_joins_refused_total").increment(1);
+    match rejection {
+        Rejection::JoinUsed => WorkerRouteError::JoinUsed,
+        Rejection::JoinExpired => WorkerRouteError::JoinExpired,
+        _ => WorkerRouteError::JoinRefused,
+    }
+}
+
+/// `POST /worker/join`: the cluster secret, once, for a launched worker's join secret.
+pub async fn join(State(app): State<App>, body: Bytes) -> Result<Response, WorkerRouteError> {
+    let request: JoinRequest = decode(&body)?;
+    if request.launch_token.len() > MAX_ID_BYTES || request.join_secret.len() > MAX_JOIN_SECRET_BYTES {
+        return Err(WorkerRouteError::BadRequest(format!(
+            "the launch token must be at most {MAX_ID_BYTES} bytes and the join secret {MAX_JOIN_SECRET_BYTES}"
+        )));
+    }
+    // Without a cluster secret there is nothing to hand out (and its workers need none).
+    let Some(cluster_secret) = app.config.cluster_secret.clone() else {
+        return Err(join_refusal(Rejection::JoinRefused));
+    };
+    let secret_sha256 = wire::join_secret_sha256(&request.join_secret);
+    let allowed = app
+        .node
+        .state_machine()
+        .read(|table| table.join_allowed(&request.launch_token, &secret_sha256, wire::now_ms()));
+    allowed.map_err(join_refusal)?;
+    let launch_token = request.launch_token;
+    match app.node.propose(Proposal::UseJoin { launch_token: launch_token.clone(), secret_sha256 }).await? {
+        CommandResponse::Done => {
+            tracing::info!(launch_token, "a launched worker exchanged its join secret for the cluster secret");
+            Ok(reply(&JoinResponse { cluster_secret }))
+        }
+        CommandResponse::Rejected(rejection) => Err(join_refusal(rejection)),
         other => Err(unexpected(other)),
     }
 }

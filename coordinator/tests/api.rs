@@ -657,3 +657,116 @@ async fn coordinators_configured_with_different_limits_do_not_overwrite_each_oth
     assert_eq!((max_queued(0).await, max_queued(1).await), (2000, 2000));
     cluster.stop().await;
 }
+
+/// `POST /worker/join` with `launch_token` and `join_secret` on node `node`, with no cluster
+/// secret: its status and its body (the cluster secret when 200).
+async fn join(cluster: &Cluster, node: usize, launch_token: &str, join_secret: &str) -> (u16, Vec<u8>) {
+    let request = wire::worker::JoinRequest { launch_token: launch_token.into(), join_secret: join_secret.into() };
+    let response = cluster
+        .http
+        .post(format!("{}{}", cluster.urls[node], wire::worker::JOIN))
+        .header("content-type", "application/msgpack")
+        .body(rmp_serde::to_vec_named(&request).expect("encode"))
+        .send()
+        .await
+        .expect("send");
+    let status = response.status().as_u16();
+    (status, response.bytes().await.expect("body").to_vec())
+}
+
+/// Commit a launch under `token` whose worker's join secret is `join_secret`, good for
+/// `valid_ms`, as the leader's autoscaler does (the witness's voter forwards it to the leader).
+async fn commit_launch(cluster: &Cluster, token: &str, join_secret: &str, valid_ms: u64) {
+    use raft_store::job_table::{CommandResponse, JoinTerms, Proposal, ScalerProposal};
+    let join = Some(JoinTerms { secret_sha256: wire::join_secret_sha256(join_secret), valid_ms });
+    let launch = ScalerProposal::LaunchRequested { token: token.into(), why: "test".into(), join };
+    let answer = cluster.witness.propose(Proposal::Scaler(launch)).await.expect("committed");
+    assert_eq!(answer, CommandResponse::Done);
+}
+
+/// What the autoscaler's table holds, as the witness's voter has applied it.
+fn scaler_state(cluster: &Cluster) -> raft_store::job_table::ScalerState {
+    cluster.witness.state_machine().read(|table| table.scaler().clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launched_worker_exchanges_its_join_secret_once_for_the_cluster_secret_and_registers() {
+    let cluster = Cluster::start(&[]).await;
+    let join_secret = "tandem-join-0123456789abcdef0123456789abcdef";
+    commit_launch(&cluster, "tandem-launch-1", join_secret, 600_000).await;
+    wait_until(|| async { scaler_state(&cluster).launches.contains_key("tandem-launch-1") }).await;
+    let committed = format!("{:?}", scaler_state(&cluster));
+    assert!(!committed.contains(join_secret), "only the join secret's hash is committed");
+
+    // A wrong join secret, another launch's token, a malformed or oversized body: refused, and
+    // nothing changes.
+    let before = scaler_state(&cluster);
+    for node in 0..2 {
+        let (status, body) = join(&cluster, node, "tandem-launch-1", "tandem-join-not-the-right-secret-0000").await;
+        assert_eq!(status, 403, "a wrong join secret on node {node}");
+        let error: wire::worker::WorkerErrorBody = wire::from_msgpack(&body).expect("a MessagePack error");
+        assert!(error.error.contains("join refused"), "{error:?}");
+        assert!(!String::from_utf8_lossy(&body).contains(TEST_SECRET));
+        assert_eq!(join(&cluster, node, "tandem-launch-9", join_secret).await.0, 403, "an unknown launch token");
+        let garbage = cluster.http.post(format!("{}{}", cluster.urls[node], wire::worker::JOIN)).body(vec![0xc1]);
+        assert_eq!(garbage.send().await.expect("send").status(), 400);
+        let oversized = vec![0u8; wire::worker::MAX_JOIN_BODY_BYTES + 1];
+        let oversized = cluster.http.post(format!("{}{}", cluster.urls[node], wire::worker::JOIN)).body(oversized);
+        assert_eq!(oversized.send().await.expect("send").status(), 413);
+    }
+    assert_eq!(scaler_state(&cluster), before, "a refused join changed the table");
+
+    // The real worker, given only the join secret and its launch token: it gets the cluster
+    // secret, registers (which needs it), and the launch counts as registered.
+    let stop = cluster.shutdown.child_token();
+    let config = worker::config::Config::parse_from([
+        "worker",
+        "--coordinator",
+        &cluster.urls.join(","),
+        "--cores",
+        "1",
+        "--name",
+        "joined-worker",
+        "--launch-token",
+        "tandem-launch-1",
+        "--join-token",
+        join_secret,
+    ]);
+    let running = tokio::spawn(worker::run(config, stop.clone()));
+    wait_until(|| async {
+        let view = cluster.client(0).cluster().await.expect("cluster view");
+        view.workers.iter().any(|w| w.name == "joined-worker") && view.scaler.launches_in_flight == 0
+    })
+    .await;
+
+    // The same join secret again, on either coordinator: refused, and changes nothing.
+    let before = scaler_state(&cluster);
+    for node in 0..2 {
+        assert_eq!(join(&cluster, node, "tandem-launch-1", join_secret).await.0, 403, "reused, node {node}");
+    }
+    assert_eq!(scaler_state(&cluster), before);
+
+    // Exchanged by hand on one coordinator, the secret is refused as used on the other (the
+    // use was committed through the leader), and expired ones are refused too.
+    commit_launch(&cluster, "tandem-launch-2", "tandem-join-second-0123456789abcdef", 600_000).await;
+    commit_launch(&cluster, "tandem-launch-3", "tandem-join-expired-0123456789abcde", 0).await;
+    wait_until(|| async { scaler_state(&cluster).launches.contains_key("tandem-launch-3") }).await;
+    let (status, body) = join(&cluster, 1, "tandem-launch-2", "tandem-join-second-0123456789abcdef").await;
+    assert_eq!(status, 200);
+    let answer: wire::worker::JoinResponse = wire::from_msgpack(&body).expect("decode");
+    assert_eq!(answer.cluster_secret, TEST_SECRET);
+    for node in [0, 1] {
+        let (status, body) = join(&cluster, node, "tandem-launch-2", "tandem-join-second-0123456789abcdef").await;
+        assert_eq!(status, 410, "used, on node {node}");
+        assert!(String::from_utf8_lossy(&body).contains("used already"));
+    }
+    let (status, body) = join(&cluster, 0, "tandem-launch-3", "tandem-join-expired-0123456789abcde").await;
+    assert_eq!(status, 410, "expired");
+    assert!(String::from_utf8_lossy(&body).contains("expired"));
+    let launch_3 = scaler_state(&cluster).launches["tandem-launch-3"].clone();
+    assert_eq!(launch_3.join.and_then(|j| j.used_at_ms), None, "an expired join secret is not used up");
+
+    stop.cancel();
+    running.await.expect("the worker task").expect("the worker stopped cleanly");
+    cluster.shutdown.cancel();
+}

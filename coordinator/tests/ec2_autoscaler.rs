@@ -227,10 +227,13 @@ impl Drop for Coordinators {
     }
 }
 
-/// A worker running in this process, as the instance it plays would run it.
+/// A worker running in this process, as the instance it plays would run it: with the cluster
+/// secret (the witness's, which `deploy aws up` provides), or with `extra` giving it a join secret.
 fn start_worker(urls: &[String], extra: &[&str], stop: &CancellationToken) -> tokio::task::JoinHandle<()> {
     let mut args = vec!["worker".to_owned(), "--coordinator".into(), urls.join(","), "--cores".into(), "1".into()];
-    args.extend(["--cluster-secret".into(), SECRET.into()]);
+    if !extra.contains(&"--join-token") {
+        args.extend(["--cluster-secret".into(), SECRET.into()]);
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     let config = worker::config::Config::parse_from(args);
     let stop = stop.clone();
@@ -262,8 +265,8 @@ fn is_ending(instance: &Instance) -> bool {
     matches!(state(instance), "shutting-down" | "terminated")
 }
 
-/// Everything a launch must carry, checked on moto's record of it.
-async fn check_launch(world: &World, instance: &Instance) {
+/// Everything a launch must carry, checked on moto's record of it; its worker's join secret.
+async fn check_launch(world: &World, instance: &Instance) -> String {
     let id = instance.instance_id().expect("id");
     assert_eq!(tag(instance, CLUSTER_TAG), Some(CLUSTER), "{id}'s cluster tag");
     assert_eq!(tag(instance, ROLE_TAG), Some("worker"), "{id}'s role tag");
@@ -277,9 +280,14 @@ async fn check_launch(world: &World, instance: &Instance) {
     assert_eq!(metadata.http_tokens(), Some(&HttpTokensState::Required), "IMDSv2 required on {id}");
     let script = world.user_data(id).await;
     assert!(script.contains(&format!("TANDEM_LAUNCH_TOKEN={token}\n")), "{id}'s user-data names its token");
-    assert!(script.contains(&format!("TANDEM_CLUSTER_SECRET={SECRET}\n")));
+    assert!(
+        !script.contains(SECRET) && !script.contains("TANDEM_CLUSTER_SECRET"),
+        "the cluster secret in {id}'s user-data"
+    );
     assert_eq!(find_access_key_id(&script), None, "no access key id in {id}'s user-data");
     assert!(!script.contains(DUMMY_SECRET_ACCESS_KEY) && !script.contains("AWS_"), "no AWS credential in user-data");
+    let join_secret = script.lines().find_map(|line| line.strip_prefix("TANDEM_JOIN_TOKEN="));
+    join_secret.unwrap_or_else(|| panic!("{id}'s user-data holds no join secret")).to_owned()
 }
 
 async fn view(client: &ApiClient) -> Option<ClusterView> {
@@ -419,14 +427,13 @@ async fn scenario(moto_server: &Path) {
             if booted.contains_key(id) || is_ending(instance) {
                 continue;
             }
-            check_launch(&world, instance).await;
+            // The instance's worker starts as its user-data has it: with the join secret only.
+            let join_secret = check_launch(&world, instance).await;
             let token = tag(instance, LAUNCH_TOKEN_TAG).expect("checked").to_owned();
             let stop = stop_all.child_token();
-            start_worker(
-                &coordinators.urls,
-                &["--instance-id", id, "--launch-token", &token, "--name", &format!("worker-{id}")],
-                &stop,
-            );
+            let name = format!("worker-{id}");
+            let args = ["--instance-id", id, "--launch-token", &token, "--name", &name, "--join-token", &join_secret];
+            start_worker(&coordinators.urls, &args, &stop);
             booted.insert(id.clone(), (token, stop));
         }
         if let Some(view) = view(&client).await {

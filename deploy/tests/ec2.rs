@@ -24,6 +24,8 @@ use moto::{DUMMY_SECRET_ACCESS_KEY, INSTANCE_PROFILE, REGION, World};
 
 const TEST_NAME: &str = "ec2_provider_against_moto";
 const CLUSTER_SECRET: &str = "cluster-secret-0123456789abcdef";
+/// A join secret, as the leader would make one for a launch.
+const JOIN: &str = "tandem-join-fedcba9876543210fedcba9876543210";
 /// Not the default (8090), to show the setting reaches the script and the raft address.
 const WITNESS_PORT: u16 = 8097;
 
@@ -82,7 +84,7 @@ async fn scenarios(moto_server: &Path) {
 async fn a_launch_carries_the_tags_settings_and_user_data(world: &World) {
     let provider = cluster_provider(world, "blue").await;
     let before_ms = now_ms();
-    let instance = provider.launch("blue-1").await.expect("launch");
+    let instance = provider.launch("blue-1", JOIN).await.expect("launch");
     assert_eq!(instance.token.as_deref(), Some("blue-1"));
     let launched_at = instance.launched_at_ms.expect("launch time");
     assert!(launched_at + 5_000 >= before_ms && launched_at <= now_ms() + 5_000, "launched at {launched_at}");
@@ -111,11 +113,12 @@ async fn a_launch_carries_the_tags_settings_and_user_data(world: &World) {
     let user_data = attribute(InstanceAttributeName::UserData).await.expect("attribute");
     let encoded = user_data.user_data().and_then(|v| v.value()).expect("user-data");
     let script = String::from_utf8(aws_smithy_types::base64::decode(encoded).expect("base64")).expect("utf-8");
-    let rendered = provider.worker_launch().request("blue-1").expect("the same launch").user_data;
+    let rendered = provider.worker_launch().request("blue-1", JOIN).expect("the same launch").user_data;
     assert_eq!(script, rendered, "user-data is the rendered script");
     assert!(script.contains("TANDEM_LAUNCH_TOKEN=blue-1\n"));
     assert!(script.contains("TANDEM_COORDINATORS=http://10.7.1.10:8080,http://10.7.1.11:8080\n"));
-    assert!(script.contains(&format!("TANDEM_CLUSTER_SECRET={CLUSTER_SECRET}\n")));
+    assert!(script.contains(&format!("TANDEM_JOIN_TOKEN={JOIN}\n")), "the worker's one-time join secret");
+    assert!(!script.contains(CLUSTER_SECRET) && !script.contains("TANDEM_CLUSTER_SECRET"), "never the cluster secret");
     assert_eq!(find_access_key_id(&script), None, "no access key id in user-data");
     assert!(!script.contains(DUMMY_SECRET_ACCESS_KEY) && !script.contains("AWS_"), "no AWS credential in user-data");
     for tag in described.tags() {
@@ -126,8 +129,8 @@ async fn a_launch_carries_the_tags_settings_and_user_data(world: &World) {
 
 async fn list_and_terminate_see_only_the_clusters_workers(world: &World) {
     let provider = cluster_provider(world, "green").await;
-    let first = provider.launch("green-1").await.expect("launch");
-    let second = provider.launch("green-2").await.expect("launch");
+    let first = provider.launch("green-1", JOIN).await.expect("launch");
+    let second = provider.launch("green-2", JOIN).await.expect("launch");
     let other_cluster = world.launch_directly(&[(CLUSTER_TAG, "red"), (ROLE_TAG, "worker")]).await;
     let coordinator = world.launch_directly(&[(CLUSTER_TAG, "green"), (ROLE_TAG, "coordinator")]).await;
     let untagged = world.launch_directly(&[]).await;
@@ -159,7 +162,7 @@ async fn list_and_terminate_see_only_the_clusters_workers(world: &World) {
 
 async fn a_new_leader_adopts_the_launch_instead_of_launching_again(world: &World) {
     let old_leader = cluster_provider(world, "handover").await;
-    let launched = old_leader.launch("handover-T").await.expect("launch");
+    let launched = old_leader.launch("handover-T", JOIN).await.expect("launch");
     drop(old_leader); // the leader dies right after RunInstances, before it records the instance
 
     let new_leader = cluster_provider(world, "handover").await;
@@ -168,14 +171,14 @@ async fn a_new_leader_adopts_the_launch_instead_of_launching_again(world: &World
     assert_eq!(found.instance_id, launched.instance_id);
     // Repeating the launch (as a new leader does with a committed launch it cannot account
     // for) finds the instance by its tag; moto ignores ClientToken, so only the tag can.
-    let again = new_leader.launch("handover-T").await.expect("launch again");
+    let again = new_leader.launch("handover-T", JOIN).await.expect("launch again");
     assert_eq!(again.instance_id, launched.instance_id);
     assert_eq!(world.all_tagged("handover").await.len(), 1, "one instance for one token");
 }
 
 async fn a_witness_is_a_tagged_worker_whose_voter_listens_on_its_private_ip(world: &World) {
     let provider = cluster_provider(world, "witness").await;
-    let witness = provider.launch_witness("witness-W", 4).await.expect("witness launch");
+    let witness = provider.launch_witness("witness-W", 4, JOIN).await.expect("witness launch");
     let instance_id = &witness.instance.instance_id;
     assert_eq!(witness.instance.token.as_deref(), Some("witness-W"));
 
@@ -199,7 +202,7 @@ async fn a_witness_is_a_tagged_worker_whose_voter_listens_on_its_private_ip(worl
         .expect("attribute");
     let encoded = user_data.user_data().and_then(|v| v.value()).expect("user-data");
     let script = String::from_utf8(aws_smithy_types::base64::decode(encoded).expect("base64")).expect("utf-8");
-    let rendered = provider.worker_launch().request_witness("witness-W", 4).expect("the same launch").user_data;
+    let rendered = provider.worker_launch().request_witness("witness-W", 4, JOIN).expect("the same launch").user_data;
     assert_eq!(script, rendered, "user-data is the rendered witness script");
     for line in [
         "TANDEM_WITNESS=true\n".to_owned(),
@@ -207,11 +210,12 @@ async fn a_witness_is_a_tagged_worker_whose_voter_listens_on_its_private_ip(worl
         format!("TANDEM_WITNESS_LISTEN=0.0.0.0:{WITNESS_PORT}\n"),
         "TANDEM_WITNESS_DATA_DIR=/var/lib/tandem/witness\n".to_owned(),
         "TANDEM_LAUNCH_TOKEN=witness-W\n".to_owned(),
-        format!("TANDEM_CLUSTER_SECRET={CLUSTER_SECRET}\n"),
+        format!("TANDEM_JOIN_TOKEN={JOIN}\n"),
         "StateDirectory=tandem\n".to_owned(),
     ] {
         assert!(script.contains(&line), "{line:?} in the witness's user-data");
     }
+    assert!(!script.contains(CLUSTER_SECRET), "never the cluster secret");
     assert_eq!(find_access_key_id(&script), None, "no access key id in user-data");
     assert!(!script.contains(DUMMY_SECRET_ACCESS_KEY) && !script.contains("AWS_"), "no AWS credential in user-data");
 
@@ -219,7 +223,8 @@ async fn a_witness_is_a_tagged_worker_whose_voter_listens_on_its_private_ip(worl
     // its tag and answers the same address; it can be terminated, as a failed replacement's is.
     let listed: Vec<_> = provider.list().await.expect("list").into_iter().map(|i| i.instance_id).collect();
     assert_eq!(listed, vec![instance_id.clone()]);
-    let again = cluster_provider(world, "witness").await.launch_witness("witness-W", 4).await.expect("launch again");
+    let again =
+        cluster_provider(world, "witness").await.launch_witness("witness-W", 4, JOIN).await.expect("launch again");
     assert_eq!(again, witness);
     assert_eq!(world.all_tagged("witness").await.len(), 1, "one instance for one token");
     provider.terminate(instance_id).await.expect("terminate");
@@ -227,12 +232,11 @@ async fn a_witness_is_a_tagged_worker_whose_voter_listens_on_its_private_ip(worl
     assert!(state == "shutting-down" || state == "terminated", "{state}");
 
     // The AWS-key refusal holds for a witness's script too: nothing is launched.
-    let provider = Ec2Provider::new(&world_options(world, "witness-refused"), Some(DUMMY_SECRET_ACCESS_KEY.into()))
-        .await
-        .expect("provider");
-    let error = provider.launch_witness("witness-R", 5).await.expect_err("the secret key in user-data");
+    let provider = cluster_provider(world, "witness-refused").await;
+    let key_id = ["AKIA", "TESTONLY0000000F"].concat();
+    let error = provider.launch_witness("witness-R", 5, &key_id).await.expect_err("a key id in user-data");
     assert_eq!(error.kind, ProviderErrorKind::Configuration, "{error}");
-    assert!(error.message.contains("secret access key"), "{error}");
+    assert!(error.message.contains("access key id"), "{error}");
     assert!(world.all_tagged("witness-refused").await.is_empty(), "no instance was launched");
 }
 
@@ -241,23 +245,25 @@ async fn misconfiguration_is_refused_and_classified(world: &World) {
     let mut unknown_subnet = world_options(world, "misconfigured");
     unknown_subnet.subnet = Some("subnet-00000000deadbeef0".into());
     let provider = Ec2Provider::new(&unknown_subnet, None).await.expect("provider");
-    let error = provider.launch("m-1").await.expect_err("an unknown subnet");
+    let error = provider.launch("m-1", JOIN).await.expect_err("an unknown subnet");
     assert_eq!(error.kind, ProviderErrorKind::Configuration, "{error}");
     assert!(error.message.contains("InvalidSubnetID"), "{error}");
 
-    // A cluster secret that is this process's AWS secret key never reaches EC2.
-    let provider = Ec2Provider::new(&world_options(world, "misconfigured"), Some(DUMMY_SECRET_ACCESS_KEY.into()))
+    // A cluster secret that is this process's AWS secret key never reaches EC2: the cluster
+    // secret is not in a worker's user-data at all.
+    let provider = Ec2Provider::new(&world_options(world, "secretive"), Some(DUMMY_SECRET_ACCESS_KEY.into()))
         .await
         .expect("provider");
-    let error = provider.launch("m-2").await.expect_err("the secret key in user-data");
+    let launched = provider.launch("s-1", JOIN).await.expect("launch");
+    let script = world.user_data(&launched.instance_id).await;
+    assert!(!script.contains(DUMMY_SECRET_ACCESS_KEY) && script.contains(JOIN), "{script}");
+    provider.terminate(&launched.instance_id).await.expect("terminate");
+    // A join secret that holds the cluster secret, or looks like an access key id, is refused.
+    let provider = cluster_provider(world, "misconfigured").await;
+    let error = provider.launch("m-2", &format!("x-{CLUSTER_SECRET}")).await.expect_err("the cluster secret");
     assert_eq!(error.kind, ProviderErrorKind::Configuration, "{error}");
-    assert!(error.message.contains("secret access key"), "{error}");
-    // Nor does one that looks like an access key id.
-    let provider =
-        Ec2Provider::new(&world_options(world, "misconfigured"), Some(["AKIA", "TESTONLY0000000D"].concat()))
-            .await
-            .expect("provider");
-    let error = provider.launch("m-3").await.expect_err("an access key id in user-data");
+    assert!(error.message.contains("cluster secret"), "{error}");
+    let error = provider.launch("m-3", &["AKIA", "TESTONLY0000000D"].concat()).await.expect_err("a key id");
     assert_eq!(error.kind, ProviderErrorKind::Configuration, "{error}");
     assert!(world.all_tagged("misconfigured").await.is_empty(), "no instance was launched");
 

@@ -46,7 +46,7 @@ use openraft::storage::{IOFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::type_config::TypeConfigExt;
 use openraft::{Entry, EntryPayload, Membership};
 use raft_store::job_table::{Checkpoint, Command, JobRequest, JobResult, LeaseBudget, Limits, NewJob, Proposal};
-use raft_store::job_table::{ScalerCommand, WorkerState};
+use raft_store::job_table::{JoinTerms, ScalerCommand, WorkerState};
 use raft_store::log_store::{LogStore, LogStoreOptions, WAL_FILE, replay_wal_bytes};
 use raft_store::network::MsgPack;
 use raft_store::state_machine::{
@@ -121,14 +121,26 @@ fn sample_commands() -> Vec<Command> {
         Command::Release { worker: 1, checkpoints: vec![Checkpoint { job: 2, done: 5, digest: digest(5) }] },
         Command::ExpireLeases { now_ms: 60 },
         Command::UpdateWorker { worker: 1, state: WorkerState::Draining, now_ms: 70 },
-        Command::Scaler(ScalerCommand::LaunchRequested { token: "launch-2".into(), at_ms: 80, why: "load".into() }),
+        Command::Scaler(ScalerCommand::LaunchRequested {
+            token: "launch-2".into(),
+            at_ms: 80,
+            why: "load".into(),
+            join: Some(JoinTerms { secret_sha256: "ab".repeat(32), valid_ms: 600_000 }),
+        }),
         Command::Scaler(ScalerCommand::ReplaceWitness {
             token: "w-1".into(),
             replaces: 3,
             node_id: 4,
             at_ms: 90,
             why: "silent".into(),
+            join: None,
         }),
+        Command::Scaler(ScalerCommand::JoinRenewed {
+            token: "launch-2".into(),
+            join: JoinTerms { secret_sha256: "cd".repeat(32), valid_ms: 600_000 },
+            at_ms: 91,
+        }),
+        Command::UseJoin { launch_token: "launch-2".into(), secret_sha256: "cd".repeat(32), now_ms: 92 },
         Command::SetLimits(Limits { completed_retention: 100, max_queued: 1000, max_lease_batch: 16 }),
         Command::RemoveWorker { worker: 1, last_seen_ms: Some(95) },
     ]

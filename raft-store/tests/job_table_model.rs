@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use raft_store::Digest;
 use raft_store::job_table::{
     Checkpoint, Command, CommandResponse, CompleteOutcome, EnqueueOutcome, JobId, JobResult, JobStatus, JobTable,
-    LeaseBudget, Limits, NewJob, ScalerCommand, WorkerId, WorkerState,
+    JoinTerms, LeaseBudget, Limits, NewJob, ScalerCommand, WorkerId, WorkerState,
 };
 use raft_store::state_machine::encode_table;
 use rand::rngs::StdRng;
@@ -143,6 +143,11 @@ impl Generator {
                 max_queued: self.rng.random_range(0..300),
                 max_lease_batch: self.rng.random_range(0..8),
             }),
+            98 if self.rng.random_ratio(1, 3) => Command::UseJoin {
+                launch_token: self.token(),
+                secret_sha256: self.join_hash(),
+                now_ms: now_ms + self.rng.random_range(0..2_000),
+            },
             98 => Command::Scaler(self.scaler_decision(now_ms)),
             _ => Command::ExpireLeases { now_ms: now_ms.saturating_sub(self.rng.random_range(0..1_000)) },
         }
@@ -156,10 +161,25 @@ impl Generator {
         format!("i-{}", self.rng.random_range(0..8))
     }
 
+    /// One of a few join secrets' hashes, so that some joins match their launch's.
+    fn join_hash(&mut self) -> String {
+        wire::join_secret_sha256(&format!("join-{}", self.rng.random_range(0..3)))
+    }
+
+    fn join_terms(&mut self) -> Option<JoinTerms> {
+        self.rng
+            .random_ratio(3, 4)
+            .then(|| JoinTerms { secret_sha256: self.join_hash(), valid_ms: self.rng.random_range(0..1_500) })
+    }
+
     fn scaler_decision(&mut self, at_ms: u64) -> ScalerCommand {
         let why = "test".to_owned();
-        match self.rng.random_range(0..7) {
-            0 => ScalerCommand::LaunchRequested { token: self.token(), at_ms, why },
+        match self.rng.random_range(0..8) {
+            0 => ScalerCommand::LaunchRequested { token: self.token(), at_ms, why, join: self.join_terms() },
+            7 => match self.join_terms() {
+                Some(join) => ScalerCommand::JoinRenewed { token: self.token(), join, at_ms },
+                None => ScalerCommand::Held { at_ms, why },
+            },
             1 => ScalerCommand::InstanceSeen { token: self.token(), instance_id: self.instance(), at_ms },
             2 => ScalerCommand::TerminationRequested { instance_id: self.instance(), at_ms },
             3 => ScalerCommand::LaunchFailed { token: self.token(), at_ms, why },

@@ -97,9 +97,18 @@ pub fn secret_matches(given: Option<&str>, expected: &str) -> bool {
     given.is_some_and(|given| bool::from(given.as_bytes().ct_eq(expected.as_bytes())))
 }
 
+/// The SHA-256 of a one-time join secret, in lower-case hex: what the replicated table holds
+/// instead of the secret (a reader of the log or of a snapshot learns nothing it can join with).
+pub fn join_secret_sha256(join_secret: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    Sha256::digest(join_secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{MAX_MSGPACK_DEPTH, check_cluster_secret, check_credential, from_msgpack, secret_matches};
+    use super::{
+        MAX_MSGPACK_DEPTH, check_cluster_secret, check_credential, from_msgpack, join_secret_sha256, secret_matches,
+    };
     use crate::worker::RegisterRequest;
 
     /// A worker message with an unknown field holding `depth` nested one-element arrays.
@@ -167,5 +176,11 @@ mod tests {
         assert_eq!(check_cluster_secret(None, true), Ok(()));
         assert_eq!(check_cluster_secret(Some("s3cret"), false), Ok(()));
         assert!(check_cluster_secret(Some("s3cret "), true).is_err(), "the flag does not excuse a bad secret");
+    }
+
+    #[test]
+    fn a_join_secret_is_kept_as_its_sha256_in_hex() {
+        assert_eq!(join_secret_sha256("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_ne!(join_secret_sha256("abd"), join_secret_sha256("abc"));
     }
 }

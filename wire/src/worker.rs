@@ -6,6 +6,11 @@
 //! when it no longer knows the worker (register again), 503 when it cannot commit (try the other
 //! coordinator), 400 for a malformed message, and 401 when the coordinators have a cluster
 //! secret and the request does not carry it in the `x-tandem-secret` header.
+//!
+//! One route needs no cluster secret: [`JOIN`], where a worker the leader launched exchanges the
+//! one-time join secret from its user-data for the cluster secret, once. It answers 403 when no
+//! launch in flight has that token and that secret, and 410 when the join secret was used
+//! already or has expired.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +26,12 @@ pub const HEARTBEAT: &str = "/worker/heartbeat";
 pub const COMPLETE: &str = "/worker/complete";
 /// Hand jobs back.
 pub const RELEASE: &str = "/worker/release";
+/// Exchange a one-time join secret for the cluster secret (no cluster secret needed).
+pub const JOIN: &str = "/worker/join";
+/// The largest body a coordinator reads on [`JOIN`]: a launch token and a join secret.
+pub const MAX_JOIN_BODY_BYTES: usize = 1024;
+/// The longest join secret a coordinator takes.
+pub const MAX_JOIN_SECRET_BYTES: usize = 256;
 /// The largest body a coordinator reads on a worker route. The largest a worker sends is a
 /// release of everything it holds: at most 256 jobs per core, about 110 bytes each, so 2 MiB
 /// covers a 64-core worker.
@@ -41,6 +52,34 @@ pub struct RegisterRequest {
     /// The autoscaler's launch that started it, if one did (its idempotency token).
     #[serde(default)]
     pub launch_token: Option<String>,
+}
+
+/// A launched worker's one-time join secret, to exchange for the cluster secret.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
+pub struct JoinRequest {
+    /// The launch that started it (its idempotency token, as in its user-data).
+    pub launch_token: String,
+    /// The join secret from its user-data: the coordinators hold only its SHA-256.
+    pub join_secret: String,
+}
+
+impl std::fmt::Debug for JoinRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinRequest").field("launch_token", &self.launch_token).finish_non_exhaustive()
+    }
+}
+
+/// The cluster secret, for a worker whose join secret was accepted (once).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
+pub struct JoinResponse {
+    /// The secret every other worker route, and a witness's Raft routes, require.
+    pub cluster_secret: String,
+}
+
+impl std::fmt::Debug for JoinResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinResponse").finish_non_exhaustive()
+    }
 }
 
 /// The worker's identity and timing.

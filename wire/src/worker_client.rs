@@ -13,9 +13,9 @@ use serde::de::DeserializeOwned;
 
 use crate::SECRET_HEADER;
 use crate::worker::{
-    COMPLETE, CompleteRequest, CompleteResponse, HEARTBEAT, HeartbeatRequest, HeartbeatResponse, LEASE, LeaseRequest,
-    LeaseResponse, REGISTER, RELEASE, RegisterRequest, RegisterResponse, ReleaseRequest, ReleaseResponse,
-    WorkerErrorBody,
+    COMPLETE, CompleteRequest, CompleteResponse, HEARTBEAT, HeartbeatRequest, HeartbeatResponse, JOIN, JoinRequest,
+    JoinResponse, LEASE, LeaseRequest, LeaseResponse, REGISTER, RELEASE, RegisterRequest, RegisterResponse,
+    ReleaseRequest, ReleaseResponse, WorkerErrorBody,
 };
 
 /// Why a call failed after trying every coordinator.
@@ -33,6 +33,67 @@ pub enum WorkerCallError {
     /// No coordinator could take it right now.
     #[error("no coordinator available: {0}")]
     Unavailable(String),
+}
+
+/// Why a join secret was not exchanged for the cluster secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// Refused for good: every coordinator that answered refused the join secret as unknown or
+    /// wrong (403), or one said it was used or has expired (410). Retrying will not help.
+    #[error("the join secret was refused: {0}")]
+    Refused(String),
+    /// No coordinator could answer right now: try again.
+    #[error("no coordinator available: {0}")]
+    Unavailable(String),
+}
+
+/// `POST /worker/join` to each of `urls` in turn, until one exchanges `request`'s join secret for
+/// the cluster secret. It needs no cluster secret (that is what it asks for).
+pub async fn join(
+    http: &reqwest::Client,
+    urls: &[String],
+    request: &JoinRequest,
+    timeout: Duration,
+) -> Result<JoinResponse, JoinError> {
+    let body = rmp_serde::to_vec_named(request).map_err(|e| JoinError::Refused(e.to_string()))?;
+    let mut last = String::from("no coordinator given");
+    let mut refused = 0;
+    for base in urls {
+        let url = format!("{}{JOIN}", base.trim_end_matches('/'));
+        let sent = http.post(&url).header("content-type", "application/msgpack").timeout(timeout).body(body.clone());
+        let response = match sent.send().await {
+            Ok(response) => response,
+            Err(e) => {
+                last = format!("{url}: {e}");
+                continue;
+            }
+        };
+        let status = response.status();
+        let bytes = match response.bytes().await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                last = format!("{url}: {e}");
+                continue;
+            }
+        };
+        if status.is_success() {
+            return crate::from_msgpack(&bytes).map_err(|e| JoinError::Unavailable(format!("undecodable answer: {e}")));
+        }
+        let error = crate::from_msgpack::<WorkerErrorBody>(&bytes).map(|b| b.error).unwrap_or_default();
+        last = format!("{url}: HTTP {status}: {error}");
+        match status.as_u16() {
+            // Used or expired: the table says so, and no coordinator will say otherwise.
+            410 | 400 => return Err(JoinError::Refused(last)),
+            // Unknown or wrong here; a coordinator that lags behind the launch's commit might
+            // say so too, so the others are asked.
+            401 | 403 => refused += 1,
+            _ => {}
+        }
+    }
+    if refused > 0 && refused == urls.len() {
+        return Err(JoinError::Refused(last));
+    }
+    Err(JoinError::Unavailable(last))
 }
 
 /// Why a client could not be made.

@@ -61,6 +61,15 @@ pub struct Config {
     /// shows in `ps`.
     #[arg(long, env = "TANDEM_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// A one-time join secret to exchange, at start, for the cluster secret (`POST /worker/join`,
+    /// with `--launch-token`): how a worker the leader launched on EC2 gets it without its
+    /// launch data holding it. Set by the launch's root-only environment file; never a flag on a
+    /// command line (it would show in `ps`).
+    #[arg(long, env = "TANDEM_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// Read the join secret (see `--join-token`) from this file instead.
+    #[arg(long, env = "TANDEM_JOIN_TOKEN_FILE")]
+    pub join_token_file: Option<PathBuf>,
     /// Start without a cluster secret: the witness serves its /raft routes to anyone who
     /// reaches its port, and only coordinators without a secret accept this worker. For tests
     /// on a private machine only.
@@ -79,9 +88,40 @@ pub struct Config {
 }
 
 impl Config {
-    /// Check what clap cannot: a cluster secret, or the explicit insecure flag.
+    /// Check what clap cannot: a cluster secret, a join secret to get it with, or the explicit
+    /// insecure flag.
     pub fn validate(&self) -> Result<(), String> {
+        if self.joins() {
+            if self.cluster_secret.is_some() || self.insecure_no_cluster_secret {
+                return Err("a join secret (TANDEM_JOIN_TOKEN or --join-token-file) is exchanged for the cluster \
+                            secret: give one or the other, not both"
+                    .into());
+            }
+            if self.join_token.is_some() && self.join_token_file.is_some() {
+                return Err("give the join secret once: TANDEM_JOIN_TOKEN or --join-token-file".into());
+            }
+            if self.launch_token.is_none() {
+                return Err("a join secret needs the launch it was made for (TANDEM_LAUNCH_TOKEN)".into());
+            }
+            return Ok(());
+        }
         wire::check_cluster_secret(self.cluster_secret.as_deref(), self.insecure_no_cluster_secret)
+    }
+
+    /// Whether this worker gets the cluster secret by exchanging a join secret.
+    pub fn joins(&self) -> bool {
+        self.join_token.is_some() || self.join_token_file.is_some()
+    }
+
+    /// The join secret, from the environment or its file (trimmed of a final newline).
+    pub fn join_secret(&self) -> Result<Option<String>, String> {
+        if let Some(secret) = &self.join_token {
+            return Ok(Some(secret.clone()));
+        }
+        let Some(path) = &self.join_token_file else { return Ok(None) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading the join secret from {}: {e}", path.display()))?;
+        Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
     }
 
     /// Cores to use.
@@ -115,5 +155,26 @@ mod tests {
         Config::parse_from(["worker", "--cluster-secret", "s3cret"]).validate().expect("a secret is fine");
         let bad = Config::parse_from(["worker", "--cluster-secret", "s3cret "]).validate().expect_err("bad secret");
         assert!(!bad.contains("s3cret"), "the error shows the value: {bad}");
+    }
+
+    #[test]
+    fn a_join_secret_replaces_the_cluster_secret_and_needs_its_launch_token() {
+        let joining = ["worker", "--join-token", "j0in", "--launch-token", "t-1"];
+        Config::parse_from(joining).validate().expect("a join secret and its launch");
+        Config::parse_from(["worker", "--join-token", "j0in"]).validate().expect_err("no launch token");
+        let both = [&joining[..], &["--cluster-secret", "s3cret"]].concat();
+        Config::parse_from(both).validate().expect_err("both secrets");
+        let insecure = [&joining[..], &["--insecure-no-cluster-secret"]].concat();
+        Config::parse_from(insecure).validate().expect_err("a join secret and the insecure flag");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("join");
+        std::fs::write(&path, "j0in-from-a-file\n").expect("write");
+        let from_file =
+            Config::parse_from(["worker", "--join-token-file", path.to_str().expect("utf-8"), "--launch-token", "t-1"]);
+        from_file.validate().expect("a join secret in a file");
+        assert_eq!(from_file.join_secret(), Ok(Some("j0in-from-a-file".into())));
+        let missing = Config::parse_from(["worker", "--join-token-file", "/nonexistent/join", "--launch-token", "t"]);
+        assert!(missing.join_secret().is_err());
     }
 }

@@ -6,7 +6,8 @@
 //! - [`witness`]: the witness voter on its own runtime.
 //! - [`metrics`]: `/metrics` on `--metrics-listen`.
 //!
-//! [`run`] is the whole worker: register, then long-poll for as many jobs as there are free cores,
+//! [`run`] is the whole worker: exchange its one-time join secret for the cluster secret if it
+//! was launched with one (EC2 workers are: their launch data never holds the cluster secret), register, then long-poll for as many jobs as there are free cores,
 //! compute each on a blocking thread, heartbeat the checkpoints (which keeps the leases alive),
 //! and report results in batches. On shutdown it stops leasing, cancels what runs, hands the
 //! checkpoints back with `release`, flushes results and returns.
@@ -24,9 +25,9 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use wire::worker::{
-    CompleteRequest, Finished, HeartbeatRequest, LeaseRequest, Progress, RegisterRequest, ReleaseRequest,
+    CompleteRequest, Finished, HeartbeatRequest, JoinRequest, LeaseRequest, Progress, RegisterRequest, ReleaseRequest,
 };
-use wire::worker_client::{WorkerCallError, WorkerClient};
+use wire::worker_client::{JoinError, WorkerCallError, WorkerClient};
 
 use crate::compute::RunningJob;
 use crate::config::Config;
@@ -103,9 +104,50 @@ impl RunningWorker {
     }
 }
 
+/// How long the join waits between rounds of the coordinators when none could answer.
+const JOIN_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// Exchange the configured join secret for the cluster secret (once: the coordinators refuse a
+/// second exchange), retrying while no coordinator can answer, until `give_up_after_ms` or
+/// `shutdown`. The configuration it returns holds the cluster secret and no join secret.
+pub async fn join_cluster(mut config: Config, shutdown: &CancellationToken) -> anyhow::Result<Config> {
+    let Some(join_secret) = config.join_secret().map_err(anyhow::Error::msg)? else {
+        return Ok(config);
+    };
+    let request = JoinRequest { launch_token: config.launch_token.clone().unwrap_or_default(), join_secret };
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let started = std::time::Instant::now();
+    let response = loop {
+        match wire::worker_client::join(&http, &config.coordinators, &request, CALL_TIMEOUT).await {
+            Ok(response) => break response,
+            Err(JoinError::Refused(why)) => {
+                anyhow::bail!("the join secret was refused ({why}): this worker cannot join")
+            }
+            Err(JoinError::Unavailable(why)) => {
+                let waited = started.elapsed().as_millis() as u64;
+                if config.give_up_after_ms.is_some_and(|limit| waited >= limit) {
+                    anyhow::bail!("no coordinator took the join secret within {waited} ms: {why}");
+                }
+                tracing::info!(error = why, "no coordinator took the join secret yet; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => anyhow::bail!("stopped before joining"),
+                    _ = tokio::time::sleep(JOIN_RETRY_PAUSE) => {}
+                }
+            }
+        }
+    };
+    wire::check_cluster_secret(Some(&response.cluster_secret), false).map_err(anyhow::Error::msg)?;
+    tracing::info!(launch_token = request.launch_token, "exchanged the join secret for the cluster secret");
+    config.cluster_secret = Some(response.cluster_secret);
+    config.join_token = None;
+    config.join_token_file = None;
+    Ok(config)
+}
+
 /// Run the worker until `shutdown` is cancelled (or the coordinators tell it to drain).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
+    let config = join_cluster(config, &shutdown).await?;
     if config.cluster_secret.is_none() {
         tracing::warn!(
             witness = config.witness,

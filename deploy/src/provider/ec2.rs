@@ -20,7 +20,8 @@
 //! IPv4, so their security group must be let in on that port.
 //!
 //! Credentials come only from the standard AWS chain; the region from `--ec2-region` or the
-//! chain. Nothing the provider writes holds an AWS key: see [`launch::refuse_aws_keys`].
+//! chain. Nothing the provider writes holds an AWS key: see [`launch::refuse_aws_keys`]; nor the
+//! cluster secret: a worker's user-data holds its launch's one-time join secret instead.
 
 pub mod client;
 pub mod launch;
@@ -77,7 +78,9 @@ pub struct Ec2Provider<C = SdkEc2Client> {
 
 impl Ec2Provider<SdkEc2Client> {
     /// The provider configured by `options`, with credentials from the standard AWS chain.
-    /// `cluster_secret` goes to every worker (in a root-only file on the instance).
+    /// `cluster_secret` never goes to a worker's instance: each gets its launch's one-time join
+    /// secret instead, and exchanges it for the cluster secret at `/worker/join`; the provider
+    /// knows the cluster secret only to refuse a script that would hold it.
     pub async fn new(options: &Ec2Options, cluster_secret: Option<String>) -> Result<Self, ProviderError> {
         let aws_secret = std::env::var("AWS_SECRET_ACCESS_KEY").ok().filter(|key| !key.is_empty());
         let launch = options.worker_launch(cluster_secret, aws_secret)?;
@@ -237,8 +240,8 @@ impl<C: Ec2Client> Ec2Provider<C> {
 }
 
 impl<C: Ec2Client> Provider for Ec2Provider<C> {
-    async fn launch(&self, token: &str) -> Result<Instance, ProviderError> {
-        let request = self.launch.request(token)?;
+    async fn launch(&self, token: &str, join_secret: &str) -> Result<Instance, ProviderError> {
+        let request = self.launch.request(token, join_secret)?;
         if let Some(found) = self.launched_under(token).await? {
             tracing::info!(token, instance_id = %found.instance_id, "launch already made: adopting its instance");
             return Ok(self.instance(found, Some(token)));
@@ -248,8 +251,13 @@ impl<C: Ec2Client> Provider for Ec2Provider<C> {
         Ok(self.instance(first, Some(token)))
     }
 
-    async fn launch_witness(&self, token: &str, node_id: u64) -> Result<WitnessInstance, ProviderError> {
-        let request = self.launch.request_witness(token, node_id)?;
+    async fn launch_witness(
+        &self,
+        token: &str,
+        node_id: u64,
+        join_secret: &str,
+    ) -> Result<WitnessInstance, ProviderError> {
+        let request = self.launch.request_witness(token, node_id, join_secret)?;
         let instance = match self.launched_under(token).await? {
             Some(found) => {
                 let voter = node_id.to_string();

@@ -178,12 +178,20 @@ impl LocalProcesses {
     }
 }
 
+/// A local worker is a child of this coordinator and inherits what its environment gives it, the
+/// cluster secret among it (as `deploy local`'s workers do): nobody but this host's owner reads
+/// how it was started, so the join secret is not needed.
 impl Provider for LocalProcesses {
-    async fn launch(&self, token: &str) -> Result<Instance, ProviderError> {
+    async fn launch(&self, token: &str, _join_secret: &str) -> Result<Instance, ProviderError> {
         Ok(self.running_or_spawn(token, None)?.into())
     }
 
-    async fn launch_witness(&self, token: &str, node_id: u64) -> Result<WitnessInstance, ProviderError> {
+    async fn launch_witness(
+        &self,
+        token: &str,
+        node_id: u64,
+        _join_secret: &str,
+    ) -> Result<WitnessInstance, ProviderError> {
         let record = self.running_or_spawn(token, Some(node_id))?;
         let Some(raft_addr) = record.witness_raft_addr.clone() else {
             return Err(ProviderError::new(
@@ -322,13 +330,13 @@ mod tests {
     async fn a_token_launches_once_and_a_new_provider_on_the_same_directory_adopts_it() {
         let dir = tempfile::TempDir::new().expect("temp dir");
         let first = provider(dir.path());
-        let launched = first.launch("t1").await.expect("launch");
+        let launched = first.launch("t1", "join").await.expect("launch");
         assert_eq!(launched.instance_id, "local-t1");
-        assert_eq!(first.launch("t1").await.expect("again"), launched, "one token, one worker");
+        assert_eq!(first.launch("t1", "join").await.expect("again"), launched, "one token, one worker");
         // The next leader's provider lists it, and launching the token again returns it.
         let next = provider(dir.path());
         assert_eq!(next.list().await.expect("list"), vec![launched.clone()]);
-        assert_eq!(next.launch("t1").await.expect("adopt"), launched);
+        assert_eq!(next.launch("t1", "join").await.expect("adopt"), launched);
         next.terminate("local-t1").await.expect("terminate");
         assert_eq!(next.list().await.expect("list"), vec![]);
         next.terminate("local-t1").await.expect("terminating twice succeeds");
@@ -339,10 +347,10 @@ mod tests {
     async fn a_witness_launches_once_per_token_as_the_voter_it_was_asked_for() {
         let dir = tempfile::TempDir::new().expect("temp dir");
         let provider = provider(dir.path());
-        let launched = provider.launch_witness("w1", 7).await.expect("launch");
+        let launched = provider.launch_witness("w1", 7, "join").await.expect("launch");
         assert_eq!(launched.instance.instance_id, "local-w1");
         assert!(launched.raft_addr.starts_with("127.0.0.1:"), "{launched:?}");
-        assert_eq!(provider.launch_witness("w1", 7).await.expect("again"), launched, "one token, one witness");
+        assert_eq!(provider.launch_witness("w1", 7, "join").await.expect("again"), launched, "one token, one witness");
         let record = read_record(&provider.dir, "w1").expect("record");
         let cmdline = std::fs::read(format!("/proc/{}/cmdline", record.pid)).expect("cmdline");
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
@@ -351,8 +359,8 @@ mod tests {
             assert_eq!(args[at + 1], value.as_bytes(), "{flag}");
         }
         // A token that launched a plain worker does not pass for a witness.
-        provider.launch("plain").await.expect("launch");
-        assert!(provider.launch_witness("plain", 8).await.is_err());
+        provider.launch("plain", "join").await.expect("launch");
+        assert!(provider.launch_witness("plain", 8, "join").await.is_err());
         LocalProcesses::stop_all(&provider.dir, Duration::from_secs(5));
         provider.reap();
     }
@@ -361,7 +369,7 @@ mod tests {
     async fn a_record_whose_process_died_or_whose_pid_was_reused_is_not_listed() {
         let dir = tempfile::TempDir::new().expect("temp dir");
         let provider = provider(dir.path());
-        let launched = provider.launch("t2").await.expect("launch");
+        let launched = provider.launch("t2", "join").await.expect("launch");
         let record = read_record(&provider.dir, "t2").expect("record");
         kill(Pid::from_raw(record.pid as i32), Signal::SIGKILL).expect("kill");
         provider.children.lock().expect("lock").get_mut("t2").expect("child").wait().expect("wait");
@@ -384,8 +392,8 @@ mod tests {
     async fn stop_all_stops_every_recorded_worker() {
         let dir = tempfile::TempDir::new().expect("temp dir");
         let provider = provider(dir.path());
-        provider.launch("a").await.expect("launch");
-        provider.launch("b").await.expect("launch");
+        provider.launch("a", "join").await.expect("launch");
+        provider.launch("b", "join").await.expect("launch");
         let records = read_records(&provider.dir);
         assert_eq!(records.len(), 2);
         LocalProcesses::stop_all(&provider.dir, Duration::from_secs(5));
@@ -410,13 +418,13 @@ mod tests {
             String::from_utf8_lossy(&environ).split('\0').map(str::to_owned).collect::<Vec<_>>()
         };
         let secured = provider(dir.path());
-        secured.launch("s").await.expect("launch");
+        secured.launch("s", "join").await.expect("launch");
         let env = environ(&secured, "s");
         assert!(env.contains(&"TANDEM_CLUSTER_SECRET=s3cret".to_owned()), "{env:?}");
         assert!(!env.iter().any(|v| v.starts_with("TANDEM_INSECURE_NO_CLUSTER_SECRET")), "{env:?}");
         let mut insecure = provider(dir.path());
         insecure.cluster_secret = None;
-        insecure.launch("i").await.expect("launch");
+        insecure.launch("i", "join").await.expect("launch");
         let env = environ(&insecure, "i");
         assert!(env.contains(&"TANDEM_INSECURE_NO_CLUSTER_SECRET=true".to_owned()), "{env:?}");
         assert!(!env.iter().any(|v| v.starts_with("TANDEM_CLUSTER_SECRET")), "{env:?}");

@@ -7,6 +7,12 @@
 //! starts one machine. [`Provider::list`] shows every machine of this cluster, whoever
 //! launched it, so that a new leader can adopt what its predecessor started and terminate
 //! what nobody committed.
+//!
+//! Each launch also carries the worker's one-time join secret: the leader committed only its
+//! SHA-256, and the worker exchanges it once at `/worker/join` for the cluster secret. A provider
+//! whose launch data others can read (EC2's user-data) hands the worker that join secret and
+//! never the cluster secret; one that starts processes on this host may give them the cluster
+//! secret in their environment instead, as `deploy local` does.
 
 use std::future::Future;
 
@@ -74,8 +80,10 @@ impl ProviderError {
 
 /// Launches, lists and terminates this cluster's worker machines.
 pub trait Provider: Send + Sync + 'static {
-    /// Launch one worker machine under `token`, or return the one already launched under it.
-    fn launch(&self, token: &str) -> impl Future<Output = Result<Instance, ProviderError>> + Send;
+    /// Launch one worker machine under `token`, its worker given `join_secret` to exchange for
+    /// the cluster secret, or return the one already launched under `token` (whose worker has
+    /// the join secret it was launched with).
+    fn launch(&self, token: &str, join_secret: &str) -> impl Future<Output = Result<Instance, ProviderError>> + Send;
 
     /// Terminate `instance_id`; terminating one already gone succeeds.
     fn terminate(&self, instance_id: &str) -> impl Future<Output = Result<(), ProviderError>> + Send;
@@ -85,13 +93,15 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Launch one worker in the witness role under `token`, its voter under the new node id
     /// `node_id` with an empty data directory, or return the one already launched under
-    /// `token`. A provider that cannot says so with a configuration error.
+    /// `token`; `join_secret` as for [`Provider::launch`]. A provider that cannot says so with
+    /// a configuration error.
     fn launch_witness(
         &self,
         token: &str,
         node_id: u64,
+        join_secret: &str,
     ) -> impl Future<Output = Result<WitnessInstance, ProviderError>> + Send {
-        let _ = (token, node_id);
+        let _ = (token, node_id, join_secret);
         std::future::ready(Err(ProviderError::new(
             ProviderErrorKind::Configuration,
             "this provider does not launch witnesses: replace the witness by hand (README, replacing a voter)",
@@ -101,8 +111,8 @@ pub trait Provider: Send + Sync + 'static {
 
 /// A shared provider (the autoscaler and the witness's care use one).
 impl<P: Provider> Provider for std::sync::Arc<P> {
-    fn launch(&self, token: &str) -> impl Future<Output = Result<Instance, ProviderError>> + Send {
-        (**self).launch(token)
+    fn launch(&self, token: &str, join_secret: &str) -> impl Future<Output = Result<Instance, ProviderError>> + Send {
+        (**self).launch(token, join_secret)
     }
 
     fn terminate(&self, instance_id: &str) -> impl Future<Output = Result<(), ProviderError>> + Send {
@@ -117,7 +127,8 @@ impl<P: Provider> Provider for std::sync::Arc<P> {
         &self,
         token: &str,
         node_id: u64,
+        join_secret: &str,
     ) -> impl Future<Output = Result<WitnessInstance, ProviderError>> + Send {
-        (**self).launch_witness(token, node_id)
+        (**self).launch_witness(token, node_id, join_secret)
     }
 }

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use wire::Digest;
 
-use super::{CompletionSeq, JobId, Limits, WorkerId};
+use super::{CompletionSeq, JobId, JoinTerms, Limits, WorkerId};
 
 /// A job to add, as the leader stamped it (see [`super::JobRequest`]).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -87,6 +87,9 @@ pub enum ScalerCommand {
         at_ms: u64,
         #[serde(default)]
         why: String,
+        /// Its worker's one-time join secret, by hash: chosen by the leader before proposing.
+        #[serde(default)]
+        join: Option<JoinTerms>,
     },
     /// The launch with `token` produced `instance_id`.
     InstanceSeen { token: String, instance_id: String, at_ms: u64 },
@@ -106,7 +109,21 @@ pub enum ScalerCommand {
     /// Replace the silent witness voter `replaces` by a new worker in the witness role, voter
     /// `node_id`, launched under `token`. Refused while another replacement is under way, and
     /// when `node_id` is not above every id handed out before.
-    ReplaceWitness { token: String, replaces: u64, node_id: u64, at_ms: u64, why: String },
+    ReplaceWitness {
+        token: String,
+        replaces: u64,
+        node_id: u64,
+        at_ms: u64,
+        why: String,
+        /// The new witness's one-time join secret, by hash.
+        #[serde(default)]
+        join: Option<JoinTerms>,
+    },
+    /// The launch (or witness launch) under `token` is launched again by a leader that does not
+    /// know its join secret (its predecessor chose it, and only the hash was committed): a new
+    /// one is added beside it (see `JoinGrant`). Refused when the launch is not in flight or
+    /// its join secret was used.
+    JoinRenewed { token: String, join: JoinTerms, at_ms: u64 },
     /// The replacement witness under `token` was launched: `instance_id`, its voter at `raft_addr`.
     WitnessLaunched { token: String, instance_id: String, raft_addr: String, at_ms: u64 },
     /// The replacement under `token` is done: its witness is a voter in place of the old one.
@@ -179,6 +196,11 @@ pub enum Command {
     SetLimits(Limits),
     /// Record an autoscaler decision.
     Scaler(ScalerCommand),
+    /// A launched worker exchanges its one-time join secret (by hash) for the cluster secret:
+    /// accepted once, if a launch in flight under `launch_token` has that hash, it was not used
+    /// yet and `now_ms` is before it expires; refused ([`Rejection::JoinRefused`],
+    /// [`Rejection::JoinUsed`], [`Rejection::JoinExpired`]) with no change otherwise.
+    UseJoin { launch_token: String, secret_sha256: String, now_ms: u64 },
     /// Coordinator `node`'s configured limits, proposed by it as leader when they differ from
     /// the last it configured: they become the table's, and are recorded as `node`'s. So two
     /// coordinators started with different limits do not overwrite each other at every change
@@ -217,6 +239,7 @@ impl std::fmt::Display for Command {
             Command::RemoveWorker { worker, .. } => write!(f, "RemoveWorker({worker})"),
             Command::SetLimits(limits) => write!(f, "SetLimits({limits:?})"),
             Command::Scaler(decision) => write!(f, "Scaler({decision:?})"),
+            Command::UseJoin { launch_token, .. } => write!(f, "UseJoin({launch_token})"),
             Command::ConfigureLimits { node, limits } => write!(f, "ConfigureLimits(node {node}: {limits:?})"),
         }
     }
@@ -277,6 +300,12 @@ pub enum Rejection {
     WorkerBusy,
     /// A scaler decision about a worker or launch that is not (or no longer) there.
     StaleDecision,
+    /// No launch in flight has that launch token and that join secret.
+    JoinRefused,
+    /// The join secret was exchanged already.
+    JoinUsed,
+    /// The join secret has expired.
+    JoinExpired,
 }
 
 /// The answer to one applied command.

@@ -214,6 +214,9 @@ impl JobTable {
                 answer
             }
             Command::Scaler(decision) => self.apply_scaler(decision),
+            Command::UseJoin { launch_token, secret_sha256, now_ms } => {
+                self.use_join(launch_token, secret_sha256, *now_ms)
+            }
         }
     }
 

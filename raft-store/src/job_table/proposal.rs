@@ -9,7 +9,9 @@
 use serde::{Deserialize, Serialize};
 use wire::Digest;
 
-use super::{Checkpoint, Command, JobResult, LeaseBudget, Limits, NewJob, ScalerCommand, WorkerId, WorkerState};
+use super::{
+    Checkpoint, Command, JobResult, JoinTerms, LeaseBudget, Limits, NewJob, ScalerCommand, WorkerId, WorkerState,
+};
 
 /// A job to add, as the ingesting coordinator prepared it: the body is already reduced to its
 /// first digest. The leader adds the time it was enqueued.
@@ -27,8 +29,9 @@ pub struct JobRequest {
 /// [`super::ScalerCommand`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum ScalerProposal {
-    /// Launch one worker; `token` is the provider's idempotency key.
-    LaunchRequested { token: String, why: String },
+    /// Launch one worker; `token` is the provider's idempotency key, `join` its worker's join
+    /// secret by hash.
+    LaunchRequested { token: String, why: String, join: Option<JoinTerms> },
     /// The launch with `token` produced `instance_id`.
     InstanceSeen { token: String, instance_id: String },
     /// Terminate `instance_id`.
@@ -42,7 +45,9 @@ pub enum ScalerProposal {
     /// The leader held back.
     Held { why: String },
     /// Replace the silent witness `replaces` by voter `node_id`, launched under `token`.
-    ReplaceWitness { token: String, replaces: u64, node_id: u64, why: String },
+    ReplaceWitness { token: String, replaces: u64, node_id: u64, why: String, join: Option<JoinTerms> },
+    /// A new join secret for the launch under `token`, launched again.
+    JoinRenewed { token: String, join: JoinTerms },
     /// The replacement witness was launched.
     WitnessLaunched { token: String, instance_id: String, raft_addr: String },
     /// The replacement is done.
@@ -55,7 +60,9 @@ impl ScalerProposal {
     /// The command, decided at `at_ms`.
     fn stamp(self, at_ms: u64) -> ScalerCommand {
         match self {
-            ScalerProposal::LaunchRequested { token, why } => ScalerCommand::LaunchRequested { token, at_ms, why },
+            ScalerProposal::LaunchRequested { token, why, join } => {
+                ScalerCommand::LaunchRequested { token, at_ms, why, join }
+            }
             ScalerProposal::InstanceSeen { token, instance_id } => {
                 ScalerCommand::InstanceSeen { token, instance_id, at_ms }
             }
@@ -66,9 +73,10 @@ impl ScalerProposal {
             ScalerProposal::ScaleIn { worker, why } => ScalerCommand::ScaleIn { worker, at_ms, why },
             ScalerProposal::Resume { worker, why } => ScalerCommand::Resume { worker, at_ms, why },
             ScalerProposal::Held { why } => ScalerCommand::Held { at_ms, why },
-            ScalerProposal::ReplaceWitness { token, replaces, node_id, why } => {
-                ScalerCommand::ReplaceWitness { token, replaces, node_id, at_ms, why }
+            ScalerProposal::ReplaceWitness { token, replaces, node_id, why, join } => {
+                ScalerCommand::ReplaceWitness { token, replaces, node_id, at_ms, why, join }
             }
+            ScalerProposal::JoinRenewed { token, join } => ScalerCommand::JoinRenewed { token, join, at_ms },
             ScalerProposal::WitnessLaunched { token, instance_id, raft_addr } => {
                 ScalerCommand::WitnessLaunched { token, instance_id, raft_addr, at_ms }
             }
@@ -111,6 +119,8 @@ pub enum Proposal {
     SetLimits(Limits),
     /// Record an autoscaler decision.
     Scaler(ScalerProposal),
+    /// A launched worker exchanges its join secret, by hash (see [`Command::UseJoin`]).
+    UseJoin { launch_token: String, secret_sha256: String },
     /// Coordinator `node`'s configured limits (see [`Command::ConfigureLimits`]).
     ConfigureLimits {
         /// The coordinator whose configuration these are.
@@ -152,6 +162,9 @@ impl Proposal {
             Proposal::RemoveWorker { worker, last_seen_ms } => Command::RemoveWorker { worker, last_seen_ms },
             Proposal::SetLimits(limits) => Command::SetLimits(limits),
             Proposal::Scaler(decision) => Command::Scaler(decision.stamp(now_ms)),
+            Proposal::UseJoin { launch_token, secret_sha256 } => {
+                Command::UseJoin { launch_token, secret_sha256, now_ms }
+            }
             Proposal::ConfigureLimits { node, limits } => Command::ConfigureLimits { node, limits },
         }
     }
@@ -220,12 +233,22 @@ mod tests {
             }
         );
         assert_eq!(
-            stamped(Proposal::Scaler(ScalerProposal::LaunchRequested { token: "t".into(), why: "w".into() })),
+            stamped(Proposal::Scaler(ScalerProposal::LaunchRequested {
+                token: "t".into(),
+                why: "w".into(),
+                join: None
+            })),
             Command::Scaler(super::super::ScalerCommand::LaunchRequested {
                 token: "t".into(),
                 at_ms: NOW,
-                why: "w".into()
+                why: "w".into(),
+                join: None
             })
+        );
+        assert_eq!(
+            stamped(Proposal::UseJoin { launch_token: "t".into(), secret_sha256: "h".into() }),
+            Command::UseJoin { launch_token: "t".into(), secret_sha256: "h".into(), now_ms: NOW },
+            "a join is used at the leader's time"
         );
     }
 }

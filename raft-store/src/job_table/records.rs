@@ -98,6 +98,66 @@ pub struct Launch {
     pub requested_at_ms: u64,
     /// The instance it produced, once the provider said so.
     pub instance_id: Option<String>,
+    /// Its worker's one-time join secret (none in logs written before join secrets, and for a
+    /// provider whose workers are given the cluster secret).
+    #[serde(default)]
+    pub join: Option<JoinGrant>,
+}
+
+/// A one-time join secret as the leader chose it, before commit: the secret itself is never
+/// committed, only its SHA-256 and how long it is good for from the launch's time.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct JoinTerms {
+    /// SHA-256 of the join secret, lower-case hex (`wire::join_secret_sha256`).
+    pub secret_sha256: String,
+    /// It expires this long after the command's time (the boot timeout).
+    pub valid_ms: u64,
+}
+
+/// A launched worker's one-time join secret, as committed: exchanged once, before it expires,
+/// for the cluster secret (`Command::UseJoin`).
+///
+/// A launch relaunched by a leader that never knew the secret gets another
+/// (`ScalerCommand::JoinRenewed`), added beside the first rather than replacing it: the relaunch
+/// may find the first machine after all (one token, one machine), whose worker holds the first
+/// secret. Either joins; after one use, none does.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct JoinGrant {
+    /// SHA-256 of each join secret given for the launch, lower-case hex, oldest first (at most
+    /// [`JOIN_SECRETS_KEPT`]).
+    pub secret_sha256s: Vec<String>,
+    /// They are refused at and after this time (ms, the committing leader's clock).
+    pub expires_at_ms: u64,
+    /// When one was exchanged (ms); then every one is refused.
+    pub used_at_ms: Option<u64>,
+}
+
+/// How many join secrets a launch keeps (one per leader that relaunched it).
+pub const JOIN_SECRETS_KEPT: usize = 4;
+
+impl JoinGrant {
+    /// The grant `terms` give at `at_ms`.
+    pub fn new(terms: &JoinTerms, at_ms: u64) -> Self {
+        JoinGrant {
+            secret_sha256s: vec![terms.secret_sha256.clone()],
+            expires_at_ms: at_ms.saturating_add(terms.valid_ms),
+            used_at_ms: None,
+        }
+    }
+
+    /// Another join secret for a relaunch at `at_ms`, good for its own time from then.
+    pub fn renew(&mut self, terms: &JoinTerms, at_ms: u64) {
+        if self.secret_sha256s.len() >= JOIN_SECRETS_KEPT {
+            self.secret_sha256s.remove(0);
+        }
+        self.secret_sha256s.push(terms.secret_sha256.clone());
+        self.expires_at_ms = self.expires_at_ms.max(at_ms.saturating_add(terms.valid_ms));
+    }
+
+    /// Whether `secret_sha256` is one of its hashes, compared in constant time with each.
+    pub fn holds(&self, secret_sha256: &str) -> bool {
+        self.secret_sha256s.iter().fold(false, |found, hash| found | wire::secret_matches(Some(secret_sha256), hash))
+    }
 }
 
 /// One autoscaler decision, as `/cluster` shows it.
@@ -174,6 +234,9 @@ pub struct WitnessReplacement {
     pub raft_addr: Option<String>,
     /// When the new witness became a voter in place of the old one (ms); until then, under way.
     pub done_at_ms: Option<u64>,
+    /// Its worker's one-time join secret (see [`Launch::join`]).
+    #[serde(default)]
+    pub join: Option<JoinGrant>,
 }
 
 impl WitnessReplacement {

@@ -18,11 +18,12 @@ impl JobTable {
     pub(super) fn apply_scaler(&mut self, decision: &ScalerCommand) -> CommandResponse {
         let scaler = &mut self.scaler;
         match decision {
-            ScalerCommand::LaunchRequested { token, at_ms, why } => {
+            ScalerCommand::LaunchRequested { token, at_ms, why, join } => {
                 if scaler.launches.contains_key(token) {
                     return CommandResponse::Done;
                 }
-                scaler.launches.insert(token.clone(), Launch { requested_at_ms: *at_ms, instance_id: None });
+                let join = join.as_ref().map(|terms| JoinGrant::new(terms, *at_ms));
+                scaler.launches.insert(token.clone(), Launch { requested_at_ms: *at_ms, instance_id: None, join });
                 scaler.totals.launches += 1;
                 scaler.last_scale_out_ms = Some(*at_ms);
                 self.record(*at_ms, "launch", Some(token.clone()), why.clone());
@@ -90,7 +91,7 @@ impl JobTable {
                 scaler.last_scale_out_ms = Some(*at_ms);
                 self.record(*at_ms, "resume", Some(format!("worker {worker}")), why.clone());
             }
-            ScalerCommand::ReplaceWitness { token, replaces, node_id, at_ms, why } => {
+            ScalerCommand::ReplaceWitness { token, replaces, node_id, at_ms, why, join } => {
                 if let Some(under_way) = scaler.witness.as_ref().filter(|w| w.pending()) {
                     // The same decision committed twice is one decision; another one is stale.
                     return match under_way.token == *token {
@@ -110,6 +111,7 @@ impl JobTable {
                     instance_id: None,
                     raft_addr: None,
                     done_at_ms: None,
+                    join: join.as_ref().map(|terms| JoinGrant::new(terms, *at_ms)),
                 });
                 self.record(*at_ms, "replace witness", Some(format!("node {replaces} by node {node_id}")), why.clone());
             }
@@ -136,6 +138,13 @@ impl JobTable {
                 let subject = format!("node {} by node {}", replacement.replaces, replacement.node_id);
                 self.record(*at_ms, "witness replacement failed", Some(subject), why.clone());
             }
+            ScalerCommand::JoinRenewed { token, join, at_ms } => match self.join_slot_mut(token) {
+                Some(Some(grant)) if grant.used_at_ms.is_none() => grant.renew(join, *at_ms),
+                // A launch committed before join secrets had none: it gets one too.
+                Some(slot @ None) => *slot = Some(JoinGrant::new(join, *at_ms)),
+                // Not in flight, or its worker joined already (and a launch again starts nothing).
+                _ => return CommandResponse::Rejected(Rejection::StaleDecision),
+            },
             ScalerCommand::Held { at_ms, why } => {
                 let repeated = self.scaler.records.back().is_some_and(|last| last.action == "held" && last.why == *why);
                 if !repeated {
@@ -143,6 +152,52 @@ impl JobTable {
                 }
             }
         }
+        CommandResponse::Done
+    }
+
+    /// Where the join secret of the launch in flight under `token` is kept: an autoscaler's
+    /// launch, or the witness replacement under way.
+    fn join_slot_mut(&mut self, token: &str) -> Option<&mut Option<JoinGrant>> {
+        let scaler = &mut self.scaler;
+        match scaler.launches.get_mut(token) {
+            Some(launch) => Some(&mut launch.join),
+            None => Some(&mut scaler.witness.as_mut().filter(|w| w.pending() && w.token == token)?.join),
+        }
+    }
+
+    /// Whether the join secret whose SHA-256 is `secret_sha256` may be exchanged now for the
+    /// launch under `launch_token`: the check [`Command::UseJoin`] makes when applied, and that
+    /// a coordinator makes on its own copy before proposing one. The hashes are compared in
+    /// constant time; used and expired are told only to a caller holding the right secret.
+    pub fn join_allowed(&self, launch_token: &str, secret_sha256: &str, now_ms: u64) -> Result<(), Rejection> {
+        let scaler = &self.scaler;
+        let grant = match scaler.launches.get(launch_token) {
+            Some(launch) => launch.join.as_ref(),
+            None => {
+                scaler.witness.as_ref().filter(|w| w.pending() && w.token == launch_token).and_then(|w| w.join.as_ref())
+            }
+        };
+        let Some(grant) = grant.filter(|g| g.holds(secret_sha256)) else {
+            return Err(Rejection::JoinRefused);
+        };
+        if grant.used_at_ms.is_some() {
+            return Err(Rejection::JoinUsed);
+        }
+        if now_ms >= grant.expires_at_ms {
+            return Err(Rejection::JoinExpired);
+        }
+        Ok(())
+    }
+
+    /// Apply [`Command::UseJoin`].
+    pub(super) fn use_join(&mut self, launch_token: &str, secret_sha256: &str, now_ms: u64) -> CommandResponse {
+        if let Err(refused) = self.join_allowed(launch_token, secret_sha256, now_ms) {
+            return CommandResponse::Rejected(refused);
+        }
+        if let Some(Some(grant)) = self.join_slot_mut(launch_token) {
+            grant.used_at_ms = Some(now_ms);
+        }
+        self.record(now_ms, "join", Some(launch_token.to_owned()), "its worker exchanged its join secret".into());
         CommandResponse::Done
     }
 

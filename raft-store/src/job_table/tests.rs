@@ -352,7 +352,7 @@ fn a_launch_is_in_flight_until_its_worker_registers_and_only_then_can_be_scaled_
     let mut table = JobTable::default();
     let why = || "test".to_owned();
     assert_eq!(
-        scaler(&mut table, ScalerCommand::LaunchRequested { token: "t1".into(), at_ms: 1_000, why: why() }),
+        scaler(&mut table, ScalerCommand::LaunchRequested { token: "t1".into(), at_ms: 1_000, why: why(), join: None }),
         CommandResponse::Done
     );
     let seen = table.scaler_observation(2_000);
@@ -427,12 +427,15 @@ fn failures_count_until_a_launch_registers_and_records_are_bounded_and_not_repea
     let mut table = JobTable::default();
     for (i, at) in [(1, 10), (2, 20)] {
         let token = format!("t{i}");
-        scaler(&mut table, ScalerCommand::LaunchRequested { token: token.clone(), at_ms: at, why: "w".into() });
+        scaler(
+            &mut table,
+            ScalerCommand::LaunchRequested { token: token.clone(), at_ms: at, why: "w".into(), join: None },
+        );
         scaler(&mut table, ScalerCommand::LaunchFailed { token, at_ms: at + 5, why: "no capacity".into() });
     }
     let seen = table.scaler_observation(100);
     assert_eq!((seen.consecutive_failures, seen.last_failure_ms), (2, Some(25)));
-    scaler(&mut table, ScalerCommand::LaunchRequested { token: "t3".into(), at_ms: 30, why: "w".into() });
+    scaler(&mut table, ScalerCommand::LaunchRequested { token: "t3".into(), at_ms: 30, why: "w".into(), join: None });
     table.apply(&Command::RegisterWorker {
         name: "w".into(),
         cores: 2,
@@ -492,6 +495,7 @@ fn a_witness_replacement_runs_one_at_a_time_under_ids_never_handed_out_twice() {
         node_id,
         at_ms: 1_000,
         why: "witness silent".into(),
+        join: None,
     };
     assert_eq!(scaler(&mut table, replace("w1", 4)), CommandResponse::Done);
     // The same decision again (a retried proposal) is the same replacement; another is stale.
@@ -540,4 +544,133 @@ fn configured_limits_become_the_tables_and_are_recorded_per_coordinator() {
     // Invalid limits change nothing, not even the record.
     assert_eq!(table.apply(&configure(1, of(0))), CommandResponse::Rejected(Rejection::InvalidLimits));
     assert_eq!((table.limits(), table.limits_configured_by(1)), (of(20), Some(of(10))));
+}
+
+/// A launch with a join secret `secret` good for 1 s, committed at 1 000.
+fn launch_with_join(table: &mut JobTable, token: &str, secret: &str) {
+    let join = Some(JoinTerms { secret_sha256: wire::join_secret_sha256(secret), valid_ms: 1_000 });
+    let launch = ScalerCommand::LaunchRequested { token: token.into(), at_ms: 1_000, why: "w".into(), join };
+    assert_eq!(scaler(table, launch), CommandResponse::Done);
+}
+
+fn use_join(token: &str, secret: &str, now_ms: u64) -> Command {
+    Command::UseJoin { launch_token: token.into(), secret_sha256: wire::join_secret_sha256(secret), now_ms }
+}
+
+#[test]
+fn a_join_secret_is_exchanged_once_for_its_own_launch_before_it_expires() {
+    let mut table = JobTable::default();
+    launch_with_join(&mut table, "t1", "s1");
+    launch_with_join(&mut table, "t2", "s2");
+    let committed = format!("{:?}", table.scaler());
+    assert!(!committed.contains("\"s1\""), "only the hash is committed: {committed}");
+    // Each refusal changes nothing (the randomized model checks the same for every command).
+    let refusals = [
+        (use_join("t1", "s2", 1_100), Rejection::JoinRefused, "another launch's secret"),
+        (use_join("t1", "wrong", 1_100), Rejection::JoinRefused, "a wrong secret"),
+        (use_join("t9", "s1", 1_100), Rejection::JoinRefused, "an unknown launch token"),
+        (use_join("t2", "s2", 2_000), Rejection::JoinExpired, "at its expiry"),
+        (use_join("t2", "s2", 9_000), Rejection::JoinExpired, "after its expiry"),
+    ];
+    for (command, rejection, what) in &refusals {
+        let before = table.clone();
+        assert_eq!(table.apply(command), CommandResponse::Rejected(*rejection), "{what}");
+        assert_eq!(table, before, "{what} changed the table");
+    }
+    assert_eq!(table.apply(&use_join("t1", "s1", 1_999)), CommandResponse::Done, "the right one, in time");
+    assert_eq!(table.scaler().launches["t1"].join.as_ref().and_then(|j| j.used_at_ms), Some(1_999));
+    let before = table.clone();
+    assert_eq!(table.apply(&use_join("t1", "s1", 1_999)), CommandResponse::Rejected(Rejection::JoinUsed));
+    assert_eq!(table, before, "a second use changes nothing");
+    // A used join secret is not renewed; an unused one is, and either then joins, once.
+    let renew = |token: &str, secret: &str, at_ms| ScalerCommand::JoinRenewed {
+        token: token.into(),
+        join: JoinTerms { secret_sha256: wire::join_secret_sha256(secret), valid_ms: 1_000 },
+        at_ms,
+    };
+    assert_eq!(scaler(&mut table, renew("t1", "again", 1_500)), CommandResponse::Rejected(Rejection::StaleDecision));
+    assert_eq!(scaler(&mut table, renew("t2", "s2b", 1_500)), CommandResponse::Done);
+    assert_eq!(table.apply(&use_join("t2", "bad", 1_600)), CommandResponse::Rejected(Rejection::JoinRefused));
+    let mut first = table.clone();
+    assert_eq!(first.apply(&use_join("t2", "s2", 2_400)), CommandResponse::Done, "the first machine's secret");
+    assert_eq!(first.apply(&use_join("t2", "s2b", 2_401)), CommandResponse::Rejected(Rejection::JoinUsed));
+    assert_eq!(table.apply(&use_join("t2", "s2b", 2_400)), CommandResponse::Done, "good for 1 s from its renewal");
+    assert_eq!(table.apply(&use_join("t2", "s2", 2_401)), CommandResponse::Rejected(Rejection::JoinUsed));
+    // Registration ends the launch: its token joins nothing any more.
+    table.apply(&Command::RegisterWorker {
+        name: "w".into(),
+        cores: 2,
+        instance_id: None,
+        now_ms: 2_500,
+        witness: false,
+        launch_token: Some("t1".into()),
+    });
+    assert_eq!(table.apply(&use_join("t1", "s1", 2_500)), CommandResponse::Rejected(Rejection::JoinRefused));
+    // A launch without a join secret (an older log, a local provider) takes none.
+    scaler(
+        &mut table,
+        ScalerCommand::LaunchRequested { token: "t3".into(), at_ms: 3_000, why: "w".into(), join: None },
+    );
+    assert_eq!(table.apply(&use_join("t3", "", 3_001)), CommandResponse::Rejected(Rejection::JoinRefused));
+    table.check_invariants().expect("invariants");
+}
+
+#[test]
+fn a_new_witness_joins_once_while_its_replacement_is_under_way() {
+    let mut table = JobTable::default();
+    let join = Some(JoinTerms { secret_sha256: wire::join_secret_sha256("ws"), valid_ms: 1_000 });
+    let replace = ScalerCommand::ReplaceWitness {
+        token: "w1".into(),
+        replaces: 3,
+        node_id: 4,
+        at_ms: 1_000,
+        why: "s".into(),
+        join,
+    };
+    assert_eq!(scaler(&mut table, replace), CommandResponse::Done);
+    assert_eq!(table.apply(&use_join("w1", "nope", 1_100)), CommandResponse::Rejected(Rejection::JoinRefused));
+    assert_eq!(table.apply(&use_join("w1", "ws", 1_100)), CommandResponse::Done);
+    assert_eq!(table.apply(&use_join("w1", "ws", 1_200)), CommandResponse::Rejected(Rejection::JoinUsed));
+}
+
+#[test]
+fn replaying_the_joins_gives_the_same_table() {
+    let mut commands = vec![Command::Scaler(ScalerCommand::LaunchRequested {
+        token: "t1".into(),
+        at_ms: 1_000,
+        why: "w".into(),
+        join: Some(JoinTerms { secret_sha256: wire::join_secret_sha256("s1"), valid_ms: 1_000 }),
+    })];
+    commands.extend([use_join("t1", "bad", 1_100), use_join("t1", "s1", 1_200), use_join("t1", "s1", 1_300)]);
+    let run = || {
+        let mut table = JobTable::default();
+        let answers: Vec<_> = commands.iter().map(|c| table.apply(c)).collect();
+        (table, answers)
+    };
+    let (first, answers) = run();
+    assert_eq!(run(), (first.clone(), answers.clone()));
+    assert_eq!(
+        answers[1..],
+        [
+            CommandResponse::Rejected(Rejection::JoinRefused),
+            CommandResponse::Done,
+            CommandResponse::Rejected(Rejection::JoinUsed)
+        ]
+    );
+    // And through a snapshot's encoding and back.
+    let bytes = crate::state_machine::encode_table(&first).expect("encodes");
+    assert_eq!(crate::state_machine::decode_table(&bytes).expect("decodes"), first);
+}
+
+#[test]
+fn a_launch_committed_before_join_secrets_still_loads() {
+    // A launch and a witness replacement as an older coordinator wrote them: no `join` field.
+    #[derive(serde::Serialize)]
+    struct OldLaunch {
+        requested_at_ms: u64,
+        instance_id: Option<String>,
+    }
+    let bytes = rmp_serde::to_vec_named(&OldLaunch { requested_at_ms: 5, instance_id: None }).expect("encodes");
+    let launch: Launch = wire::from_msgpack(&bytes).expect("an older launch loads");
+    assert_eq!(launch, Launch { requested_at_ms: 5, instance_id: None, join: None });
 }

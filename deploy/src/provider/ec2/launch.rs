@@ -11,8 +11,10 @@
 //! no quoting in the shell or in a systemd environment file, and the rendered script is refused
 //! if it holds anything that looks like an AWS access key: user-data is readable by anyone who
 //! can call `DescribeInstanceAttribute`, and by every process on the instance through the
-//! metadata service. The cluster secret does travel in it (the worker needs it, and the instance
-//! runs nothing but the worker); on the instance it lands in a root-only file.
+//! metadata service. For the same reason the cluster secret never travels in it: the script
+//! holds the launch's one-time join secret (the leader committed only its SHA-256), which lands
+//! in a root-only file on the instance and which the worker exchanges once, at start, for the
+//! cluster secret (`/worker/join`). A rendered script that holds the cluster secret is refused.
 
 use super::super::{ProviderError, ProviderErrorKind};
 
@@ -38,13 +40,18 @@ pub const DEFAULT_WORKER_BINARY: &str = "/opt/tandem/bin/worker";
 /// The longest launch token EC2 takes as a `ClientToken`.
 pub const MAX_TOKEN_LEN: usize = 64;
 
-/// Where the instance holds the worker's environment, the cluster secret among it: root only.
+/// Where the instance holds the worker's environment, the join secret among it: root only.
 const ENV_FILE: &str = "/etc/tandem/worker.env";
 /// The witness's data directory: under `/var/lib/tandem`, the unit's `StateDirectory`, the one
 /// place the service's dynamic user may write.
 const WITNESS_DATA_DIR: &str = "/var/lib/tandem/witness";
 /// Where a downloaded worker binary is installed.
 const DOWNLOADED_BINARY: &str = "/opt/tandem/bin/worker";
+/// The variable of the worker's environment file holding its join secret (the worker's
+/// `TANDEM_JOIN_TOKEN`).
+pub const JOIN_TOKEN_ENV: &str = "TANDEM_JOIN_TOKEN";
+/// The shortest join secret a launch takes: the leader's are 32 hex digits or more.
+const MIN_JOIN_SECRET_LEN: usize = 16;
 /// A configured secret access key shorter than this is a test dummy (real ones are 40
 /// characters), and looking for it would refuse innocent scripts.
 const MIN_SECRET_KEY_LEN: usize = 16;
@@ -129,7 +136,8 @@ pub struct WorkerLaunch {
     /// The port a witness's Raft routes listen on (on every address of its instance); the
     /// coordinators reach it at the instance's private IPv4.
     pub witness_port: u16,
-    /// The cluster secret the workers present to the coordinators.
+    /// The cluster secret, never rendered: a script that would hold it is refused. Whether
+    /// there is one decides between a join secret and the insecure flag in the script.
     pub cluster_secret: Option<String>,
     /// The secret access key of the credentials this process runs with, if it knows it: a
     /// script holding it is refused.
@@ -208,27 +216,40 @@ impl LaunchRequest {
 }
 
 impl WorkerLaunch {
-    /// The launch of one worker under `token`: checked, tagged and rendered. Fails with
-    /// [`ProviderErrorKind::Configuration`] if a setting or the token cannot be used, or if the
-    /// script would hold an AWS key.
-    pub fn request(&self, token: &str) -> Result<LaunchRequest, ProviderError> {
-        self.build_request(token, None)
+    /// The launch of one worker under `token`, its worker given `join_secret`: checked, tagged
+    /// and rendered. Fails with [`ProviderErrorKind::Configuration`] if a setting, the token or
+    /// the join secret cannot be used, or if the script would hold an AWS key or the cluster
+    /// secret.
+    pub fn request(&self, token: &str, join_secret: &str) -> Result<LaunchRequest, ProviderError> {
+        self.build_request(token, None, join_secret)
     }
 
     /// The launch of one worker in the witness role under `token`: the worker's launch, whose
     /// worker also runs the Raft voter `node_id` on [`WorkerLaunch::witness_port`] of every
     /// address, with an empty data directory, and whose instance is tagged with
     /// [`VOTER_ID_TAG`]. Refused as [`WorkerLaunch::request`] is.
-    pub fn request_witness(&self, token: &str, node_id: u64) -> Result<LaunchRequest, ProviderError> {
-        self.build_request(token, Some(node_id))
+    pub fn request_witness(
+        &self,
+        token: &str,
+        node_id: u64,
+        join_secret: &str,
+    ) -> Result<LaunchRequest, ProviderError> {
+        self.build_request(token, Some(node_id), join_secret)
     }
 
     /// A worker's launch; with `witness`, in the witness role as voter `witness`.
-    fn build_request(&self, token: &str, witness: Option<u64>) -> Result<LaunchRequest, ProviderError> {
+    fn build_request(
+        &self,
+        token: &str,
+        witness: Option<u64>,
+        join_secret: &str,
+    ) -> Result<LaunchRequest, ProviderError> {
         self.validate()?;
         check_token(token)?;
-        let user_data = self.render_user_data(token, witness);
+        check_join_secret(join_secret)?;
+        let user_data = self.render_user_data(token, witness, join_secret);
         refuse_aws_keys(&user_data, self.aws_secret_access_key.as_deref())?;
+        refuse_cluster_secret(&user_data, self.cluster_secret.as_deref())?;
         let tags = match witness {
             None => self.tags(token),
             Some(node_id) => self.witness_tags(token, node_id),
@@ -313,19 +334,13 @@ impl WorkerLaunch {
         if self.witness_port == 0 {
             return Err(configuration("the witness port (--ec2-witness-port) must not be 0"));
         }
-        if let Some(secret) = &self.cluster_secret {
-            // Printable, and nothing the shell or a systemd environment file would interpret.
-            check_chars("the cluster secret (TANDEM_CLUSTER_SECRET)", secret, 1024, |c| {
-                c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '\\' | '$' | '`')
-            })?;
-        }
         Ok(())
     }
 
     /// The cloud-init script that starts the worker under systemd; with `witness`, in the
     /// witness role as voter `witness`. Values are checked by [`WorkerLaunch::validate`] and
     /// [`check_token`] before they get here.
-    fn render_user_data(&self, token: &str, witness: Option<u64>) -> String {
+    fn render_user_data(&self, token: &str, witness: Option<u64>, join_secret: &str) -> String {
         let cluster = &self.cluster_name;
         let (what, witness_lines, state_directory) = match witness {
             None => ("A Tandem worker".to_owned(), String::new(), ""),
@@ -357,17 +372,18 @@ impl WorkerLaunch {
                 DOWNLOADED_BINARY,
             ),
         };
-        // A coordinator runs without a secret only when its operator said so
+        // The worker exchanges the join secret for the cluster secret when it starts. A
+        // coordinator runs without a secret only when its operator said so
         // (`--insecure-no-cluster-secret`): its workers need the same word to start.
         let secret_line = match &self.cluster_secret {
-            Some(secret) => format!("TANDEM_CLUSTER_SECRET={secret}\n"),
+            Some(_) => format!("{JOIN_TOKEN_ENV}={join_secret}\n"),
             None => format!("{}=true\n", wire::INSECURE_NO_CLUSTER_SECRET_ENV),
         };
         let give_up_after_ms = self.give_up_after_ms;
         format!(
             r#"#!/bin/bash
 # {what} of cluster {cluster}, launched under token {token}.
-# Rendered by deploy's WorkerLaunch. Never `set -x`: the cluster secret is below.
+# Rendered by deploy's WorkerLaunch. Never `set -x`: the one-time join secret is below.
 set -euo pipefail
 umask 077
 
@@ -380,7 +396,7 @@ case "$instance_id" in
   *) echo "tandem: no instance id from the metadata service" >&2; exit 1 ;;
 esac
 
-{fetch_binary}# The worker's environment, the cluster secret among it: root only (umask 077, and 0600).
+{fetch_binary}# The worker's environment, the join secret among it: root only (umask 077, and 0600).
 install -d -m 0700 /etc/tandem
 cat > {ENV_FILE} <<'TANDEM_ENV'
 TANDEM_COORDINATORS={coordinators}
@@ -428,6 +444,27 @@ fn check_token(token: &str) -> Result<(), ProviderError> {
 }
 
 pub use crate::leaks::{find_access_key_id, find_secret_access_key};
+
+/// Refuse a join secret the script cannot hold unquoted, or one too short to be a secret.
+fn check_join_secret(join_secret: &str) -> Result<(), ProviderError> {
+    if join_secret.len() < MIN_JOIN_SECRET_LEN {
+        return Err(configuration(format!("a join secret must have at least {MIN_JOIN_SECRET_LEN} characters")));
+    }
+    check_chars("a join secret", join_secret, wire::worker::MAX_JOIN_SECRET_BYTES, |c| {
+        c.is_ascii_alphanumeric() || matches!(c, '-' | '_')
+    })
+}
+
+/// Refuse `user_data` if it holds the cluster secret: the worker gets it from the coordinators
+/// in exchange for its join secret, never from its launch data.
+pub fn refuse_cluster_secret(user_data: &str, cluster_secret: Option<&str>) -> Result<(), ProviderError> {
+    match cluster_secret {
+        Some(secret) if !secret.is_empty() && user_data.contains(secret) => {
+            Err(configuration("refusing to launch: the user-data holds the cluster secret"))
+        }
+        _ => Ok(()),
+    }
+}
 
 /// Refuse `user_data` if it holds an AWS access key id (`AKIA` or `ASIA` and 16 more upper-case
 /// letters or digits), what looks like a secret access key ([`find_secret_access_key`]), or
@@ -525,13 +562,16 @@ pub(crate) mod tests {
         }
     }
 
+    /// A join secret as the leader makes them.
+    pub(crate) const JOIN: &str = "tandem-join-0123456789abcdef0123456789abcdef";
+
     fn kind(result: Result<LaunchRequest, ProviderError>) -> Option<ProviderErrorKind> {
         result.err().map(|e| e.kind)
     }
 
     #[test]
     fn request_carries_the_settings_the_token_and_the_worker_options() {
-        let request = launch().request("t-42").expect("valid launch");
+        let request = launch().request("t-42", JOIN).expect("valid launch");
         assert_eq!(request.client_token, "t-42");
         assert_eq!(request.image_id, "ami-0123456789abcdef0");
         assert_eq!(request.instance_type, "c7i.large");
@@ -549,18 +589,21 @@ pub(crate) mod tests {
 
     #[test]
     fn user_data_starts_the_worker_with_its_environment_in_a_root_only_file() {
-        let script = launch().request("t-42").expect("valid launch").user_data;
+        let script = launch().request("t-42", JOIN).expect("valid launch").user_data;
         assert!(script.starts_with("#!/bin/bash\n"), "{script}");
         let env_file_body = script.split("<<'TANDEM_ENV'\n").nth(1).and_then(|rest| rest.split("TANDEM_ENV\n").next());
         assert_eq!(
             env_file_body,
             Some(
                 "TANDEM_COORDINATORS=http://10.0.0.1:8080,http://10.0.0.2:8080\nTANDEM_LAUNCH_TOKEN=t-42\n\
-                 TANDEM_GIVE_UP_AFTER_MS=900000\nTANDEM_LOG_FORMAT=json\nTANDEM_CLUSTER_SECRET=s3cret-of-the-cluster\n"
+                 TANDEM_GIVE_UP_AFTER_MS=900000\nTANDEM_LOG_FORMAT=json\n\
+                 TANDEM_JOIN_TOKEN=tandem-join-0123456789abcdef0123456789abcdef\n"
             )
         );
-        // The secret appears only in that file's body, written with umask 077 and then 0600.
-        assert_eq!(script.matches("s3cret-of-the-cluster").count(), 1);
+        // The join secret appears only in that file's body, written with umask 077 and then
+        // 0600; the cluster secret nowhere.
+        assert_eq!(script.matches(JOIN).count(), 1);
+        assert!(!script.contains("s3cret-of-the-cluster") && !script.contains("TANDEM_CLUSTER_SECRET"));
         assert!(script.find("umask 077") < script.find("cat > /etc/tandem/worker.env"));
         assert!(script.contains("chmod 0600 /etc/tandem/worker.env"));
         // IMDSv2: a token PUT, then the instance id with it.
@@ -583,8 +626,8 @@ pub(crate) mod tests {
     fn a_witness_request_is_a_workers_that_also_runs_the_voter() {
         let mut settings = launch();
         settings.witness_port = 8095;
-        let worker = settings.request("t-42").expect("valid launch");
-        let witness = settings.request_witness("t-42", 7).expect("valid witness launch");
+        let worker = settings.request("t-42", JOIN).expect("valid launch");
+        let witness = settings.request_witness("t-42", 7, JOIN).expect("valid witness launch");
         let env_file_body =
             witness.user_data.split("<<'TANDEM_ENV'\n").nth(1).and_then(|rest| rest.split("TANDEM_ENV\n").next());
         assert_eq!(
@@ -594,7 +637,7 @@ pub(crate) mod tests {
                  TANDEM_GIVE_UP_AFTER_MS=900000\nTANDEM_LOG_FORMAT=json\n\
                  TANDEM_WITNESS=true\nTANDEM_WITNESS_ID=7\nTANDEM_WITNESS_LISTEN=0.0.0.0:8095\n\
                  TANDEM_WITNESS_DATA_DIR=/var/lib/tandem/witness\n\
-                 TANDEM_CLUSTER_SECRET=s3cret-of-the-cluster\n"
+                 TANDEM_JOIN_TOKEN=tandem-join-0123456789abcdef0123456789abcdef\n"
             )
         );
         // The dynamic user may write the data directory, and only a witness gets one.
@@ -628,7 +671,7 @@ pub(crate) mod tests {
     fn a_worker_binary_url_is_downloaded_at_boot() {
         let mut settings = launch();
         settings.worker_binary = WorkerBinary::parse("http://10.0.0.1:8080/bin/worker");
-        let script = settings.request("t").expect("valid launch").user_data;
+        let script = settings.request("t", JOIN).expect("valid launch").user_data;
         assert!(script.contains("-o /opt/tandem/bin/worker.download 'http://10.0.0.1:8080/bin/worker'"));
         assert!(script.contains("ExecStart=/opt/tandem/bin/worker\n"));
     }
@@ -637,18 +680,18 @@ pub(crate) mod tests {
     fn no_cluster_secret_means_no_secret_line_and_the_insecure_flag() {
         let mut settings = launch();
         settings.cluster_secret = None;
-        let script = settings.request("t").expect("valid launch").user_data;
-        assert!(!script.contains("TANDEM_CLUSTER_SECRET="));
+        let script = settings.request("t", JOIN).expect("valid launch").user_data;
+        assert!(!script.contains("TANDEM_CLUSTER_SECRET=") && !script.contains(JOIN), "{script}");
         assert!(script.contains("\nTANDEM_INSECURE_NO_CLUSTER_SECRET=true\n"), "{script}");
-        let with_secret = launch().request("t").expect("valid launch").user_data;
+        let with_secret = launch().request("t", JOIN).expect("valid launch").user_data;
         assert!(!with_secret.contains("TANDEM_INSECURE_NO_CLUSTER_SECRET"));
     }
 
     #[test]
     fn the_rendered_script_is_valid_bash() {
         let Ok(bash) = which_bash() else { return };
-        let worker = launch().request("t-1").expect("valid launch").user_data;
-        let witness = launch().request_witness("t-2", 4).expect("valid witness launch").user_data;
+        let worker = launch().request("t-1", JOIN).expect("valid launch").user_data;
+        let witness = launch().request_witness("t-2", 4, JOIN).expect("valid witness launch").user_data;
         let dir = tempfile::tempdir().expect("tempdir");
         for script in [worker, witness] {
             let path = dir.path().join("user-data.sh");
@@ -664,7 +707,7 @@ pub(crate) mod tests {
 
     #[test]
     fn user_data_base64_decodes_to_the_script() {
-        let request = launch().request("t").expect("valid launch");
+        let request = launch().request("t", JOIN).expect("valid launch");
         let decoded = aws_smithy_types::base64::decode(request.user_data_base64()).expect("base64");
         assert_eq!(String::from_utf8(decoded).expect("utf-8"), request.user_data);
     }
@@ -689,35 +732,51 @@ pub(crate) mod tests {
 
     #[test]
     fn a_script_holding_an_aws_key_is_refused() {
-        // Through the cluster secret, the one free-form value in the script.
-        let mut settings = launch();
+        // Through the join secret, the one value in the script nobody configured.
+        let settings = launch();
         let key_id = key_shaped("AKIA", "TESTONLY0000000A");
-        settings.cluster_secret = Some(key_id.clone());
-        let error = settings.request("t").expect_err("an access key id in user-data");
+        let error = settings.request("t", &key_id).expect_err("an access key id in user-data");
         assert_eq!(error.kind, ProviderErrorKind::Configuration);
         assert!(error.message.contains("access key id"), "{error}");
         assert!(!error.message.contains(&key_id), "the error must not repeat the key: {error}");
-        let error = settings.request_witness("t", 4).expect_err("an access key id in a witness's user-data");
+        let error = settings.request_witness("t", 4, &key_id).expect_err("an access key id in a witness's user-data");
         assert!(error.message.contains("access key id"), "{error}");
 
         // The secret access key this process runs with.
-        let secret_key = &secret_shaped();
+        let secret_key = secret_shaped().replace('/', "-");
         let mut settings = launch();
-        settings.cluster_secret = Some(secret_key.replace('/', "-"));
-        settings.aws_secret_access_key = Some(secret_key.into());
-        assert!(settings.request("t").is_ok(), "a different secret is fine");
-        settings.cluster_secret = Some(secret_key.clone());
-        let error = settings.request_witness("t", 4).expect_err("the secret key in a witness's user-data");
+        settings.aws_secret_access_key = Some(secret_key.clone());
+        assert!(settings.request("t", JOIN).is_ok(), "a different secret is fine");
+        let error = settings.request_witness("t", 4, &secret_key).expect_err("the secret key in a witness's user-data");
         assert!(error.message.contains("secret access key"), "{error}");
+        let secret_key = &secret_shaped();
         assert!(refuse_aws_keys(&format!("x={secret_key}"), Some(secret_key)).is_err());
         // A short dummy key (moto's "testing") is not looked for: it would match innocent text.
         assert!(refuse_aws_keys("# testing", Some("testing")).is_ok());
     }
 
     #[test]
+    fn the_cluster_secret_is_never_in_a_script() {
+        let mut settings = launch();
+        for request in [settings.request("t", JOIN), settings.request_witness("t", 4, JOIN)] {
+            let script = request.expect("valid launch").user_data;
+            assert!(!script.contains("s3cret-of-the-cluster"), "{script}");
+        }
+        // A join secret that is the cluster secret (or holds it) is refused, whatever the route.
+        settings.cluster_secret = Some(JOIN.into());
+        let error = settings.request("t", JOIN).expect_err("the cluster secret in user-data");
+        assert_eq!(error.kind, ProviderErrorKind::Configuration);
+        assert!(error.message.contains("cluster secret") && !error.message.contains(JOIN), "{error}");
+        assert!(settings.request_witness("t", 4, JOIN).is_err());
+        assert!(refuse_cluster_secret("TANDEM_X=abc\n", Some("abc")).is_err());
+        assert!(refuse_cluster_secret("TANDEM_X=abc\n", Some("xyz")).is_ok());
+        assert!(refuse_cluster_secret("TANDEM_X=abc\n", None).is_ok());
+    }
+
+    #[test]
     fn settings_and_tokens_the_script_cannot_hold_are_refused() {
         type Mutation = fn(&mut WorkerLaunch);
-        let mutations: [(&str, Mutation); 15] = [
+        let mutations: [(&str, Mutation); 12] = [
             ("empty cluster name", |l| l.cluster_name.clear()),
             ("cluster name with a space", |l| l.cluster_name = "a b".into()),
             ("cluster name too long", |l| l.cluster_name = "a".repeat(65)),
@@ -728,23 +787,27 @@ pub(crate) mod tests {
             ("relative worker path", |l| l.worker_binary = WorkerBinary::parse("bin/worker")),
             ("worker path with $", |l| l.worker_binary = WorkerBinary::parse("/opt/$HOME/worker")),
             ("worker URL with a quote", |l| l.worker_binary = WorkerBinary::parse("http://a/'b")),
-            ("secret with a quote", |l| l.cluster_secret = Some("a'b".into())),
-            ("secret with a space", |l| l.cluster_secret = Some("a b".into())),
-            ("secret with a newline", |l| l.cluster_secret = Some("a\nTANDEM_X=1".into())),
             ("subnet with a semicolon", |l| l.subnet_id = Some("subnet-1;rm".into())),
             ("witness port 0", |l| l.witness_port = 0),
         ];
         for (name, mutate) in mutations {
             let mut settings = launch();
             mutate(&mut settings);
-            assert_eq!(kind(settings.request("t")), Some(ProviderErrorKind::Configuration), "{name}");
-            assert_eq!(kind(settings.request_witness("t", 4)), Some(ProviderErrorKind::Configuration), "{name}");
+            assert_eq!(kind(settings.request("t", JOIN)), Some(ProviderErrorKind::Configuration), "{name}");
+            assert_eq!(kind(settings.request_witness("t", 4, JOIN)), Some(ProviderErrorKind::Configuration), "{name}");
         }
         for token in ["", "a b", "t'1", "t\n", &"t".repeat(MAX_TOKEN_LEN + 1)] {
-            assert_eq!(kind(launch().request(token)), Some(ProviderErrorKind::Configuration), "token {token:?}");
+            assert_eq!(kind(launch().request(token, JOIN)), Some(ProviderErrorKind::Configuration), "token {token:?}");
         }
-        assert!(launch().request(&"t".repeat(MAX_TOKEN_LEN)).is_ok());
-        assert!(launch().request("launch-7:abc_1.2").is_ok());
+        assert!(launch().request(&"t".repeat(MAX_TOKEN_LEN), JOIN).is_ok());
+        assert!(launch().request("launch-7:abc_1.2", JOIN).is_ok());
+        let too_long = "j".repeat(wire::worker::MAX_JOIN_SECRET_BYTES + 1);
+        for join in
+            ["", "short", "join-secret with-a-space", "join-secret'quote0", "join-secret\nTANDEM_X=1", &too_long]
+        {
+            assert_eq!(kind(launch().request("t", join)), Some(ProviderErrorKind::Configuration), "join {join:?}");
+            assert_eq!(kind(launch().request_witness("t", 4, join)), Some(ProviderErrorKind::Configuration));
+        }
     }
 
     #[test]
@@ -764,7 +827,7 @@ pub(crate) mod tests {
         let mut settings = launch();
         let secret_key = secret_shaped();
         settings.aws_secret_access_key = Some(secret_key.clone());
-        let shown = format!("{settings:?} {:?}", settings.request("t").expect("valid launch"));
+        let shown = format!("{settings:?} {:?}", settings.request("t", JOIN).expect("valid launch"));
         assert!(!shown.contains("s3cret-of-the-cluster") && !shown.contains(&secret_key), "{shown}");
     }
 
