@@ -8,6 +8,10 @@ use std::time::Duration;
 use clap::Parser;
 use coordinator::config::Config;
 use raft_store::network::NetworkFaults;
+#[path = "../../deploy/tests/common/mod.rs"]
+mod common;
+
+use common::reference_chain;
 use raft_store::node::serve;
 use raft_store::test_cluster::answer_without_body;
 use raft_store::{Node, NodeConfig, Role};
@@ -19,16 +23,6 @@ use wire::client::{ApiClient, ClientError};
 use wire::worker::{
     CompleteRequest, CompleteResponse, Finished, LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse,
 };
-
-/// The SHA-512 chain computed here with `sha2` alone, not with the code under test.
-fn reference_chain(body: &[u8], iterations: u64) -> String {
-    use sha2::{Digest as _, Sha512};
-    let mut out: [u8; 64] = Sha512::digest(body).into();
-    for _ in 1..iterations {
-        out = Sha512::digest(out).into();
-    }
-    out.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 struct Cluster {
     _dir: TempDir,

@@ -37,8 +37,12 @@ use tokio_util::sync::CancellationToken;
 use wire::api::ClusterView;
 use wire::client::ApiClient;
 
+#[path = "../../deploy/tests/common/mod.rs"]
+mod common;
 #[path = "../../deploy/tests/common/moto.rs"]
 mod moto;
+
+use common::{reference_chain, wait_for};
 
 use moto::{DUMMY_SECRET_ACCESS_KEY, INSTANCE_PROFILE, REGION, World, tag};
 
@@ -57,16 +61,6 @@ fn the_leaders_autoscaler_launches_adopts_and_terminates_ec2_workers() {
     runtime.block_on(scenario(&moto_server));
 }
 
-/// The SHA-512 chain computed here with `sha2` alone, not with the code under test.
-fn reference_chain(body: &[u8], iterations: u64) -> String {
-    use sha2::{Digest as _, Sha512};
-    let mut out: [u8; 64] = Sha512::digest(body).into();
-    for _ in 1..iterations {
-        out = Sha512::digest(out).into();
-    }
-    out.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Chain steps per second of one core here, with the workers' own chain code (the jobs are sized
 /// from it, so that they last seconds on any machine).
 fn core_rate() -> u64 {
@@ -74,22 +68,6 @@ fn core_rate() -> u64 {
     let started = Instant::now();
     std::hint::black_box(wire::chain::continue_chain(wire::Digest([1; 64]), steps));
     (steps as f64 / started.elapsed().as_secs_f64()) as u64
-}
-
-/// Poll `check` every 50 ms until it gives a value; fail after `timeout`.
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The two coordinators, real processes of the `ec2` build, killed on drop.

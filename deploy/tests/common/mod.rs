@@ -116,7 +116,7 @@ pub async fn wait_for_results(client: &ApiClient, ids: &BTreeSet<u64>, timeout: 
     }
 }
 
-/// Poll `check` every 100 ms until it gives a value; fail the test after `timeout`.
+/// Poll `check` every 50 ms until it gives a value; fail the test after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
@@ -128,6 +128,6 @@ where
             return value;
         }
         assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
