@@ -35,8 +35,9 @@ use serde::{Deserialize, Serialize};
 use wire::members::{LAYOUT, Role};
 
 use crate::local::random_token;
+use crate::provider::ec2::client::{DescribeFilter, describe_all};
 use crate::provider::ec2::launch::{CLUSTER_TAG, ROLE_TAG, VOTER_ID_TAG, WORKER_ROLE, refuse_aws_keys};
-use crate::provider::ec2::sdk_client;
+use crate::provider::ec2::{Ec2Client, LIVE_STATES, SdkEc2Client, sdk_client};
 
 /// The client API's port on the coordinators.
 pub const API_PORT: u16 = 8080;
@@ -44,8 +45,6 @@ pub const API_PORT: u16 = 8080;
 pub const COORDINATOR_ROLE: &str = "coordinator";
 /// How long `up` waits for its instances to run, and `down` for them to be gone.
 const WAIT: Duration = Duration::from_secs(600);
-/// Instance states `up` and `status` count as present.
-const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
 
 /// Which cluster, where. Credentials are not among them: the standard AWS chain gives them.
 #[derive(clap::Args, Clone, Debug)]
@@ -265,6 +264,9 @@ impl Rule {
 
 /// The EC2 side of a cluster.
 struct Cloud {
+    /// The provider's client, for the calls it makes (describe, terminate).
+    client: SdkEc2Client,
+    /// The SDK, for the calls only `deploy aws` makes.
     sdk: aws_sdk_ec2::Client,
     cluster: String,
     region: String,
@@ -278,7 +280,7 @@ impl AwsOptions {
             .map_err(|e| anyhow::anyhow!(e.with_flag("--region (TANDEM_AWS_REGION)")))?;
         let sdk = client.sdk().clone();
         let region = sdk.config().region().map(ToString::to_string).unwrap_or_default();
-        Ok(Cloud { sdk, cluster: self.cluster_name.clone(), region })
+        Ok(Cloud { client, sdk, cluster: self.cluster_name.clone(), region })
     }
 
     /// The state directory, checked to be outside any git work tree.
@@ -383,10 +385,6 @@ fn filter(name: impl Into<String>, values: &[&str]) -> Filter {
 
 fn tags(pairs: &[(&str, &str)]) -> Vec<Tag> {
     pairs.iter().map(|(k, v)| Tag::builder().key(*k).value(*v).build()).collect()
-}
-
-fn tag_of<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
-    tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
 }
 
 impl Cloud {
@@ -555,33 +553,22 @@ impl Cloud {
 
     /// Every instance tagged with the cluster, in `states`.
     async fn instances(&self, states: &[&str]) -> anyhow::Result<Vec<InstanceView>> {
-        let mut views = Vec::new();
-        let mut next: Option<String> = None;
-        loop {
-            let page = self
-                .sdk
-                .describe_instances()
-                .filters(self.cluster_tag())
-                .filters(filter("instance-state-name", states))
-                .set_next_token(next.take())
-                .send()
-                .await
-                .context("DescribeInstances")?;
-            for instance in page.reservations().iter().flat_map(|r| r.instances()) {
-                views.push(InstanceView {
-                    instance_id: instance.instance_id().unwrap_or_default().to_owned(),
-                    role: tag_of(instance.tags(), ROLE_TAG).unwrap_or("?").to_owned(),
-                    voter_id: tag_of(instance.tags(), VOTER_ID_TAG).and_then(|v| v.parse().ok()),
-                    state: instance.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default(),
-                    private_ip: instance.private_ip_address().map(str::to_owned),
-                    public_ip: instance.public_ip_address().map(str::to_owned),
-                });
-            }
-            match page.next_token() {
-                Some(token) if !token.is_empty() => next = Some(token.to_owned()),
-                _ => break,
-            }
-        }
+        let filters = [
+            DescribeFilter::new(format!("tag:{CLUSTER_TAG}"), [self.cluster.as_str()]),
+            DescribeFilter::new("instance-state-name", states.iter().copied()),
+        ];
+        let found = describe_all(&self.client, &filters).await.context("DescribeInstances")?;
+        let mut views: Vec<InstanceView> = found
+            .into_iter()
+            .map(|instance| InstanceView {
+                role: instance.tag(ROLE_TAG).unwrap_or("?").to_owned(),
+                voter_id: instance.tag(VOTER_ID_TAG).and_then(|v| v.parse().ok()),
+                state: instance.state.unwrap_or_default(),
+                instance_id: instance.instance_id,
+                private_ip: instance.private_ip,
+                public_ip: instance.public_ip,
+            })
+            .collect();
         views.sort_by_key(|v| (v.voter_id.is_none(), v.voter_id, v.instance_id.clone()));
         Ok(views)
     }
@@ -806,13 +793,7 @@ pub async fn down(options: &AwsOptions) -> anyhow::Result<Vec<String>> {
     let live = cloud.instances(&LIVE_STATES).await?;
     if !live.is_empty() {
         let ids: Vec<String> = live.iter().map(|i| i.instance_id.clone()).collect();
-        cloud
-            .sdk
-            .terminate_instances()
-            .set_instance_ids(Some(ids.clone()))
-            .send()
-            .await
-            .context("TerminateInstances")?;
+        cloud.client.terminate_instances(&ids).await.context("TerminateInstances")?;
         done.push(format!("terminated {}", ids.join(", ")));
     }
     cloud.wait_until_none(&["pending", "running", "stopping", "stopped", "shutting-down"], "terminating").await?;

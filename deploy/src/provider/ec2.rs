@@ -52,11 +52,9 @@ use self::client::{DescribeFilter, InstanceDescription};
 use self::launch::{CLUSTER_TAG, LAUNCH_TOKEN_TAG, LaunchRequest, ROLE_TAG, VOTER_ID_TAG, WORKER_ROLE};
 use super::{Instance, Provider, ProviderError, ProviderErrorKind, WitnessInstance};
 
-/// Instance states the provider lists: every one but `shutting-down` and `terminated`.
-const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
-/// `DescribeInstances` pages read before giving up on a listing (at EC2's default of 1000
-/// instances a page, far past any cluster).
-const MAX_PAGES: usize = 100;
+/// Instance states the provider (and `deploy aws`) lists: every one but `shutting-down` and
+/// `terminated`.
+pub const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
 /// One attempt of one call: EC2 answers in seconds, and a launch must not hang for half an hour.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 /// One call, with the SDK's retries.
@@ -158,17 +156,7 @@ impl<C: Ec2Client> Ec2Provider<C> {
 
     /// Every instance matching `filters`, over all pages.
     async fn describe_all(&self, filters: &[DescribeFilter]) -> Result<Vec<InstanceDescription>, ProviderError> {
-        let mut instances = Vec::new();
-        let mut next_token: Option<String> = None;
-        for _ in 0..MAX_PAGES {
-            let page = self.client.describe_instances(filters, next_token.as_deref()).await.map_err(provider_error)?;
-            instances.extend(page.instances);
-            match page.next_token {
-                Some(token) => next_token = Some(token),
-                None => return Ok(instances),
-            }
-        }
-        Err(ProviderError::new(ProviderErrorKind::Other, format!("DescribeInstances gave more than {MAX_PAGES} pages")))
+        client::describe_all(&self.client, filters).await.map_err(provider_error)
     }
 
     /// This cluster's live workers, as EC2 describes them.

@@ -25,6 +25,8 @@ pub struct InstanceDescription {
     pub launched_at_ms: Option<u64>,
     /// Its primary private IPv4 address, once EC2 gives it one.
     pub private_ip: Option<String>,
+    /// Its public IPv4 address, if it has one.
+    pub public_ip: Option<String>,
 }
 
 impl InstanceDescription {
@@ -213,6 +215,28 @@ impl Ec2Client for SdkEc2Client {
     }
 }
 
+/// `DescribeInstances` pages read before giving up on a listing (at EC2's default of 1000
+/// instances a page, far past any cluster).
+const MAX_PAGES: usize = 100;
+
+/// Every instance matching `filters`, over all pages (at most [`MAX_PAGES`]).
+pub async fn describe_all<C: Ec2Client>(
+    client: &C,
+    filters: &[DescribeFilter],
+) -> Result<Vec<InstanceDescription>, Ec2CallError> {
+    let mut instances = Vec::new();
+    let mut next_token: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let page = client.describe_instances(filters, next_token.as_deref()).await?;
+        instances.extend(page.instances);
+        match page.next_token {
+            Some(token) => next_token = Some(token),
+            None => return Ok(instances),
+        }
+    }
+    Err(Ec2CallError { code: None, message: format!("DescribeInstances gave more than {MAX_PAGES} pages") })
+}
+
 fn describe(instance: &aws_sdk_ec2::types::Instance) -> InstanceDescription {
     InstanceDescription {
         instance_id: instance.instance_id().unwrap_or_default().to_owned(),
@@ -224,6 +248,7 @@ fn describe(instance: &aws_sdk_ec2::types::Instance) -> InstanceDescription {
             .collect(),
         launched_at_ms: instance.launch_time().and_then(|t| t.to_millis().ok()).and_then(|ms| u64::try_from(ms).ok()),
         private_ip: instance.private_ip_address().filter(|ip| !ip.is_empty()).map(str::to_owned),
+        public_ip: instance.public_ip_address().filter(|ip| !ip.is_empty()).map(str::to_owned),
     }
 }
 

@@ -66,6 +66,7 @@ impl FakeEc2 {
                     tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
                     launched_at_ms: Some(launched_at_ms),
                     private_ip: Some(format!("10.1.0.{}", state.next_id)),
+                    public_ip: None,
                 },
                 client_token: None,
                 visible: true,
@@ -132,6 +133,7 @@ impl Ec2Client for FakeEc2 {
                 tags: request.tags.clone(),
                 launched_at_ms: Some(1_700_000_000_000 + state.next_id),
                 private_ip: (!state.no_private_ip).then(|| format!("10.0.0.{}", state.next_id)),
+                public_ip: None,
             };
             let visible = !state.describe_lags;
             state.instances.push(FakeInstance {
