@@ -41,6 +41,7 @@ pub fn handle() -> PrometheusHandle {
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),
             };
             describe();
+            raft_store::raft_metrics::spawn_upkeep(handle.clone());
             handle
         })
         .clone()

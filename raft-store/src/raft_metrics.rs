@@ -5,8 +5,10 @@
 //! [`collect_process`] refreshes the standard `process_*` metrics; call it on every scrape.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::Node;
 use crate::type_config::NodeId;
@@ -34,6 +36,29 @@ pub fn describe() {
         "tandem_raft_enqueue_commit_seconds",
         "On the leader: time from proposing an enqueue entry to its commit and apply."
     );
+}
+
+/// How often [`spawn_upkeep`] folds histogram samples into their buckets: the period
+/// metrics-exporter-prometheus's own `install` uses.
+pub const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
+
+/// Fold the samples recorded into histograms into their buckets every [`UPKEEP_PERIOD`], for the
+/// life of the process, on a thread of its own (so on no async runtime).
+///
+/// A recorder installed with `install_recorder` keeps every histogram sample in a growing list
+/// until the next `/metrics` render or upkeep: a node nobody scrapes (or scrapes rarely) grew by
+/// about 23 MiB per 10 minutes under `bench soak`, eight bytes for every enqueue, fsync and
+/// commit it timed. Call once per recorder.
+pub fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
+        loop {
+            std::thread::sleep(UPKEEP_PERIOD);
+            handle.run_upkeep();
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("metrics upkeep thread not started ({e}): histograms are folded only when /metrics is scraped");
+    }
 }
 
 /// What the sampler remembers between samples.

@@ -33,6 +33,7 @@ pub fn install() -> PrometheusHandle {
             describe_gauge!("tandem_worker_jobs_held", "Jobs leased to this worker (running or waiting for a core).");
             describe_gauge!("tandem_worker_draining", "1 while the coordinators have this worker drained.");
             raft_store::raft_metrics::describe();
+            raft_store::raft_metrics::spawn_upkeep(handle.clone());
             handle
         })
         .clone()
