@@ -130,6 +130,11 @@ pub struct Config {
     /// The worker binary the local provider starts (default: `worker` beside this binary).
     #[arg(long, env = "TANDEM_SCALER_WORKER_BINARY")]
     pub scaler_worker_binary: Option<PathBuf>,
+    /// Serve this worker binary at `GET /worker/binary` to the instances the leader launches
+    /// (with `--ec2-worker-binary coordinators`, each downloads it at boot and checks its
+    /// SHA-256). Read once, at start.
+    #[arg(long, env = "TANDEM_WORKER_BINARY_FILE")]
+    pub worker_binary_file: Option<PathBuf>,
     /// The EC2 provider's settings (`--scaler ec2`).
     #[cfg(feature = "ec2")]
     #[command(flatten)]

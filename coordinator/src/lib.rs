@@ -74,6 +74,8 @@ pub struct App {
     pub voter_probes: Arc<voter_probes::VoterProbes>,
     /// The autoscaler's last plan on this node.
     pub scaler: scaler::SharedStatus,
+    /// The worker binary served at `GET /worker/binary` (`--worker-binary-file`).
+    pub worker_binary: Option<Arc<worker_routes::ServedBinary>>,
 }
 
 /// The coordinator's routes: client API, worker routes and Raft routes on one port.
@@ -182,7 +184,12 @@ impl Coordinator {
         let scaler_status =
             scaler::SharedStatus::new(scaler::ScalerStatus { provider: config.scaler.name(), plan: None }.into());
         tasks.spawn(metrics::sample(node.clone(), scaler_status.clone(), shutdown.child_token()));
-        start_scaler(&config, &node, &tasks, scaler_status.clone(), &shutdown).await?;
+        let worker_binary = match &config.worker_binary_file {
+            Some(path) => Some(Arc::new(worker_routes::ServedBinary::load(path).await?)),
+            None => None,
+        };
+        let served_sha256 = worker_binary.as_ref().map(|b| b.sha256.as_str());
+        start_scaler(&config, &node, &tasks, scaler_status.clone(), served_sha256, &shutdown).await?;
         let app = App {
             node: node.clone(),
             enqueue: EnqueueBatcher::start(node.clone(), shutdown.child_token()),
@@ -191,6 +198,7 @@ impl Coordinator {
             metrics: metrics::handle(),
             voter_probes: Arc::default(),
             scaler: scaler_status,
+            worker_binary,
         };
         Ok(Coordinator { app, tasks, shutdown })
     }
@@ -236,6 +244,7 @@ async fn start_scaler(
     node: &Node,
     tasks: &tokio_util::task::TaskTracker,
     status: scaler::SharedStatus,
+    served_sha256: Option<&str>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let policy = config.scaling.policy();
@@ -271,9 +280,10 @@ async fn start_scaler(
         }
         #[cfg(feature = "ec2")]
         config::ScalerKind::Ec2 => {
-            let provider = deploy::provider::ec2::Ec2Provider::new(&config.ec2, config.cluster_secret.clone())
-                .await
-                .context("the EC2 provider")?;
+            let provider =
+                deploy::provider::ec2::Ec2Provider::new(&config.ec2, config.cluster_secret.clone(), served_sha256)
+                    .await
+                    .context("the EC2 provider")?;
             spawn_leader_machines(tasks, node, provider, policy, care, status, shutdown);
         }
         #[cfg(not(feature = "ec2"))]

@@ -11,6 +11,11 @@
 //! `UseJoin` through the leader, whose apply checks it again against the committed state (so
 //! two exchanges of one join secret, on either coordinator, across a failover, succeed once),
 //! and only then is the cluster secret sent.
+//!
+//! `GET /worker/binary` serves the worker binary (`--worker-binary-file`) to the instances the
+//! leader launches, before they join: to a request with a launch token and that launch's join
+//! secret (checked, not used up), or with the cluster secret. The instance runs it only if its
+//! SHA-256 is the one its launch data names.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -18,10 +23,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use raft_store::job_table::{
     Checkpoint, CommandResponse, CompleteOutcome, JobResult, LeaseBudget, Proposal, Rejection, WorkerState,
 };
@@ -33,7 +38,7 @@ use wire::worker::{
     Assignment, CompleteRequest, CompleteResponse, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse,
     Progress, RegisterRequest, RegisterResponse, ReleaseRequest, ReleaseResponse, WorkerErrorBody,
 };
-use wire::worker::{JoinRequest, JoinResponse, MAX_JOIN_BODY_BYTES, MAX_JOIN_SECRET_BYTES};
+use wire::worker::{JoinRequest, JoinResponse, LAUNCH_TOKEN_HEADER, MAX_JOIN_BODY_BYTES, MAX_JOIN_SECRET_BYTES};
 use wire::{SECRET_HEADER, secret_matches};
 
 use crate::App;
@@ -69,6 +74,9 @@ pub enum WorkerRouteError {
     /// Nothing can be committed now: 503, try the other coordinator.
     #[error("{0}")]
     Unavailable(String),
+    /// This coordinator serves no worker binary: 404.
+    #[error("this coordinator serves no worker binary (--worker-binary-file)")]
+    NoBinary,
 }
 
 impl From<ProposeError> for WorkerRouteError {
@@ -92,6 +100,7 @@ impl IntoResponse for WorkerRouteError {
                 StatusCode::GONE
             }
             WorkerRouteError::JoinRefused => StatusCode::FORBIDDEN,
+            WorkerRouteError::NoBinary => StatusCode::NOT_FOUND,
             WorkerRouteError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         let body = rmp_serde::to_vec_named(&WorkerErrorBody { error: self.to_string() }).unwrap_or_default();
@@ -99,9 +108,13 @@ impl IntoResponse for WorkerRouteError {
     }
 }
 
-/// The worker routes, behind the cluster-secret check, and the join route, which has none.
+/// The worker routes, behind the cluster-secret check, and the join and binary routes, which
+/// check a launch's join secret instead.
 pub fn router(app: App) -> Router<App> {
-    let join = Router::new().route(wire::worker::JOIN, post(join)).layer(body_limit(MAX_JOIN_BODY_BYTES));
+    let join = Router::new()
+        .route(wire::worker::JOIN, post(join))
+        .route(wire::worker::BINARY, get(binary))
+        .layer(body_limit(MAX_JOIN_BODY_BYTES));
     Router::new()
         .route(wire::worker::REGISTER, post(register))
         .route(wire::worker::LEASE, post(lease))
@@ -213,6 +226,57 @@ pub async fn join(State(app): State<App>, body: Bytes) -> Result<Response, Worke
         CommandResponse::Rejected(rejection) => Err(join_refusal(rejection)),
         other => Err(unexpected(other)),
     }
+}
+
+/// The worker binary a coordinator serves, read once at start.
+pub struct ServedBinary {
+    /// Its bytes.
+    pub bytes: Bytes,
+    /// Their SHA-256, lower-case hex.
+    pub sha256: String,
+}
+
+impl ServedBinary {
+    /// Read and hash the binary at `path`.
+    pub async fn load(path: &std::path::Path) -> anyhow::Result<ServedBinary> {
+        use anyhow::Context as _;
+        let bytes = tokio::fs::read(path)
+            .await
+            .with_context(|| format!("reading the worker binary to serve (--worker-binary-file {})", path.display()))?;
+        let sha256 = wire::sha256_hex(&bytes);
+        Ok(ServedBinary { bytes: Bytes::from(bytes), sha256 })
+    }
+}
+
+/// `GET /worker/binary`: the worker binary, to an instance the leader launched (its launch
+/// token and join secret, checked on this coordinator's copy and not used up: the worker joins
+/// once it runs) or to a holder of the cluster secret.
+pub async fn binary(State(app): State<App>, headers: HeaderMap) -> Result<Response, WorkerRouteError> {
+    let Some(served) = app.worker_binary.clone() else {
+        return Err(WorkerRouteError::NoBinary);
+    };
+    if let Some(cluster_secret) = &app.config.cluster_secret {
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        if !secret_matches(text(SECRET_HEADER), cluster_secret) {
+            let join_secret = text(header::AUTHORIZATION.as_str()).and_then(|v| v.strip_prefix("Bearer "));
+            let (Some(launch_token), Some(join_secret)) = (text(LAUNCH_TOKEN_HEADER), join_secret) else {
+                return Err(join_refusal(Rejection::JoinRefused));
+            };
+            if launch_token.len() > MAX_ID_BYTES || join_secret.len() > MAX_JOIN_SECRET_BYTES {
+                return Err(join_refusal(Rejection::JoinRefused));
+            }
+            let secret_sha256 = wire::join_secret_sha256(join_secret);
+            let allowed =
+                app.node.state_machine().read(|table| table.join_allowed(launch_token, &secret_sha256, wire::now_ms()));
+            allowed.map_err(join_refusal)?;
+        }
+    }
+    let sha256 = HeaderValue::from_str(&served.sha256).map_err(|e| WorkerRouteError::Unavailable(e.to_string()))?;
+    Ok((
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")), (header::ETAG, sha256)],
+        served.bytes.clone(),
+    )
+        .into_response())
 }
 
 /// Jobs that lease proposals in flight on this node may take: while they are pending, other

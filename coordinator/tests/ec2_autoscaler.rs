@@ -25,8 +25,7 @@
 #![cfg(feature = "ec2")]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -39,16 +38,18 @@ use wire::client::ApiClient;
 
 #[path = "../../deploy/tests/common/mod.rs"]
 mod common;
+#[path = "support/ec2_coordinators.rs"]
+mod ec2_coordinators;
 #[path = "../../deploy/tests/common/moto.rs"]
 mod moto;
 
 use common::{reference_chain, wait_for};
+use ec2_coordinators::{Coordinators, SECRET};
 
-use moto::{DUMMY_SECRET_ACCESS_KEY, INSTANCE_PROFILE, REGION, World, tag};
+use moto::{DUMMY_SECRET_ACCESS_KEY, INSTANCE_PROFILE, World, tag};
 
 const TEST_NAME: &str = "the_leaders_autoscaler_launches_adopts_and_terminates_ec2_workers";
 const CLUSTER: &str = "scaled";
-const SECRET: &str = "ec2-autoscaler-test-cluster-secret";
 const MAX_WORKERS: usize = 3;
 const JOBS: usize = 6;
 /// The witness's instance, as `deploy aws` would launch it.
@@ -68,141 +69,6 @@ fn core_rate() -> u64 {
     let started = Instant::now();
     std::hint::black_box(wire::chain::continue_chain(wire::Digest([1; 64]), steps));
     (steps as f64 / started.elapsed().as_secs_f64()) as u64
-}
-
-/// The two coordinators, real processes of the `ec2` build, killed on drop.
-struct Coordinators {
-    processes: Vec<Option<Child>>,
-    urls: Vec<String>,
-    dir: PathBuf,
-}
-
-impl Coordinators {
-    fn start(dir: &Path, world: &World, addrs: &[String; 3]) -> Coordinators {
-        // The binary cargo built for this test, with this test's features: copied, so that a
-        // build of the default features that replaces target/debug/coordinator meanwhile does
-        // not change what runs.
-        let binary = dir.join("coordinator");
-        std::fs::copy(env!("CARGO_BIN_EXE_coordinator"), &binary).expect("copy the coordinator binary");
-        let help = Command::new(&binary).arg("--help").output().expect("coordinator --help");
-        assert!(
-            String::from_utf8_lossy(&help.stdout).contains("--ec2-ami"),
-            "{} is not built with the ec2 feature",
-            env!("CARGO_BIN_EXE_coordinator")
-        );
-        let members = format!("1=coordinator@{},2=coordinator@{},3=witness@{}", addrs[0], addrs[1], addrs[2]);
-        let urls: Vec<String> = addrs[..2].iter().map(|a| format!("http://{a}")).collect();
-        let mut processes = Vec::new();
-        for id in 1..=2 {
-            let mut args: Vec<String> = vec![
-                "--id".into(),
-                id.to_string(),
-                "--listen".into(),
-                addrs[id - 1].clone(),
-                "--member".into(),
-                members.clone(),
-                "--data-dir".into(),
-                dir.join(format!("coordinator-{id}")).display().to_string(),
-                "--lease-ms".into(),
-                "1500".into(),
-                "--worker-timeout-ms".into(),
-                "5000".into(),
-            ];
-            if id == 1 {
-                args.push("--initialize".into());
-            }
-            args.extend(
-                [
-                    "--scaler",
-                    "ec2",
-                    "--ec2-cluster-name",
-                    CLUSTER,
-                    "--ec2-ami",
-                    &world.ami,
-                    "--ec2-subnet",
-                    &world.subnet,
-                    "--ec2-security-group",
-                    &world.security_group,
-                    "--ec2-instance-profile",
-                    INSTANCE_PROFILE,
-                    "--ec2-region",
-                    REGION,
-                    "--ec2-endpoint-url",
-                    &world.moto.url,
-                    "--ec2-coordinators",
-                    &urls.join(","),
-                    "--min-workers",
-                    "0",
-                    "--max-workers",
-                    &MAX_WORKERS.to_string(),
-                    "--scaler-worker-cores",
-                    "1",
-                    // Sized by the policy from this rate until a worker measured its own: the
-                    // backlog calls for every worker allowed.
-                    "--assumed-core-rate",
-                    "1000",
-                    "--drain-target-ms",
-                    "4000",
-                    "--scale-in-idle-ms",
-                    "2000",
-                    "--scale-out-cooldown-ms",
-                    "2000",
-                    // Longer than the scenario: no launch is given up while the test plays
-                    // its boot.
-                    "--boot-timeout-ms",
-                    "120000",
-                ]
-                .map(String::from),
-            );
-            let log = std::fs::File::create(dir.join(format!("coordinator-{id}.log"))).expect("log");
-            let child = Command::new(&binary)
-                .args(&args)
-                .env("TANDEM_CLUSTER_SECRET", SECRET)
-                .env("RUST_LOG", "info,openraft=warn")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log"))
-                .stderr(log)
-                .spawn()
-                .expect("start a coordinator");
-            processes.push(Some(child));
-        }
-        Coordinators { processes, urls, dir: dir.to_owned() }
-    }
-
-    fn client(&self, i: usize) -> ApiClient {
-        ApiClient::new(self.urls[i].clone())
-    }
-
-    /// SIGKILL coordinator `i` (0 or 1).
-    fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.processes[i].take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn logs(&self) -> String {
-        (1..=2)
-            .map(|id| {
-                let path = self.dir.join(format!("coordinator-{id}.log"));
-                let text = std::fs::read_to_string(path).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                format!("--- coordinator-{id}, last lines:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl Drop for Coordinators {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("{}", self.logs());
-        }
-        for i in 0..self.processes.len() {
-            self.kill(i);
-        }
-    }
 }
 
 /// A worker running in this process, as the instance it plays would run it: with the cluster
@@ -297,7 +163,29 @@ async fn scenario(moto_server: &Path) {
 
     let addrs: [String; 3] =
         std::array::from_fn(|_| format!("127.0.0.1:{}", deploy::local::free_port().expect("a free port")));
-    let mut coordinators = Coordinators::start(dir.path(), &world, &addrs);
+    let max_workers = MAX_WORKERS.to_string();
+    let scaling = [
+        "--min-workers",
+        "0",
+        "--max-workers",
+        &max_workers,
+        "--scaler-worker-cores",
+        "1",
+        // Sized by the policy from this rate until a worker measured its own: the backlog calls
+        // for every worker allowed.
+        "--assumed-core-rate",
+        "1000",
+        "--drain-target-ms",
+        "4000",
+        "--scale-in-idle-ms",
+        "2000",
+        "--scale-out-cooldown-ms",
+        "2000",
+        // Longer than the scenario: no launch is given up while the test plays its boot.
+        "--boot-timeout-ms",
+        "120000",
+    ];
+    let mut coordinators = Coordinators::start(dir.path(), &world, &addrs, CLUSTER, &scaling);
     for i in 0..2 {
         let client = coordinators.client(i);
         wait_for("both coordinators ready", Duration::from_secs(60), || {

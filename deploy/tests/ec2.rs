@@ -42,7 +42,7 @@ fn world_options(world: &World, cluster: &str) -> Ec2Options {
 }
 
 async fn cluster_provider(world: &World, cluster: &str) -> Ec2Provider {
-    Ec2Provider::new(&world_options(world, cluster), Some(CLUSTER_SECRET.into())).await.expect("provider")
+    Ec2Provider::new(&world_options(world, cluster), Some(CLUSTER_SECRET.into()), None).await.expect("provider")
 }
 
 fn options(url: &str, cluster: &str, ami: &str, subnet: Option<&str>, groups: &[String]) -> Ec2Options {
@@ -56,6 +56,7 @@ fn options(url: &str, cluster: &str, ami: &str, subnet: Option<&str>, groups: &[
         region: Some(REGION.into()),
         endpoint_url: Some(url.into()),
         worker_binary: "/opt/tandem/bin/worker".into(),
+        worker_binary_sha256: None,
         coordinators: vec!["http://10.7.1.10:8080".into(), "http://10.7.1.11:8080".into()],
         worker_give_up_after_ms: 900_000,
         witness_port: WITNESS_PORT,
@@ -244,14 +245,14 @@ async fn misconfiguration_is_refused_and_classified(world: &World) {
     // moto checks subnets, not AMIs.
     let mut unknown_subnet = world_options(world, "misconfigured");
     unknown_subnet.subnet = Some("subnet-00000000deadbeef0".into());
-    let provider = Ec2Provider::new(&unknown_subnet, None).await.expect("provider");
+    let provider = Ec2Provider::new(&unknown_subnet, None, None).await.expect("provider");
     let error = provider.launch("m-1", JOIN).await.expect_err("an unknown subnet");
     assert_eq!(error.kind, ProviderErrorKind::Configuration, "{error}");
     assert!(error.message.contains("InvalidSubnetID"), "{error}");
 
     // A cluster secret that is this process's AWS secret key never reaches EC2: the cluster
     // secret is not in a worker's user-data at all.
-    let provider = Ec2Provider::new(&world_options(world, "secretive"), Some(DUMMY_SECRET_ACCESS_KEY.into()))
+    let provider = Ec2Provider::new(&world_options(world, "secretive"), Some(DUMMY_SECRET_ACCESS_KEY.into()), None)
         .await
         .expect("provider");
     let launched = provider.launch("s-1", JOIN).await.expect("launch");
@@ -271,12 +272,12 @@ async fn misconfiguration_is_refused_and_classified(world: &World) {
     // plain-http port fails the handshake, as an error of its own kind, without hanging.
     let tls =
         Ec2Options { endpoint_url: Some(world.moto.url.replace("http://", "https://")), ..world_options(world, "x") };
-    let provider = Ec2Provider::new(&tls, None).await.expect("provider");
+    let provider = Ec2Provider::new(&tls, None, None).await.expect("provider");
     let error = provider.list().await.expect_err("no TLS on moto's port");
     assert_eq!(error.kind, ProviderErrorKind::Other, "{error}");
     assert!(error.message.contains("InvalidContentType"), "rustls read moto's plain http: {error}");
 
     let missing = Ec2Options { cluster_name: None, ..world_options(world, "x") };
-    let error = Ec2Provider::new(&missing, None).await.expect_err("no cluster name");
+    let error = Ec2Provider::new(&missing, None, None).await.expect_err("no cluster name");
     assert_eq!(error.kind, ProviderErrorKind::Configuration);
 }

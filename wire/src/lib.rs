@@ -100,8 +100,13 @@ pub fn secret_matches(given: Option<&str>, expected: &str) -> bool {
 /// The SHA-256 of a one-time join secret, in lower-case hex: what the replicated table holds
 /// instead of the secret (a reader of the log or of a snapshot learns nothing it can join with).
 pub fn join_secret_sha256(join_secret: &str) -> String {
+    sha256_hex(join_secret.as_bytes())
+}
+
+/// The SHA-256 of `bytes`, lower-case hex (as `sha256sum` prints it).
+pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest as _, Sha256};
-    Sha256::digest(join_secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -28,6 +28,12 @@ pub const COMPLETE: &str = "/worker/complete";
 pub const RELEASE: &str = "/worker/release";
 /// Exchange a one-time join secret for the cluster secret (no cluster secret needed).
 pub const JOIN: &str = "/worker/join";
+/// `GET`: the worker binary a coordinator serves (`--worker-binary-file`), for an instance the
+/// leader launched: with its launch token in [`LAUNCH_TOKEN_HEADER`] and its join secret as the
+/// bearer token (or the cluster secret).
+pub const BINARY: &str = "/worker/binary";
+/// The header naming the launch a request of [`BINARY`] comes from.
+pub const LAUNCH_TOKEN_HEADER: &str = "x-tandem-launch-token";
 /// The largest body a coordinator reads on [`JOIN`]: a launch token and a join secret.
 pub const MAX_JOIN_BODY_BYTES: usize = 1024;
 /// The longest join secret a coordinator takes.

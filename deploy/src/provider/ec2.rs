@@ -79,9 +79,15 @@ impl Ec2Provider<SdkEc2Client> {
     /// `cluster_secret` never goes to a worker's instance: each gets its launch's one-time join
     /// secret instead, and exchanges it for the cluster secret at `/worker/join`; the provider
     /// knows the cluster secret only to refuse a script that would hold it.
-    pub async fn new(options: &Ec2Options, cluster_secret: Option<String>) -> Result<Self, ProviderError> {
+    /// `served_sha256` is the SHA-256 of the worker binary the coordinator running the
+    /// provider serves (`--worker-binary-file`), if it serves one.
+    pub async fn new(
+        options: &Ec2Options,
+        cluster_secret: Option<String>,
+        served_sha256: Option<&str>,
+    ) -> Result<Self, ProviderError> {
         let aws_secret = std::env::var("AWS_SECRET_ACCESS_KEY").ok().filter(|key| !key.is_empty());
-        let launch = options.worker_launch(cluster_secret, aws_secret)?;
+        let launch = options.worker_launch(cluster_secret, aws_secret, served_sha256)?;
         let client = sdk_client(options.region.as_deref(), options.endpoint_url.as_deref()).await.map_err(|e| {
             ProviderError::new(ProviderErrorKind::Configuration, e.with_flag("--ec2-region (TANDEM_EC2_REGION)"))
         })?;

@@ -151,11 +151,12 @@ impl World {
             region: Some(REGION.into()),
             endpoint_url: Some(moto.url.clone()),
             worker_binary: "/opt/tandem/bin/worker".into(),
+            worker_binary_sha256: None,
             coordinators: vec!["http://127.0.0.1:1".into()],
             worker_give_up_after_ms: 900_000,
             witness_port: 8090,
         };
-        let setup = Ec2Provider::new(&options, None).await.expect("a provider from the AWS chain");
+        let setup = Ec2Provider::new(&options, None, None).await.expect("a provider from the AWS chain");
         let sdk = setup.client().sdk().clone();
         let images = sdk.describe_images().send().await.expect("DescribeImages");
         let ami = images.images().iter().find_map(|image| image.image_id()).expect("moto knows some AMI").to_owned();

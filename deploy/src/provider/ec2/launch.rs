@@ -61,18 +61,72 @@ const MIN_SECRET_KEY_LEN: usize = 16;
 pub enum WorkerBinary {
     /// An absolute path on the AMI.
     Path(String),
-    /// An `http://` or `https://` URL the instance downloads it from at boot.
-    Url(String),
+    /// Downloaded at boot from an `http://` or `https://` URL, and run only if its SHA-256 (lower-case
+    /// hex) is `sha256`.
+    Url { url: String, sha256: String },
+    /// Downloaded at boot from the coordinators (`GET /worker/binary` of each in turn, with the
+    /// launch's join secret), and run only if its SHA-256 is `sha256`: the binary each coordinator
+    /// serves from its `--worker-binary-file`.
+    Coordinators { sha256: String },
 }
 
+/// The `--ec2-worker-binary` value that means "from the coordinators".
+pub const FROM_COORDINATORS: &str = "coordinators";
+
 impl WorkerBinary {
-    /// A URL if `value` starts with `http://` or `https://`, else a path.
-    pub fn parse(value: &str) -> Self {
-        if value.starts_with("http://") || value.starts_with("https://") {
-            WorkerBinary::Url(value.to_owned())
-        } else {
-            WorkerBinary::Path(value.to_owned())
+    /// The binary `value` names: [`FROM_COORDINATORS`], an `http(s)://` URL, or a path on the AMI.
+    /// A download needs its SHA-256: `sha256` for a URL, `served_sha256` (what this
+    /// coordinator serves) from the coordinators.
+    pub fn from_flags(
+        value: &str,
+        sha256: Option<&str>,
+        served_sha256: Option<&str>,
+    ) -> Result<WorkerBinary, ProviderError> {
+        if value == FROM_COORDINATORS {
+            let sha256 = served_sha256.ok_or_else(|| {
+                configuration(
+                    "--ec2-worker-binary coordinators needs the coordinator to serve one (--worker-binary-file)",
+                )
+            })?;
+            return Ok(WorkerBinary::Coordinators { sha256: sha256.to_owned() });
         }
+        if value.starts_with("http://") || value.starts_with("https://") {
+            let sha256 = sha256.ok_or_else(|| {
+                configuration(
+                    "a worker binary downloaded from a URL needs its SHA-256 (--ec2-worker-binary-sha256): \
+                     the instance runs nothing else",
+                )
+            })?;
+            return Ok(WorkerBinary::Url { url: value.to_owned(), sha256: sha256.to_owned() });
+        }
+        Ok(WorkerBinary::Path(value.to_owned()))
+    }
+}
+
+/// Where a rendered user-data script runs: an EC2 instance ([`BootTarget::instance`]), or, to
+/// test the script for real, a directory of this machine standing for one
+/// ([`BootTarget::local`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootTarget {
+    /// Prefixed to every path the script writes (empty on an instance).
+    pub root: String,
+    /// The instance metadata service's base URL.
+    pub metadata_url: String,
+    /// Install the worker as a systemd service and start it (an instance), or run it in the
+    /// foreground with its environment file's variables (a test).
+    pub under_systemd: bool,
+}
+
+impl BootTarget {
+    /// An EC2 instance.
+    pub fn instance() -> BootTarget {
+        BootTarget { root: String::new(), metadata_url: "http://169.254.169.254/latest".into(), under_systemd: true }
+    }
+
+    /// A directory of this machine standing for an instance: the script writes under `root`,
+    /// asks `metadata_url` for the instance id, and at its end runs the worker in the foreground.
+    pub fn local(root: &str, metadata_url: &str) -> BootTarget {
+        BootTarget { root: root.to_owned(), metadata_url: metadata_url.to_owned(), under_systemd: false }
     }
 }
 
@@ -244,12 +298,7 @@ impl WorkerLaunch {
         witness: Option<u64>,
         join_secret: &str,
     ) -> Result<LaunchRequest, ProviderError> {
-        self.validate()?;
-        check_token(token)?;
-        check_join_secret(join_secret)?;
-        let user_data = self.render_user_data(token, witness, join_secret);
-        refuse_aws_keys(&user_data, self.aws_secret_access_key.as_deref())?;
-        refuse_cluster_secret(&user_data, self.cluster_secret.as_deref())?;
+        let user_data = self.render(&BootTarget::instance(), token, witness, join_secret)?;
         let tags = match witness {
             None => self.tags(token),
             Some(node_id) => self.witness_tags(token, node_id),
@@ -321,7 +370,11 @@ impl WorkerLaunch {
             check_url("a coordinator URL (--ec2-coordinators)", url)?;
         }
         match &self.worker_binary {
-            WorkerBinary::Url(url) => check_url("the worker binary's URL (--ec2-worker-binary)", url)?,
+            WorkerBinary::Url { url, sha256 } => {
+                check_url("the worker binary's URL (--ec2-worker-binary)", url)?;
+                check_sha256(sha256)?;
+            }
+            WorkerBinary::Coordinators { sha256 } => check_sha256(sha256)?,
             WorkerBinary::Path(path) => {
                 check_chars("the worker binary's path (--ec2-worker-binary)", path, 1024, is_path_char)?;
                 if !path.starts_with('/') {
@@ -337,10 +390,34 @@ impl WorkerLaunch {
         Ok(())
     }
 
-    /// The cloud-init script that starts the worker under systemd; with `witness`, in the
-    /// witness role as voter `witness`. Values are checked by [`WorkerLaunch::validate`] and
-    /// [`check_token`] before they get here.
-    fn render_user_data(&self, token: &str, witness: Option<u64>, join_secret: &str) -> String {
+    /// The user-data script of the worker launched under `token` (with `witness`, in the witness
+    /// role as voter `witness`) for `target`: checked, and refused if it would hold an AWS key or
+    /// the cluster secret. On an instance it is what [`WorkerLaunch::request`] sends; tests
+    /// render it for a directory of this machine and run it.
+    pub fn render(
+        &self,
+        target: &BootTarget,
+        token: &str,
+        witness: Option<u64>,
+        join_secret: &str,
+    ) -> Result<String, ProviderError> {
+        self.validate()?;
+        check_token(token)?;
+        check_join_secret(join_secret)?;
+        if !target.root.is_empty() {
+            check_chars("the boot target's root", &target.root, 1024, is_path_char)?;
+        }
+        check_url("the metadata service's URL", &target.metadata_url)?;
+        let user_data = self.render_user_data(target, token, witness, join_secret);
+        refuse_aws_keys(&user_data, self.aws_secret_access_key.as_deref())?;
+        refuse_cluster_secret(&user_data, self.cluster_secret.as_deref())?;
+        Ok(user_data)
+    }
+
+    /// The script of [`WorkerLaunch::render`]. Values are checked before they get here.
+    fn render_user_data(&self, target: &BootTarget, token: &str, witness: Option<u64>, join_secret: &str) -> String {
+        let root = target.root.as_str();
+        let env_file = format!("{root}{ENV_FILE}");
         let cluster = &self.cluster_name;
         let (what, witness_lines, state_directory) = match witness {
             None => ("A Tandem worker".to_owned(), String::new(), ""),
@@ -350,7 +427,7 @@ impl WorkerLaunch {
                     "TANDEM_WITNESS=true\n\
                      TANDEM_WITNESS_ID={node_id}\n\
                      TANDEM_WITNESS_LISTEN=0.0.0.0:{}\n\
-                     TANDEM_WITNESS_DATA_DIR={WITNESS_DATA_DIR}\n",
+                     TANDEM_WITNESS_DATA_DIR={root}{WITNESS_DATA_DIR}\n",
                     self.witness_port
                 ),
                 // The voter's log and snapshots: systemd creates /var/lib/tandem for the dynamic
@@ -359,25 +436,32 @@ impl WorkerLaunch {
             ),
         };
         let coordinators = self.coordinators.join(",");
-        let (fetch_binary, exec_start) = match &self.worker_binary {
-            WorkerBinary::Path(path) => (String::new(), path.as_str()),
-            WorkerBinary::Url(url) => (
-                format!(
-                    "# The worker binary, from {url}.\n\
-                     install -d -m 0755 /opt/tandem/bin\n\
-                     curl -fsS --retry 10 --retry-connrefused --retry-delay 3 -o {DOWNLOADED_BINARY}.download '{url}'\n\
-                     chmod 0755 {DOWNLOADED_BINARY}.download\n\
-                     mv {DOWNLOADED_BINARY}.download {DOWNLOADED_BINARY}\n\n"
-                ),
-                DOWNLOADED_BINARY,
-            ),
-        };
         // The worker exchanges the join secret for the cluster secret when it starts. A
         // coordinator runs without a secret only when its operator said so
         // (`--insecure-no-cluster-secret`): its workers need the same word to start.
         let secret_line = match &self.cluster_secret {
             Some(_) => format!("{JOIN_TOKEN_ENV}={join_secret}\n"),
             None => format!("{}=true\n", wire::INSECURE_NO_CLUSTER_SECRET_ENV),
+        };
+        let binary = format!("{root}{DOWNLOADED_BINARY}");
+        let (fetch_binary, exec_start) = match &self.worker_binary {
+            WorkerBinary::Path(path) => (String::new(), path.clone()),
+            WorkerBinary::Url { url, sha256 } => {
+                (self.render_download(target, &binary, &format!("'{url}'"), sha256, false), binary.clone())
+            }
+            WorkerBinary::Coordinators { sha256 } => {
+                let urls =
+                    self.coordinators.iter().map(|c| format!("'{c}{}'", wire::worker::BINARY)).collect::<Vec<_>>();
+                (self.render_download(target, &binary, &urls.join(" "), sha256, true), binary.clone())
+            }
+        };
+        let start = if target.under_systemd {
+            "systemctl daemon-reload\nsystemctl enable --now tandem-worker.service\n".to_owned()
+        } else {
+            format!(
+                "# Not an instance: the worker runs here, in the foreground, with that environment.\n\
+                 set -a\n. {env_file}\nset +a\nexec {exec_start}\n"
+            )
         };
         let give_up_after_ms = self.give_up_after_ms;
         format!(
@@ -388,7 +472,7 @@ set -euo pipefail
 umask 077
 
 # The instance id, from the metadata service (IMDSv2: a session token first).
-imds=http://169.254.169.254/latest
+imds={metadata_url}
 imds_token=$(curl -fsS --retry 10 --retry-connrefused -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' "$imds/api/token")
 instance_id=$(curl -fsS --retry 10 --retry-connrefused -H "X-aws-ec2-metadata-token: $imds_token" "$imds/meta-data/instance-id")
 case "$instance_id" in
@@ -396,22 +480,23 @@ case "$instance_id" in
   *) echo "tandem: no instance id from the metadata service" >&2; exit 1 ;;
 esac
 
-{fetch_binary}# The worker's environment, the join secret among it: root only (umask 077, and 0600).
-install -d -m 0700 /etc/tandem
-cat > {ENV_FILE} <<'TANDEM_ENV'
+# The worker's environment, the join secret among it: root only (umask 077, and 0600).
+install -d -m 0700 {root}/etc/tandem
+cat > {env_file} <<'TANDEM_ENV'
 TANDEM_COORDINATORS={coordinators}
 TANDEM_LAUNCH_TOKEN={token}
 TANDEM_GIVE_UP_AFTER_MS={give_up_after_ms}
 TANDEM_LOG_FORMAT=json
 {witness_lines}{secret_line}TANDEM_ENV
-echo "TANDEM_INSTANCE_ID=$instance_id" >> {ENV_FILE}
-chmod 0600 {ENV_FILE}
+echo "TANDEM_INSTANCE_ID=$instance_id" >> {env_file}
+chmod 0600 {env_file}
 
-# systemd reads the environment file as root, then runs the worker as an unprivileged user.
+{fetch_binary}# systemd reads the environment file as root, then runs the worker as an unprivileged user.
 # The instance lives as long as its worker: when the worker exits (its cluster gone, a fault, a
 # stop) the instance powers off, the launch's shutdown behaviour terminates it, and the
 # autoscaler replaces it if the cluster still needs it.
-cat > /etc/systemd/system/tandem-worker.service <<'TANDEM_UNIT'
+install -d -m 0755 {root}/etc/systemd/system
+cat > {root}/etc/systemd/system/tandem-worker.service <<'TANDEM_UNIT'
 [Unit]
 Description=Tandem worker ({cluster})
 Wants=network-online.target
@@ -420,7 +505,7 @@ SuccessAction=poweroff
 FailureAction=poweroff
 
 [Service]
-EnvironmentFile={ENV_FILE}
+EnvironmentFile={env_file}
 ExecStart={exec_start}
 DynamicUser=yes
 {state_directory}NoNewPrivileges=yes
@@ -429,11 +514,73 @@ Restart=no
 [Install]
 WantedBy=multi-user.target
 TANDEM_UNIT
-systemctl daemon-reload
-systemctl enable --now tandem-worker.service
-"#
+{start}"#,
+            metadata_url = target.metadata_url,
         )
     }
+    /// The lines that download the worker binary to `binary` from `urls` (shell words, each
+    /// tried in turn, for up to ten minutes), check its SHA-256 and refuse to run anything
+    /// else: on an instance, a refusal powers it off, which terminates it. From the
+    /// coordinators, the request carries the launch token and the join secret, read from the
+    /// environment file and handed to curl on its standard input, never on a command line.
+    fn render_download(
+        &self,
+        target: &BootTarget,
+        binary: &str,
+        urls: &str,
+        sha256: &str,
+        from_coordinators: bool,
+    ) -> String {
+        let env_file = format!("{}{ENV_FILE}", target.root);
+        let curl = if from_coordinators && self.cluster_secret.is_some() {
+            format!(
+                r#"join_secret=$(sed -n 's/^{JOIN_TOKEN_ENV}=//p' {env_file})
+  printf 'header = "Authorization: Bearer %s"\n' "$join_secret" | curl --config - "#
+            )
+        } else {
+            "curl ".to_owned()
+        };
+        let power_off = if target.under_systemd { "\n  systemctl poweroff" } else { "" };
+        let sources = urls.replace('\'', "");
+        format!(
+            r#"# The worker binary: downloaded, and run only if its SHA-256 is {sha256}.
+install -d -m 0755 {binary_dir}
+launch_token=$(sed -n 's/^TANDEM_LAUNCH_TOKEN=//p' {env_file})
+fetch() {{
+  {curl}-fsS --connect-timeout 5 --max-time 600 -H "X-Tandem-Launch-Token: $launch_token" -o {binary}.download "$1"
+}}
+refuse() {{
+  rm -f {binary}.download
+  echo "tandem: $1: nothing runs" >&2{power_off}
+  exit 1
+}}
+fetched=
+for attempt in $(seq 1 120); do
+  for url in {urls}; do
+    if fetch "$url"; then fetched=$url; break 2; fi
+  done
+  sleep 5
+done
+[ -n "$fetched" ] || refuse "no worker binary from {sources}"
+echo '{sha256}  {binary}.download' | sha256sum --check --status \
+  || refuse "the worker binary from $fetched does not have SHA-256 {sha256}"
+chmod 0755 {binary}.download
+mv {binary}.download {binary}
+
+"#,
+            binary_dir = binary.rsplit_once('/').map_or("/", |(dir, _)| dir),
+        )
+    }
+}
+
+/// Refuse a SHA-256 that is not 64 lower-case hex digits.
+fn check_sha256(sha256: &str) -> Result<(), ProviderError> {
+    if sha256.len() != 64 || !sha256.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')) {
+        return Err(configuration(format!(
+            "the worker binary's SHA-256 (--ec2-worker-binary-sha256) must be 64 lower-case hex digits, not {sha256:?}"
+        )));
+    }
+    Ok(())
 }
 
 /// Refuse a token EC2 cannot take as a `ClientToken` or the script cannot hold unquoted.
@@ -554,7 +701,7 @@ pub(crate) mod tests {
             security_group_ids: vec!["sg-0abc".into()],
             instance_profile: Some(InstanceProfile::Name("tandem-worker".into())),
             coordinators: vec!["http://10.0.0.1:8080".into(), "http://10.0.0.2:8080".into()],
-            worker_binary: WorkerBinary::parse(DEFAULT_WORKER_BINARY),
+            worker_binary: WorkerBinary::Path(DEFAULT_WORKER_BINARY.into()),
             give_up_after_ms: 900_000,
             witness_port: DEFAULT_WITNESS_PORT,
             cluster_secret: Some("s3cret-of-the-cluster".into()),
@@ -667,13 +814,86 @@ pub(crate) mod tests {
         assert!(!worker.tags.iter().any(|(k, _)| k == VOTER_ID_TAG));
     }
 
+    const SHA: &str = "5a6f2c0c4b7e3f1d9e8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e";
+
     #[test]
-    fn a_worker_binary_url_is_downloaded_at_boot() {
+    fn a_worker_binary_url_is_downloaded_at_boot_and_run_only_with_its_sha256() {
         let mut settings = launch();
-        settings.worker_binary = WorkerBinary::parse("http://10.0.0.1:8080/bin/worker");
+        settings.worker_binary = WorkerBinary::from_flags("http://10.0.0.1:8080/bin/worker", Some(SHA), None)
+            .expect("a URL with its SHA-256");
         let script = settings.request("t", JOIN).expect("valid launch").user_data;
-        assert!(script.contains("-o /opt/tandem/bin/worker.download 'http://10.0.0.1:8080/bin/worker'"));
+        assert!(script.contains("for url in 'http://10.0.0.1:8080/bin/worker'; do"), "{script}");
+        assert!(script.contains(&format!(
+            "echo '{SHA}  /opt/tandem/bin/worker.download' | sha256sum --check --status \\\n  || refuse"
+        )));
+        // The check comes before the binary is moved into place, which comes before the unit.
+        let at = |needle: &str| script.find(needle).unwrap_or_else(|| panic!("{needle:?} in\n{script}"));
+        assert!(at("sha256sum --check") < at("mv /opt/tandem/bin/worker.download /opt/tandem/bin/worker"));
+        assert!(at("mv /opt/tandem/bin/worker.download") < at("systemctl enable"));
+        // A refusal powers the instance off (which terminates it); nothing is installed.
+        assert!(script.contains("  rm -f /opt/tandem/bin/worker.download\n"));
+        assert!(script.contains("  systemctl poweroff\n  exit 1\n"));
         assert!(script.contains("ExecStart=/opt/tandem/bin/worker\n"));
+        // Only the coordinators get the join secret.
+        assert!(!script.contains("Authorization"));
+    }
+
+    #[test]
+    fn a_download_needs_a_sha256() {
+        let error = WorkerBinary::from_flags("https://example.com/worker", None, None).expect_err("no SHA-256");
+        assert!(error.message.contains("--ec2-worker-binary-sha256"), "{error}");
+        let error = WorkerBinary::from_flags(FROM_COORDINATORS, Some(SHA), None).expect_err("nothing served");
+        assert!(error.message.contains("--worker-binary-file"), "{error}");
+        let mut settings = launch();
+        settings.worker_binary = WorkerBinary::Url { url: "http://10.0.0.1/w".into(), sha256: "ABC".into() };
+        assert_eq!(kind(settings.request("t", JOIN)), Some(ProviderErrorKind::Configuration));
+        settings.worker_binary = WorkerBinary::Coordinators { sha256: SHA.to_uppercase() };
+        assert_eq!(kind(settings.request("t", JOIN)), Some(ProviderErrorKind::Configuration));
+        assert_eq!(WorkerBinary::from_flags("/usr/bin/w", None, None), Ok(WorkerBinary::Path("/usr/bin/w".into())));
+    }
+
+    #[test]
+    fn from_the_coordinators_the_download_carries_the_join_secret_off_the_command_line() {
+        let mut settings = launch();
+        settings.worker_binary = WorkerBinary::from_flags(FROM_COORDINATORS, None, Some(SHA)).expect("served");
+        let script = settings.request("t-9", JOIN).expect("valid launch").user_data;
+        assert!(
+            script.contains("for url in 'http://10.0.0.1:8080/worker/binary' 'http://10.0.0.2:8080/worker/binary'; do"),
+            "{script}"
+        );
+        // The join secret is read from the root-only file and given to curl on its standard
+        // input: the script holds it once (in that file's body), no command line ever.
+        assert_eq!(script.matches(JOIN).count(), 1);
+        assert!(script.contains("join_secret=$(sed -n 's/^TANDEM_JOIN_TOKEN=//p' /etc/tandem/worker.env)"));
+        assert!(
+            script.contains("printf 'header = \"Authorization: Bearer %s\"\\n' \"$join_secret\" | curl --config - ")
+        );
+        assert!(script.contains("-H \"X-Tandem-Launch-Token: $launch_token\""));
+        // The environment file is written before the download reads it.
+        let at = |needle: &str| script.find(needle).unwrap_or_else(|| panic!("{needle:?} in\n{script}"));
+        assert!(at("chmod 0600 /etc/tandem/worker.env") < at("fetch() {"));
+    }
+
+    #[test]
+    fn a_local_boot_target_writes_under_its_root_and_runs_the_worker_in_the_foreground() {
+        let mut settings = launch();
+        settings.worker_binary = WorkerBinary::from_flags(FROM_COORDINATORS, None, Some(SHA)).expect("served");
+        let target = BootTarget::local("/tmp/instance-1", "http://127.0.0.1:9/latest");
+        let script = settings.render(&target, "t-9", None, JOIN).expect("rendered");
+        assert!(script.contains("imds=http://127.0.0.1:9/latest\n"));
+        assert!(script.contains("cat > /tmp/instance-1/etc/tandem/worker.env <<'TANDEM_ENV'"));
+        assert!(
+            script.contains("mv /tmp/instance-1/opt/tandem/bin/worker.download /tmp/instance-1/opt/tandem/bin/worker")
+        );
+        assert!(script.ends_with(
+            "set -a\n. /tmp/instance-1/etc/tandem/worker.env\nset +a\nexec /tmp/instance-1/opt/tandem/bin/worker\n"
+        ));
+        assert!(!script.contains("systemctl"), "{script}");
+        // The instance's rendering is the request's.
+        let instance = settings.render(&BootTarget::instance(), "t-9", None, JOIN).expect("rendered");
+        assert_eq!(instance, settings.request("t-9", JOIN).expect("valid launch").user_data);
+        let refused = settings.render(&BootTarget::local("/tmp/a b", "http://127.0.0.1:9/latest"), "t", None, JOIN);
+        assert_eq!(refused.err().map(|e| e.kind), Some(ProviderErrorKind::Configuration));
     }
 
     #[test]
@@ -692,8 +912,14 @@ pub(crate) mod tests {
         let Ok(bash) = which_bash() else { return };
         let worker = launch().request("t-1", JOIN).expect("valid launch").user_data;
         let witness = launch().request_witness("t-2", 4, JOIN).expect("valid witness launch").user_data;
+        let mut settings = launch();
+        settings.worker_binary = WorkerBinary::from_flags(FROM_COORDINATORS, None, Some(SHA)).expect("served");
+        let downloading = settings.request("t-3", JOIN).expect("valid launch").user_data;
+        settings.worker_binary = WorkerBinary::from_flags("http://10.0.0.9/w", Some(SHA), None).expect("a URL");
+        settings.cluster_secret = None;
+        let insecure = settings.request("t-4", JOIN).expect("valid launch").user_data;
         let dir = tempfile::tempdir().expect("tempdir");
-        for script in [worker, witness] {
+        for script in [worker, witness, downloading, insecure] {
             let path = dir.path().join("user-data.sh");
             std::fs::write(&path, &script).expect("write script");
             let status = std::process::Command::new(bash).arg("-n").arg(&path).status().expect("run bash -n");
@@ -784,9 +1010,11 @@ pub(crate) mod tests {
             ("no coordinators", |l| l.coordinators.clear()),
             ("coordinator not a URL", |l| l.coordinators = vec!["10.0.0.1:8080".into()]),
             ("coordinator with a newline", |l| l.coordinators = vec!["http://a\nb".into()]),
-            ("relative worker path", |l| l.worker_binary = WorkerBinary::parse("bin/worker")),
-            ("worker path with $", |l| l.worker_binary = WorkerBinary::parse("/opt/$HOME/worker")),
-            ("worker URL with a quote", |l| l.worker_binary = WorkerBinary::parse("http://a/'b")),
+            ("relative worker path", |l| l.worker_binary = WorkerBinary::Path("bin/worker".into())),
+            ("worker path with $", |l| l.worker_binary = WorkerBinary::Path("/opt/$HOME/worker".into())),
+            ("worker URL with a quote", |l| {
+                l.worker_binary = WorkerBinary::Url { url: "http://a/'b".into(), sha256: SHA.into() }
+            }),
             ("subnet with a semicolon", |l| l.subnet_id = Some("subnet-1;rm".into())),
             ("witness port 0", |l| l.witness_port = 0),
         ];
@@ -833,8 +1061,11 @@ pub(crate) mod tests {
 
     #[test]
     fn parsing_the_binary_and_the_profile() {
-        assert_eq!(WorkerBinary::parse("/opt/w"), WorkerBinary::Path("/opt/w".into()));
-        assert_eq!(WorkerBinary::parse("https://x/w"), WorkerBinary::Url("https://x/w".into()));
+        assert_eq!(WorkerBinary::from_flags("/opt/w", None, None), Ok(WorkerBinary::Path("/opt/w".into())));
+        assert_eq!(
+            WorkerBinary::from_flags("https://x/w", Some(SHA), None),
+            Ok(WorkerBinary::Url { url: "https://x/w".into(), sha256: SHA.into() })
+        );
         assert_eq!(InstanceProfile::parse("p"), InstanceProfile::Name("p".into()));
         assert_eq!(
             InstanceProfile::parse("arn:aws:iam::123456789012:instance-profile/p"),

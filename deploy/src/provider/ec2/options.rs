@@ -33,9 +33,15 @@ pub struct Ec2Options {
     /// Another EC2 endpoint (moto's server in tests).
     #[arg(long = "ec2-endpoint-url", env = "TANDEM_EC2_ENDPOINT_URL")]
     pub endpoint_url: Option<String>,
-    /// The worker binary: a path on the AMI, or an http(s) URL each instance downloads at boot.
+    /// The worker binary: a path on the AMI; `coordinators`, each instance downloading at boot
+    /// the one the coordinators serve (`--worker-binary-file`); or an http(s) URL each instance
+    /// downloads at boot (with --ec2-worker-binary-sha256). A download runs only if its SHA-256
+    /// matches.
     #[arg(long = "ec2-worker-binary", env = "TANDEM_EC2_WORKER_BINARY", default_value = DEFAULT_WORKER_BINARY)]
     pub worker_binary: String,
+    /// The SHA-256 (hex) of the binary at the --ec2-worker-binary URL.
+    #[arg(long = "ec2-worker-binary-sha256", env = "TANDEM_EC2_WORKER_BINARY_SHA256")]
+    pub worker_binary_sha256: Option<String>,
     /// The coordinators' base URLs as the workers reach them, comma-separated or repeated.
     #[arg(long = "ec2-coordinators", env = "TANDEM_EC2_COORDINATORS", value_delimiter = ',')]
     pub coordinators: Vec<String>,
@@ -52,11 +58,13 @@ pub struct Ec2Options {
 impl Ec2Options {
     /// The settings of this cluster's worker launches, checked. `aws_secret_access_key` is the
     /// secret key this process's credentials use, if it knows it: a launch whose user-data holds
-    /// it is refused.
+    /// it is refused. `served_sha256` is the SHA-256 of the worker binary this coordinator
+    /// serves, if it serves one.
     pub fn worker_launch(
         &self,
         cluster_secret: Option<String>,
         aws_secret_access_key: Option<String>,
+        served_sha256: Option<&str>,
     ) -> Result<WorkerLaunch, ProviderError> {
         let required = |value: &Option<String>, flag: &str| {
             value.clone().ok_or_else(|| {
@@ -71,7 +79,11 @@ impl Ec2Options {
             security_group_ids: self.security_groups.clone(),
             instance_profile: self.instance_profile.as_deref().map(InstanceProfile::parse),
             coordinators: self.coordinators.clone(),
-            worker_binary: WorkerBinary::parse(&self.worker_binary),
+            worker_binary: WorkerBinary::from_flags(
+                &self.worker_binary,
+                self.worker_binary_sha256.as_deref(),
+                served_sha256,
+            )?,
             give_up_after_ms: self.worker_give_up_after_ms,
             witness_port: self.witness_port,
             cluster_secret,
@@ -109,7 +121,7 @@ mod tests {
         assert_eq!(cli.ec2.instance_type, "c7i.large");
         assert_eq!(cli.ec2.worker_binary, DEFAULT_WORKER_BINARY);
         assert_eq!(cli.ec2.witness_port, 8090, "the witness's port in the default --member");
-        let launch = cli.ec2.worker_launch(Some("secret".into()), None).expect("valid settings");
+        let launch = cli.ec2.worker_launch(Some("secret".into()), None, None).expect("valid settings");
         assert_eq!(launch.security_group_ids, vec!["sg-1".to_owned(), "sg-2".to_owned()]);
         assert_eq!(launch.instance_profile, Some(InstanceProfile::Name("tandem-worker".into())));
         assert_eq!(launch.worker_binary, WorkerBinary::Path(DEFAULT_WORKER_BINARY.into()));
@@ -119,11 +131,11 @@ mod tests {
     #[test]
     fn missing_settings_are_named() {
         let cli = Cli::try_parse_from(["coordinator"]).expect("every EC2 flag is optional to clap");
-        let error = cli.ec2.worker_launch(None, None).expect_err("no cluster name");
+        let error = cli.ec2.worker_launch(None, None, None).expect_err("no cluster name");
         assert_eq!(error.kind, ProviderErrorKind::Configuration);
         assert!(error.message.contains("--ec2-cluster-name"), "{error}");
         let cli = Cli::try_parse_from(["coordinator", "--ec2-cluster-name=blue", "--ec2-ami=ami-1"]).expect("flags");
-        let error = cli.ec2.worker_launch(None, None).expect_err("no coordinators");
+        let error = cli.ec2.worker_launch(None, None, None).expect_err("no coordinators");
         assert!(error.message.contains("--ec2-coordinators"), "{error}");
         let cli = Cli::try_parse_from([
             "coordinator",
@@ -133,7 +145,7 @@ mod tests {
             "--ec2-witness-port=0",
         ])
         .expect("flags");
-        let error = cli.ec2.worker_launch(None, None).expect_err("witness port 0");
+        let error = cli.ec2.worker_launch(None, None, None).expect_err("witness port 0");
         assert_eq!(error.kind, ProviderErrorKind::Configuration);
         assert!(error.message.contains("--ec2-witness-port"), "{error}");
     }

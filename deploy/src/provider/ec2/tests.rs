@@ -19,7 +19,7 @@ fn worker_launch() -> WorkerLaunch {
         security_group_ids: vec!["sg-1".into()],
         instance_profile: None,
         coordinators: vec!["http://10.0.0.1:8080".into()],
-        worker_binary: WorkerBinary::parse(DEFAULT_WORKER_BINARY),
+        worker_binary: WorkerBinary::Path(DEFAULT_WORKER_BINARY.into()),
         give_up_after_ms: 900_000,
         witness_port: DEFAULT_WITNESS_PORT,
         cluster_secret: Some("the-cluster-secret-of-blue".into()),
