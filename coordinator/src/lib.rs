@@ -247,6 +247,9 @@ async fn start_scaler(
     served_sha256: Option<&str>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
+    // Only the EC2 provider launches machines that download the served binary.
+    #[cfg(not(feature = "ec2"))]
+    let _ = served_sha256;
     let policy = config.scaling.policy();
     let care = witness_care::WitnessCare {
         timeout: Duration::from_millis(config.witness_timeout_ms),
