@@ -13,6 +13,7 @@ use wire::client::ApiClient;
 
 pub mod history;
 pub mod netns;
+pub mod sshd;
 
 /// The reference cases, computed by Python's hashlib (copied from shared/vectors).
 #[derive(serde::Deserialize)]
