@@ -15,9 +15,16 @@
 //! here (user-data, the state file, the output) holds an AWS key: user-data is checked with
 //! [`refuse_aws_keys`] before any launch, and it holds no Tandem secret either.
 //!
-//! Not yet: uploading the binaries and starting the processes (the instances are prepared, their
-//! systemd units installed but not started), creating IAM roles (`--instance-profile` names an
-//! existing profile for the coordinators).
+//! Then, over SSH with that key (open to `--ssh-cidr` for the upload, closed again after it unless
+//! `--keep-ssh`), `up` installs each voter ([`crate::voters`]): the operator's release binaries
+//! (`--binaries`), a root-only environment file with the secrets and the members' private
+//! addresses, and a restart of its systemd unit when a binary or the environment changed, the
+//! witness first and the leader last. Coordinator 1 forms the cluster on the first `up` only (the
+//! state file remembers it). The coordinators serve the worker binary to the workers their
+//! autoscaler launches (with `--instance-profile`; without one they launch nothing).
+//!
+//! Not yet: creating IAM roles (`--instance-profile` names an existing profile for the
+//! coordinators).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -36,8 +43,12 @@ use wire::members::{LAYOUT, Role};
 
 use crate::local::random_token;
 use crate::provider::ec2::client::{DescribeFilter, describe_all};
-use crate::provider::ec2::launch::{CLUSTER_TAG, ROLE_TAG, VOTER_ID_TAG, WORKER_ROLE, refuse_aws_keys};
+use crate::provider::ec2::launch::{
+    CLUSTER_TAG, DEFAULT_WITNESS_PORT, FROM_COORDINATORS, ROLE_TAG, VOTER_ID_TAG, WORKER_ROLE, refuse_aws_keys,
+};
 use crate::provider::ec2::{Ec2Client, LIVE_STATES, SdkEc2Client, sdk_client};
+use crate::ssh::Ssh;
+use crate::voters::{ClusterSetup, InstallTarget, install, service_of, write_environment};
 
 /// The client API's port on the coordinators.
 pub const API_PORT: u16 = 8080;
@@ -94,6 +105,30 @@ pub struct UpOptions {
     /// none, and the coordinators cannot launch workers.
     #[arg(long, env = "TANDEM_INSTANCE_PROFILE")]
     pub instance_profile: Option<String>,
+    /// Where the release binaries to upload are (`coordinator`, built with `--features ec2` for
+    /// an autoscaling cluster, and `worker`). Default: beside this `deploy` binary.
+    #[arg(long, env = "TANDEM_BINARIES")]
+    pub binaries: Option<PathBuf>,
+    /// The user `up` logs in as over SSH (the AMI's default user).
+    #[arg(long, env = "TANDEM_SSH_USER", default_value = "ec2-user")]
+    pub ssh_user: String,
+    /// Converge the EC2 resources only: upload nothing, start nothing (SSH stays as --ssh-cidr
+    /// says).
+    #[arg(long)]
+    pub no_upload: bool,
+    /// Leave SSH open to --ssh-cidr after the upload (by default the rule is removed again).
+    #[arg(long)]
+    pub keep_ssh: bool,
+    /// Fewest workers the autoscaler keeps, the witness's not counted.
+    #[arg(long, env = "TANDEM_MIN_WORKERS", default_value_t = 0)]
+    pub min_workers: u32,
+    /// Most workers the autoscaler launches, the witness's not counted.
+    #[arg(long, env = "TANDEM_MAX_WORKERS", default_value_t = 4)]
+    pub max_workers: u32,
+    /// Require a bearer token on the client API: generated once, kept in the state file, shown by
+    /// `status`.
+    #[arg(long)]
+    pub client_token: bool,
 }
 
 /// What the operator keeps: the cluster's secrets, generated once. Never holds an AWS key.
@@ -109,6 +144,12 @@ pub struct State {
     /// rerun after a failure mid-launch gets the same instance back rather than a second one.
     #[serde(default)]
     pub launch_tokens: BTreeMap<u64, String>,
+    /// The client API's bearer token, once `up --client-token` made one.
+    #[serde(default)]
+    pub client_token: Option<String>,
+    /// Whether the cluster has formed: later `up`s never ask a coordinator to initialize it.
+    #[serde(default)]
+    pub initialized: bool,
 }
 
 /// One instance of the cluster, as `up` and `status` report it.
@@ -367,6 +408,8 @@ fn load_or_create_state(dir: &Path, cluster: &str) -> anyhow::Result<State> {
                 cluster_secret: random_token()?,
                 admin_token: random_token()?,
                 launch_tokens: BTreeMap::new(),
+                client_token: None,
+                initialized: false,
             };
             save_state(dir, &state)?;
             Ok(state)
@@ -729,7 +772,262 @@ pub async fn up(options: &UpOptions) -> anyhow::Result<ClusterView> {
         cloud.launch_voter(id, role, &token, &launch).await?;
     }
     cloud.wait_until_none(&["pending"], "waiting for the instances to run").await?;
+    if options.no_upload {
+        return status_of(&cloud, &dir, false).await;
+    }
+    if options.ssh_cidr.is_none() {
+        bail!("the upload goes over SSH: give --ssh-cidr (your address, as a /32), or --no-upload");
+    }
+    if options.client_token && state.client_token.is_none() {
+        state.client_token = Some(random_token()?);
+        save_state(&dir, &state)?;
+    }
+    let instances = cloud.instances(&["running"]).await?;
+    let plan = Plan::new(options, &cloud, &state, &instances, &security_group, &ami)?;
+    plan.check_binaries(options.instance_profile.is_some())?;
+    bootstrap(&plan, &dir, &mut state).await?;
+    if !options.keep_ssh {
+        // The upload is done: SSH closes again (the next `up` reopens it).
+        cloud.ensure_group(&vpc, &options.api_cidr, None).await?;
+    }
     status_of(&cloud, &dir, false).await
+}
+
+/// Everything the bootstrap of the voters needs, from the instances `up` found.
+#[derive(Clone)]
+struct Plan {
+    /// The cluster's setup on the instances' private addresses.
+    cluster: ClusterSetup,
+    /// Each voter's SSH target (its public address) and, for the witness, its instance id and
+    /// launch token.
+    hosts: BTreeMap<u64, (Ssh, Option<(String, String)>)>,
+    /// Where the binaries are.
+    binaries: PathBuf,
+}
+
+impl Plan {
+    fn new(
+        options: &UpOptions,
+        cloud: &Cloud,
+        state: &State,
+        instances: &[InstanceView],
+        security_group: &str,
+        ami: &str,
+    ) -> anyhow::Result<Plan> {
+        let dir = options.aws.state_dir()?;
+        let voter = |id: u64| {
+            instances
+                .iter()
+                .find(|i| i.voter_id == Some(id))
+                .with_context(|| format!("voter {id}'s instance is not running"))
+        };
+        let private = |id: u64| -> anyhow::Result<String> {
+            voter(id)?.private_ip.clone().with_context(|| format!("voter {id}'s instance has no private address"))
+        };
+        let members = LAYOUT
+            .iter()
+            .map(|&(id, role)| {
+                let port = match role {
+                    Role::Coordinator => API_PORT,
+                    Role::Witness => DEFAULT_WITNESS_PORT,
+                };
+                Ok(format!("{id}={}@{}:{port}", role_name(role), private(id)?))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .join(",");
+        let coordinator_urls: Vec<String> = LAYOUT
+            .iter()
+            .filter(|(_, role)| *role == Role::Coordinator)
+            .map(|&(id, _)| Ok(format!("http://{}:{API_PORT}", private(id)?)))
+            .collect::<anyhow::Result<_>>()?;
+        let coordinator_extra = scaler_environment(options, cloud, security_group, ami, &coordinator_urls);
+        let cluster = ClusterSetup {
+            members: members.parse().map_err(|e| anyhow::anyhow!("the members {members}: {e}"))?,
+            coordinator_urls,
+            cluster_secret: state.cluster_secret.clone(),
+            admin_token: state.admin_token.clone(),
+            client_token: state.client_token.clone(),
+            data_root: "/var/lib/tandem".into(),
+            coordinator_extra,
+        };
+        let mut hosts = BTreeMap::new();
+        for &(id, role) in &LAYOUT {
+            let instance = voter(id)?;
+            let host = instance.public_ip.clone().with_context(|| {
+                format!("voter {id}'s instance {} has no public address to upload to", instance.instance_id)
+            })?;
+            let ssh = Ssh {
+                host,
+                port: 22,
+                user: options.ssh_user.clone(),
+                key: key_file(&dir),
+                known_hosts: dir.join("known_hosts"),
+            };
+            let identity = match role {
+                Role::Witness => {
+                    state.launch_tokens.get(&id).map(|token| (instance.instance_id.clone(), token.clone()))
+                }
+                Role::Coordinator => None,
+            };
+            hosts.insert(id, (ssh, identity));
+        }
+        let binaries = match &options.binaries {
+            Some(dir) => dir.clone(),
+            None => {
+                std::env::current_exe().context("locating this binary")?.parent().context("its directory")?.to_owned()
+            }
+        };
+        Ok(Plan { cluster, hosts, binaries })
+    }
+
+    /// The binaries exist; with an autoscaler, the coordinator is built with the EC2 provider.
+    fn check_binaries(&self, autoscaling: bool) -> anyhow::Result<()> {
+        for name in ["coordinator", "worker"] {
+            let path = self.binaries.join(name);
+            if !path.is_file() {
+                bail!(
+                    "no {} to upload: build it (cargo build --release -p coordinator --features ec2 -p worker) or give --binaries",
+                    path.display()
+                );
+            }
+        }
+        if autoscaling {
+            let help = std::process::Command::new(self.binaries.join("coordinator"))
+                .arg("--help")
+                .output()
+                .context("running the coordinator binary to upload")?;
+            if !String::from_utf8_lossy(&help.stdout).contains("--ec2-ami") {
+                bail!(
+                    "{} has no EC2 provider, so it cannot launch workers: cargo build --release -p coordinator --features ec2",
+                    self.binaries.join("coordinator").display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn ssh(&self, id: u64) -> &Ssh {
+        &self.hosts[&id].0
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Coordinator => "coordinator",
+        Role::Witness => "witness",
+    }
+}
+
+/// The coordinators' autoscaler settings: the EC2 provider launching workers like the witness's
+/// (the same AMI, type, subnet and group), which download the worker binary from the
+/// coordinators; without an instance profile the coordinators cannot call EC2, and scale nothing.
+fn scaler_environment(
+    options: &UpOptions,
+    cloud: &Cloud,
+    security_group: &str,
+    ami: &str,
+    coordinator_urls: &[String],
+) -> Vec<(String, String)> {
+    let mut env = vec![("TANDEM_WORKER_BINARY_FILE".to_owned(), "/opt/tandem/bin/worker".to_owned())];
+    if options.instance_profile.is_none() {
+        env.push(("TANDEM_SCALER".into(), "off".into()));
+        return env;
+    }
+    let mut set = |name: &str, value: &str| env.push((name.to_owned(), value.to_owned()));
+    set("TANDEM_SCALER", "ec2");
+    set("TANDEM_MIN_WORKERS", &options.min_workers.to_string());
+    set("TANDEM_MAX_WORKERS", &options.max_workers.to_string());
+    set("TANDEM_EC2_CLUSTER_NAME", &cloud.cluster);
+    set("TANDEM_EC2_REGION", &cloud.region);
+    set("TANDEM_EC2_AMI", ami);
+    set("TANDEM_EC2_INSTANCE_TYPE", &options.worker_type);
+    set("TANDEM_EC2_SECURITY_GROUPS", security_group);
+    if let Some(subnet) = &options.subnet {
+        set("TANDEM_EC2_SUBNET", subnet);
+    }
+    set("TANDEM_EC2_WORKER_BINARY", FROM_COORDINATORS);
+    set("TANDEM_EC2_COORDINATORS", &coordinator_urls.join(","));
+    env
+}
+
+/// How long an instance may take to answer over SSH and finish its prepare script.
+const SSH_WAIT: Duration = Duration::from_secs(300);
+
+/// Install the three voters over SSH, the witness first and the leader last (on the first `up`:
+/// coordinator 1 last, forming the cluster), each coordinator back and ready before the next;
+/// then, on the first `up`, drop `TANDEM_INITIALIZE` from coordinator 1's environment.
+async fn bootstrap(plan: &Plan, dir: &Path, state: &mut State) -> anyhow::Result<()> {
+    let initializing = !state.initialized;
+    let asked = plan.clone();
+    let leader = if initializing { None } else { blocking(move || leader_of(&asked)).await.ok() };
+    // The coordinator that leads goes last (coordinator 1 when none does, or on the first up).
+    let last = leader.filter(|id| matches!(id, 1 | 2)).unwrap_or(1);
+    for id in [3, 3 - last, last] {
+        let (ssh, identity) = &plan.hosts[&id];
+        let identity = identity.as_ref().map(|(i, t)| (i.as_str(), t.as_str()));
+        let setup = plan.cluster.voter(id, initializing && id == 1, identity)?;
+        let role = setup.role;
+        let (_, unit) = service_of(role);
+        println!("voter {id}: installing over SSH on {}", ssh.host);
+        let (ssh2, binaries) = (ssh.clone(), plan.binaries.clone());
+        let installed = blocking(move || {
+            ssh2.wait_reachable(SSH_WAIT)?;
+            // The prepare script (user-data) installs the unit; wait for it.
+            let prepared = format!(
+                "for i in $(seq 1 150); do [ -f /etc/systemd/system/{unit}.service ] && exit 0; sleep 2; done; \
+                 echo 'the instance never finished its prepare script' >&2; exit 1"
+            );
+            ssh2.run(&prepared, b"")?;
+            install(&ssh2, &setup, &InstallTarget::instance(), &binaries)
+        })
+        .await?;
+        println!("voter {id}: {}", if installed { "installed, restarted" } else { "unchanged" });
+        if installed && role == Role::Coordinator && !(initializing && id == 2) {
+            let ssh2 = ssh.clone();
+            blocking(move || wait_ready(&ssh2)).await?;
+        }
+    }
+    if initializing {
+        let settled = plan.cluster.voter(1, false, None)?;
+        let ssh = plan.ssh(1).clone();
+        blocking(move || write_environment(&ssh, &settled, &InstallTarget::instance())).await?;
+        state.initialized = true;
+        save_state(dir, state)?;
+    }
+    Ok(())
+}
+
+/// Run `f` on tokio's blocking pool (the SSH client is a process this thread waits for).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f).await.context("a blocking task failed")?
+}
+
+/// Wait until the coordinator on `ssh`'s host answers `/readyz` (asked on the host itself: the
+/// operator may not be let in on the API port).
+fn wait_ready(ssh: &Ssh) -> anyhow::Result<()> {
+    ssh.run(
+        &format!(
+            "for i in $(seq 1 90); do curl -fsS -o /dev/null http://127.0.0.1:{API_PORT}/readyz && exit 0; sleep 2; done; \
+             echo 'the coordinator is not ready after 3 minutes' >&2; exit 1"
+        ),
+        b"",
+    )
+    .map(drop)
+}
+
+/// The voter that leads, as coordinator 1 or 2 sees it.
+fn leader_of(plan: &Plan) -> anyhow::Result<u64> {
+    for id in [1, 2] {
+        let Ok(text) = plan.ssh(id).run(&format!("curl -fsS http://127.0.0.1:{API_PORT}/cluster"), b"") else {
+            continue;
+        };
+        if let Ok(view) = serde_json::from_str::<wire::api::ClusterView>(&text)
+            && let Some(leader) = view.leader
+        {
+            return Ok(leader);
+        }
+    }
+    bail!("no coordinator knows a leader")
 }
 
 /// `deploy aws status`: what the cluster has now, and with `probe` what its coordinators say

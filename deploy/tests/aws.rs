@@ -159,15 +159,35 @@ async fn up_status_down(moto_server: &Path) {
     let state_dir = home.path().join("state");
     let deploy = Deploy { moto_url: &world.moto.url, home: home.path(), state_dir: state_dir.display().to_string() };
     // In moto's default VPC: what `up` does without --subnet.
-    let up_args =
-        ["--api-cidr", API_CIDR, "--ssh-cidr", SSH_CIDR, "--ami", &ami, "--instance-profile", INSTANCE_PROFILE]
-            .to_vec();
+    // Resources only: moto's instances have made-up addresses that no SSH reaches (the upload is
+    // tested against a real sshd in ssh_bootstrap.rs).
+    let up_args = [
+        "--api-cidr",
+        API_CIDR,
+        "--ssh-cidr",
+        SSH_CIDR,
+        "--ami",
+        &ami,
+        "--instance-profile",
+        INSTANCE_PROFILE,
+        "--no-upload",
+    ]
+    .to_vec();
 
     // An up that fails half-way (here at the first launch: EC2 refuses an unknown instance
     // profile, as it would refuse expired credentials) leaves what it made; the next up
     // converges from there.
-    let broken =
-        ["--api-cidr", API_CIDR, "--ssh-cidr", SSH_CIDR, "--ami", &ami, "--instance-profile", "no-such-profile"];
+    let broken = [
+        "--api-cidr",
+        API_CIDR,
+        "--ssh-cidr",
+        SSH_CIDR,
+        "--ami",
+        &ami,
+        "--instance-profile",
+        "no-such-profile",
+        "--no-upload",
+    ];
     let (success, _, stderr) = deploy.try_run("up", &broken).await;
     assert!(!success && stderr.contains("RunInstances for voter 1"), "{stderr}");
     assert!(live_cluster_instances(sdk).await.is_empty());
@@ -239,10 +259,15 @@ async fn up_status_down(moto_server: &Path) {
     assert_eq!(groups(sdk).await.len(), 1);
     assert_eq!(groups(sdk).await[0].ip_permissions().len(), group.ip_permissions().len(), "no rule added twice");
     assert_eq!(key_pairs(sdk).await, 1);
+    // Uploading needs SSH: without --ssh-cidr, up says so (and has launched nothing more).
+    let (success, _, stderr) =
+        deploy.try_run("up", &["--api-cidr", API_CIDR, "--ami", &ami, "--instance-profile", INSTANCE_PROFILE]).await;
+    assert!(!success && stderr.contains("give --ssh-cidr"), "{stderr}");
+    assert_eq!(ids(&live_cluster_instances(sdk).await), before);
 
     // Another CIDR for the API and no SSH: the group has exactly the new rules (the old CIDR
     // and SSH revoked), and the instances are left alone.
-    let moved = ["--api-cidr", "192.0.2.0/24", "--ami", &ami, "--instance-profile", INSTANCE_PROFILE];
+    let moved = ["--api-cidr", "192.0.2.0/24", "--ami", &ami, "--instance-profile", INSTANCE_PROFILE, "--no-upload"];
     deploy.run("up", &moved).await;
     let rules_now = rules_of(&groups(sdk).await[0]);
     let expected: BTreeSet<(i32, i32, String)> =
