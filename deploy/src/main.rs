@@ -79,8 +79,9 @@ enum Commands {
 #[derive(Subcommand, Debug)]
 enum AwsCommand {
     /// Create what is missing of the cluster (security group, key pair, the two coordinators and
-    /// the witness's worker), keep what is there; prints the cluster. Run it again to converge.
-    Up(deploy::aws::UpOptions),
+    /// the witness's worker), keep what is there; upload the binaries and start the voters over
+    /// SSH; prints the cluster. Run it again to converge (or to roll out new binaries).
+    Up(Box<deploy::aws::UpOptions>),
     /// The cluster's security group, key pair and instances, and what a coordinator says of the
     /// cluster (GET /cluster on its public address) if one answers.
     Status {
