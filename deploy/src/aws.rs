@@ -150,6 +150,10 @@ pub struct State {
     /// Whether the cluster has formed: later `up`s never ask a coordinator to initialize it.
     #[serde(default)]
     pub initialized: bool,
+    /// The instance each voter was installed on: a voter's instance that is not the one
+    /// recorded has an empty disk, and is not started under the old voter id.
+    #[serde(default)]
+    pub installed: BTreeMap<u64, String>,
 }
 
 /// One instance of the cluster, as `up` and `status` report it.
@@ -410,6 +414,7 @@ fn load_or_create_state(dir: &Path, cluster: &str) -> anyhow::Result<State> {
                 launch_tokens: BTreeMap::new(),
                 client_token: None,
                 initialized: false,
+                installed: BTreeMap::new(),
             };
             save_state(dir, &state)?;
             Ok(state)
@@ -758,6 +763,14 @@ pub async fn up(options: &UpOptions) -> anyhow::Result<ClusterView> {
         if present.iter().any(|i| i.voter_id == Some(id)) {
             continue;
         }
+        if state.initialized && state.installed.contains_key(&id) {
+            println!(
+                "voter {id}: its instance {} is gone; not relaunched, since a voter must not come back under \
+                 its id with an empty disk. Replace it under a new id (see FAILURES.md)",
+                state.installed[&id]
+            );
+            continue;
+        }
         // A token per launch, kept before the call: a rerun after a failure mid-launch sends the
         // same one, and EC2 answers with the instance the first call started.
         let token = match state.launch_tokens.get(&id) {
@@ -798,9 +811,9 @@ pub async fn up(options: &UpOptions) -> anyhow::Result<ClusterView> {
 struct Plan {
     /// The cluster's setup on the instances' private addresses.
     cluster: ClusterSetup,
-    /// Each voter's SSH target (its public address) and, for the witness, its instance id and
-    /// launch token.
-    hosts: BTreeMap<u64, (Ssh, Option<(String, String)>)>,
+    /// Each voter's SSH target (its public address), its instance id and, for the witness, its
+    /// instance id and launch token.
+    hosts: BTreeMap<u64, (Ssh, String, Option<(String, String)>)>,
     /// Where the binaries are.
     binaries: PathBuf,
 }
@@ -869,7 +882,7 @@ impl Plan {
                 }
                 Role::Coordinator => None,
             };
-            hosts.insert(id, (ssh, identity));
+            hosts.insert(id, (ssh, instance.instance_id.clone(), identity));
         }
         let binaries = match &options.binaries {
             Some(dir) => dir.clone(),
@@ -963,7 +976,18 @@ async fn bootstrap(plan: &Plan, dir: &Path, state: &mut State) -> anyhow::Result
     // The coordinator that leads goes last (coordinator 1 when none does, or on the first up).
     let last = leader.filter(|id| matches!(id, 1 | 2)).unwrap_or(1);
     for id in [3, 3 - last, last] {
-        let (ssh, identity) = &plan.hosts[&id];
+        let (ssh, instance_id, identity) = &plan.hosts[&id];
+        if !initializing && state.installed.get(&id).is_some_and(|was| was != instance_id) {
+            // A voter must never come back under its id with an empty disk: it could vote twice
+            // in one term. The witness is replaced by the leader (a new id); a coordinator by
+            // the operator.
+            println!(
+                "voter {id}: its instance {instance_id} is new (the voter ran on {}), its disk empty: NOT started \
+                 under voter id {id}. Replace the voter under a new id (deploy replace-voter; see FAILURES.md)",
+                state.installed[&id]
+            );
+            continue;
+        }
         let identity = identity.as_ref().map(|(i, t)| (i.as_str(), t.as_str()));
         let setup = plan.cluster.voter(id, initializing && id == 1, identity)?;
         let role = setup.role;
@@ -982,6 +1006,8 @@ async fn bootstrap(plan: &Plan, dir: &Path, state: &mut State) -> anyhow::Result
         })
         .await?;
         println!("voter {id}: {}", if installed { "installed, restarted" } else { "unchanged" });
+        state.installed.insert(id, instance_id.clone());
+        save_state(dir, state)?;
         if installed && role == Role::Coordinator && !(initializing && id == 2) {
             let ssh2 = ssh.clone();
             blocking(move || wait_ready(&ssh2)).await?;

@@ -259,7 +259,16 @@ pub fn install(
     }
     for local in &changed {
         let name = local.file_name().and_then(|n| n.to_str()).expect("a binary's name");
-        ssh.upload(local, &format!("{staging}/{name}"))?;
+        let remote = format!("{staging}/{name}");
+        ssh.upload(local, &remote)?;
+        // Before anything is installed: the binary runs there (a build against a newer C
+        // library than the AMI's fails here, naming the missing symbol version).
+        ssh.run(&format!("chmod 0755 {remote} && {remote} --version"), b"").with_context(|| {
+            format!(
+                "{name} does not run on {} (built against a newer glibc than the AMI's?); nothing installed",
+                ssh.host
+            )
+        })?;
     }
     ssh.run(shell, setup.install_script(target, &staging, true).as_bytes())?;
     Ok(true)
