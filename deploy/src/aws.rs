@@ -806,14 +806,17 @@ pub async fn up(options: &UpOptions) -> anyhow::Result<ClusterView> {
     status_of(&cloud, &dir, false).await
 }
 
+/// A voter's SSH target (its public address), its instance id and, for the witness, the
+/// instance id and launch token its worker registers with.
+type VoterHost = (Ssh, String, Option<(String, String)>);
+
 /// Everything the bootstrap of the voters needs, from the instances `up` found.
 #[derive(Clone)]
 struct Plan {
     /// The cluster's setup on the instances' private addresses.
     cluster: ClusterSetup,
-    /// Each voter's SSH target (its public address), its instance id and, for the witness, its
-    /// instance id and launch token.
-    hosts: BTreeMap<u64, (Ssh, String, Option<(String, String)>)>,
+    /// Each voter's host, by voter id.
+    hosts: BTreeMap<u64, VoterHost>,
     /// Where the binaries are.
     binaries: PathBuf,
 }
