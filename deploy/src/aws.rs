@@ -738,6 +738,13 @@ pub fn prepare_script(role: Role) -> String {
 /// `deploy aws up`: converge the cluster's resources; see the module documentation.
 pub async fn up(options: &UpOptions) -> anyhow::Result<ClusterView> {
     let dir = options.aws.state_dir()?;
+    if !options.no_upload {
+        // Before anything is created or launched.
+        if options.ssh_cidr.is_none() {
+            bail!("the upload goes over SSH: give --ssh-cidr (your address, as a /32), or --no-upload");
+        }
+        check_binaries(options)?;
+    }
     let cloud = options.aws.cloud().await?;
     let mut state = load_or_create_state(&dir, &cloud.cluster)?;
     let vpc = cloud.vpc(options.subnet.as_deref()).await?;
@@ -788,16 +795,12 @@ pub async fn up(options: &UpOptions) -> anyhow::Result<ClusterView> {
     if options.no_upload {
         return status_of(&cloud, &dir, false).await;
     }
-    if options.ssh_cidr.is_none() {
-        bail!("the upload goes over SSH: give --ssh-cidr (your address, as a /32), or --no-upload");
-    }
     if options.client_token && state.client_token.is_none() {
         state.client_token = Some(random_token()?);
         save_state(&dir, &state)?;
     }
     let instances = cloud.instances(&["running"]).await?;
     let plan = Plan::new(options, &cloud, &state, &instances, &security_group, &ami)?;
-    plan.check_binaries(options.instance_profile.is_some())?;
     bootstrap(&plan, &dir, &mut state).await?;
     if !options.keep_ssh {
         // The upload is done: SSH closes again (the next `up` reopens it).
@@ -896,35 +899,79 @@ impl Plan {
         Ok(Plan { cluster, hosts, binaries })
     }
 
-    /// The binaries exist; with an autoscaler, the coordinator is built with the EC2 provider.
-    fn check_binaries(&self, autoscaling: bool) -> anyhow::Result<()> {
-        for name in ["coordinator", "worker"] {
-            let path = self.binaries.join(name);
-            if !path.is_file() {
+    fn ssh(&self, id: u64) -> &Ssh {
+        &self.hosts[&id].0
+    }
+}
+
+/// Where the binaries to upload are: `--binaries`, or beside this `deploy`.
+fn binaries_dir(options: &UpOptions) -> anyhow::Result<PathBuf> {
+    match &options.binaries {
+        Some(dir) => Ok(dir.clone()),
+        None => {
+            Ok(std::env::current_exe().context("locating this binary")?.parent().context("its directory")?.to_owned())
+        }
+    }
+}
+
+/// The C library of the default AMI (Amazon Linux 2023).
+const DEFAULT_AMI_GLIBC: (u32, u32) = (2, 34);
+
+/// The newest glibc symbol version `binary` needs (`GLIBC_2.34`): the largest version named in
+/// its bytes, where the dynamic section's version requirements are.
+pub fn required_glibc(binary: &[u8]) -> Option<(u32, u32)> {
+    const PREFIX: &[u8] = b"GLIBC_2.";
+    let mut newest = None;
+    let mut at = 0;
+    while let Some(found) = binary[at..].windows(PREFIX.len()).position(|w| w == PREFIX) {
+        let start = at + found + PREFIX.len();
+        let digits: Vec<u8> = binary[start..].iter().take_while(|b| b.is_ascii_digit()).copied().collect();
+        if let Ok(minor) = std::str::from_utf8(&digits).unwrap_or_default().parse::<u32>() {
+            newest = newest.max(Some((2, minor)));
+        }
+        at = start;
+    }
+    newest
+}
+
+/// Before anything is launched: the binaries to upload exist; with an autoscaler, the
+/// coordinator has the EC2 provider; on the default AMI, they need no newer glibc than its own.
+fn check_binaries(options: &UpOptions) -> anyhow::Result<()> {
+    let dir = binaries_dir(options)?;
+    for name in ["coordinator", "worker"] {
+        let path = dir.join(name);
+        if !path.is_file() {
+            bail!(
+                "no {} to upload: build it (cargo build --release -p coordinator --features ec2 -p worker) or give --binaries",
+                path.display()
+            );
+        }
+        if options.ami.is_none() {
+            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            if let Some((major, minor)) = required_glibc(&bytes).filter(|needed| *needed > DEFAULT_AMI_GLIBC) {
+                let (have_major, have_minor) = DEFAULT_AMI_GLIBC;
                 bail!(
-                    "no {} to upload: build it (cargo build --release -p coordinator --features ec2 -p worker) or give --binaries",
+                    "{} needs GLIBC_{major}.{minor}, newer than the default AMI's (Amazon Linux 2023, glibc \
+                     {have_major}.{have_minor}): build it where glibc is {have_major}.{have_minor} or older, or give --ami \
+                     of a distribution with glibc {major}.{minor} or newer",
                     path.display()
                 );
             }
         }
-        if autoscaling {
-            let help = std::process::Command::new(self.binaries.join("coordinator"))
-                .arg("--help")
-                .output()
-                .context("running the coordinator binary to upload")?;
-            if !String::from_utf8_lossy(&help.stdout).contains("--ec2-ami") {
-                bail!(
-                    "{} has no EC2 provider, so it cannot launch workers: cargo build --release -p coordinator --features ec2",
-                    self.binaries.join("coordinator").display()
-                );
-            }
+    }
+    if options.instance_profile.is_some() {
+        let help = std::process::Command::new(dir.join("coordinator"))
+            .arg("--help")
+            .output()
+            .context("running the coordinator binary to upload")?;
+        if !String::from_utf8_lossy(&help.stdout).contains("--ec2-ami") {
+            bail!(
+                "{} has no EC2 provider, so it cannot launch workers: cargo build --release -p coordinator --features ec2",
+                dir.join("coordinator").display()
+            );
         }
-        Ok(())
     }
-
-    fn ssh(&self, id: u64) -> &Ssh {
-        &self.hosts[&id].0
-    }
+    Ok(())
 }
 
 fn role_name(role: Role) -> &'static str {
@@ -1215,6 +1262,16 @@ mod tests {
         let said = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "promtool: {said}\n{}", view.scrape_config());
         assert!(view.describe().contains("job_name: tandem-blue"));
+    }
+
+    #[test]
+    fn the_glibc_a_binary_needs_is_the_newest_version_it_names() {
+        let binary = b"\x7fELF...GLIBC_2.2.5\0GLIBC_2.34\0GLIBC_2.17\0GLIBC_PRIVATE\0GLIBC_2.";
+        assert_eq!(required_glibc(binary), Some((2, 34)));
+        assert_eq!(required_glibc(b"static, no glibc"), None);
+        // This workspace's own build, as the tests run it, is what up would check.
+        let own = std::fs::read(std::env::current_exe().expect("this test binary")).expect("read it");
+        assert!(required_glibc(&own).is_some_and(|(major, minor)| major == 2 && minor >= 2));
     }
 
     #[test]

@@ -317,7 +317,19 @@ mod tests {
             assert!(env.contains(line), "{line:?} in\n{env}");
         }
         let again = cluster().voter(1, false, None).expect("voter 1").env_file();
-        assert!(!again.contains("TANDEM_INITIALIZE"));
+        assert!(!again.contains("TANDEM_INITIALIZE") && !again.contains("TANDEM_CLIENT_TOKEN"));
+        let guarded = ClusterSetup { client_token: Some("client-token-42".into()), ..cluster() };
+        assert!(
+            guarded
+                .voter(2, false, None)
+                .expect("voter 2")
+                .env_file()
+                .contains("\nTANDEM_CLIENT_TOKEN=client-token-42\n")
+        );
+        assert!(
+            !guarded.voter(3, false, None).expect("voter 3").env_file().contains("CLIENT_TOKEN"),
+            "the witness serves no client API"
+        );
         let second = cluster().voter(2, false, None).expect("voter 2").env_file();
         assert!(second.contains("TANDEM_ID=2\n") && !second.contains("TANDEM_INITIALIZE"));
     }

@@ -259,7 +259,7 @@ async fn up_status_down(moto_server: &Path) {
     assert_eq!(groups(sdk).await.len(), 1);
     assert_eq!(groups(sdk).await[0].ip_permissions().len(), group.ip_permissions().len(), "no rule added twice");
     assert_eq!(key_pairs(sdk).await, 1);
-    // Uploading needs SSH: without --ssh-cidr, up says so (and has launched nothing more).
+    // Uploading needs SSH: without --ssh-cidr, up says so before it touches anything.
     let (success, _, stderr) =
         deploy.try_run("up", &["--api-cidr", API_CIDR, "--ami", &ami, "--instance-profile", INSTANCE_PROFILE]).await;
     assert!(!success && stderr.contains("give --ssh-cidr"), "{stderr}");
