@@ -38,13 +38,13 @@ use wire::worker::{
     Assignment, CompleteRequest, CompleteResponse, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse,
     Progress, RegisterRequest, RegisterResponse, ReleaseRequest, ReleaseResponse, WorkerErrorBody,
 };
-use wire::worker::{JoinRequest, JoinResponse, LAUNCH_TOKEN_HEADER, MAX_JOIN_BODY_BYTES, MAX_JOIN_SECRET_BYTES};
+use wire::worker::{
+    JoinRequest, JoinResponse, LAUNCH_TOKEN_HEADER, MAX_CORES, MAX_JOIN_BODY_BYTES, MAX_JOIN_SECRET_BYTES,
+};
 use wire::{SECRET_HEADER, secret_matches};
 
 use crate::App;
 
-/// The most cores a worker may declare: it is leased a job per free core.
-const MAX_CORES: u32 = 1024;
 /// The longest instance id or launch token a worker may give: both are kept in the replicated
 /// registry (an EC2 instance id has 19 characters, a launch token about 30).
 const MAX_ID_BYTES: usize = 128;

@@ -211,3 +211,53 @@ async fn admin_routes_check_the_token_before_anything_else() {
         assert!(error.contains(needle), "{what}: {error:?} should mention {needle:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_of_a_256_core_worker_holding_256_jobs_per_core_is_accepted() {
+    // What the body limits are sized for (wire::worker::MAX_BODY_BYTES): every job such a worker
+    // may hold, each with a checkpoint, in one heartbeat (about 7 MiB).
+    let single = Single::start(&[]).await;
+    let cores = 256u32;
+    // The worker routes answer MessagePack.
+    let response = single
+        .router
+        .clone()
+        .oneshot(with_secret(request(
+            Method::POST,
+            "/worker/register",
+            rmp_serde::to_vec_named(&wire::worker::RegisterRequest {
+                name: "big".into(),
+                cores,
+                instance_id: None,
+                witness: false,
+                launch_token: None,
+            })
+            .expect("encode"),
+        )))
+        .await
+        .expect("an answer");
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("a body");
+    let registered: wire::worker::RegisterResponse = rmp_serde::from_slice(&bytes).expect("a register answer");
+    let held = (cores * wire::worker::MAX_JOBS_PER_CORE) as u64;
+    let progress: Vec<wire::worker::Progress> = (1..=held)
+        .map(|job| wire::worker::Progress { job, done: job * 1_000, digest: wire::Digest([0xab; 64]) })
+        .collect();
+    let heartbeat = wire::worker::HeartbeatRequest { worker: registered.worker, progress, hashes_per_s: 1 << 30 };
+    let heartbeat = rmp_serde::to_vec_named(&heartbeat).expect("encode");
+    assert!(
+        heartbeat.len() > 4 << 20,
+        "{} bytes: over the old 2 MiB limit and the old 4 MiB proposal",
+        heartbeat.len()
+    );
+    let response = single
+        .router
+        .clone()
+        .oneshot(with_secret(request(Method::POST, "/worker/heartbeat", heartbeat)))
+        .await
+        .expect("an answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(response.into_body(), 16 << 20).await.expect("a body");
+    let answer: wire::worker::HeartbeatResponse = rmp_serde::from_slice(&bytes).expect("a heartbeat answer");
+    // None of those jobs exists: each is reported lost, so the worker stops it.
+    assert_eq!(answer.lost.len() as u64, held);
+}

@@ -59,8 +59,9 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// about 180 KiB with 256-byte idempotency keys) and a command from one worker request (at
 /// most `wire::worker::MAX_BODY_BYTES`).
 pub const APPEND_BODY_LIMIT: usize = 64 << 20;
-/// The largest forwarded proposal: one entry (see [`APPEND_BODY_LIMIT`]).
-pub const PROPOSE_BODY_LIMIT: usize = 4 << 20;
+/// The largest forwarded proposal: one entry (see [`APPEND_BODY_LIMIT`]), the largest being a
+/// command from one worker request (a follower coordinator forwards a worker's heartbeat).
+pub const PROPOSE_BODY_LIMIT: usize = wire::worker::MAX_BODY_BYTES + (64 << 10);
 /// The largest snapshot: the whole state machine in one body, until snapshots are streamed.
 pub const SNAPSHOT_BODY_LIMIT: usize = 512 << 20;
 /// Votes, transfers, read-index, status, failover and voter replacement: fixed-size messages of

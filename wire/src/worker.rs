@@ -38,10 +38,21 @@ pub const LAUNCH_TOKEN_HEADER: &str = "x-tandem-launch-token";
 pub const MAX_JOIN_BODY_BYTES: usize = 1024;
 /// The longest join secret a coordinator takes.
 pub const MAX_JOIN_SECRET_BYTES: usize = 256;
-/// The largest body a coordinator reads on a worker route. The largest a worker sends is a
-/// release of everything it holds: at most 256 jobs per core, about 110 bytes each, so 2 MiB
-/// covers a 64-core worker.
-pub const MAX_BODY_BYTES: usize = 2 << 20;
+/// The most cores a worker may declare: it is leased a job per free core.
+pub const MAX_CORES: u32 = 1024;
+/// The most jobs a worker holds per core (a backlog of short jobs; long ones are held one per
+/// core).
+pub const MAX_JOBS_PER_CORE: u32 = 256;
+/// The most one job's entry in a worker's message takes, encoded: a [`Progress`] (job id, steps
+/// done, a 64-byte digest, their field names) or a [`Finished`] (checked by a test at their
+/// largest values).
+pub const MAX_JOB_ENTRY_BYTES: usize = 128;
+/// The largest body a coordinator reads on a worker route, from the maxima above: a heartbeat or
+/// a release lists every job the worker holds, a completion every job it finished, and a worker
+/// of [`MAX_CORES`] cores holds at most [`MAX_JOBS_PER_CORE`] jobs on each (about 32 MiB; a
+/// 256-core worker's full heartbeat is about 7 MiB). Only checked after the cluster secret, so
+/// only a worker can send one.
+pub const MAX_BODY_BYTES: usize = MAX_CORES as usize * MAX_JOBS_PER_CORE as usize * MAX_JOB_ENTRY_BYTES + (64 << 10);
 
 /// Join the registry.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -220,4 +231,37 @@ pub struct ReleaseResponse {
 pub struct WorkerErrorBody {
     /// What went wrong.
     pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Digest;
+
+    fn largest_progress() -> Progress {
+        Progress { job: u64::MAX, done: u64::MAX, digest: Digest([0xff; 64]) }
+    }
+
+    #[test]
+    fn one_jobs_entry_fits_its_bound_at_its_largest_values() {
+        let progress = rmp_serde::to_vec_named(&largest_progress()).expect("encode");
+        let finished =
+            rmp_serde::to_vec_named(&Finished { job: u64::MAX, result: Digest([0xff; 64]) }).expect("encode");
+        assert!(progress.len() <= MAX_JOB_ENTRY_BYTES, "{} bytes", progress.len());
+        assert!(finished.len() <= MAX_JOB_ENTRY_BYTES, "{} bytes", finished.len());
+    }
+
+    #[test]
+    fn the_largest_worker_messages_fit_the_body_limit() {
+        let held = (MAX_CORES * MAX_JOBS_PER_CORE) as usize;
+        let heartbeat =
+            HeartbeatRequest { worker: u64::MAX, progress: vec![largest_progress(); held], hashes_per_s: u64::MAX };
+        let heartbeat = rmp_serde::to_vec_named(&heartbeat).expect("encode");
+        assert!(heartbeat.len() <= MAX_BODY_BYTES, "{} > {MAX_BODY_BYTES}", heartbeat.len());
+        let release = ReleaseRequest { worker: u64::MAX, progress: vec![largest_progress(); held] };
+        assert!(rmp_serde::to_vec_named(&release).expect("encode").len() <= MAX_BODY_BYTES);
+        let results = vec![Finished { job: u64::MAX, result: Digest([0xff; 64]) }; held];
+        let complete = CompleteRequest { worker: u64::MAX, results };
+        assert!(rmp_serde::to_vec_named(&complete).expect("encode").len() <= MAX_BODY_BYTES);
+    }
 }

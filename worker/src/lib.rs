@@ -48,8 +48,9 @@ const DRAIN_BUDGET: Duration = Duration::from_secs(5);
 /// At least this long is left for flushing results at the end of a drain.
 const REPORT_FLUSH: Duration = Duration::from_secs(1);
 
-/// Jobs held per core at most, when jobs are short enough to keep a backlog.
-const MAX_BACKLOG_PER_CORE: usize = 256;
+/// Jobs held per core at most, when jobs are short enough to keep a backlog: what the
+/// coordinators' body limits are sized for.
+const MAX_BACKLOG_PER_CORE: usize = wire::worker::MAX_JOBS_PER_CORE as usize;
 /// How much queued work (by recent job durations) a worker keeps in hand per core: enough that
 /// short jobs do not wait on lease round trips, little enough that long jobs are not hoarded.
 const BACKLOG_TARGET: Duration = Duration::from_millis(250);
