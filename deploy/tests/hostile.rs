@@ -68,7 +68,7 @@ async fn four_concurrent_400_mib_bodies_without_the_secret_leave_a_voters_memory
     let addr = cluster.raft_addr(1);
     let before = resident_bytes(pid);
     // The snapshot route reads up to 512 MiB and append up to 64 MiB once the secret is
-    // checked; the worker routes 2 MiB: none of it may be read before.
+    // checked; the worker routes about 32 MiB: none of it may be read before.
     let routes = ["/raft/snapshot", "/raft/append", "/raft/propose", "/worker/register"];
     let sends: Vec<_> =
         routes.iter().map(|path| tokio::spawn(post_unauthenticated(addr.clone(), path, 1, BODY))).collect();
