@@ -298,6 +298,63 @@ async fn a_snapshot_without_its_log_is_refused_rather_than_started_empty() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_or_header_only_log_beside_a_snapshot_is_refused() {
+    for (what, log) in [("empty", Vec::new()), ("header only", raft_store::wal::MAGIC.to_vec())] {
+        let dir = TempDir::new().expect("temp dir");
+        build_history(dir.path()).await;
+        std::fs::write(dir.path().join(raft_store::state_machine::SNAPSHOT_FILE), b"a snapshot").expect("write");
+        std::fs::write(dir.path().join(WAL_FILE), &log).expect("replace the log");
+        match open(dir.path()) {
+            Err(error @ WalError::Inconsistent { .. }) => {
+                let message = error.to_string();
+                assert!(
+                    message.contains("holds no record") && message.contains("refusing to start"),
+                    "{what}: {message}"
+                );
+            }
+            Err(other) => panic!("{what}: expected Inconsistent, got {other}"),
+            Ok(_) => panic!("{what}: a voter must not start with an empty log beside its snapshot"),
+        }
+        assert_eq!(std::fs::read(dir.path().join(WAL_FILE)).expect("read"), log, "{what}: the file was left as it was");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_whose_entries_skip_an_index_is_refused_with_the_offset() {
+    // Every record checksummed and decodable, but entry 5 follows entry 3: no crash does that.
+    let dir = TempDir::new().expect("temp dir");
+    let first = raft_store::wal::encode(&raft_store::wal::Record::Entries(vec![entry(1, 1), entry(1, 2), entry(1, 3)]));
+    let first = first.expect("encode");
+    let mut records = first.clone();
+    records.extend(raft_store::wal::encode(&raft_store::wal::Record::Entries(vec![entry(1, 5)])).expect("encode"));
+    let mut file = raft_store::wal::MAGIC.to_vec();
+    // Where the second record starts: after the header, the batch's frame and the first record.
+    let second = file.len() + raft_store::wal::FRAME_HEADER_LEN + first.len();
+    file.extend(raft_store::wal::batch(&records).expect("batch"));
+    std::fs::write(dir.path().join(WAL_FILE), &file).expect("write");
+    match open(dir.path()) {
+        Err(WalError::Inconsistent { offset, reason, .. }) => {
+            assert!(reason.contains("entry 5 appended where 4 was due (a gap)"), "{reason}");
+            assert_eq!(offset as usize, second, "the offending record's offset");
+        }
+        Err(other) => panic!("expected Inconsistent, got {other}"),
+        Ok(_) => panic!("a log with a gap must not open"),
+    }
+    // The same with an overlap: entry 2 again after entry 3.
+    let mut records = Vec::new();
+    for entries in [vec![entry(1, 1), entry(1, 2), entry(1, 3)], vec![entry(1, 2)]] {
+        records.extend(raft_store::wal::encode(&raft_store::wal::Record::Entries(entries)).expect("encode"));
+    }
+    let mut file = raft_store::wal::MAGIC.to_vec();
+    file.extend(raft_store::wal::batch(&records).expect("batch"));
+    std::fs::write(dir.path().join(WAL_FILE), &file).expect("write");
+    match open(dir.path()) {
+        Err(WalError::Inconsistent { reason, .. }) => assert!(reason.contains("(an overlap)"), "{reason}"),
+        other => panic!("expected Inconsistent, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_cannot_open_the_same_directory() {
     let dir = TempDir::new().expect("temp dir");
     let _first = open(dir.path()).expect("open");

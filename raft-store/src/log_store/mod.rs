@@ -151,6 +151,28 @@ impl LogIndex {
         }
     }
 
+    /// Why `record` cannot follow this state in a log, if it cannot: appended entries continue
+    /// the log at the index after its last (entry or purge), one index after another, with no gap
+    /// and no overlap. Only the first entry of an empty, never purged log may start anywhere.
+    fn check(&self, record: &Record) -> Result<(), String> {
+        let Record::Entries(entries) = record else { return Ok(()) };
+        let mut expected = match self.last_log_id() {
+            Some(last) => Some(last.index.checked_add(1).ok_or("an entry after index u64::MAX")?),
+            None => None,
+        };
+        for entry in entries {
+            let index = entry.log_id.index;
+            if let Some(expected) = expected
+                && index != expected
+            {
+                let what = if index > expected { "a gap" } else { "an overlap" };
+                return Err(format!("entry {index} appended where {expected} was due ({what})"));
+            }
+            expected = Some(index.checked_add(1).ok_or("an entry after index u64::MAX")?);
+        }
+        Ok(())
+    }
+
     fn truncate_after(&mut self, last: Option<LogId>) {
         // Nothing can follow the last possible index (a record can say so: no overflow).
         let Some(from) = last.map_or(Some(0), |id| id.index.checked_add(1)) else { return };
@@ -275,7 +297,8 @@ fn create_dir_durably(dir: &Path) -> io::Result<()> {
 /// Scan the WAL file `path` whose bytes are `bytes` and replay its records into an index.
 fn replay(path: &Path, bytes: &[u8]) -> Result<(LogIndex, ScanSummary), WalError> {
     let mut index = LogIndex::default();
-    let scan = wal::scan(path, bytes, |_, record| {
+    let scan = wal::scan(path, bytes, |offset, record| {
+        index.check(&record).map_err(|reason| WalError::Inconsistent { path: path.to_owned(), offset, reason })?;
         index.apply(record);
         Ok(())
     })?;
@@ -336,6 +359,20 @@ impl LogStore {
             }
         };
         let (index, scan) = replay(&path, &bytes)?;
+        if scan.records == 0 && dir.join(SNAPSHOT_FILE).exists() {
+            // As with a missing log: every log that lived beside a snapshot held records (the
+            // vote at least; a compacted one starts with them), so an empty or header-only file
+            // was damaged or replaced, and would forget the vote.
+            return Err(WalError::Inconsistent {
+                path,
+                offset: 0,
+                reason: format!(
+                    "the log holds no record ({} bytes) but {SNAPSHOT_FILE} is there; an empty log would \
+                     forget this voter's vote. Start it as a new voter under a new id instead",
+                    bytes.len()
+                ),
+            });
+        }
         if let Some(torn) = &scan.torn_tail {
             tracing::warn!(
                 path = %path.display(),
@@ -416,20 +453,32 @@ impl LogStore {
         self.parts.index.write().unwrap_or_else(|poison| poison.into_inner())
     }
 
-    fn send(&self, op: WriteOp) -> io::Result<()> {
-        let len = match &op {
-            WriteOp::Append { frame, .. } => frame.len() as u64,
-            WriteOp::Compact { .. } => 0,
-        };
-        self.parts.compaction.lock().unwrap_or_else(|p| p.into_inner()).bytes_since += len;
+    /// Apply `change` to the index and queue `op` for the writer as one step with respect to
+    /// compaction (both under the compaction lock, which [`LogStore::maybe_compact`] holds from
+    /// taking its image to queueing it): a change is either in an image and queued after it, or
+    /// queued before it and not in it, never in it and queued after it again, nor queued before
+    /// it and missing from it.
+    fn record(&self, change: impl FnOnce(&mut LogIndex), op: WriteOp) -> io::Result<()> {
+        let mut state = self.parts.compaction.lock().unwrap_or_else(|p| p.into_inner());
+        change(&mut self.index_mut());
+        if let WriteOp::Append { frame, .. } = &op {
+            state.bytes_since += frame.len() as u64;
+        }
+        self.queue(op)
+    }
+
+    /// Hand `op` to the writer thread.
+    fn queue(&self, op: WriteOp) -> io::Result<()> {
         let tx = self.parts.tx.lock().unwrap_or_else(|poison| poison.into_inner());
         let tx = tx.as_ref().ok_or_else(|| io::Error::other("log store is closed"))?;
         tx.send(op).map_err(|_| io::Error::other("WAL writer has stopped"))
     }
 
-    async fn write_durably(&self, record: &Record) -> io::Result<()> {
+    /// [`LogStore::record`], then wait until the record is durable.
+    async fn record_durably(&self, change: impl FnOnce(&mut LogIndex), record: &Record) -> io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send(WriteOp::Append { frame: wal::encode(record)?, entries: 0, waiter: Waiter::Notify(tx) })?;
+        let frame = wal::encode(record)?;
+        self.record(change, WriteOp::Append { frame, entries: 0, waiter: Waiter::Notify(tx) })?;
         rx.await.map_err(|_| io::Error::other("WAL writer has stopped"))?
     }
 
@@ -439,15 +488,12 @@ impl LogStore {
         if state.bytes_since < self.parts.options.compact_after_bytes.max(2 * state.last_image) {
             return Ok(());
         }
-        // The image is taken under the same order as the records sent so far: everything before
-        // this point is in it, everything after is appended to the new file.
+        // Image and queueing under the one lock every change takes (see `record`): everything
+        // queued before is in the image, everything queued after goes to the new file.
         let image = self.index().image()?;
         state.bytes_since = image.len() as u64;
         state.last_image = image.len() as u64;
-        drop(state);
-        let tx = self.parts.tx.lock().unwrap_or_else(|poison| poison.into_inner());
-        let tx = tx.as_ref().ok_or_else(|| io::Error::other("log store is closed"))?;
-        tx.send(WriteOp::Compact { image }).map_err(|_| io::Error::other("WAL writer has stopped"))
+        self.queue(WriteOp::Compact { image })
     }
 }
 
@@ -477,18 +523,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        self.index_mut().vote = Some(*vote);
-        self.write_durably(&Record::Vote(*vote)).await
+        let vote = *vote;
+        self.record_durably(|index| index.vote = Some(vote), &Record::Vote(vote)).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        self.index_mut().committed = committed;
         // Losing the committed mark only delays re-applying entries after a restart: no fsync.
-        self.send(WriteOp::Append {
-            frame: wal::encode(&Record::Committed(committed))?,
-            entries: 0,
-            waiter: Waiter::Nobody,
-        })
+        let frame = wal::encode(&Record::Committed(committed))?;
+        self.record(|index| index.committed = committed, WriteOp::Append { frame, entries: 0, waiter: Waiter::Nobody })
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
@@ -502,20 +544,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let count = entries.len() as u64;
-        self.index_mut().append(&entries);
-        let frame = wal::encode(&Record::Entries(entries))?;
-        self.send(WriteOp::Append { frame, entries: count, waiter: Waiter::Flushed(callback) })
+        let record = Record::Entries(entries);
+        let frame = wal::encode(&record)?;
+        let Record::Entries(entries) = record else { unreachable!("built above") };
+        let op = WriteOp::Append { frame, entries: count, waiter: Waiter::Flushed(callback) };
+        self.record(|index| index.append(&entries), op)
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        self.index_mut().truncate_after(last_log_id);
-        self.write_durably(&Record::TruncateAfter(last_log_id)).await
+        self.record_durably(|index| index.truncate_after(last_log_id), &Record::TruncateAfter(last_log_id)).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        self.index_mut().purge(log_id);
         // Losing a purge only resurrects entries a snapshot already covers: no fsync.
-        self.send(WriteOp::Append { frame: wal::encode(&Record::Purge(log_id))?, entries: 0, waiter: Waiter::Nobody })?;
+        let frame = wal::encode(&Record::Purge(log_id))?;
+        self.record(|index| index.purge(log_id), WriteOp::Append { frame, entries: 0, waiter: Waiter::Nobody })?;
         self.maybe_compact()
     }
 }
