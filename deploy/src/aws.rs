@@ -125,8 +125,8 @@ pub struct UpOptions {
     /// Most workers the autoscaler launches, the witness's not counted.
     #[arg(long, env = "TANDEM_MAX_WORKERS", default_value_t = 4)]
     pub max_workers: u32,
-    /// Require a bearer token on the client API: generated once, kept in the state file, shown by
-    /// `status`.
+    /// Require a bearer token on the client API: generated once and kept in the state file
+    /// (`client_token`), given to the coordinators in their environment.
     #[arg(long)]
     pub client_token: bool,
 }
