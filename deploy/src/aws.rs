@@ -39,7 +39,7 @@ use aws_sdk_ec2::types::{
     UserIdGroupPair,
 };
 use serde::{Deserialize, Serialize};
-use wire::members::{LAYOUT, Role};
+use wire::members::{LAYOUT, Members, Role};
 
 use crate::local::random_token;
 use crate::provider::ec2::client::{DescribeFilter, describe_all};
@@ -843,25 +843,23 @@ impl Plan {
         let private = |id: u64| -> anyhow::Result<String> {
             voter(id)?.private_ip.clone().with_context(|| format!("voter {id}'s instance has no private address"))
         };
-        let members = LAYOUT
-            .iter()
-            .map(|&(id, role)| {
-                let port = match role {
-                    Role::Coordinator => API_PORT,
-                    Role::Witness => DEFAULT_WITNESS_PORT,
-                };
-                Ok(format!("{id}={}@{}:{port}", role_name(role), private(id)?))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?
-            .join(",");
+        let private_ips: BTreeMap<u64, String> =
+            LAYOUT.iter().map(|&(id, _)| Ok((id, private(id)?))).collect::<anyhow::Result<_>>()?;
+        let members = Members::layout(|id, role| {
+            let port = match role {
+                Role::Coordinator => API_PORT,
+                Role::Witness => DEFAULT_WITNESS_PORT,
+            };
+            format!("{}:{port}", private_ips[&id])
+        });
         let coordinator_urls: Vec<String> = LAYOUT
             .iter()
             .filter(|(_, role)| *role == Role::Coordinator)
-            .map(|&(id, _)| Ok(format!("http://{}:{API_PORT}", private(id)?)))
-            .collect::<anyhow::Result<_>>()?;
+            .map(|&(id, _)| format!("http://{}:{API_PORT}", private_ips[&id]))
+            .collect();
         let coordinator_extra = scaler_environment(options, cloud, security_group, ami, &coordinator_urls);
         let cluster = ClusterSetup {
-            members: members.parse().map_err(|e| anyhow::anyhow!("the members {members}: {e}"))?,
+            members,
             coordinator_urls,
             cluster_secret: state.cluster_secret.clone(),
             admin_token: state.admin_token.clone(),
@@ -972,13 +970,6 @@ fn check_binaries(options: &UpOptions) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Coordinator => "coordinator",
-        Role::Witness => "witness",
-    }
 }
 
 /// The coordinators' autoscaler settings: the EC2 provider launching workers like the witness's
