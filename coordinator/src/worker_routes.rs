@@ -199,6 +199,16 @@ fn join_refusal(rejection: Rejection) -> WorkerRouteError {
     }
 }
 
+/// Whether a launch in flight has `launch_token` and `join_secret`, unused and unexpired, on this
+/// coordinator's copy (a guess costs no log entry; nothing is used up): the secret's SHA-256.
+fn check_join(app: &App, launch_token: &str, join_secret: &str) -> Result<String, WorkerRouteError> {
+    let secret_sha256 = wire::join_secret_sha256(join_secret);
+    let allowed =
+        app.node.state_machine().read(|table| table.join_allowed(launch_token, &secret_sha256, wire::now_ms()));
+    allowed.map_err(join_refusal)?;
+    Ok(secret_sha256)
+}
+
 /// `POST /worker/join`: the cluster secret, once, for a launched worker's join secret.
 pub async fn join(State(app): State<App>, body: Bytes) -> Result<Response, WorkerRouteError> {
     let request: JoinRequest = decode(&body)?;
@@ -211,12 +221,7 @@ pub async fn join(State(app): State<App>, body: Bytes) -> Result<Response, Worke
     let Some(cluster_secret) = app.config.cluster_secret.clone() else {
         return Err(join_refusal(Rejection::JoinRefused));
     };
-    let secret_sha256 = wire::join_secret_sha256(&request.join_secret);
-    let allowed = app
-        .node
-        .state_machine()
-        .read(|table| table.join_allowed(&request.launch_token, &secret_sha256, wire::now_ms()));
-    allowed.map_err(join_refusal)?;
+    let secret_sha256 = check_join(&app, &request.launch_token, &request.join_secret)?;
     let launch_token = request.launch_token;
     match app.node.propose(Proposal::UseJoin { launch_token: launch_token.clone(), secret_sha256 }).await? {
         CommandResponse::Done => {
@@ -265,10 +270,7 @@ pub async fn binary(State(app): State<App>, headers: HeaderMap) -> Result<Respon
             if launch_token.len() > MAX_ID_BYTES || join_secret.len() > MAX_JOIN_SECRET_BYTES {
                 return Err(join_refusal(Rejection::JoinRefused));
             }
-            let secret_sha256 = wire::join_secret_sha256(join_secret);
-            let allowed =
-                app.node.state_machine().read(|table| table.join_allowed(launch_token, &secret_sha256, wire::now_ms()));
-            allowed.map_err(join_refusal)?;
+            check_join(&app, launch_token, join_secret)?;
         }
     }
     let sha256 = HeaderValue::from_str(&served.sha256).map_err(|e| WorkerRouteError::Unavailable(e.to_string()))?;
