@@ -186,14 +186,7 @@ async fn scenario(moto_server: &Path) {
         "120000",
     ];
     let mut coordinators = Coordinators::start(dir.path(), &world, &addrs, CLUSTER, &scaling);
-    for i in 0..2 {
-        let client = coordinators.client(i);
-        wait_for("both coordinators ready", Duration::from_secs(60), || {
-            let client = client.clone();
-            async move { client.ready().await.unwrap_or(false).then_some(()) }
-        })
-        .await;
-    }
+    coordinators.wait_ready().await;
 
     println!("1. the first leader reconciles: the stray goes, the witness's instance stays");
     wait_for("the stray terminated", Duration::from_secs(30), || async {

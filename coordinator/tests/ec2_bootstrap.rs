@@ -189,14 +189,7 @@ async fn scenario(moto_server: &Path) {
         "300000",
     ];
     let coordinators = Coordinators::start(dir.path(), &world, &addrs, CLUSTER, &flags);
-    for i in 0..2 {
-        let client = coordinators.client(i);
-        wait_for("both coordinators ready", Duration::from_secs(60), || {
-            let client = client.clone();
-            async move { client.ready().await.unwrap_or(false).then_some(()) }
-        })
-        .await;
-    }
+    coordinators.wait_ready().await;
 
     println!("1. the leader launches the minimum's worker; its user-data is the script rendered here");
     let instance = wait_for("the leader's launch in moto", Duration::from_secs(60), || async {

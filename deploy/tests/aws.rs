@@ -177,17 +177,8 @@ async fn up_status_down(moto_server: &Path) {
     // An up that fails half-way (here at the first launch: EC2 refuses an unknown instance
     // profile, as it would refuse expired credentials) leaves what it made; the next up
     // converges from there.
-    let broken = [
-        "--api-cidr",
-        API_CIDR,
-        "--ssh-cidr",
-        SSH_CIDR,
-        "--ami",
-        &ami,
-        "--instance-profile",
-        "no-such-profile",
-        "--no-upload",
-    ];
+    let broken: Vec<&str> =
+        up_args.iter().map(|arg| if *arg == INSTANCE_PROFILE { "no-such-profile" } else { *arg }).collect();
     let (success, _, stderr) = deploy.try_run("up", &broken).await;
     assert!(!success && stderr.contains("RunInstances for voter 1"), "{stderr}");
     assert!(live_cluster_instances(sdk).await.is_empty());

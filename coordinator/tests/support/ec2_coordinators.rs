@@ -95,6 +95,18 @@ impl Coordinators {
         Coordinators { processes, urls, dir: dir.to_owned() }
     }
 
+    /// Wait until both answer `/readyz` (a minute at most).
+    pub async fn wait_ready(&self) {
+        for i in 0..2 {
+            let client = self.client(i);
+            super::common::wait_for("both coordinators ready", std::time::Duration::from_secs(60), || {
+                let client = client.clone();
+                async move { client.ready().await.unwrap_or(false).then_some(()) }
+            })
+            .await;
+        }
+    }
+
     /// A client of coordinator `i` (0 or 1).
     pub fn client(&self, i: usize) -> ApiClient {
         ApiClient::new(self.urls[i].clone())
