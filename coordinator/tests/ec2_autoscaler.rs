@@ -181,6 +181,11 @@ async fn scenario(moto_server: &Path) {
         "2000",
         "--scale-out-cooldown-ms",
         "2000",
+        // The test boots its "instances" at once: with EC2's 45 s assumed, the backlog (seconds
+        // of work) finishes before a boot as soon as the witness's worker reports its measured
+        // rate, and the policy rightly launches nothing (the test then raced that report).
+        "--assumed-boot-ms",
+        "1000",
         // Longer than the scenario: no launch is given up while the test plays its boot.
         "--boot-timeout-ms",
         "120000",
