@@ -253,9 +253,7 @@ async fn scenario(moto_server: &Path) {
         let id = coordinators.client(leader).enqueue(body, iterations, None).await.expect("enqueue");
         jobs.insert(id, j % 2);
     }
-    // Generous: in one full-suite run the leader's appends to both peers timed out for 30 s
-    // right after the start (a loaded machine's fsyncs?), and nothing could commit meanwhile.
-    let first = wait_for("the leader's first launch in moto", Duration::from_secs(90), || async {
+    let first = wait_for("the leader's first launch in moto", Duration::from_secs(30), || async {
         launched(&world, &planted).await.into_keys().next()
     })
     .await;
