@@ -376,23 +376,6 @@ fn records_len(wal: &[u8]) -> usize {
     wal.iter().rposition(|&byte| byte != 0).expect("records") + 1
 }
 
-/// Where each batch of a log file starts and ends (header included), read from the batches'
-/// length fields, up to the preallocated zeros.
-fn batch_spans(wal: &[u8]) -> Vec<(usize, usize)> {
-    use raft_store::wal::{FRAME_HEADER_LEN, MAGIC};
-    let mut spans = Vec::new();
-    let mut pos = MAGIC.len();
-    while let Some(header) = wal.get(pos..pos + FRAME_HEADER_LEN) {
-        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-        if len == 0 {
-            break;
-        }
-        spans.push((pos, pos + FRAME_HEADER_LEN + len));
-        pos += FRAME_HEADER_LEN + len;
-    }
-    spans
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_log_tail_recovers_and_catches_up() {
     let scenario = "truncate-tail";
@@ -410,7 +393,7 @@ async fn a_truncated_log_tail_recovers_and_catches_up() {
     let wal = wal_of(&env, victim);
     // Cut in the middle of the batch three quarters in, never on a batch boundary: a cut there
     // would leave a clean end, no torn record.
-    let spans = batch_spans(&std::fs::read(&wal).expect("wal"));
+    let spans = raft_store::wal::batch_spans(&std::fs::read(&wal).expect("wal"));
     assert!(spans.len() >= 8, "[{scenario}] only {} batches in the log", spans.len());
     let (start, end) = spans[spans.len() * 3 / 4];
     let file = std::fs::OpenOptions::new().write(true).open(&wal).expect("open wal");

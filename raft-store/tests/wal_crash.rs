@@ -11,7 +11,7 @@ use openraft::{Entry, EntryPayload, LogId};
 use raft_store::job_table::{Command, NewJob};
 use raft_store::log_store::{LogStore, LogStoreOptions, WAL_FILE};
 use raft_store::type_config::{Entry as TandemEntry, Vote};
-use raft_store::wal::WalError;
+use raft_store::wal::{SECTOR_LEN, WalError};
 use raft_store::{Digest, TypeConfig};
 use rand::{Rng, SeedableRng};
 use tempfile::TempDir;
@@ -203,7 +203,9 @@ fn records_of(file: &[u8]) -> &[u8] {
 async fn truncation_at_random_offsets_recovers_a_valid_prefix() {
     let origin = TempDir::new().expect("temp dir");
     let file = build_history(origin.path()).await;
-    let bytes = records_of(&file);
+    let spans = raft_store::wal::batch_spans(&file);
+    let bytes = &file[..spans.last().expect("batches").1];
+    assert_eq!(bytes, records_of(&file), "the batches are everything before the zeros");
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x7a4d3e);
     let mut offsets: Vec<usize> = (0..60).map(|_| rng.random_range(0..bytes.len())).collect();
     offsets.extend([0, 1, 7, 8, 9, bytes.len() - 1]);
@@ -211,9 +213,14 @@ async fn truncation_at_random_offsets_recovers_a_valid_prefix() {
         let dir = TempDir::new().expect("temp dir");
         // Half the cuts end the file there (it grew with the write); half leave the zeros of
         // preallocated space after the torn bytes (there is none before the header is whole:
-        // the header is written and renamed into place before any record).
+        // the header is written and renamed into place before any record). A disk persists
+        // whole sectors: the zeros start at the sector holding the cut, or at its batch's start
+        // if that is later (the sector's bytes before it were written and fsynced before).
         let mut torn = bytes[..cut].to_vec();
         if i % 2 == 1 && cut >= raft_store::wal::MAGIC.len() {
+            let batch_start = spans.iter().map(|&(start, _)| start).filter(|&start| start <= cut).max();
+            let zeros_from = (cut - cut % SECTOR_LEN).max(batch_start.unwrap_or(cut));
+            torn.truncate(zeros_from);
             torn.resize(file.len(), 0);
         }
         std::fs::write(dir.path().join(WAL_FILE), &torn).expect("write");
@@ -329,7 +336,7 @@ async fn a_log_whose_entries_skip_an_index_is_refused_with_the_offset() {
     records.extend(raft_store::wal::encode(&raft_store::wal::Record::Entries(vec![entry(1, 5)])).expect("encode"));
     let mut file = raft_store::wal::MAGIC.to_vec();
     // Where the second record starts: after the header, the batch's frame and the first record.
-    let second = file.len() + raft_store::wal::FRAME_HEADER_LEN + first.len();
+    let second = file.len() + raft_store::wal::BATCH_HEADER_LEN + first.len();
     file.extend(raft_store::wal::batch(&records).expect("batch"));
     std::fs::write(dir.path().join(WAL_FILE), &file).expect("write");
     match open(dir.path()) {
@@ -425,4 +432,135 @@ async fn records_overwrite_preallocated_zeros_and_a_reopen_continues_after_the_l
     for entry in &entries {
         assert_is_original(entry, 1);
     }
+}
+
+/// A log file of `bytes` records' worth of entries in batches of 100 (a batch of `last_batch`
+/// entries at the end), with a mebibyte of preallocated zeros after them; and its batches' spans.
+fn big_log(bytes: usize, last_batch: u64) -> (Vec<u8>, Vec<(usize, usize)>) {
+    use raft_store::wal::{MAGIC, Record, batch, encode};
+    let mut file = MAGIC.to_vec();
+    let mut index = 1;
+    let mut add = |file: &mut Vec<u8>, count: u64| {
+        let entries = (index..index + count).map(|i| entry(1, i)).collect();
+        index += count;
+        file.extend(batch(&encode(&Record::Entries(entries)).expect("encode")).expect("batch"));
+    };
+    add(&mut file, 1);
+    while file.len() < bytes {
+        add(&mut file, 100);
+    }
+    add(&mut file, last_batch);
+    let spans = raft_store::wal::batch_spans(&file);
+    assert_eq!(spans.last().map(|&(_, end)| end), Some(file.len()));
+    file.resize(file.len() + (1 << 20), 0);
+    (file, spans)
+}
+
+/// Open a log whose file holds `file`; how long the open took.
+fn open_timed(file: &[u8]) -> (Result<(LogStore, raft_store::log_store::Recovery), WalError>, TempDir) {
+    let dir = TempDir::new().expect("temp dir");
+    std::fs::write(dir.path().join(WAL_FILE), file).expect("write");
+    let started = std::time::Instant::now();
+    let result = LogStore::open(dir.path(), LogStoreOptions::default());
+    eprintln!(
+        "opened {} MiB in {:?}: {:?}",
+        file.len() >> 20,
+        started.elapsed(),
+        result.as_ref().map(|(_, r)| &r.scan)
+    );
+    (result, dir)
+}
+
+/// Recovery at the size the default compaction threshold lets a log reach (64 MiB): damage that
+/// a crash explains is trimmed, damage it does not is refused, and deciding which reads the file
+/// a bounded number of times, whatever the damage. (The times are printed, not asserted: the
+/// test checks the verdicts; `cargo test --release -p raft-store --test wal_crash 64_mib --
+/// --nocapture` shows them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_64_mib_log_is_trimmed_or_refused_as_its_damage_says() {
+    let (file, spans) = big_log(64 << 20, 20_000);
+    let (first, last) = (spans[0], *spans.last().expect("batches"));
+    let kept_entries = |recovery: &raft_store::log_store::Recovery| recovery.last_log_id.map(|id| id.index);
+    let entries_before_last = {
+        let (store, _dir) = open_timed(&file[..last.0]);
+        store.expect("the prefix opens").1.last_log_id.map(|id| id.index)
+    };
+
+    // One flipped byte in the first batch's header: refused at once, naming the offset.
+    let mut damaged = file.clone();
+    damaged[first.0 + 2] ^= 0x04;
+    match open_timed(&damaged).0 {
+        Err(WalError::Corrupt { offset, reason, .. }) => {
+            assert_eq!(offset as usize, first.0);
+            assert!(reason.contains("header checksum mismatch"), "{reason}");
+        }
+        other => panic!("expected corruption, got {:?}", other.map(|(_, r)| r.scan)),
+    }
+
+    // The last batch torn: its sectors after the first never reached the disk.
+    let mut torn = file.clone();
+    let written = last.0 - last.0 % SECTOR_LEN + SECTOR_LEN;
+    torn[written..last.1].fill(0);
+    let (store, _dir) = open_timed(&torn);
+    let recovery = store.expect("a torn last batch is trimmed").1;
+    assert_eq!(recovery.scan.torn_tail.as_ref().map(|t| t.offset), Some(last.0 as u64));
+    assert_eq!(kept_entries(&recovery), entries_before_last);
+
+    // The last batch's header sector never reached the disk, its later sectors did: the scan
+    // looks for a whole batch after it (there is none) in one pass.
+    let mut headless = file.clone();
+    headless[last.0..last.0 - last.0 % SECTOR_LEN + SECTOR_LEN].fill(0);
+    let (store, _dir) = open_timed(&headless);
+    let recovery = store.expect("a torn header is trimmed").1;
+    assert_eq!(recovery.scan.torn_tail.as_ref().map(|t| t.offset), Some(last.0 as u64));
+
+    // A flipped byte inside the last batch, fsynced whole (every sector of it holds data) and
+    // followed by nothing but the preallocated zeros: bit rot, not a crash. Refused.
+    let whole_sectors = (last.0..last.1)
+        .step_by(SECTOR_LEN)
+        .map(|at| at - at % SECTOR_LEN)
+        .all(|sector| file[sector.max(last.0)..(sector + SECTOR_LEN).min(last.1)].iter().any(|&b| b != 0));
+    assert!(whole_sectors, "every sector of the last batch holds data");
+    let mut rotten = file.clone();
+    rotten[(last.0 + last.1) / 2] ^= 0x20;
+    match open_timed(&rotten).0 {
+        Err(WalError::Corrupt { offset, reason, .. }) => {
+            assert_eq!(offset as usize, last.0);
+            assert!(reason.contains("every sector of it was written"), "{reason}");
+        }
+        other => panic!("expected corruption, got {:?}", other.map(|(_, r)| r.scan)),
+    }
+}
+
+/// A log written by the previous format (`TNDMWAL2`, no checksum on batch headers) opens with
+/// the same state and is rewritten in the current format before anything is appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_in_the_previous_format_is_read_and_rewritten() {
+    use raft_store::wal::{MAGIC, Record, encode, legacy};
+    let dir = TempDir::new().expect("temp dir");
+    let vote = Vote::new_committed(3, 1);
+    let old = legacy::legacy_file(&[
+        encode(&Record::Vote(vote)).expect("encode"),
+        encode(&Record::Entries((1..=10).map(|i| entry(1, i)).collect())).expect("encode"),
+        [
+            encode(&Record::Entries((11..=20).map(|i| entry(1, i)).collect())).expect("encode"),
+            encode(&Record::Purge(log_id(1, 4))).expect("encode"),
+        ]
+        .concat(),
+    ]);
+    assert!(old.starts_with(legacy::LEGACY_MAGIC));
+    std::fs::write(dir.path().join(WAL_FILE), &old).expect("write");
+    let (mut store, recovery) = LogStore::open(dir.path(), LogStoreOptions::default()).expect("open");
+    assert!(recovery.scan.legacy);
+    assert_eq!((recovery.vote, recovery.last_log_id), (Some(vote), Some(log_id(1, 20))));
+    let entries = all_entries(&mut store).await;
+    assert_eq!(entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), (5..=20).collect::<Vec<_>>());
+    assert!(std::fs::read(dir.path().join(WAL_FILE)).expect("read").starts_with(MAGIC), "rewritten");
+    append_durably(&mut store, vec![entry(2, 21)]).await;
+    drop(store);
+    let (mut store, recovery) = LogStore::open(dir.path(), LogStoreOptions::default()).expect("reopen");
+    assert!(!recovery.scan.legacy && recovery.scan.torn_tail.is_none());
+    assert_eq!(recovery.vote, Some(vote));
+    assert_eq!(store.get_log_state().await.expect("state").last_purged_log_id, Some(log_id(1, 4)));
+    assert_eq!(all_entries(&mut store).await.len(), 17);
 }

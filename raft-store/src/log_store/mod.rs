@@ -200,15 +200,14 @@ impl LogIndex {
         }
     }
 
-    /// The records that rebuild exactly this state, framed, after the magic header.
+    /// The records that rebuild exactly this state, framed, after the magic header. The purge
+    /// point comes after the entries: replayed before them, it would make them continue it, and
+    /// a purge below the first entry (which replay accepts) would not read back.
     fn image(&self) -> io::Result<Vec<u8>> {
         let mut out = wal::MAGIC.to_vec();
         let mut head = Vec::new();
         if let Some(vote) = self.vote {
             head.extend(wal::encode(&Record::Vote(vote))?);
-        }
-        if let Some(purged) = self.last_purged {
-            head.extend(wal::encode(&Record::Purge(purged))?);
         }
         head.extend(wal::encode(&Record::Committed(self.committed))?);
         out.extend(wal::batch(&head)?);
@@ -217,6 +216,9 @@ impl LogIndex {
         for chunk in entries.chunks(COMPACT_ENTRIES_PER_RECORD) {
             let record = wal::encode(&Record::Entries(chunk.iter().map(|e| (*e).clone()).collect()))?;
             out.extend(wal::batch(&record)?);
+        }
+        if let Some(purged) = self.last_purged {
+            out.extend(wal::batch(&wal::encode(&Record::Purge(purged))?)?);
         }
         Ok(out)
     }
@@ -292,6 +294,22 @@ fn create_dir_durably(dir: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Replace `path` (in `dir`) with a file holding `bytes`, atomically and durably: written to a
+/// temporary file (`path` with `suffix` added), fsynced, renamed over `path`, the directory
+/// fsynced. A crash leaves the old file or the new one, never part of either.
+fn replace_file(dir: &Path, path: &Path, suffix: &str, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".");
+    tmp.push(suffix);
+    let tmp = PathBuf::from(tmp);
+    let mut out = File::create(&tmp)?;
+    out.write_all(bytes)?;
+    out.sync_all()?;
+    drop(out);
+    std::fs::rename(&tmp, path)?;
+    sync_dir(dir)
 }
 
 /// Scan the WAL file `path` whose bytes are `bytes` and replay its records into an index.
@@ -383,21 +401,32 @@ impl LogStore {
             );
         }
 
-        if scan.valid_len < wal::MAGIC.len() as u64 {
-            // New, or only a partial header survived: start the file afresh, atomically.
-            let tmp = dir.join(format!("{WAL_FILE}.new"));
-            std::fs::write(&tmp, wal::MAGIC).map_err(io_err("write", &tmp))?;
-            File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err("fsync", &tmp))?;
-            std::fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
-            sync_dir(dir).map_err(io_err("fsync directory", dir))?;
-        }
+        let rewrite = if scan.legacy {
+            // Written by an older Tandem: rewrite it in the current format (the records that
+            // rebuild exactly the state just read) before anything is appended to it.
+            Some(index.image().map_err(io_err("encode", &path))?)
+        } else if scan.valid_len < wal::MAGIC.len() as u64 {
+            // New, or only a partial header survived: start the file afresh.
+            Some(wal::MAGIC.to_vec())
+        } else {
+            None
+        };
+        let end = match &rewrite {
+            Some(bytes) => {
+                replace_file(dir, &path, "new", bytes).map_err(io_err("rewrite", &path))?;
+                if scan.legacy {
+                    tracing::info!(path = %path.display(), bytes = bytes.len(), "rewrote the log in the current format");
+                }
+                bytes.len() as u64
+            }
+            None => scan.valid_len,
+        };
         let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io_err("open", &path))?;
-        if scan.torn_tail.is_some() && scan.valid_len >= wal::MAGIC.len() as u64 {
+        if scan.torn_tail.is_some() && rewrite.is_none() {
             // Cut the torn bytes: what follows the last record must be zeros.
-            file.set_len(scan.valid_len).map_err(io_err("truncate", &path))?;
+            file.set_len(end).map_err(io_err("truncate", &path))?;
             file.sync_all().map_err(io_err("fsync", &path))?;
         }
-        let end = scan.valid_len.max(wal::MAGIC.len() as u64);
         let allocated = file.metadata().map_err(io_err("stat", &path))?.len();
 
         let recovery = Recovery { scan: scan.clone(), last_log_id: index.last_log_id(), vote: index.vote };

@@ -58,7 +58,7 @@ pub(super) struct Writer {
 impl Writer {
     pub(super) fn run(mut self, rx: mpsc::Receiver<WriteOp>) {
         // Room for the batch header, then record frames.
-        let mut buf = vec![0u8; wal::FRAME_HEADER_LEN];
+        let mut buf = vec![0u8; wal::BATCH_HEADER_LEN];
         let mut waiters = Vec::new();
         let mut entries = 0;
         while let Ok(first) = rx.recv() {
@@ -94,7 +94,7 @@ impl Writer {
     /// `force`: every batch written is fsynced before the next is written, so that after a
     /// crash only the last batch can be incomplete (see [`wal`]).
     fn flush(&mut self, buf: &mut Vec<u8>, waiters: &mut Vec<Waiter>, entries: &mut u64, force: bool) {
-        if buf.len() <= wal::FRAME_HEADER_LEN {
+        if buf.len() <= wal::BATCH_HEADER_LEN {
             return;
         }
         let needs_sync = waiters.iter().any(|waiter| !matches!(waiter, Waiter::Nobody));
@@ -130,7 +130,7 @@ impl Writer {
         for waiter in waiters.drain(..) {
             waiter.complete(outcome);
         }
-        buf.truncate(wal::FRAME_HEADER_LEN);
+        buf.truncate(wal::BATCH_HEADER_LEN);
         *entries = 0;
     }
 
@@ -155,17 +155,8 @@ impl Writer {
         if self.failed.is_some() {
             return;
         }
-        let tmp = self.dir.join(format!("{WAL_FILE}.compact"));
-        let result = (|| -> io::Result<File> {
-            let mut out = File::create(&tmp)?;
-            out.write_all(image)?;
-            out.sync_all()?;
-            drop(out);
-            std::fs::rename(&tmp, &self.path)?;
-            sync_dir(&self.dir)?;
-            let file = OpenOptions::new().read(true).write(true).open(&self.path)?;
-            Ok(file)
-        })();
+        let result = replace_file(&self.dir, &self.path, "compact", image)
+            .and_then(|()| OpenOptions::new().read(true).write(true).open(&self.path));
         match result {
             Ok(file) => {
                 self.file = file;
