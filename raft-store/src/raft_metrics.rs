@@ -29,6 +29,15 @@ pub fn describe() {
         "Entries a peer lacks, as the leader sees it (0 on a node that does not lead)."
     );
     describe_gauge!("tandem_raft_snapshot_bytes", "Size of this node's newest snapshot.");
+    describe_counter!(
+        "tandem_raft_rpc_timeouts_total",
+        "Raft requests to a peer that outlasted their deadline, by peer and route (append, vote, snapshot, ...)."
+    );
+    describe_counter!(
+        "tandem_raft_append_prefixes_total",
+        "Appends to a peer that carried a prefix of openraft's batch (it was over the payload bound): a catch-up in progress."
+    );
+    describe_counter!("tandem_raft_snapshots_sent_total", "Snapshots this leader sent to a peer, by peer.");
     describe_counter!("tandem_wal_fsyncs_total", "fsyncs of this node's write-ahead log.");
     describe_histogram!("tandem_wal_fsync_seconds", "Duration of one WAL fsync.");
     describe_histogram!("tandem_wal_batch_entries", "Log entries made durable by one fsync.");

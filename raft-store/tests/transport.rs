@@ -176,9 +176,21 @@ async fn a_lagging_follower_catches_up_in_appends_that_each_fit_the_limit() {
     // With a 16 KiB limit and entries of about 5 KiB, the 300 entries openraft sends a lagging
     // follower at once would be a 1.5 MiB body: the receiver refuses it (413), and without the
     // leader splitting it the follower would never catch up.
-    const LIMIT: usize = 16 << 10;
+    catch_up_in_parts(|config| config.append_body_limit = 16 << 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_follower_catches_up_in_appends_of_the_payload_bound() {
+    // The same catch-up, the receiver's limit the default, the leader's payload bound 16 KiB:
+    // every append carries the longest prefix of entries within it, and the rest follows.
+    catch_up_in_parts(|config| config.append_payload_bytes = 16 << 10).await;
+}
+
+/// A follower cut off while 60 batches of 16 enqueues (about 5 KiB an entry) commit, then
+/// healed: it catches up (with `configure`'s limits) and sees every job.
+async fn catch_up_in_parts(configure: impl Fn(&mut raft_store::NodeConfig)) {
     let dir = TempDir::new().expect("temp dir");
-    let mut cluster = TestCluster::start(dir.path(), |config| config.append_body_limit = LIMIT).await;
+    let mut cluster = TestCluster::start(dir.path(), configure).await;
     let leader = common::wait_for_coordinator_leader(&cluster).await;
     let follower = other_coordinator(leader);
     cluster.cut(leader, follower);

@@ -116,6 +116,8 @@ pub struct NodeConfig {
     /// The largest AppendEntries body this voter reads and sends
     /// ([`crate::network::APPEND_BODY_LIMIT`]; smaller only in tests of the splitting).
     pub append_body_limit: usize,
+    /// The bytes a leader sends in one AppendEntries ([`crate::network::APPEND_PAYLOAD_BYTES`]).
+    pub append_payload_bytes: usize,
 }
 
 impl NodeConfig {
@@ -134,6 +136,7 @@ impl NodeConfig {
             request_timeout: Duration::from_secs(5),
             log: LogStoreOptions::default(),
             append_body_limit: crate::network::APPEND_BODY_LIMIT,
+            append_payload_bytes: crate::network::APPEND_PAYLOAD_BYTES,
         }
     }
 }
@@ -235,6 +238,7 @@ impl Node {
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let mut transport = Transport::new(config.id, config.secret.as_deref().map(Arc::from), faults);
         transport.append_limit = config.append_body_limit;
+        transport.append_payload = config.append_payload_bytes;
         let wal_stats = log.stats_handle();
         let raft = Raft::new(config.id, Arc::new(raft_config), transport.clone(), log, state_machine.clone())
             .await
