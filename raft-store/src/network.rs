@@ -590,7 +590,7 @@ mod tests {
                 assert_eq!(n, 300, "everything fits");
                 continue;
             }
-            assert!(n >= 1 && n < 300, "budget {budget}: {n} entries");
+            assert!((1..300).contains(&n), "budget {budget}: {n} entries");
             if n > 1 {
                 assert!(with(n) <= budget, "budget {budget}: {n} entries encode to {}", with(n));
             }
