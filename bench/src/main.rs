@@ -45,6 +45,9 @@ enum Scenario {
     Compute(scenario::compute::ComputeArgs),
     /// Kill the leader under a steady enqueue stream, K times: gaps, lost and wrong jobs.
     Failover(scenario::failover::FailoverArgs),
+    /// A follower coordinator down for a while under enqueue load, then restarted: time until its
+    /// log is level with the leader's, payload timeouts, split appends, snapshot sends.
+    Catchup(scenario::catchup::CatchupArgs),
     /// Many simulated workers long-polling one cluster: connected workers, leases/s, latency.
     Workers(scenario::workers::WorkersArgs),
     /// A steady open-loop load at a share of the sustainable rate for M minutes: resident memory
@@ -90,6 +93,7 @@ async fn run_against_cluster(which: &Scenario, quick: bool) -> anyhow::Result<re
         Scenario::Flow(args) => scenario::flow::run(args, quick).await,
         Scenario::Compute(args) => scenario::compute::run(args, quick).await,
         Scenario::Failover(args) => scenario::failover::run(args, quick).await,
+        Scenario::Catchup(args) => scenario::catchup::run(args, quick).await,
         Scenario::Workers(args) => scenario::workers::run(args, quick).await,
         Scenario::Soak(args) => scenario::soak::run(args, quick).await,
         Scenario::Autoscale(_) => anyhow::bail!("autoscale runs in simulated time, against no cluster"),

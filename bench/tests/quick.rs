@@ -126,3 +126,15 @@ fn soak_quick_samples_memory_and_latency_and_checks_every_result() {
     }
     assert!(figures["memory_levels_off"].is_boolean());
 }
+
+#[test]
+fn catchup_quick_sees_the_restarted_follower_level_with_the_leader() {
+    let report = bench(&["catchup", "--clients", "8", "--down-s", "4", "--settle-s", "2"]);
+    let figures = &report["figures"];
+    assert!(figures["caught_up_after_restart_s"].as_f64().is_some(), "{figures}");
+    assert!(figures["entries_behind_at_restart"].as_u64().expect("behind") > 0, "no load while it was down");
+    assert!(figures["enqueues_acked"].as_u64().expect("acked") > 0);
+    for counter in ["append_timeouts", "catch_up_appends_split", "snapshots_sent"] {
+        assert!(figures[counter].as_f64().is_some_and(|n| n >= 0.0), "{counter}: {figures}");
+    }
+}

@@ -31,7 +31,7 @@ pub fn describe() {
     describe_gauge!("tandem_raft_snapshot_bytes", "Size of this node's newest snapshot.");
     describe_counter!(
         "tandem_raft_rpc_timeouts_total",
-        "Raft requests to a peer that outlasted their deadline, by peer and route (append, vote, snapshot, ...)."
+        "Raft requests to a peer that outlasted their deadline, by peer and kind (append: one carrying entries; heartbeat; vote; snapshot; ...)."
     );
     describe_counter!(
         "tandem_raft_append_prefixes_total",

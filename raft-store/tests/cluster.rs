@@ -147,6 +147,8 @@ async fn a_lagging_follower_is_caught_up_by_snapshot() {
     let mut cluster = TestCluster::start(dir.path(), |config| {
         config.snapshot_every = 50;
         config.logs_kept_after_snapshot = 20;
+        // No log kept for followers: it lacks more than that.
+        config.log_retained_for_followers_bytes = 0;
     })
     .await;
     let leader = wait_for_coordinator_leader(&cluster).await;
@@ -177,6 +179,49 @@ async fn a_lagging_follower_is_caught_up_by_snapshot() {
     cluster.restart(lagging).await;
     assert_visible(cluster.node(lagging), &ids).await;
     assert_eq!(cluster.node(lagging).state_machine().read(|t| t.clone()), table);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_follower_is_caught_up_from_the_log_kept_for_it() {
+    // The same outage, with the default budget of log kept for followers: the leader snapshots
+    // and purges as before, but never past what the lagging node holds.
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = TestCluster::start(dir.path(), |config| {
+        config.snapshot_every = 50;
+        config.logs_kept_after_snapshot = 20;
+    })
+    .await;
+    let leader = wait_for_coordinator_leader(&cluster).await;
+    let lagging = other_coordinator(leader);
+    for i in 0..200 {
+        enqueue(cluster.node(leader), i).await;
+    }
+    let held = cluster.node(lagging).metrics().last_log_index.expect("the follower has entries");
+    cluster.kill(lagging).await;
+    let mut ids = Vec::new();
+    for i in 200..1_300 {
+        ids.push(enqueue(cluster.node(leader), i).await);
+    }
+    // The leader has snapshotted far past what the lagging node holds, and purged what the
+    // witness and it both hold: nothing it lacks.
+    let metrics = cluster
+        .node(leader)
+        .raft()
+        .wait(Some(ELECTION))
+        .metrics(|m| m.snapshot.is_some_and(|s| s.index > held + 500) && m.purged.is_some(), "leader snapshots")
+        .await
+        .expect("the leader snapshotted and purged");
+    // Let the retention task look a few more times (every 200 ms) before checking what it kept.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let purged = cluster.node(leader).metrics().purged.expect("purged").index;
+    assert!(purged <= held, "the leader purged up to {purged}, past {held}, which the lagging node holds");
+    assert!(
+        metrics.snapshot.is_some_and(|s| s.index > purged + 500),
+        "the purge was held back, not lacking a snapshot"
+    );
+    cluster.restart(lagging).await;
+    assert_visible(cluster.node(lagging), &ids).await;
     cluster.shutdown().await;
 }
 

@@ -1,6 +1,7 @@
 //! The scenarios.
 
 pub mod autoscale;
+pub mod catchup;
 pub mod compute;
 pub mod failover;
 pub mod flow;
