@@ -17,7 +17,10 @@
 //!
 //! After purges have made most of the file dead, the writer rewrites it as a compact image
 //! (vote, committed, purge point, live entries) into a temporary file, fsyncs it, renames it over
-//! the log and fsyncs the directory.
+//! the log and fsyncs the directory. The image is taken where changes are made, in time O(live
+//! entries) but cheap (entries are shared, not copied), and encoded and written by the writer
+//! thread: the log's size never weighs on an async runtime (the witness runs a one-thread
+//! runtime next to its election timeouts).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -81,6 +84,8 @@ pub struct WalStats {
     compactions: AtomicU64,
     /// Fault injection: when set, the next write fails as a failing disk's would.
     fail_writes: std::sync::atomic::AtomicBool,
+    /// Length of the last compaction image written (0 before the first).
+    last_image_bytes: AtomicU64,
 }
 
 /// A copy of [`WalStats`] at one moment.
@@ -137,7 +142,8 @@ struct LogIndex {
     vote: Option<Vote>,
     committed: Option<LogId>,
     last_purged: Option<LogId>,
-    entries: BTreeMap<u64, Entry>,
+    /// Shared with compaction images ([`Image`]) under way: taking one copies no entry.
+    entries: BTreeMap<u64, Arc<Entry>>,
 }
 
 impl LogIndex {
@@ -145,9 +151,9 @@ impl LogIndex {
         self.entries.values().next_back().map(|entry| entry.log_id).or(self.last_purged)
     }
 
-    fn append(&mut self, entries: &[Entry]) {
+    fn append(&mut self, entries: impl IntoIterator<Item = Arc<Entry>>) {
         for entry in entries {
-            self.entries.insert(entry.log_id.index, entry.clone());
+            self.entries.insert(entry.log_id.index, entry);
         }
     }
 
@@ -192,7 +198,7 @@ impl LogIndex {
 
     fn apply(&mut self, record: Record) {
         match record {
-            Record::Entries(entries) => self.append(&entries),
+            Record::Entries(entries) => self.append(entries.into_iter().map(Arc::new)),
             Record::Vote(vote) => self.vote = Some(vote),
             Record::Committed(committed) => self.committed = committed,
             Record::TruncateAfter(last) => self.truncate_after(last),
@@ -200,10 +206,30 @@ impl LogIndex {
         }
     }
 
+    /// What a compaction writes: this state, its entries shared rather than copied.
+    fn image(&self) -> Image {
+        Image {
+            vote: self.vote,
+            committed: self.committed,
+            last_purged: self.last_purged,
+            entries: self.entries.values().cloned().collect(),
+        }
+    }
+}
+
+/// The state a compaction writes, taken from a [`LogIndex`] at one moment.
+pub(super) struct Image {
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    last_purged: Option<LogId>,
+    entries: Vec<Arc<Entry>>,
+}
+
+impl Image {
     /// The records that rebuild exactly this state, framed, after the magic header. The purge
     /// point comes after the entries: replayed before them, it would make them continue it, and
     /// a purge below the first entry (which replay accepts) would not read back.
-    fn image(&self) -> io::Result<Vec<u8>> {
+    pub(super) fn encode(&self) -> io::Result<Vec<u8>> {
         let mut out = wal::MAGIC.to_vec();
         let mut head = Vec::new();
         if let Some(vote) = self.vote {
@@ -212,9 +238,8 @@ impl LogIndex {
         head.extend(wal::encode(&Record::Committed(self.committed))?);
         out.extend(wal::batch(&head)?);
         // A batch per record of entries, so that no batch outgrows the frame limit.
-        let entries: Vec<&Entry> = self.entries.values().collect();
-        for chunk in entries.chunks(COMPACT_ENTRIES_PER_RECORD) {
-            let record = wal::encode(&Record::Entries(chunk.iter().map(|e| (*e).clone()).collect()))?;
+        for chunk in self.entries.chunks(COMPACT_ENTRIES_PER_RECORD) {
+            let record = wal::encode(&Record::Entries(chunk.iter().map(|e| Entry::clone(e)).collect()))?;
             out.extend(wal::batch(&record)?);
         }
         if let Some(purged) = self.last_purged {
@@ -224,11 +249,12 @@ impl LogIndex {
     }
 }
 
-/// Bookkeeping for when to compact.
+/// Bookkeeping for when to compact: bytes queued for the file since the last image was queued
+/// (since it was opened, at first: the file's length); the image's own length is reported by the
+/// writer once it has encoded it ([`WalStats`]).
 #[derive(Debug, Default)]
 struct CompactionState {
     bytes_since: u64,
-    last_image: u64,
 }
 
 /// What an open log is made of, shared by its clones: its index, its writer thread and the
@@ -404,7 +430,7 @@ impl LogStore {
         let rewrite = if scan.legacy {
             // Written by an older Tandem: rewrite it in the current format (the records that
             // rebuild exactly the state just read) before anything is appended to it.
-            Some(index.image().map_err(io_err("encode", &path))?)
+            Some(index.image().encode().map_err(io_err("encode", &path))?)
         } else if scan.valid_len < wal::MAGIC.len() as u64 {
             // New, or only a partial header survived: start the file afresh.
             Some(wal::MAGIC.to_vec())
@@ -452,7 +478,7 @@ impl LogStore {
                 writer: Mutex::new(Some(writer)),
                 stats,
                 options,
-                compaction: Mutex::new(CompactionState { bytes_since: end, last_image: 0 }),
+                compaction: Mutex::new(CompactionState { bytes_since: end }),
                 _lock: lock,
             }),
         };
@@ -514,14 +540,14 @@ impl LogStore {
     /// Queue a rewrite if purges have left enough dead bytes behind.
     fn maybe_compact(&self) -> io::Result<()> {
         let mut state = self.parts.compaction.lock().unwrap_or_else(|p| p.into_inner());
-        if state.bytes_since < self.parts.options.compact_after_bytes.max(2 * state.last_image) {
+        let last_image = self.parts.stats.last_image_bytes.load(Ordering::Relaxed);
+        if last_image + state.bytes_since < self.parts.options.compact_after_bytes.max(2 * last_image) {
             return Ok(());
         }
         // Image and queueing under the one lock every change takes (see `record`): everything
         // queued before is in the image, everything queued after goes to the new file.
-        let image = self.index().image()?;
-        state.bytes_since = image.len() as u64;
-        state.last_image = image.len() as u64;
+        let image = self.index().image();
+        state.bytes_since = 0;
         self.queue(WriteOp::Compact { image })
     }
 }
@@ -531,7 +557,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        Ok(self.index().entries.range(range).map(|(_, entry)| entry.clone()).collect())
+        Ok(self.index().entries.range(range).map(|(_, entry)| Entry::clone(entry)).collect())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -577,7 +603,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let frame = wal::encode(&record)?;
         let Record::Entries(entries) = record else { unreachable!("built above") };
         let op = WriteOp::Append { frame, entries: count, waiter: Waiter::Flushed(callback) };
-        self.record(|index| index.append(&entries), op)
+        self.record(|index| index.append(entries.into_iter().map(Arc::new)), op)
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {

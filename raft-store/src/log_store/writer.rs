@@ -33,9 +33,9 @@ pub(super) enum WriteOp {
         entries: u64,
         waiter: Waiter,
     },
-    /// Replace the file with this image (a whole file's bytes, header included).
+    /// Replace the file with this image, encoded here.
     Compact {
-        image: Vec<u8>,
+        image: Image,
     },
 }
 
@@ -151,17 +151,20 @@ impl Writer {
         }
     }
 
-    fn compact(&mut self, image: &[u8]) {
+    fn compact(&mut self, image: &Image) {
         if self.failed.is_some() {
             return;
         }
-        let result = replace_file(&self.dir, &self.path, "compact", image)
-            .and_then(|()| OpenOptions::new().read(true).write(true).open(&self.path));
+        let result = image.encode().and_then(|image| {
+            replace_file(&self.dir, &self.path, "compact", &image)?;
+            Ok((OpenOptions::new().read(true).write(true).open(&self.path)?, image))
+        });
         match result {
-            Ok(file) => {
+            Ok((file, image)) => {
                 self.file = file;
                 self.end = image.len() as u64;
                 self.allocated = self.end;
+                self.stats.last_image_bytes.store(self.end, Ordering::Relaxed);
                 self.stats.compactions.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(path = %self.path.display(), bytes = image.len(), "compacted the log");
             }
