@@ -50,8 +50,21 @@ pub const TARGET_HEADER: &str = "x-tandem-target";
 pub use wire::SECRET_HEADER;
 /// Content type of every body on these routes.
 pub const MSGPACK: &str = "application/msgpack";
-/// Snapshots may be large and the receiver writes them to disk: give them time.
+/// Snapshots may be large and the receiver writes them to disk: give them time, at least this
+/// much, and more for a large one (see [`snapshot_timeout`]).
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The rate a snapshot's deadline allows for its bytes: transfer, decoding the table and writing
+/// and fsyncing the file on a slow disk.
+const SNAPSHOT_BYTES_PER_SECOND: f64 = 8.0 * (1 << 20) as f64;
+/// The header that carries a streamed snapshot's vote and metadata (hex of their MessagePack);
+/// the body is the snapshot's bytes alone.
+pub const SNAPSHOT_HEAD_HEADER: &str = "x-tandem-snapshot-head";
+
+/// The deadline of sending a snapshot of `bytes`: [`SNAPSHOT_TIMEOUT`], or the time its bytes
+/// take at [`SNAPSHOT_BYTES_PER_SECOND`] if longer, or openraft's own if longer still.
+fn snapshot_timeout(hard_ttl: Duration, bytes: usize) -> Duration {
+    hard_ttl.max(SNAPSHOT_TIMEOUT).max(Duration::from_secs_f64(bytes as f64 / SNAPSHOT_BYTES_PER_SECOND))
+}
 
 /// The largest AppendEntries body a voter reads. A leader whose batch of entries encodes to more
 /// sends the longest prefix that fits and reports a partial success, so openraft sends the rest
@@ -92,7 +105,9 @@ pub fn append_timeout(hard_ttl: Duration, heartbeat: bool, bytes: usize) -> Dura
 /// The largest forwarded proposal: one entry (see [`APPEND_BODY_LIMIT`]), the largest being a
 /// command from one worker request (a follower coordinator forwards a worker's heartbeat).
 pub const PROPOSE_BODY_LIMIT: usize = wire::worker::MAX_BODY_BYTES + (64 << 10);
-/// The largest snapshot: the whole state machine in one body, until snapshots are streamed.
+/// The largest snapshot in the previous format (`/raft/snapshot`: the vote, the metadata and the
+/// bytes in one MessagePack body), still read from leaders of the previous version during a
+/// rolling upgrade. Snapshots are sent streamed (`/raft/snapshot-stream`), with no ceiling.
 pub const SNAPSHOT_BODY_LIMIT: usize = 512 << 20;
 /// Votes, transfers, read-index, status, failover and voter replacement: fixed-size messages of
 /// a few hundred bytes (a membership with its addresses at most).
@@ -214,18 +229,21 @@ impl Transport {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>> {
-        self.call_encoded(target, raft_addr, path, path, encode(req)?, timeout).await
+        self.call_encoded(target, raft_addr, path, path, None, encode(req)?.into(), timeout).await
     }
 
     /// [`Transport::call`] with the request already encoded; `kind` names it in the timeout
-    /// counter (the path, or "heartbeat" for an append without entries).
+    /// counter (the path, or "heartbeat" for an append without entries); `snapshot_head` is sent
+    /// as [`SNAPSHOT_HEAD_HEADER`].
+    #[allow(clippy::too_many_arguments)]
     async fn call_encoded<Resp: DeserializeOwned>(
         &self,
         target: NodeId,
         raft_addr: &str,
         path: &str,
         kind: &str,
-        body: Vec<u8>,
+        snapshot_head: Option<String>,
+        body: Bytes,
         timeout: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>> {
         if self.faults.is_cut(target) {
@@ -246,6 +264,9 @@ impl Transport {
             .body(body);
         if let Some(secret) = &self.secret {
             request = request.header(SECRET_HEADER, secret.as_ref());
+        }
+        if let Some(head) = snapshot_head {
+            request = request.header(SNAPSHOT_HEAD_HEADER, head);
         }
         let response = request.send().await.map_err(|e| {
             if e.is_timeout() {
@@ -341,7 +362,7 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>> {
         let result: Result<Resp, RaftError<TypeConfig>> =
-            self.transport.call_encoded(self.target, &self.raft_addr, path, kind, body, timeout).await?;
+            self.transport.call_encoded(self.target, &self.raft_addr, path, kind, None, body.into(), timeout).await?;
         result.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
     }
 }
@@ -407,11 +428,19 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         counter!("tandem_raft_snapshots_sent_total", "peer" => self.target.to_string()).increment(1);
-        let req = (vote, snapshot.meta, serde_bytes::ByteBuf::from(snapshot.snapshot));
-        let timeout = option.hard_ttl().max(SNAPSHOT_TIMEOUT);
+        // The vote and metadata in a header, the bytes as the body: streamed as they lie, with no
+        // copy and no ceiling on their size.
+        let head = hex::encode(encode(&(vote, &snapshot.meta))?);
+        let timeout = snapshot_timeout(option.hard_ttl(), snapshot.snapshot.len());
+        let body = Bytes::from(snapshot.snapshot);
+        let (transport, target, addr) = (&self.transport, self.target, &self.raft_addr);
+        let call = transport.call_encoded(target, addr, "snapshot-stream", "snapshot", Some(head), body, timeout);
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
-            result = self.rpc("snapshot", &req, timeout) => Ok(result?),
+            result = call => {
+                let result: Result<SnapshotResponse<TypeConfig>, RaftError<TypeConfig>> = result?;
+                Ok(result.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?)
+            }
         }
     }
 
@@ -542,6 +571,45 @@ async fn snapshot(
     msgpack_response(&result)
 }
 
+/// A snapshot streamed by [`PeerClient::full_snapshot`]: the vote and metadata from
+/// [`SNAPSHOT_HEAD_HEADER`], the bytes from the body, read in full whatever their length (the
+/// sender proved it holds the cluster secret before any of it was read), into a buffer sized
+/// from the request's `Content-Length`.
+async fn snapshot_stream(State(raft): State<Raft>, headers: HeaderMap, body: axum::body::Body) -> Response {
+    let head = headers
+        .get(SNAPSHOT_HEAD_HEADER)
+        .and_then(|value| hex::decode(value.as_bytes()).ok())
+        .and_then(|bytes| wire::from_msgpack::<(Vote, SnapshotMeta)>(&bytes).ok());
+    let Some((vote, meta)) = head else {
+        return Refusal::new(StatusCode::BAD_REQUEST, format!("missing or undecodable {SNAPSHOT_HEAD_HEADER}"))
+            .into_response();
+    };
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    // Reserve what was announced, up to 1 GiB at once (the rest as it arrives).
+    let mut data = Vec::with_capacity(announced.unwrap_or(0).min(1 << 30));
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = futures::StreamExt::next(&mut chunks).await {
+        match chunk {
+            Ok(chunk) => data.extend_from_slice(&chunk),
+            Err(e) => {
+                return Refusal::new(StatusCode::BAD_REQUEST, format!("the snapshot's body broke off: {e}"))
+                    .into_response();
+            }
+        }
+    }
+    if announced.is_some_and(|announced| announced != data.len()) {
+        return Refusal::new(StatusCode::BAD_REQUEST, "the snapshot's body is not as long as announced")
+            .into_response();
+    }
+    let snapshot = Snapshot { meta, snapshot: data };
+    let result: Result<SnapshotResponse<TypeConfig>, RaftError<TypeConfig>> =
+        raft.install_full_snapshot(vote, snapshot).await.map_err(RaftError::Fatal);
+    msgpack_response(&result)
+}
+
 async fn transfer_leader(
     State(raft): State<Raft>,
     MsgPack(req): MsgPack<TransferLeaderRequest<TypeConfig>>,
@@ -561,6 +629,7 @@ pub fn raft_rpc_router(raft: Raft, append_limit: usize) -> Router {
         .route("/raft/vote", post(vote).layer(body_limit(CONTROL_BODY_LIMIT)))
         .route("/raft/pre-vote", post(pre_vote).layer(body_limit(CONTROL_BODY_LIMIT)))
         .route("/raft/snapshot", post(snapshot).layer(body_limit(SNAPSHOT_BODY_LIMIT)))
+        .route("/raft/snapshot-stream", post(snapshot_stream))
         .route("/raft/transfer-leader", post(transfer_leader).layer(body_limit(CONTROL_BODY_LIMIT)))
         .with_state(raft)
 }
@@ -613,6 +682,15 @@ mod tests {
             }
             assert!(with(n + 1) > budget, "budget {budget}: one more entry ({}) would fit too", with(n + 1));
         }
+    }
+
+    #[test]
+    fn a_snapshots_deadline_grows_with_its_size_past_a_minute() {
+        let ttl = Duration::from_millis(50);
+        assert_eq!(snapshot_timeout(ttl, 1 << 20), SNAPSHOT_TIMEOUT);
+        // 4 GiB at 8 MiB/s: 512 s.
+        assert_eq!(snapshot_timeout(ttl, 4 << 30), Duration::from_secs(512));
+        assert_eq!(snapshot_timeout(Duration::from_secs(600), 0), Duration::from_secs(600));
     }
 
     #[test]

@@ -84,11 +84,12 @@ async fn without_quorum_proposals_fail_instead_of_hanging() {
 }
 
 /// Every route a voter serves under `/raft/` but the health check.
-const RAFT_ROUTES: [&str; 11] = [
+const RAFT_ROUTES: [&str; 12] = [
     "append",
     "vote",
     "pre-vote",
     "snapshot",
+    "snapshot-stream",
     "transfer-leader",
     "propose",
     "read-index",
@@ -148,6 +149,65 @@ async fn every_raft_route_refuses_a_request_without_the_secret_and_changes_nothi
     }
     let id = common::enqueue(cluster.node(other_coordinator(leader)), 7).await;
     common::assert_visible(cluster.node(leader), &[id]).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_snapshot_without_its_head_or_its_whole_body_is_refused_and_installs_nothing() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = TestCluster::start(dir.path(), |config| config.secret = Some("s3cret".into())).await;
+    let leader = common::wait_for_coordinator_leader(&cluster).await;
+    let id = common::enqueue(cluster.node(leader), 1).await;
+    let follower = other_coordinator(leader);
+    common::assert_visible(cluster.node(follower), &[id]).await;
+    let addr = cluster.infos()[&follower].raft_addr.clone();
+    let http = reqwest::Client::new();
+    let post = |head: Option<&str>| {
+        let mut request = http
+            .post(format!("http://{addr}/raft/snapshot-stream"))
+            .header(TARGET_HEADER, follower)
+            .header(SECRET_HEADER, "s3cret")
+            .body(vec![0u8; 4096]);
+        if let Some(head) = head {
+            request = request.header(raft_store::network::SNAPSHOT_HEAD_HEADER, head);
+        }
+        request
+    };
+    for head in [None, Some("not hex"), Some("00ff")] {
+        let response = post(head).send().await.expect("send");
+        assert_eq!(response.status(), 400, "head {head:?}");
+    }
+    // A valid head, and a body that stops short of its announced length (the sender closes its
+    // side): refused, and nothing is installed.
+    let meta = raft_store::type_config::SnapshotMeta {
+        last_log_id: Some(raft_store::type_config::LogId::new(
+            openraft::impls::leader_id_adv::LeaderId { term: 99, node_id: leader },
+            1_000_000,
+        )),
+        last_membership: Default::default(),
+    };
+    let vote = raft_store::type_config::Vote::new_committed(99, leader);
+    let head = hex::encode(rmp_serde::to_vec_named(&(vote, &meta)).expect("encode"));
+    let request = format!(
+        "POST /raft/snapshot-stream HTTP/1.1\r\nHost: {addr}\r\n{TARGET_HEADER}: {follower}\r\n{SECRET_HEADER}: s3cret\r\n\
+         {}: {head}\r\ncontent-length: 100000\r\n\r\n",
+        raft_store::network::SNAPSHOT_HEAD_HEADER
+    );
+    let answer = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("head");
+        stream.write_all(&[7u8; 1000]).await.expect("part of the body");
+        stream.shutdown().await.expect("close the sending side");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("broke off"), "{answer}");
+    assert!(cluster.node(follower).metrics().current_term < 99, "the head's vote was not taken");
+    // The follower still holds the job and follows the leader.
+    let id2 = common::enqueue(cluster.node(leader), 2).await;
+    common::assert_visible(cluster.node(follower), &[id, id2]).await;
     cluster.shutdown().await;
 }
 
