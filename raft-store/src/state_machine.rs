@@ -240,7 +240,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
-        let copy = self.copy.take().ok_or_else(|| io::Error::other("snapshot builder used twice"))?;
+        let copy = self.copy.take().ok_or_else(|| {
+            io::Error::other("no copy of the table to snapshot (the copy failed, or the builder was used twice)")
+        })?;
         let meta = SnapshotMeta { last_log_id: copy.last_applied, last_membership: copy.last_membership.clone() };
         let (store, file_meta) = (self.store.clone(), meta.clone());
         let (data, stored) = tokio::task::spawn_blocking(move || -> io::Result<(Vec<u8>, bool)> {
@@ -301,8 +303,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        let copy = self.parts.state.read().unwrap_or_else(|poison| poison.into_inner()).clone();
-        SnapshotBuilder { store: self.clone(), copy: Some(copy) }
+        // The copy takes time in proportion to the table (hundreds of ms at a million jobs):
+        // on a blocking thread, so that the runtime keeps serving (the witness runs a one-thread
+        // runtime beside its election timeouts). openraft applies nothing until this returns,
+        // so the copy is of the state at its last applied entry either way.
+        let parts = self.parts.clone();
+        let copy = tokio::task::spawn_blocking(move || parts.state.read().unwrap_or_else(|p| p.into_inner()).clone())
+            .await
+            .ok();
+        SnapshotBuilder { store: self.clone(), copy }
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
@@ -314,10 +323,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         })
         .await
         .map_err(io::Error::other)??;
-        {
+        let replaced = {
             let mut state = self.parts.state.write().unwrap_or_else(|poison| poison.into_inner());
-            *state = Applied { table, last_applied: meta.last_log_id, last_membership: meta.last_membership.clone() };
-        }
+            let installed =
+                Applied { table, last_applied: meta.last_log_id, last_membership: meta.last_membership.clone() };
+            std::mem::replace(&mut *state, installed)
+        };
+        // Freeing the old table takes time in proportion to it too: not on the runtime.
+        tokio::task::spawn_blocking(move || drop(replaced));
         self.publish_applied(meta.last_log_id.map(|id| id.index));
         tracing::info!(last_log_id = ?meta.last_log_id, "installed a snapshot");
         Ok(())
