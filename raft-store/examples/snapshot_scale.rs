@@ -1,0 +1,138 @@
+//! A snapshot at the sizes the defaults allow, through the real state machine store: a table
+//! with `RESULTS` completed results and `QUEUED` queued jobs (1,000,000 each by default), every
+//! job with a 256-byte idempotency key (the longest accepted). Reports the snapshot's size, the
+//! time and the peak resident memory above the live table to build one (copy, encode, write and
+//! fsync the file) and to install one (decode, write, swap), and to open the store on it again.
+//!
+//! `cargo run --release -p raft-store --example snapshot_scale [-- RESULTS QUEUED]`
+
+use std::time::Instant;
+
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use raft_store::Digest;
+use raft_store::job_table::{Command, CommandResponse, JobResult, JobTable, Limits, NewJob};
+use raft_store::state_machine::{StateMachineStore, encode_table};
+use raft_store::type_config::{LogId, SnapshotMeta};
+
+/// Resident memory now and at its peak since the last reset, in MiB (Linux).
+fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Make the next peak reading start from the current resident memory.
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn job(i: u64) -> NewJob {
+    let mut digest = [0u8; 64];
+    digest[..8].copy_from_slice(&i.to_le_bytes());
+    NewJob {
+        digest: Digest(digest),
+        iterations: 1 + i % 1_000,
+        enqueued_at_ms: 1_700_000_000_000 + i,
+        idempotency_key: Some(format!("{i:0>256}")),
+    }
+}
+
+fn table(results: u64, queued: u64) -> JobTable {
+    let mut table = JobTable::new(Limits { completed_retention: results, max_queued: u64::MAX, max_lease_batch: 1024 });
+    let CommandResponse::WorkerRegistered(worker) = table.apply(&Command::RegisterWorker {
+        name: "scale".into(),
+        cores: 1024,
+        instance_id: None,
+        now_ms: 1,
+        witness: false,
+        launch_token: None,
+    }) else {
+        panic!("no worker registered")
+    };
+    let mut next = 0;
+    while next < results {
+        let batch: Vec<NewJob> = (next..(next + 1024).min(results)).map(job).collect();
+        next += batch.len() as u64;
+        table.apply(&Command::Enqueue { jobs: batch });
+        let CommandResponse::Leased(leased) =
+            table.apply(&Command::Lease { worker, max_jobs: 1024, now_ms: 2, deadline_ms: u64::MAX / 2, budget: None })
+        else {
+            panic!("no lease")
+        };
+        let results = leased.iter().map(|l| JobResult { job: l.job, result: l.digest }).collect();
+        table.apply(&Command::Complete { worker, now_ms: 3, results });
+    }
+    while next < results + queued {
+        let batch: Vec<NewJob> = (next..(next + 1024).min(results + queued)).map(job).collect();
+        next += batch.len() as u64;
+        table.apply(&Command::Enqueue { jobs: batch });
+    }
+    table
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> std::io::Result<()> {
+    let mut args = std::env::args().skip(1).map(|a| a.parse::<u64>().expect("a number"));
+    let results = args.next().unwrap_or(1_000_000);
+    let queued = args.next().unwrap_or(1_000_000);
+    let (rss_empty, _) = rss_mib();
+    let started = Instant::now();
+    let table = table(results, queued);
+    println!(
+        "table: {results} results, {queued} queued, 256-byte keys, built in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let encoded = encode_table(&table)?;
+    let bytes = encoded.len();
+    println!("snapshot: {:.1} MiB", bytes as f64 / (1 << 20) as f64);
+
+    // Install it into a store (as a follower does), then build one from that store (as every
+    // voter does), then open the store again (as a restart does).
+    let dir = tempfile::TempDir::new()?;
+    let mut store = StateMachineStore::open(dir.path())?;
+    let meta = SnapshotMeta {
+        last_log_id: Some(LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 }, 1_000)),
+        last_membership: Default::default(),
+    };
+    drop(table);
+    let (rss_before, _) = rss_mib();
+    reset_peak();
+    let started = Instant::now();
+    store.install_snapshot(&meta, encoded).await.map_err(std::io::Error::other)?;
+    let install_s = started.elapsed().as_secs_f64();
+    let (rss_live, peak) = rss_mib();
+    println!(
+        "install: {install_s:.2} s; RSS {rss_before:.0} MiB before (the encoded snapshot), {rss_live:.0} MiB after \
+         (the live table), peak {peak:.0} MiB"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (rss_live, _) = rss_mib();
+    reset_peak();
+    let started = Instant::now();
+    let mut builder = store.get_snapshot_builder().await;
+    let copied_s = started.elapsed().as_secs_f64();
+    let snapshot = builder.build_snapshot().await.map_err(std::io::Error::other)?;
+    let build_s = started.elapsed().as_secs_f64();
+    let (_, peak) = rss_mib();
+    println!(
+        "build: {build_s:.2} s (of which the copy {copied_s:.2} s); live {rss_live:.0} MiB, peak {peak:.0} MiB: \
+         {:.0} MiB above the live table ({:.1} times the snapshot's size)",
+        peak - rss_live,
+        (peak - rss_live) * (1 << 20) as f64 / bytes as f64
+    );
+    assert_eq!(snapshot.snapshot.len(), bytes);
+    drop(snapshot);
+    drop(store);
+    let started = Instant::now();
+    let mut reopened = StateMachineStore::open(dir.path())?;
+    let current = reopened.get_current_snapshot().await.map_err(std::io::Error::other)?.expect("the snapshot");
+    println!("reopen and read the file: {:.2} s, {} bytes", started.elapsed().as_secs_f64(), current.snapshot.len());
+    println!("(RSS of the empty process: {rss_empty:.0} MiB)");
+    Ok(())
+}
