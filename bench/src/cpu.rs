@@ -109,6 +109,24 @@ fn counter_in(exposition: &str, name: &str) -> Option<f64> {
     exposition.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// The sum of the samples of `name` in a Prometheus exposition whose labels include every one of
+/// `labels` (each `(key, value)`); 0 when there are none.
+pub fn labelled_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    exposition
+        .lines()
+        .filter_map(|line| {
+            let (set, value) = line.strip_prefix(name)?.strip_prefix('{')?.split_once("} ")?;
+            let has = |&(key, wanted): &(&str, &str)| {
+                set.split(',').any(|pair| {
+                    pair.split_once('=').and_then(|(k, v)| Some((k, v.strip_prefix('"')?.strip_suffix('"')?)))
+                        == Some((key, wanted))
+                })
+            };
+            labels.iter().all(has).then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -121,6 +139,20 @@ mod tests {
         assert_eq!(super::counter_in(text, "process_cpu_seconds_total"), Some(12.34));
         assert_eq!(super::counter_in(text, "process_threads"), Some(7.0));
         assert_eq!(super::counter_in("process_threads 7\n", "process_cpu_seconds_total"), None);
+    }
+
+    #[test]
+    fn labelled_samples_are_summed_by_their_labels() {
+        let text = "tandem_raft_rpc_timeouts_total{kind=\"append\",peer=\"2\"} 3\n\
+                    tandem_raft_rpc_timeouts_total{kind=\"heartbeat\",peer=\"2\"} 5\n\
+                    tandem_raft_rpc_timeouts_total{kind=\"append\",peer=\"3\"} 7\n\
+                    tandem_raft_rpc_timeouts_total_other{kind=\"append\",peer=\"2\"} 100\n\
+                    tandem_raft_snapshots_sent_total{peer=\"22\"} 9\n";
+        let sum = super::labelled_sum;
+        assert_eq!(sum(text, "tandem_raft_rpc_timeouts_total", &[("peer", "2"), ("kind", "append")]), 3.0);
+        assert_eq!(sum(text, "tandem_raft_rpc_timeouts_total", &[("peer", "2")]), 8.0);
+        assert_eq!(sum(text, "tandem_raft_rpc_timeouts_total", &[]), 15.0);
+        assert_eq!(sum(text, "tandem_raft_snapshots_sent_total", &[("peer", "2")]), 0.0, "peer 22 is not peer 2");
     }
 
     #[test]

@@ -574,7 +574,8 @@ async fn snapshot(
 /// A snapshot streamed by [`PeerClient::full_snapshot`]: the vote and metadata from
 /// [`SNAPSHOT_HEAD_HEADER`], the bytes from the body, read in full whatever their length (the
 /// sender proved it holds the cluster secret before any of it was read), into a buffer sized
-/// from the request's `Content-Length`.
+/// from the request's `Content-Length`. A body that ends before that length is an error of the
+/// body stream (hyper holds it to the length), so nothing half-received is installed.
 async fn snapshot_stream(State(raft): State<Raft>, headers: HeaderMap, body: axum::body::Body) -> Response {
     let head = headers
         .get(SNAPSHOT_HEAD_HEADER)
@@ -599,10 +600,6 @@ async fn snapshot_stream(State(raft): State<Raft>, headers: HeaderMap, body: axu
                     .into_response();
             }
         }
-    }
-    if announced.is_some_and(|announced| announced != data.len()) {
-        return Refusal::new(StatusCode::BAD_REQUEST, "the snapshot's body is not as long as announced")
-            .into_response();
     }
     let snapshot = Snapshot { meta, snapshot: data };
     let result: Result<SnapshotResponse<TypeConfig>, RaftError<TypeConfig>> =

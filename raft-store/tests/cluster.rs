@@ -141,18 +141,25 @@ async fn a_transfer_whose_request_is_lost_is_asked_again() {
     cluster.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lagging_follower_is_caught_up_by_snapshot() {
-    let dir = TempDir::new().expect("temp dir");
-    let mut cluster = TestCluster::start(dir.path(), |config| {
+/// A cluster that snapshots every 50 entries and keeps 20 behind a snapshot, and on the leader
+/// at most `kept_for_followers` bytes of log that a follower lacks; its leader and the other
+/// coordinator.
+async fn snapshotting_often(dir: &TempDir, kept_for_followers: u64) -> (TestCluster, u64, u64) {
+    let cluster = TestCluster::start(dir.path(), |config| {
         config.snapshot_every = 50;
         config.logs_kept_after_snapshot = 20;
-        // No log kept for followers: it lacks more than that.
-        config.log_retained_for_followers_bytes = 0;
+        config.log_retained_for_followers_bytes = kept_for_followers;
     })
     .await;
     let leader = wait_for_coordinator_leader(&cluster).await;
-    let lagging = other_coordinator(leader);
+    (cluster, leader, other_coordinator(leader))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_follower_is_caught_up_by_snapshot() {
+    let dir = TempDir::new().expect("temp dir");
+    // No log kept for followers: the lagging node lacks more than that.
+    let (mut cluster, leader, lagging) = snapshotting_often(&dir, 0).await;
     cluster.kill(lagging).await;
     let mut ids = Vec::new();
     for i in 0..1_300 {
@@ -187,13 +194,8 @@ async fn a_lagging_follower_is_caught_up_from_the_log_kept_for_it() {
     // The same outage, with the default budget of log kept for followers: the leader snapshots
     // and purges as before, but never past what the lagging node holds.
     let dir = TempDir::new().expect("temp dir");
-    let mut cluster = TestCluster::start(dir.path(), |config| {
-        config.snapshot_every = 50;
-        config.logs_kept_after_snapshot = 20;
-    })
-    .await;
-    let leader = wait_for_coordinator_leader(&cluster).await;
-    let lagging = other_coordinator(leader);
+    let default = raft_store::NodeConfig::new(1, raft_store::Role::Coordinator, dir.path());
+    let (mut cluster, leader, lagging) = snapshotting_often(&dir, default.log_retained_for_followers_bytes).await;
     for i in 0..200 {
         enqueue(cluster.node(leader), i).await;
     }

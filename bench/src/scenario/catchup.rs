@@ -9,6 +9,7 @@ use anyhow::Context;
 use nix::sys::signal::Signal;
 use wire::client::ApiClient;
 
+use crate::cpu::labelled_sum;
 use crate::report::Report;
 use crate::scenario::ingest;
 use crate::target::{Target, TargetArgs};
@@ -47,20 +48,17 @@ struct PeerCounters {
 impl PeerCounters {
     async fn read(http: &reqwest::Client, base: &str, peer: u64) -> anyhow::Result<PeerCounters> {
         let text = http.get(format!("{base}/metrics")).send().await?.error_for_status()?.text().await?;
-        let peer_label = format!("peer=\"{peer}\"");
-        let sum = |name: &str, extra: &str| -> f64 {
-            text.lines()
-                .filter(|line| {
-                    line.starts_with(&format!("{name}{{")) && line.contains(&peer_label) && line.contains(extra)
-                })
-                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
+        let peer = peer.to_string();
+        let sum = |name: &str, kind: Option<&str>| {
+            let mut labels = vec![("peer", peer.as_str())];
+            labels.extend(kind.map(|kind| ("kind", kind)));
+            labelled_sum(&text, name, &labels)
         };
         Ok(PeerCounters {
-            append_timeouts: sum("tandem_raft_rpc_timeouts_total", "kind=\"append\""),
-            heartbeat_timeouts: sum("tandem_raft_rpc_timeouts_total", "kind=\"heartbeat\""),
-            append_prefixes: sum("tandem_raft_append_prefixes_total", ""),
-            snapshots_sent: sum("tandem_raft_snapshots_sent_total", ""),
+            append_timeouts: sum("tandem_raft_rpc_timeouts_total", Some("append")),
+            heartbeat_timeouts: sum("tandem_raft_rpc_timeouts_total", Some("heartbeat")),
+            append_prefixes: sum("tandem_raft_append_prefixes_total", None),
+            snapshots_sent: sum("tandem_raft_snapshots_sent_total", None),
         })
     }
 

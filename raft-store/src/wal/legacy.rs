@@ -14,7 +14,7 @@
 
 use std::path::Path;
 
-use super::{RECORD_HEADER_LEN, Record, ScanSummary, TornTail, WalError, check_frame, parse_record};
+use super::{RECORD_HEADER_LEN, Record, ScanSummary, WalError, check_frame, parse_record, visit_batch};
 
 /// The magic of the previous format.
 pub const LEGACY_MAGIC: &[u8; 8] = b"TNDMWAL2";
@@ -50,29 +50,16 @@ pub(super) fn scan(
     let mut records = 0;
     while pos < buf.len() {
         match check_frame(buf, pos) {
-            Ok((start, end)) => {
-                let mut at = start;
-                while at < end {
-                    let corrupt =
-                        |reason: String| WalError::Corrupt { path: path.to_owned(), offset: at as u64, reason };
-                    let (record, next) = parse_record(&buf[..end], at).map_err(corrupt)?;
-                    visit(at as u64, record)?;
-                    records += 1;
-                    at = next;
-                }
-                pos = end;
+            Ok(batch) => {
+                records += visit_batch(path, buf, batch, &mut visit)?;
+                pos = batch.1;
             }
             Err(_) if buf[pos..].iter().all(|&byte| byte == 0) => break,
             Err(reason) => {
                 if valid_batch_after(buf, pos + 1) {
                     return Err(WalError::Corrupt { path: path.to_owned(), offset: pos as u64, reason });
                 }
-                return Ok(ScanSummary {
-                    records,
-                    valid_len: pos as u64,
-                    torn_tail: Some(TornTail { offset: pos as u64, dropped_bytes: (buf.len() - pos) as u64, reason }),
-                    legacy: true,
-                });
+                return Ok(ScanSummary::torn(records, buf, pos, reason, true));
             }
         }
     }

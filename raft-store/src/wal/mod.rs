@@ -138,6 +138,35 @@ pub struct ScanSummary {
     pub legacy: bool,
 }
 
+impl ScanSummary {
+    /// The summary of a scan that read `records` records and found a torn tail at `pos`, where
+    /// `buf` (the whole file) is cut.
+    fn torn(records: u64, buf: &[u8], pos: usize, reason: String, legacy: bool) -> ScanSummary {
+        let torn_tail = TornTail { offset: pos as u64, dropped_bytes: (buf.len() - pos) as u64, reason };
+        ScanSummary { records, valid_len: pos as u64, torn_tail: Some(torn_tail), legacy }
+    }
+}
+
+/// Hand each record of the whole batch whose records are `buf[start..end]` to `visit` with its
+/// offset; how many there were. A batch whose checksum holds was written whole: a record in it
+/// that does not read is not a crash's doing, and is corruption.
+fn visit_batch(
+    path: &Path,
+    buf: &[u8],
+    (start, end): (usize, usize),
+    visit: &mut impl FnMut(u64, Record) -> Result<(), WalError>,
+) -> Result<u64, WalError> {
+    let (mut at, mut records) = (start, 0);
+    while at < end {
+        let corrupt = |reason: String| WalError::Corrupt { path: path.to_owned(), offset: at as u64, reason };
+        let (record, next) = parse_record(&buf[..end], at).map_err(corrupt)?;
+        visit(at as u64, record)?;
+        records += 1;
+        at = next;
+    }
+    Ok(records)
+}
+
 /// Frame one record for the file.
 pub fn encode(record: &Record) -> std::io::Result<Vec<u8>> {
     let mut out = vec![0u8; RECORD_HEADER_LEN];
@@ -355,28 +384,11 @@ pub fn scan(
     while pos < buf.len() {
         match read_batch(buf, pos) {
             Batch::Whole { start, end } => {
-                // A batch whose checksum holds was written whole: a record in it that does not
-                // read is not a crash's doing.
-                let mut at = start;
-                while at < end {
-                    let corrupt =
-                        |reason: String| WalError::Corrupt { path: path.to_owned(), offset: at as u64, reason };
-                    let (record, next) = parse_record(&buf[..end], at).map_err(corrupt)?;
-                    visit(at as u64, record)?;
-                    records += 1;
-                    at = next;
-                }
+                records += visit_batch(path, buf, (start, end), &mut visit)?;
                 pos = end;
             }
             Batch::End => break,
-            Batch::Torn(reason) => {
-                return Ok(ScanSummary {
-                    records,
-                    valid_len: pos as u64,
-                    torn_tail: Some(TornTail { offset: pos as u64, dropped_bytes: (buf.len() - pos) as u64, reason }),
-                    legacy: false,
-                });
-            }
+            Batch::Torn(reason) => return Ok(ScanSummary::torn(records, buf, pos, reason, false)),
             Batch::Corrupt(reason) => {
                 return Err(WalError::Corrupt { path: path.to_owned(), offset: pos as u64, reason });
             }
