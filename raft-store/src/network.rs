@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -40,7 +41,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tower_http::limit::RequestBodyLimitLayer;
 
-use crate::state_machine::SnapshotData;
+use crate::state_machine::snapshot::ReceiveError;
+use crate::state_machine::{SnapshotData, StateMachineStore};
 use crate::type_config::{Entry, NodeId, NodeInfo, Raft, SnapshotMeta, TypeConfig, Vote};
 
 /// Header naming the sending node id.
@@ -57,12 +59,17 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// and fsyncing the file on a slow disk.
 const SNAPSHOT_BYTES_PER_SECOND: f64 = 8.0 * (1 << 20) as f64;
 /// The header that carries a streamed snapshot's vote and metadata (hex of their MessagePack);
-/// the body is the snapshot's bytes alone.
+/// the body is the snapshot's table bytes alone.
 pub const SNAPSHOT_HEAD_HEADER: &str = "x-tandem-snapshot-head";
+/// The header that carries the CRC-32 of a streamed snapshot's table (8 hex digits); the
+/// receiver refuses bytes with another. Optional, for senders of the previous version.
+pub const SNAPSHOT_CRC_HEADER: &str = "x-tandem-snapshot-crc";
+/// The size of the pieces a snapshot's table is read from its file in, as it is sent.
+const SNAPSHOT_CHUNK: usize = 256 << 10;
 
 /// The deadline of sending a snapshot of `bytes`: [`SNAPSHOT_TIMEOUT`], or the time its bytes
 /// take at [`SNAPSHOT_BYTES_PER_SECOND`] if longer, or openraft's own if longer still.
-fn snapshot_timeout(hard_ttl: Duration, bytes: usize) -> Duration {
+fn snapshot_timeout(hard_ttl: Duration, bytes: u64) -> Duration {
     hard_ttl.max(SNAPSHOT_TIMEOUT).max(Duration::from_secs_f64(bytes as f64 / SNAPSHOT_BYTES_PER_SECOND))
 }
 
@@ -229,12 +236,12 @@ impl Transport {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>> {
-        self.call_encoded(target, raft_addr, path, path, None, encode(req)?.into(), timeout).await
+        self.call_encoded(target, raft_addr, path, path, Vec::new(), encode(req)?.into(), timeout).await
     }
 
-    /// [`Transport::call`] with the request already encoded; `kind` names it in the timeout
-    /// counter (the path, or "heartbeat" for an append without entries); `snapshot_head` is sent
-    /// as [`SNAPSHOT_HEAD_HEADER`].
+    /// [`Transport::call`] with the request already encoded (or streamed); `kind` names it in the
+    /// timeout counter (the path, or "heartbeat" for an append without entries); `headers` are
+    /// sent besides the transport's own.
     #[allow(clippy::too_many_arguments)]
     async fn call_encoded<Resp: DeserializeOwned>(
         &self,
@@ -242,8 +249,8 @@ impl Transport {
         raft_addr: &str,
         path: &str,
         kind: &str,
-        snapshot_head: Option<String>,
-        body: Bytes,
+        headers: Vec<(&'static str, String)>,
+        body: reqwest::Body,
         timeout: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>> {
         if self.faults.is_cut(target) {
@@ -265,8 +272,8 @@ impl Transport {
         if let Some(secret) = &self.secret {
             request = request.header(SECRET_HEADER, secret.as_ref());
         }
-        if let Some(head) = snapshot_head {
-            request = request.header(SNAPSHOT_HEAD_HEADER, head);
+        for (name, value) in headers {
+            request = request.header(name, value);
         }
         let response = request.send().await.map_err(|e| {
             if e.is_timeout() {
@@ -361,8 +368,10 @@ impl PeerClient {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>> {
-        let result: Result<Resp, RaftError<TypeConfig>> =
-            self.transport.call_encoded(self.target, &self.raft_addr, path, kind, None, body.into(), timeout).await?;
+        let result: Result<Resp, RaftError<TypeConfig>> = self
+            .transport
+            .call_encoded(self.target, &self.raft_addr, path, kind, Vec::new(), body.into(), timeout)
+            .await?;
         result.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
     }
 }
@@ -428,13 +437,19 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         counter!("tandem_raft_snapshots_sent_total", "peer" => self.target.to_string()).increment(1);
-        // The vote and metadata in a header, the bytes as the body: streamed as they lie, with no
-        // copy and no ceiling on their size.
-        let head = hex::encode(encode(&(vote, &snapshot.meta))?);
-        let timeout = snapshot_timeout(option.hard_ttl(), snapshot.snapshot.len());
-        let body = Bytes::from(snapshot.snapshot);
+        // The vote and metadata in a header, the table's bytes as the body, read from the
+        // snapshot's file as they are sent: no copy in memory and no ceiling on their size.
+        let data = &snapshot.snapshot;
+        let headers = vec![
+            (SNAPSHOT_HEAD_HEADER, hex::encode(encode(&(vote, &snapshot.meta))?)),
+            (SNAPSHOT_CRC_HEADER, format!("{:08x}", data.table_crc())),
+            (header::CONTENT_LENGTH.as_str(), data.table_len().to_string()),
+        ];
+        let timeout = snapshot_timeout(option.hard_ttl(), data.table_len());
+        let stream = data.table_stream(SNAPSHOT_CHUNK).map_err(|e| Unreachable::new(&e))?;
+        let body = reqwest::Body::wrap_stream(stream);
         let (transport, target, addr) = (&self.transport, self.target, &self.raft_addr);
-        let call = transport.call_encoded(target, addr, "snapshot-stream", "snapshot", Some(head), body, timeout);
+        let call = transport.call_encoded(target, addr, "snapshot-stream", "snapshot", headers, body, timeout);
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             result = call => {
@@ -561,22 +576,29 @@ async fn pre_vote(State(raft): State<Raft>, MsgPack(req): MsgPack<VoteRequest<Ty
     msgpack_response(&raft.pre_vote(req).await)
 }
 
+/// A snapshot in the previous format (see [`SNAPSHOT_BODY_LIMIT`]): written to a file, then
+/// installed like a streamed one.
 async fn snapshot(
-    State(raft): State<Raft>,
+    State(peer): State<PeerRoutes>,
     MsgPack((vote, meta, data)): MsgPack<(Vote, SnapshotMeta, serde_bytes::ByteBuf)>,
 ) -> Response {
-    let snapshot = Snapshot { meta, snapshot: data.into_vec() };
-    let result: Result<SnapshotResponse<TypeConfig>, RaftError<TypeConfig>> =
-        raft.install_full_snapshot(vote, snapshot).await.map_err(RaftError::Fatal);
-    msgpack_response(&result)
+    let (store, file_meta) = (peer.store.clone(), meta.clone());
+    let written = tokio::task::spawn_blocking(move || store.snapshot_from_bytes(&file_meta, &data)).await;
+    match written.map_err(io::Error::other).and_then(|written| written) {
+        Ok(data) => install(&peer.raft, vote, meta, data).await,
+        Err(e) => {
+            Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, format!("writing the snapshot failed: {e}")).into_response()
+        }
+    }
 }
 
 /// A snapshot streamed by [`PeerClient::full_snapshot`]: the vote and metadata from
-/// [`SNAPSHOT_HEAD_HEADER`], the bytes from the body, read in full whatever their length (the
-/// sender proved it holds the cluster secret before any of it was read), into a buffer sized
-/// from the request's `Content-Length`. A body that ends before that length is an error of the
-/// body stream (hyper holds it to the length), so nothing half-received is installed.
-async fn snapshot_stream(State(raft): State<Raft>, headers: HeaderMap, body: axum::body::Body) -> Response {
+/// [`SNAPSHOT_HEAD_HEADER`], the table's bytes from the body, written to a file as they arrive
+/// whatever their length (the sender proved it holds the cluster secret before any of it was
+/// read). A body that ends before its announced length is an error of the body stream (hyper
+/// holds it to the length), and one whose checksum is not the [`SNAPSHOT_CRC_HEADER`]'s is
+/// refused: nothing half-received or damaged is installed, and its file is removed.
+async fn snapshot_stream(State(peer): State<PeerRoutes>, headers: HeaderMap, body: axum::body::Body) -> Response {
     let head = headers
         .get(SNAPSHOT_HEAD_HEADER)
         .and_then(|value| hex::decode(value.as_bytes()).ok())
@@ -585,25 +607,27 @@ async fn snapshot_stream(State(raft): State<Raft>, headers: HeaderMap, body: axu
         return Refusal::new(StatusCode::BAD_REQUEST, format!("missing or undecodable {SNAPSHOT_HEAD_HEADER}"))
             .into_response();
     };
-    let announced = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<usize>().ok());
-    // Reserve what was announced, up to 1 GiB at once (the rest as it arrives).
-    let mut data = Vec::with_capacity(announced.unwrap_or(0).min(1 << 30));
-    let mut chunks = body.into_data_stream();
-    while let Some(chunk) = futures::StreamExt::next(&mut chunks).await {
-        match chunk {
-            Ok(chunk) => data.extend_from_slice(&chunk),
-            Err(e) => {
-                return Refusal::new(StatusCode::BAD_REQUEST, format!("the snapshot's body broke off: {e}"))
+    let crc = match headers.get(SNAPSHOT_CRC_HEADER) {
+        None => None,
+        Some(value) => match value.to_str().ok().and_then(|value| u32::from_str_radix(value, 16).ok()) {
+            Some(crc) => Some(crc),
+            None => {
+                return Refusal::new(StatusCode::BAD_REQUEST, format!("undecodable {SNAPSHOT_CRC_HEADER}"))
                     .into_response();
             }
-        }
+        },
+    };
+    match crate::state_machine::snapshot::receive(peer.store.dir(), &meta, body.into_data_stream(), crc).await {
+        Ok(data) => install(&peer.raft, vote, meta, data).await,
+        Err(ReceiveError::Body(e)) => Refusal::new(StatusCode::BAD_REQUEST, e).into_response(),
+        Err(e @ ReceiveError::Io(_)) => Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
-    let snapshot = Snapshot { meta, snapshot: data };
+}
+
+/// Hand a received snapshot to openraft, and answer with what it says.
+async fn install(raft: &Raft, vote: Vote, meta: SnapshotMeta, data: SnapshotData) -> Response {
     let result: Result<SnapshotResponse<TypeConfig>, RaftError<TypeConfig>> =
-        raft.install_full_snapshot(vote, snapshot).await.map_err(RaftError::Fatal);
+        raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data }).await.map_err(RaftError::Fatal);
     msgpack_response(&result)
 }
 
@@ -620,7 +644,7 @@ async fn transfer_leader(
 /// [`require_peer`], each with the body limit its traffic needs; `append_limit` is
 /// [`APPEND_BODY_LIMIT`] but in tests. Add other `/raft/` routes before the layer is applied
 /// (see `Node::router`).
-pub fn raft_rpc_router(raft: Raft, append_limit: usize) -> Router {
+pub fn raft_rpc_router(raft: Raft, store: StateMachineStore, append_limit: usize) -> Router {
     Router::new()
         .route("/raft/append", post(append).layer(body_limit(append_limit)))
         .route("/raft/vote", post(vote).layer(body_limit(CONTROL_BODY_LIMIT)))
@@ -628,7 +652,21 @@ pub fn raft_rpc_router(raft: Raft, append_limit: usize) -> Router {
         .route("/raft/snapshot", post(snapshot).layer(body_limit(SNAPSHOT_BODY_LIMIT)))
         .route("/raft/snapshot-stream", post(snapshot_stream))
         .route("/raft/transfer-leader", post(transfer_leader).layer(body_limit(CONTROL_BODY_LIMIT)))
-        .with_state(raft)
+        .with_state(PeerRoutes { raft, store })
+}
+
+/// What the peer routes serve from: the Raft, and the state machine store snapshots are
+/// received into.
+#[derive(Clone)]
+struct PeerRoutes {
+    raft: Raft,
+    store: StateMachineStore,
+}
+
+impl axum::extract::FromRef<PeerRoutes> for Raft {
+    fn from_ref(routes: &PeerRoutes) -> Raft {
+        routes.raft.clone()
+    }
 }
 
 #[cfg(test)]

@@ -4,8 +4,9 @@
 use std::time::{Duration, Instant};
 
 use raft_store::CommandResponse;
-use raft_store::job_table::Proposal;
+use raft_store::job_table::{JobRequest, JobTable, Proposal};
 use raft_store::node::{ProposeError, TransferError};
+use raft_store::state_machine::SNAPSHOT_FILE;
 use raft_store::test_cluster::{COORDINATOR_1, COORDINATOR_2, TestCluster, WITNESS};
 use tempfile::TempDir;
 
@@ -187,6 +188,82 @@ async fn a_lagging_follower_is_caught_up_by_snapshot() {
     assert_visible(cluster.node(lagging), &ids).await;
     assert_eq!(cluster.node(lagging).state_machine().read(|t| t.clone()), table);
     cluster.shutdown().await;
+}
+
+/// A snapshot of tens of MiB, through the real transport: the leader streams it from its file
+/// in pieces, the lagging follower writes it to a file as it arrives, installs it and keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_64_mib_is_streamed_to_a_lagging_follower_and_kept() {
+    const JOBS: u64 = 160_000;
+    const BATCH: u64 = 2_000;
+    let dir = TempDir::new().expect("temp dir");
+    let mut cluster = TestCluster::start(dir.path(), |config| {
+        config.snapshot_every = 30;
+        config.logs_kept_after_snapshot = 5;
+        config.log_retained_for_followers_bytes = 0;
+    })
+    .await;
+    let leader = wait_for_coordinator_leader(&cluster).await;
+    let lagging = other_coordinator(leader);
+    cluster.kill(lagging).await;
+    // Jobs with the longest idempotency keys accepted: about 420 bytes each in a snapshot.
+    for batch in 0..JOBS / BATCH {
+        let jobs = (batch * BATCH..(batch + 1) * BATCH)
+            .map(|i| JobRequest { idempotency_key: Some(format!("{i:0>256}")), ..common::job(i) })
+            .collect();
+        let response = cluster.node(leader).propose(Proposal::Enqueue { jobs }).await;
+        assert!(matches!(response, Ok(CommandResponse::Enqueued(_))), "{response:?}");
+    }
+    let purged = cluster
+        .node(leader)
+        .raft()
+        .wait(Some(Duration::from_secs(60)))
+        .metrics(|m| m.purged.is_some_and(|p| p.index > 40), "leader snapshots and purges")
+        .await
+        .expect("the leader purged its log")
+        .purged
+        .expect("purged");
+    cluster.restart(lagging).await;
+    let installed = cluster
+        .node(lagging)
+        .raft()
+        .wait(Some(Duration::from_secs(120)))
+        .metrics(|m| m.snapshot.is_some_and(|s| s.index >= purged.index), "the follower installs a snapshot")
+        .await
+        .expect("the lagging node installed the leader's snapshot");
+    let snapshot = cluster.data_dir(lagging).join(SNAPSHOT_FILE);
+    let size = std::fs::metadata(&snapshot).expect("the snapshot is on disk").len();
+    assert!(size > 64 << 20, "a snapshot of {size} bytes");
+    let leftovers: Vec<_> = std::fs::read_dir(cluster.data_dir(lagging))
+        .expect("list")
+        .map(|entry| entry.expect("entry").file_name())
+        .filter(|name| name.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "pending snapshot files left: {leftovers:?}");
+    // The follower holds exactly the leader's table, and a restart finds it again.
+    let table = same_table(&cluster, leader, lagging).await;
+    assert_eq!(table.queued_len(), JOBS, "after the snapshot at {:?}", installed.snapshot);
+    cluster.kill(lagging).await;
+    cluster.restart(lagging).await;
+    assert_eq!(same_table(&cluster, leader, lagging).await, table);
+    cluster.shutdown().await;
+}
+
+/// The table `a` and `b` both hold once they have applied the same entries (within 10 s).
+async fn same_table(cluster: &TestCluster, a: u64, b: u64) -> JobTable {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let applied = |id| cluster.node(id).state_machine().last_applied();
+        let before = (applied(a), applied(b));
+        let tables = [a, b].map(|id| cluster.node(id).state_machine().read(|t| t.clone()));
+        if before.0 == before.1 && (applied(a), applied(b)) == before {
+            let [table_a, table_b] = tables;
+            assert_eq!(table_a, table_b, "nodes {a} and {b} at {:?}", before.0);
+            return table_a;
+        }
+        assert!(Instant::now() < deadline, "nodes {a} and {b} did not apply the same entries: {before:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -240,7 +240,9 @@ fn real_snapshot_file(table: &JobTable) -> Vec<u8> {
     let dir = scratch_dir();
     runtime().block_on(async {
         let mut store = StateMachineStore::open(dir.path()).expect("open");
-        store.install_snapshot(&snapshot_meta(40), encode_table(table).expect("encode")).await.expect("install");
+        let meta = snapshot_meta(40);
+        let data = store.snapshot_from_bytes(&meta, &encode_table(table).expect("encode")).expect("write");
+        store.install_snapshot(&meta, data).await.expect("install");
     });
     std::fs::read(dir.path().join(SNAPSHOT_FILE)).expect("read the snapshot")
 }
@@ -532,25 +534,47 @@ fn fuzz_wal_open() {
 // ---------------------------------------------------------------------------------------------
 // Snapshots.
 
-/// The snapshot file's payload, as `state_machine` writes it (its struct is private).
+/// A snapshot file in the first format (one checksum over the MessagePack of this), which a
+/// store still reads (and rewrites) when it opens.
 #[derive(Serialize, serde::Deserialize)]
-struct SnapshotFileMirror {
+struct LegacySnapshotFile {
     meta: SnapshotMeta,
     #[serde(with = "serde_bytes")]
     data: Vec<u8>,
 }
 
-/// A snapshot file with a valid header and checksum around `payload`.
-fn seal_snapshot(payload: &[u8]) -> Vec<u8> {
+/// A first-format snapshot file with a valid header and checksum around `payload`.
+fn seal_legacy_snapshot(payload: &[u8]) -> Vec<u8> {
     let mut file = b"TNDMSNP1".to_vec();
     file.extend(crc32fast::hash(payload).to_le_bytes());
     file.extend_from_slice(payload);
     file
 }
 
+/// A snapshot file as `state_machine::snapshot` documents its layout, with valid checksums
+/// around the metadata's and the table's bytes.
+fn seal_snapshot(meta: &[u8], table: &[u8]) -> Vec<u8> {
+    let mut fields = (meta.len() as u32).to_le_bytes().to_vec();
+    fields.extend((table.len() as u64).to_le_bytes());
+    fields.extend(crc32fast::hash(table).to_le_bytes());
+    fields.extend(meta);
+    let mut file = b"TNDMSNP2".to_vec();
+    file.extend(crc32fast::hash(&fields).to_le_bytes());
+    file.extend(fields);
+    file.extend(table);
+    file
+}
+
+/// The metadata's and the table's bytes of a valid snapshot file.
+fn unseal_snapshot(file: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let meta_len = u32::from_le_bytes(file[12..16].try_into().expect("4 bytes")) as usize;
+    (file[28..28 + meta_len].to_vec(), file[28 + meta_len..].to_vec())
+}
+
 struct SnapshotCorpus {
     files: Vec<Vec<u8>>,
     tables: Vec<Vec<u8>>,
+    metas: Vec<Vec<u8>>,
 }
 
 fn snapshot_corpus() -> &'static SnapshotCorpus {
@@ -558,51 +582,58 @@ fn snapshot_corpus() -> &'static SnapshotCorpus {
     CORPUS.get_or_init(|| {
         let tables = [rich_table(), JobTable::default()];
         let files: Vec<_> = tables.iter().map(real_snapshot_file).collect();
-        for file in &files {
-            let (meta, data) = decode_snapshot_file_bytes(file).expect("the corpus snapshot decodes");
-            let payload = rmp_serde::to_vec_named(&SnapshotFileMirror { meta, data }).expect("encode");
-            assert_eq!(seal_snapshot(&payload), *file, "the mirror writes what the state machine writes");
+        let mut metas = Vec::new();
+        for (file, table) in files.iter().zip(&tables) {
+            let (meta, data) = unseal_snapshot(file);
+            assert_eq!(seal_snapshot(&meta, &data), *file, "the mirror writes what the state machine writes");
+            assert_eq!(decode_snapshot_file_bytes(file).expect("the corpus decodes").1, *table);
+            metas.push(meta);
         }
         let tables = tables.iter().map(|table| encode_table(table).expect("encode")).collect();
-        SnapshotCorpus { files, tables }
+        SnapshotCorpus { files, tables, metas }
     })
 }
 
-/// A snapshot file from a real one: the table bytes inside mutated (the file re-sealed), the
-/// file's payload mutated and re-sealed, or the file mutated as it lies.
+/// A snapshot file from a real one: the table or the metadata inside mutated (the file
+/// re-sealed), the file mutated as it lies, table bytes alone, or a file of the first format
+/// with its payload mutated and re-sealed.
 fn snapshot_case(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
     let corpus = snapshot_corpus();
     let file = u.choose(&corpus.files)?;
-    Ok(match u.int_in_range(0..=3)? {
+    let (mut meta, mut table) = unseal_snapshot(file);
+    Ok(match u.int_in_range(0..=4)? {
         0 => {
-            let (meta, mut data) = decode_snapshot_file_bytes(file).expect("the corpus decodes");
-            mutate(u, &mut data, &corpus.tables)?;
-            seal_snapshot(&rmp_serde::to_vec_named(&SnapshotFileMirror { meta, data }).expect("encode"))
+            mutate(u, &mut table, &corpus.tables)?;
+            seal_snapshot(&meta, &table)
         }
         1 => {
-            let mut payload = file[12..].to_vec();
-            mutate(u, &mut payload, &corpus.files)?;
-            seal_snapshot(&payload)
+            mutate(u, &mut meta, &corpus.metas)?;
+            seal_snapshot(&meta, &table)
         }
         2 => {
             let mut file = file.clone();
             mutate(u, &mut file, &corpus.files)?;
             file
         }
-        _ => {
+        3 => {
             let mut data = u.choose(&corpus.tables)?.clone();
             mutate(u, &mut data, &corpus.tables)?;
             data
         }
+        _ => {
+            let meta = wire::from_msgpack(&meta).expect("the corpus's metadata decodes");
+            let mut payload = rmp_serde::to_vec_named(&LegacySnapshotFile { meta, data: table }).expect("encode");
+            mutate(u, &mut payload, &corpus.tables)?;
+            seal_legacy_snapshot(&payload)
+        }
     })
 }
 
-/// What a restart and an install do with snapshot bytes: decode the file, then the table in it
-/// (an install decodes the table alone: try `bytes` as a table too).
+/// What a restart and an install do with snapshot bytes: decode the file, and the table in it
+/// (an install of the previous format's message decodes table bytes alone: try `bytes` as a
+/// table too).
 fn check_snapshot(bytes: &[u8]) {
-    let (decoded, usage) = measure(|| {
-        decode_snapshot_file_bytes(bytes).and_then(|(meta, data)| decode_table(&data).map(|table| (meta, table)))
-    });
+    let (decoded, usage) = measure(|| decode_snapshot_file_bytes(bytes));
     assert_bounded("snapshot file", bytes.len(), usage);
     let (table, usage) = measure(|| decode_table(bytes));
     assert_bounded("snapshot table", bytes.len(), usage);

@@ -42,6 +42,16 @@ pub fn from_msgpack<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T,
     T::deserialize(&mut deserializer)
 }
 
+/// [`from_msgpack`] from a reader, for what is too large to hold in memory as bytes (a
+/// snapshot's table). A length prefix does not allocate ahead of the bytes that follow it.
+pub fn from_msgpack_read<T: serde::de::DeserializeOwned>(
+    reader: impl std::io::Read,
+) -> Result<T, rmp_serde::decode::Error> {
+    let mut deserializer = rmp_serde::Deserializer::new(reader);
+    deserializer.set_max_depth(MAX_MSGPACK_DEPTH);
+    T::deserialize(&mut deserializer)
+}
+
 /// Milliseconds since the Unix epoch on this machine's clock (0 if the clock is before 1970).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)

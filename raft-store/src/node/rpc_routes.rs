@@ -62,7 +62,7 @@ impl Node {
         if self.parts.config.fault_injection {
             calls = calls.route("/raft/faults", post(faults).layer(control));
         }
-        raft_rpc_router(self.parts.raft.clone(), self.parts.config.append_body_limit)
+        raft_rpc_router(self.parts.raft.clone(), self.parts.state_machine.clone(), self.parts.config.append_body_limit)
             .merge(calls.with_state(self.clone()))
             .route_layer(axum::middleware::from_fn_with_state(check, require_peer))
             .route("/raft/health", get(|| async { "ok" }))

@@ -1,19 +1,20 @@
 //! openraft's state machine over the [`JobTable`], with snapshots on disk.
 //!
-//! The table lives in memory. Snapshots are rmp-serde encodings of it; the builder encodes a copy
-//! taken when openraft asks for a builder (openraft serializes that call with `apply`, so the copy
-//! is consistent with its `last_applied`), and encoding and writing run on a blocking thread while
-//! apply goes on. A snapshot file is written to a temporary name, fsynced, renamed and its
-//! directory fsynced, so a crash leaves either the old snapshot or the new one, never half of one.
+//! The table lives in memory. A snapshot is a file ([`snapshot`]): the builder encodes a copy of
+//! the table taken when openraft asks for a builder (openraft serializes that call with `apply`,
+//! so the copy is consistent with its `last_applied`) straight into a file, on a blocking thread
+//! while apply goes on; a follower receives the leader's into a file; either is renamed into
+//! place once fsynced (and its directory fsynced), so a crash leaves either the old snapshot or
+//! the new one, never half of one.
 //!
 //! openraft builds snapshots in a task of their own, so a build may still be writing when the
-//! leader's snapshot is installed. Writes are serialized and a snapshot older than the one on disk
-//! is never written: a build that finishes late cannot replace the newer snapshot the log was
-//! already purged up to (the voter could not restart from it).
+//! leader's snapshot is installed. The snapshot in place is replaced only by a newer one: a build
+//! that finishes late cannot replace the newer snapshot the log was already purged up to (the
+//! voter could not restart from it).
 
-use std::fs::File;
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+pub mod snapshot;
+
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -21,17 +22,12 @@ use futures::{Stream, TryStreamExt};
 use openraft::alias::SnapshotOf;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend};
-use serde::{Deserialize, Serialize};
 
 use crate::job_table::{CommandResponse, JobTable};
 use crate::type_config::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
-
-/// The current snapshot's file name inside a data directory.
-pub const SNAPSHOT_FILE: &str = "snapshot.bin";
-const SNAPSHOT_MAGIC: &[u8; 8] = b"TNDMSNP1";
-
-/// The bytes of a snapshot as openraft moves them: the rmp-serde encoding of a [`JobTable`].
-pub type SnapshotData = Vec<u8>;
+#[cfg(any(test, feature = "test-util"))]
+pub use snapshot::decode_file_bytes as decode_snapshot_file_bytes;
+pub use snapshot::{SNAPSHOT_FILE, SnapshotData, decode_table, encode_table};
 
 /// What the table's owner knows besides the table.
 #[derive(Debug, Clone, Default)]
@@ -41,18 +37,11 @@ struct Applied {
     last_membership: StoredMembership,
 }
 
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMeta,
-    #[serde(with = "serde_bytes")]
-    data: Vec<u8>,
-}
-
 /// What the state machine store is made of, shared by its clones.
 struct MachineParts {
     dir: PathBuf,
     state: RwLock<Applied>,
-    /// Metadata of the snapshot on disk, if any. Held while a snapshot file is written.
+    /// Metadata of the snapshot on disk, if any. Held while a snapshot file is put in place.
     current: Mutex<Option<SnapshotMeta>>,
     /// The last applied log index, published after every apply batch and snapshot install.
     applied: tokio::sync::watch::Sender<u64>,
@@ -72,114 +61,16 @@ impl std::fmt::Debug for StateMachineStore {
     }
 }
 
-fn invalid_data(e: impl std::fmt::Display) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
-}
-
-/// Encode a table as snapshot bytes.
-pub fn encode_table(table: &JobTable) -> io::Result<Vec<u8>> {
-    encode_table_with_capacity(table, 0)
-}
-
-/// Encode a table into a buffer that starts with room for `capacity` bytes: given about the
-/// last snapshot's size, the buffer is allocated once rather than grown by doubling through a
-/// series of ever larger (and then freed) copies.
-fn encode_table_with_capacity(table: &JobTable, capacity: usize) -> io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(capacity);
-    rmp_serde::encode::write_named(&mut out, table).map_err(io::Error::other)?;
-    Ok(out)
-}
-
-/// Decode snapshot bytes into a table.
-pub fn decode_table(data: &[u8]) -> io::Result<JobTable> {
-    wire::from_msgpack(data).map_err(invalid_data)
-}
-
-/// What [`write_snapshot_file`] encodes: a [`SnapshotFile`] that borrows the table's bytes
-/// (the same MessagePack, so [`decode_snapshot_file`] reads it back as a `SnapshotFile`).
-#[derive(Serialize)]
-struct SnapshotFileRef<'a> {
-    meta: &'a SnapshotMeta,
-    #[serde(with = "serde_bytes")]
-    data: &'a [u8],
-}
-
-/// A writer that passes bytes on and keeps the CRC-32 of what it passed.
-struct CrcWriter<W> {
-    inner: W,
-    crc: crc32fast::Hasher,
-}
-
-impl<W: Write> Write for CrcWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let written = self.inner.write(buf)?;
-        self.crc.update(&buf[..written]);
-        Ok(written)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Write the snapshot file: the magic, the CRC-32 of the payload, then the payload (the
-/// MessagePack of the metadata and `data`). The payload is encoded straight into the file and
-/// its checksum written last, over the placeholder: `data` is not copied (a snapshot is tens of
-/// MiB, and every transient copy of it is heap the allocator may keep).
-fn write_snapshot_file(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-    let mut out = io::BufWriter::new(File::create(&tmp)?);
-    out.write_all(SNAPSHOT_MAGIC)?;
-    out.write_all(&[0; 4])?;
-    let mut payload = CrcWriter { inner: out, crc: crc32fast::Hasher::new() };
-    rmp_serde::encode::write_named(&mut payload, &SnapshotFileRef { meta, data }).map_err(io::Error::other)?;
-    let crc = payload.crc.finalize();
-    let file = payload.inner.into_inner().map_err(io::IntoInnerError::into_error)?;
-    file.write_all_at(&crc.to_le_bytes(), SNAPSHOT_MAGIC.len() as u64)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
-    File::open(dir)?.sync_all()
-}
-
-fn read_snapshot_file(dir: &Path) -> io::Result<Option<SnapshotFile>> {
-    let path = dir.join(SNAPSHOT_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    decode_snapshot_file(&path, &bytes).map(Some)
-}
-
-/// Decode the bytes of a snapshot file (header, checksum, then the metadata and table bytes).
-fn decode_snapshot_file(path: &Path, bytes: &[u8]) -> io::Result<SnapshotFile> {
-    let corrupt = |what: &str| invalid_data(format!("snapshot {} is corrupt: {what}", path.display()));
-    if bytes.len() < 12 || &bytes[..8] != SNAPSHOT_MAGIC {
-        return Err(corrupt("bad header"));
-    }
-    let crc = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if crc32fast::hash(&bytes[12..]) != crc {
-        return Err(corrupt("checksum mismatch"));
-    }
-    wire::from_msgpack(&bytes[12..]).map_err(|e| corrupt(&e.to_string()))
-}
-
-/// Decode the bytes of a snapshot file as a restart reads `snapshot.bin`: its metadata and the
-/// table's bytes (for [`decode_table`]). For the decoders' fuzz tests.
-#[cfg(any(test, feature = "test-util"))]
-pub fn decode_snapshot_file_bytes(bytes: &[u8]) -> io::Result<(SnapshotMeta, SnapshotData)> {
-    decode_snapshot_file(Path::new(SNAPSHOT_FILE), bytes).map(|file| (file.meta, file.data))
-}
-
 impl StateMachineStore {
     /// Open the state machine of the voter whose data lives in `dir`. The table starts empty;
     /// openraft restores the snapshot on disk (if newer) and re-applies committed entries.
     pub fn open(dir: &Path) -> io::Result<StateMachineStore> {
         std::fs::create_dir_all(dir)?;
-        let file = read_snapshot_file(dir)?;
-        let snapshot_bytes = file.as_ref().map_or(0, |file| file.data.len() as u64);
-        let current = file.map(|file| file.meta);
+        snapshot::remove_pending(dir)?;
+        snapshot::upgrade_legacy(dir)?;
+        let file = SnapshotData::open(&dir.join(SNAPSHOT_FILE))?;
+        let snapshot_bytes = file.as_ref().map_or(0, SnapshotData::table_len);
+        let current = file.map(|file| file.meta().clone());
         Ok(StateMachineStore {
             parts: Arc::new(MachineParts {
                 dir: dir.to_owned(),
@@ -216,16 +107,27 @@ impl StateMachineStore {
         self.parts.snapshot_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Make `data` the snapshot on disk, unless the one there is at least as new (then `false`).
-    /// Blocking: call it off the runtime.
-    fn store_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<bool> {
+    /// The directory snapshots are written to.
+    pub fn dir(&self) -> &Path {
+        &self.parts.dir
+    }
+
+    /// A pending snapshot of `meta` holding the table bytes `data` (as an install takes it).
+    /// Blocking.
+    pub fn snapshot_from_bytes(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<SnapshotData> {
+        snapshot::write_bytes(&self.parts.dir, meta, data)
+    }
+
+    /// Put `data` in place as the snapshot on disk, unless the one there is at least as new
+    /// (then `false`, and a pending `data` is removed once dropped). Blocking.
+    fn store_snapshot(&self, data: &mut SnapshotData) -> io::Result<bool> {
         let mut current = self.parts.current.lock().unwrap_or_else(|poison| poison.into_inner());
-        if current.as_ref().is_some_and(|c| c.last_log_id >= meta.last_log_id) {
+        if current.as_ref().is_some_and(|c| c.last_log_id >= data.meta().last_log_id) {
             return Ok(false);
         }
-        write_snapshot_file(&self.parts.dir, meta, data)?;
-        *current = Some(meta.clone());
-        self.parts.snapshot_bytes.store(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        data.persist(&self.parts.dir.join(SNAPSHOT_FILE))?;
+        *current = Some(data.meta().clone());
+        self.parts.snapshot_bytes.store(data.table_len(), std::sync::atomic::Ordering::Relaxed);
         Ok(true)
     }
 }
@@ -245,17 +147,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         })?;
         let meta = SnapshotMeta { last_log_id: copy.last_applied, last_membership: copy.last_membership.clone() };
         let (store, file_meta) = (self.store.clone(), meta.clone());
-        let (data, stored) = tokio::task::spawn_blocking(move || -> io::Result<(Vec<u8>, bool)> {
-            // Room for the last snapshot and an eighth more: the table changes little between two.
-            let last = store.last_snapshot_bytes() as usize;
-            let data = encode_table_with_capacity(&copy.table, last.saturating_add(last / 8))?;
-            let stored = store.store_snapshot(&file_meta, &data)?;
+        let (data, stored) = tokio::task::spawn_blocking(move || -> io::Result<(SnapshotData, bool)> {
+            let mut data = snapshot::write_table(&store.parts.dir, &file_meta, &copy.table)?;
+            drop(copy);
+            let stored = store.store_snapshot(&mut data)?;
             Ok((data, stored))
         })
         .await
         .map_err(io::Error::other)??;
         if stored {
-            tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built a snapshot");
+            tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.table_len(), "built a snapshot");
         } else {
             // openraft ignores a snapshot older than the one it has.
             tracing::info!(last_log_id = ?meta.last_log_id, "built a snapshot older than the one on disk; kept that one");
@@ -315,10 +216,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
-        let (store, file_meta) = (self.clone(), meta.clone());
+        if snapshot.meta() != meta {
+            return Err(io::Error::other(format!(
+                "the snapshot file is of {:?}, not of the {:?} it is installed as",
+                snapshot.meta().last_log_id,
+                meta.last_log_id
+            )));
+        }
+        let store = self.clone();
         let table = tokio::task::spawn_blocking(move || -> io::Result<JobTable> {
-            let table = decode_table(&snapshot)?;
-            store.store_snapshot(&file_meta, &snapshot)?;
+            let mut snapshot = snapshot;
+            let table = snapshot.decode_table()?;
+            store.store_snapshot(&mut snapshot)?;
             Ok(table)
         })
         .await
@@ -337,9 +246,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
-        let dir = self.parts.dir.clone();
-        let file = tokio::task::spawn_blocking(move || read_snapshot_file(&dir)).await.map_err(io::Error::other)??;
-        Ok(file.map(|file| Snapshot { meta: file.meta, snapshot: file.data }))
+        let path = self.parts.dir.join(SNAPSHOT_FILE);
+        let file = tokio::task::spawn_blocking(move || SnapshotData::open(&path)).await.map_err(io::Error::other)??;
+        Ok(file.map(|file| Snapshot { meta: file.meta().clone(), snapshot: file }))
     }
 }
 
@@ -363,34 +272,6 @@ mod tests {
         table
     }
 
-    /// The file is written without copying the table's bytes, in the format it always had:
-    /// magic, the CRC-32 of the payload, then the MessagePack of the metadata and the bytes.
-    #[test]
-    fn the_snapshot_file_is_the_encoding_of_its_metadata_and_bytes() {
-        let dir = tempfile::TempDir::new().expect("temp dir");
-        let (meta, data) = (meta_at(7), encode_table(&table_with_jobs(3)).expect("encode"));
-        write_snapshot_file(dir.path(), &meta, &data).expect("write");
-
-        let payload =
-            rmp_serde::to_vec_named(&SnapshotFile { meta: meta.clone(), data: data.clone() }).expect("encode");
-        let mut expected = SNAPSHOT_MAGIC.to_vec();
-        expected.extend(crc32fast::hash(&payload).to_le_bytes());
-        expected.extend(&payload);
-        assert_eq!(std::fs::read(dir.path().join(SNAPSHOT_FILE)).expect("read"), expected);
-        let file = read_snapshot_file(dir.path()).expect("decode").expect("a snapshot");
-        assert_eq!((file.meta, file.data), (meta, data));
-    }
-
-    /// A buffer sized for the last snapshot holds the same bytes as one grown from empty.
-    #[test]
-    fn encoding_into_a_sized_buffer_gives_the_same_bytes() {
-        let table = table_with_jobs(50);
-        let grown = encode_table(&table).expect("encode");
-        for capacity in [0, 16, grown.len(), grown.len() * 2] {
-            assert_eq!(encode_table_with_capacity(&table, capacity).expect("encode"), grown, "capacity {capacity}");
-        }
-    }
-
     /// openraft builds snapshots in a task of their own while the state machine goes on, so a
     /// leader's snapshot can be installed while an older build is still under way. The build
     /// that finishes last must not replace the newer snapshot on disk.
@@ -398,22 +279,21 @@ mod tests {
     async fn a_build_that_finishes_after_a_newer_install_keeps_the_newer_snapshot() {
         let dir = tempfile::TempDir::new().expect("temp dir");
         let mut store = StateMachineStore::open(dir.path()).expect("open");
-        store
-            .install_snapshot(&meta_at(10), encode_table(&table_with_jobs(1)).expect("encode"))
-            .await
-            .expect("install");
+        let first = store.snapshot_from_bytes(&meta_at(10), &encode_table(&table_with_jobs(1)).expect("encode"));
+        store.install_snapshot(&meta_at(10), first.expect("write")).await.expect("install");
         // A build starts from the table as of index 10 ...
         let mut builder = store.get_snapshot_builder().await;
         // ... the leader's snapshot at index 20 is installed meanwhile ...
         let newer = table_with_jobs(2);
-        store.install_snapshot(&meta_at(20), encode_table(&newer).expect("encode")).await.expect("install");
+        let second = store.snapshot_from_bytes(&meta_at(20), &encode_table(&newer).expect("encode"));
+        store.install_snapshot(&meta_at(20), second.expect("write")).await.expect("install");
         // ... and the build finishes last.
         let built = builder.build_snapshot().await.expect("build");
         assert_eq!(built.meta, meta_at(10), "the build describes the table it copied");
 
         let current = store.get_current_snapshot().await.expect("read").expect("a snapshot");
         assert_eq!(current.meta, meta_at(20), "the newer snapshot stays on disk");
-        assert_eq!(decode_table(&current.snapshot).expect("decode"), newer);
+        assert_eq!(current.snapshot.decode_table().expect("decode"), newer);
         // And a restart finds it too.
         drop(store);
         let mut reopened = StateMachineStore::open(dir.path()).expect("reopen");
