@@ -3,7 +3,7 @@
 //! job with a 256-byte idempotency key (the longest accepted). Reports the snapshot's size, the
 //! time and the peak resident memory above the live table to build one (copy the table, encode
 //! it into the file, fsync) and to install one (decode the file, rename it into place, swap the
-//! table), and to open the store on it again as a restart does.
+//! table; in a process of its own, as a restart or a follower's install does).
 //!
 //! `cargo run --release -p raft-store --example snapshot_scale [-- RESULTS QUEUED]`
 
@@ -77,41 +77,66 @@ fn table(results: u64, queued: u64) -> JobTable {
     table
 }
 
+/// Open a store on `dir` and install its snapshot, as a voter's restart does (or a follower's
+/// install of the file it received): in a process of its own, so that its memory is the
+/// install's alone. Prints the time, the live table's RSS and the peak above it.
+async fn install_in_this_process(dir: &str) -> std::io::Result<()> {
+    let (rss_empty, _) = rss_mib();
+    let started = Instant::now();
+    let mut store = StateMachineStore::open(std::path::Path::new(dir))?;
+    let current = store.get_current_snapshot().await.map_err(std::io::Error::other)?.expect("the snapshot");
+    let meta = current.meta.clone();
+    store.install_snapshot(&meta, current.snapshot).await.map_err(std::io::Error::other)?;
+    let took = started.elapsed().as_secs_f64();
+    let (rss_live, peak) = rss_mib();
+    println!(
+        "install (a fresh process opens the store and decodes the file): {took:.2} s; RSS {rss_empty:.0} MiB empty, \
+         {rss_live:.0} MiB with the live table, peak {peak:.0} MiB: {:.0} MiB above the live table",
+        peak - rss_live
+    );
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> std::io::Result<()> {
-    let mut args = std::env::args().skip(1).map(|a| a.parse::<u64>().expect("a number"));
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [mode, dir] = args.as_slice()
+        && mode == "--install"
+    {
+        return install_in_this_process(dir).await;
+    }
+    let mut args = args.iter().map(|a| a.parse::<u64>().expect("a number"));
     let results = args.next().unwrap_or(1_000_000);
     let queued = args.next().unwrap_or(1_000_000);
-    let (rss_empty, _) = rss_mib();
     let started = Instant::now();
     let table = table(results, queued);
     println!(
         "table: {results} results, {queued} queued, 256-byte keys, built in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    // Install it into a store (as a follower does, from the file it received), then build one
-    // from that store (as every voter does), then open the store again (as a restart does).
+    // The snapshot file, as a follower has it once received.
     let dir = tempfile::TempDir::new()?;
-    let mut store = StateMachineStore::open(dir.path())?;
     let meta = SnapshotMeta {
         last_log_id: Some(LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 }, 1_000)),
         last_membership: Default::default(),
     };
-    let received = snapshot::write_table(dir.path(), &meta, &table)?;
-    let bytes = received.table_len();
+    let mut written = snapshot::write_table(dir.path(), &meta, &table)?;
+    written.persist(&dir.path().join(snapshot::SNAPSHOT_FILE))?;
+    let bytes = written.table_len();
     println!("snapshot: {:.1} MiB", bytes as f64 / (1 << 20) as f64);
-    drop(table);
-    let (rss_before, _) = rss_mib();
-    reset_peak();
-    let started = Instant::now();
-    store.install_snapshot(&meta, received).await.map_err(std::io::Error::other)?;
-    let install_s = started.elapsed().as_secs_f64();
-    let (rss_live, peak) = rss_mib();
-    println!(
-        "install: {install_s:.2} s; RSS {rss_before:.0} MiB before (an empty table), {rss_live:.0} MiB after \
-         (the live table), peak {peak:.0} MiB: {:.0} MiB above the live table",
-        peak - rss_live
-    );
+    drop((written, table));
+
+    // Installing it, in a process of its own.
+    let status = std::process::Command::new(std::env::current_exe()?)
+        .arg("--install")
+        .arg(dir.path())
+        .status()?;
+    assert!(status.success(), "the install failed: {status}");
+
+    // Building one from a store that holds the table, as every voter does.
+    let mut store = StateMachineStore::open(dir.path())?;
+    let current = store.get_current_snapshot().await.map_err(std::io::Error::other)?.expect("the snapshot");
+    store.install_snapshot(&meta, current.snapshot).await.map_err(std::io::Error::other)?;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let (rss_live, _) = rss_mib();
     reset_peak();
@@ -128,15 +153,5 @@ async fn main() -> std::io::Result<()> {
         (peak - rss_live) * (1 << 20) as f64 / bytes as f64
     );
     assert_eq!(snapshot.snapshot.table_len(), bytes);
-    drop(snapshot);
-    drop(store);
-    let started = Instant::now();
-    let mut reopened = StateMachineStore::open(dir.path())?;
-    let current = reopened.get_current_snapshot().await.map_err(std::io::Error::other)?.expect("the snapshot");
-    // A restart: openraft installs the snapshot on disk (decoding its table).
-    let current_meta = current.meta.clone();
-    reopened.install_snapshot(&current_meta, current.snapshot).await.map_err(std::io::Error::other)?;
-    println!("reopen, read and decode the file: {:.2} s", started.elapsed().as_secs_f64());
-    println!("(RSS of the empty process: {rss_empty:.0} MiB)");
     Ok(())
 }

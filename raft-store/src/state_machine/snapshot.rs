@@ -252,13 +252,12 @@ impl<R: Read> Read for CrcReader<R> {
 /// Decode a table of `len` bytes from `reader`, whose CRC-32 must be `crc`. A checksum mismatch
 /// is reported as such even where it made the table undecodable.
 fn decode_checked(reader: impl Read, len: u64, crc: u32) -> io::Result<JobTable> {
-    let mut reader = CrcReader {
-        inner: BufReader::with_capacity(IO_BUFFER, reader.take(len)),
-        crc: crc32fast::Hasher::new(),
-        read: 0,
-    };
-    let decoded: Result<JobTable, _> = wire::from_msgpack_read(&mut reader);
-    let trailing = io::copy(&mut reader, &mut io::sink())?;
+    // The decoder reads a few bytes at a time: the buffer goes in front of the checksum.
+    let checked = CrcReader { inner: reader.take(len), crc: crc32fast::Hasher::new(), read: 0 };
+    let mut buffered = BufReader::with_capacity(IO_BUFFER, checked);
+    let decoded: Result<JobTable, _> = wire::from_msgpack_read(&mut buffered);
+    let trailing = io::copy(&mut buffered, &mut io::sink())?;
+    let reader = buffered.into_inner();
     if reader.read != len {
         return Err(invalid_data(format!("the table is cut short: {} of {len} bytes", reader.read)));
     }
@@ -272,10 +271,11 @@ fn decode_checked(reader: impl Read, len: u64, crc: u32) -> io::Result<JobTable>
     Ok(table)
 }
 
-/// Writes a snapshot file: the table's bytes go through [`Write`], then [`SnapshotWriter::finish`]
-/// writes the head over the placeholder it started with and fsyncs the file.
+/// Writes a snapshot file: the table's bytes go through [`Write`] (unbuffered: put a buffer in
+/// front of small writes), then [`SnapshotWriter::finish`] writes the head over the
+/// placeholder it started with and fsyncs the file.
 pub struct SnapshotWriter {
-    out: BufWriter<File>,
+    out: File,
     path: TempPath,
     meta: SnapshotMeta,
     meta_bytes: Vec<u8>,
@@ -289,16 +289,14 @@ impl SnapshotWriter {
         let (file, path) =
             tempfile::Builder::new().prefix(PENDING_PREFIX).suffix(PENDING_SUFFIX).tempfile_in(dir)?.into_parts();
         let meta_bytes = rmp_serde::to_vec_named(meta).map_err(io::Error::other)?;
-        let mut out = BufWriter::with_capacity(IO_BUFFER, file);
-        out.write_all(MAGIC)?;
-        out.write_all(&Head::encode(&meta_bytes, 0, 0))?;
+        let mut out = file;
+        out.write_all(&[MAGIC.as_slice(), &Head::encode(&meta_bytes, 0, 0)].concat())?;
         Ok(SnapshotWriter { out, path, meta: meta.clone(), meta_bytes, crc: crc32fast::Hasher::new(), len: 0 })
     }
 
     /// Write the head and fsync the file: it is then whole on disk, pending until persisted.
     pub fn finish(self) -> io::Result<SnapshotData> {
-        let SnapshotWriter { out, path, meta, meta_bytes, crc, len } = self;
-        let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
+        let SnapshotWriter { out: file, path, meta, meta_bytes, crc, len } = self;
         let table_crc = crc.finalize();
         file.write_all_at(&Head::encode(&meta_bytes, len, table_crc), MAGIC.len() as u64)?;
         file.sync_all()?;
@@ -323,9 +321,10 @@ impl Write for SnapshotWriter {
 /// Write a pending snapshot file of `meta` holding `table`, encoded straight into the file.
 /// Blocking: in proportion to the table.
 pub fn write_table(dir: &Path, meta: &SnapshotMeta, table: &JobTable) -> io::Result<SnapshotData> {
-    let mut writer = SnapshotWriter::create(dir, meta)?;
-    rmp_serde::encode::write_named(&mut writer, table).map_err(io::Error::other)?;
-    writer.finish()
+    // The encoder writes a few bytes at a time: the buffer goes in front of the checksum.
+    let mut buffered = BufWriter::with_capacity(IO_BUFFER, SnapshotWriter::create(dir, meta)?);
+    rmp_serde::encode::write_named(&mut buffered, table).map_err(io::Error::other)?;
+    buffered.into_inner().map_err(io::IntoInnerError::into_error)?.finish()
 }
 
 /// Write a pending snapshot file of `meta` holding the table bytes `data`. Blocking.
