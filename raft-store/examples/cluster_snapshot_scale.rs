@@ -69,7 +69,13 @@ async fn propose(node: &Node, proposal: Proposal) -> CommandResponse {
 async fn fill(leader: &Node, results: u64, queued: u64) {
     let CommandResponse::WorkerRegistered(worker) = propose(
         leader,
-        Proposal::RegisterWorker { name: "scale".into(), cores: 1024, instance_id: None, witness: false, launch_token: None },
+        Proposal::RegisterWorker {
+            name: "scale".into(),
+            cores: 1024,
+            instance_id: None,
+            witness: false,
+            launch_token: None,
+        },
     )
     .await
     else {
@@ -162,7 +168,10 @@ async fn caught_up(cluster: &TestCluster, leader: NodeId, node: NodeId, snapshot
         .raft()
         .wait(Some(Duration::from_secs(600)))
         .metrics(
-            |m| m.snapshot.is_some_and(|s| s.index >= snapshot_index) && m.last_applied.is_some_and(|a| a.index >= target),
+            |m| {
+                m.snapshot.is_some_and(|s| s.index >= snapshot_index)
+                    && m.last_applied.is_some_and(|a| a.index >= target)
+            },
             "caught up by snapshot",
         )
         .await
@@ -226,7 +235,8 @@ async fn main() {
     caught_up(&cluster, leader, lagging, snapshot_index).await;
     let took = started.elapsed();
     let (rss_after, peak) = rss_mib();
-    let tables = [leader, lagging].map(|id| cluster.node(id).state_machine().read(|t| (t.completed_len(), t.queued_len())));
+    let tables =
+        [leader, lagging].map(|id| cluster.node(id).state_machine().read(|t| (t.completed_len(), t.queued_len())));
     println!(
         "catch-up of node {lagging} by snapshot: {:.1} s from its restart; the process rose from {rss_before:.0} to \
          {rss_after:.0} MiB (its table), peak {peak:.0} MiB: {:.0} MiB above where it ended; tables (completed, queued) \

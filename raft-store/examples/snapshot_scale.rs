@@ -127,10 +127,7 @@ async fn main() -> std::io::Result<()> {
     drop((written, table));
 
     // Installing it, in a process of its own.
-    let status = std::process::Command::new(std::env::current_exe()?)
-        .arg("--install")
-        .arg(dir.path())
-        .status()?;
+    let status = std::process::Command::new(std::env::current_exe()?).arg("--install").arg(dir.path()).status()?;
     assert!(status.success(), "the install failed: {status}");
 
     // Building one from a store that holds the table, as every voter does.
