@@ -67,6 +67,17 @@ fn flow_quick_checks_every_result() {
 }
 
 #[test]
+fn flow_quick_with_repeated_bodies_reports_reuse_off_and_on() {
+    let report = bench(&["flow", "--clients", "8", "--jobs", "400", "--repeated-percent", "50"]);
+    let figures = &report["figures"];
+    for name in ["reuse_off_jobs_per_s", "reuse_on_jobs_per_s", "ratio_reuse_on_to_off_jobs_per_s"] {
+        assert!(figures[name].as_f64().is_some_and(|v| v > 0.0), "{name}: {figures}");
+    }
+    // Half of every 100 repeat the body of the block's last job: 4 blocks, 50 each.
+    assert_eq!(figures["jobs_reused"], 200, "{figures}");
+}
+
+#[test]
 fn compute_quick_compares_with_the_plain_loop() {
     let report = bench(&["compute"]);
     assert!(report["figures"]["ratio_worker_to_plain"].as_f64().expect("ratio") > 0.0);

@@ -12,10 +12,10 @@ use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use raft_store::job_table::{EnqueueOutcome, JobRequest, JobStatus};
+use raft_store::job_table::{EnqueueOutcome, JobRequest, JobStatus, Reuse};
 use wire::api::{
-    ClusterView, CompletedJob, EnqueueResponse, JobState, JobView, PullResponse, QueueView, ScalerDecisionView,
-    ScalerView, VoterView, WorkerView,
+    ClusterView, CompletedJob, EnqueueResponse, JobState, JobView, PullResponse, QueueView, ReuseView,
+    ScalerDecisionView, ScalerView, VoterView, WorkerView,
 };
 
 use crate::App;
@@ -137,6 +137,7 @@ pub async fn enqueue_shed(_: tower::BoxError) -> ApiError {
     description = "Creates a job: the SHA-512 chain of the body, `iterations` times. The body is the raw bytes (`application/octet-stream`, or any content type but multipart) or the one part of a `multipart/form-data` form. With an `Idempotency-Key`, a repeated request (same key, body and iterations) answers the first job's id instead of creating another.",
     params(
         ("iterations" = u64, Query, description = "How many times to apply SHA-512: 1 to `--max-iterations`."),
+        ("reuse" = Option<bool>, Query, description = "`true` (the default): the job may be served from another job with the same body (its result, a shorter chain's result or a running job's checkpoint to start from, or that job itself to wait on; see `GET /jobs/{id}`). `false`: computed from its start."),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: visible ASCII, surrounding spaces trimmed."),
     ),
     request_body(
@@ -148,7 +149,7 @@ pub async fn enqueue_shed(_: tower::BoxError) -> ApiError {
     ),
     responses(
         (status = 200, description = "The job exists (created now, or earlier with this Idempotency-Key).", body = wire::api::EnqueueResponse),
-        (status = 400, description = "`iterations` missing, not an integer or out of bounds; the body empty; a malformed multipart form or one without exactly one part; a malformed Idempotency-Key.", body = wire::api::ErrorBody),
+        (status = 400, description = "`iterations` missing, not an integer or out of bounds; `reuse` neither `true` nor `false`; the body empty; a malformed multipart form or one without exactly one part; a malformed Idempotency-Key.", body = wire::api::ErrorBody),
         (status = 413, description = "The body is larger than `--max-body-bytes`.", body = wire::api::ErrorBody),
         (status = 422, description = "The Idempotency-Key was first used for another body or iterations.", body = wire::api::ErrorBody),
         (status = 503, description = "The queue holds `--max-queued` jobs, this coordinator already handles `--max-concurrent-enqueues` enqueues (refused before the body is read), or no leader with a quorum committed the job in time (the write may or may not have been committed: retry with the same Idempotency-Key). Retry after the `Retry-After` delay.", body = wire::api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
@@ -189,6 +190,13 @@ async fn enqueue_job(
             app.config.max_iterations
         )));
     }
+    let reuse = match params.get("reuse").map(|raw| raw.trim()) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(raw) => {
+            return Err(ApiError::BadRequest(format!("query parameter reuse must be true or false, got {raw:?}")));
+        }
+    };
     let idempotency_key = idempotency_key(request.headers())?;
     let body = read_body(request, app.config.max_body_bytes).await?;
     if body.is_empty() {
@@ -206,7 +214,7 @@ async fn enqueue_job(
             .await
             .map_err(|e| ApiError::Unavailable(format!("hashing failed: {e}")))?
     };
-    let job = JobRequest { digest, iterations, idempotency_key };
+    let job = JobRequest { digest, iterations, idempotency_key, reuse };
     match app.enqueue.enqueue(job).await? {
         EnqueueOutcome::Created(id) | EnqueueOutcome::Duplicate(id) => Ok(Json(EnqueueResponse { id })),
         EnqueueOutcome::KeyReused(id) => Err(ApiError::KeyReused(format!(
@@ -312,6 +320,8 @@ pub async fn job(
             resumed_from: None,
             enqueued_at_ms: job.enqueued_at_ms,
             completed_at_ms: None,
+            following: None,
+            reused: table.reuse_start(id).map(reuse_view),
         }),
         Some(JobStatus::Running(lease)) => Ok(JobView {
             id,
@@ -324,6 +334,22 @@ pub async fn job(
             resumed_from: None,
             enqueued_at_ms: lease.job.enqueued_at_ms,
             completed_at_ms: None,
+            following: None,
+            reused: table.reuse_start(id).map(reuse_view),
+        }),
+        Some(JobStatus::Following(job)) => Ok(JobView {
+            id,
+            state: JobState::Following,
+            iterations: job.iterations,
+            iterations_done: 1,
+            result: None,
+            worker: None,
+            attempts: 0,
+            resumed_from: None,
+            enqueued_at_ms: job.enqueued_at_ms,
+            completed_at_ms: None,
+            following: Some(job.leader),
+            reused: None,
         }),
         Some(JobStatus::Completed(job)) => Ok(JobView {
             id,
@@ -336,9 +362,15 @@ pub async fn job(
             resumed_from: Some(job.resumed_from),
             enqueued_at_ms: job.enqueued_at_ms,
             completed_at_ms: Some(job.completed_at_ms),
+            following: None,
+            reused: job.reused.map(reuse_view),
         }),
     })?;
     Ok(Json(view))
+}
+
+fn reuse_view(reuse: Reuse) -> ReuseView {
+    ReuseView { job: reuse.job, from_iteration: reuse.from }
 }
 
 /// `GET /cluster`: this node's view of the voters (each other voter's own status as it answered
@@ -395,12 +427,15 @@ pub async fn cluster(State(app): State<App>) -> Json<ClusterView> {
         let totals = table.totals();
         let queue = QueueView {
             queued: table.queued_len(),
+            following: table.following_len(),
             queued_iterations: table.queued_iterations(),
             oldest_queued_age_ms: table.oldest_queued_at_ms().map_or(0, |at| now.saturating_sub(at)),
             running: table.leases().len() as u64,
             enqueued_total: totals.enqueued,
             completed_total: totals.completed,
             requeued_total: totals.requeued,
+            reused_total: totals.reused,
+            iterations_saved_total: totals.iterations_saved,
             completed_retained: table.completed_len() as u64,
             last_completion_seq: table.last_completion_seq(),
             max_queued: table.limits().max_queued,

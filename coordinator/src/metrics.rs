@@ -54,6 +54,12 @@ fn describe() {
     describe_counter!("tandem_jobs_completed_total", "Results recorded in the cluster (replicated).");
     describe_counter!("tandem_jobs_requeued_total", "Leases that ended without a result (replicated).");
     describe_counter!(
+        "tandem_jobs_reused_total",
+        "Jobs served, whole or from an iteration on, from another job's chain with the same body (replicated)."
+    );
+    describe_counter!("tandem_iterations_saved_total", "Iterations reused jobs did not compute (replicated).");
+    describe_gauge!("tandem_jobs_following", "Jobs waiting on another job computing the same chain.");
+    describe_counter!(
         "tandem_worker_requests_refused_total",
         "Worker requests refused by this coordinator for a missing or wrong cluster secret."
     );
@@ -110,6 +116,9 @@ pub async fn sample(node: Node, scaler: crate::scaler::SharedStatus, shutdown: C
             counter!("tandem_jobs_created_total").absolute(totals.enqueued);
             counter!("tandem_jobs_completed_total").absolute(totals.completed);
             counter!("tandem_jobs_requeued_total").absolute(totals.requeued);
+            counter!("tandem_jobs_reused_total").absolute(totals.reused);
+            counter!("tandem_iterations_saved_total").absolute(totals.iterations_saved);
+            gauge!("tandem_jobs_following").set(table.following_len() as f64);
             gauge!("tandem_queue_depth").set(table.queued_len() as f64);
             gauge!("tandem_queue_iterations").set(table.queued_iterations() as f64);
             let age = table.oldest_queued_at_ms().map_or(0, |at| now.saturating_sub(at));

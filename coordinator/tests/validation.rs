@@ -125,6 +125,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         (request(Method::PUT, "/enqueue?iterations=1001", x20()), 400, "at most 1000"),
         (request(Method::PUT, "/enqueue?iterations=99999999999999999999999", "x"), 400, "integer"),
         (request(Method::PUT, "/enqueue?iterations=1", Body::empty()), 400, "body is empty"),
+        (request(Method::PUT, "/enqueue?iterations=1&reuse=maybe", x20()), 400, "reuse must be true or false"),
         (request(Method::PUT, "/enqueue?iterations=1", vec![7u8; 1025]), 413, "larger than the limit"),
         (keyed, 400, "Idempotency-Key"),
         (request(Method::POST, "/pullCompleted?top=0", Body::empty()), 400, "top must be between"),

@@ -57,7 +57,12 @@ fn reset_peak() {
 fn job(i: u64) -> JobRequest {
     let mut digest = [0u8; 64];
     digest[..8].copy_from_slice(&i.to_le_bytes());
-    JobRequest { digest: Digest(digest), iterations: 1 + i % 1_000, idempotency_key: Some(format!("{i:0>256}")) }
+    JobRequest {
+        digest: Digest(digest),
+        iterations: 1 + i % 1_000,
+        idempotency_key: Some(format!("{i:0>256}")),
+        reuse: false,
+    }
 }
 
 async fn propose(node: &Node, proposal: Proposal) -> CommandResponse {

@@ -58,7 +58,8 @@ async fn main() {
         let committed = committed.clone();
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
-                let job = JobRequest { digest: Digest([p as u8; 64]), iterations: 1, idempotency_key: None };
+                let job =
+                    JobRequest { digest: Digest([p as u8; 64]), iterations: 1, idempotency_key: None, reuse: false };
                 match node.propose(Proposal::Enqueue { jobs: vec![job] }).await {
                     Ok(CommandResponse::Enqueued(_)) => {
                         committed.fetch_add(1, Ordering::Relaxed);

@@ -41,6 +41,7 @@ fn job(i: u64) -> NewJob {
         iterations: 1 + i % 1_000,
         enqueued_at_ms: 1_700_000_000_000 + i,
         idempotency_key: Some(format!("{i:0>256}")),
+        reuse: false,
     }
 }
 

@@ -688,6 +688,7 @@ mod tests {
                             iterations: index,
                             enqueued_at_ms: index,
                             idempotency_key: Some("k".repeat(index as usize % 200)),
+                            reuse: false,
                         })
                         .collect(),
                 }),

@@ -100,6 +100,7 @@ fn sample_commands() -> Vec<Command> {
                     iterations: 1000 + u64::from(i),
                     enqueued_at_ms: 20,
                     idempotency_key: (i == 1).then(|| "key-1".to_string()),
+                    reuse: false,
                 })
                 .collect(),
         },
@@ -177,6 +178,7 @@ fn rich_table() -> JobTable {
             iterations: 10,
             enqueued_at_ms: 110,
             idempotency_key: Some(format!("k{i}")),
+            reuse: false,
         })
         .collect();
     table.apply(&Command::Enqueue { jobs });
@@ -693,7 +695,7 @@ fn message_targets() -> &'static Vec<(Checker, Vec<Vec<u8>>)> {
             entries,
             leader_commit: Some(log_id(1, 9)),
         };
-        let job = JobRequest { digest: digest(3), iterations: 77, idempotency_key: Some("k".into()) };
+        let job = JobRequest { digest: digest(3), iterations: 77, idempotency_key: Some("k".into()), reuse: true };
         let proposals = vec![
             Proposal::Enqueue { jobs: vec![job.clone(), JobRequest { idempotency_key: None, ..job }] },
             Proposal::Lease {

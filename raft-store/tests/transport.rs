@@ -262,6 +262,7 @@ async fn catch_up_in_parts(configure: impl Fn(&mut raft_store::NodeConfig)) {
                 digest: Digest([(batch * 16 + i) as u8; 64]),
                 iterations: 1 + i,
                 idempotency_key: Some(format!("{batch:03}-{i:02}-{}", "k".repeat(240))),
+                reuse: false,
             })
             .collect();
         match cluster.node(leader).propose(Proposal::Enqueue { jobs }).await {

@@ -34,6 +34,7 @@ fn entry(term: u64, index: u64) -> TandemEntry {
                 iterations: index + 1,
                 enqueued_at_ms: index,
                 idempotency_key: None,
+                reuse: false,
             }],
         }),
     }

@@ -57,6 +57,20 @@ pub enum JobState {
     Running,
     /// Finished; `result` is set.
     Completed,
+    /// Waiting on another job computing the same chain (same body and iterations), named by
+    /// `following`; it completes when that job does.
+    Following,
+}
+
+/// Where a job's chain came from when it was served from another job's (see `JobView::reused`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReuseView {
+    /// The job whose result or checkpoint it started from.
+    pub job: u64,
+    /// The iteration it started at: that job's chain value there was its own. Its own
+    /// iterations when it was served whole.
+    pub from_iteration: u64,
 }
 
 /// `GET /jobs/{id}` answer.
@@ -89,6 +103,13 @@ pub struct JobView {
     /// When its result was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at_ms: Option<u64>,
+    /// While following: the job it waits on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub following: Option<u64>,
+    /// Set when it was served from another job's chain (the same body), whole or from an
+    /// iteration on, rather than computed from its start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused: Option<ReuseView>,
 }
 
 /// One voter in `GET /cluster`.
@@ -128,8 +149,11 @@ pub struct VoterView {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct QueueView {
-    /// Jobs waiting.
+    /// Jobs waiting for a worker.
     pub queued: u64,
+    /// Jobs waiting on another job computing the same chain.
+    #[serde(default)]
+    pub following: u64,
     /// Iterations still to compute over the waiting jobs.
     pub queued_iterations: u64,
     /// Age of the oldest waiting job (0 when none waits).
@@ -142,6 +166,12 @@ pub struct QueueView {
     pub completed_total: u64,
     /// Leases that ended without a result.
     pub requeued_total: u64,
+    /// Jobs served, whole or in part, from another job's chain.
+    #[serde(default)]
+    pub reused_total: u64,
+    /// Iterations those jobs did not compute.
+    #[serde(default)]
+    pub iterations_saved_total: u64,
     /// Results still retained (answerable by `GET /jobs/{id}`).
     pub completed_retained: u64,
     /// The newest completion sequence number.

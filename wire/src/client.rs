@@ -100,8 +100,20 @@ impl ApiClient {
         iterations: u64,
         idempotency_key: Option<&str>,
     ) -> Result<u64, ClientError> {
-        let mut request =
-            self.client_call(reqwest::Method::PUT, &format!("/enqueue?iterations={iterations}")).body(body);
+        self.enqueue_with_reuse(body, iterations, idempotency_key, true).await
+    }
+
+    /// [`ApiClient::enqueue`], saying whether the job may be served from another job with the
+    /// same body (`reuse=true`, the default) or must be computed from its start.
+    pub async fn enqueue_with_reuse(
+        &self,
+        body: Vec<u8>,
+        iterations: u64,
+        idempotency_key: Option<&str>,
+        reuse: bool,
+    ) -> Result<u64, ClientError> {
+        let path = format!("/enqueue?iterations={iterations}&reuse={reuse}");
+        let mut request = self.client_call(reqwest::Method::PUT, &path).body(body);
         if let Some(key) = idempotency_key {
             request = request.header("Idempotency-Key", key);
         }

@@ -36,6 +36,14 @@ pub fn vectors() -> Vec<Case> {
     serde_json::from_str::<Vectors>(&text).expect("vectors").cases
 }
 
+/// The extra reference results (`testdata/sha512_chain_more.json`, computed by Python's
+/// hashlib like the others): one body at more iteration counts, for the reuse tests.
+pub fn more_vectors() -> Vec<Case> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/sha512_chain_more.json");
+    let text = std::fs::read_to_string(path).expect("testdata/sha512_chain_more.json");
+    serde_json::from_str::<Vectors>(&text).expect("vectors").cases
+}
+
 /// byte i = (i * 31 + seed * 7 + (i >> 8)) mod 251, as the vectors' description says.
 pub fn body(case: &Case) -> Vec<u8> {
     let body: Vec<u8> =

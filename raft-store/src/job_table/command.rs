@@ -16,6 +16,10 @@ pub struct NewJob {
     pub enqueued_at_ms: u64,
     /// A client-chosen key that makes a retried enqueue return the first job's id.
     pub idempotency_key: Option<String>,
+    /// Whether it may be served from what the table knows of its chain (only in
+    /// [`Command::EnqueueReusing`]).
+    #[serde(default)]
+    pub reuse: bool,
 }
 
 /// A worker's progress on a leased job: the chain value after `done` iterations.
@@ -137,8 +141,14 @@ pub enum ScalerCommand {
 /// from a [`super::Proposal`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    /// Add jobs (a batch, so concurrent enqueues can share one entry).
+    /// Add jobs (a batch, so concurrent enqueues can share one entry), each computed from its
+    /// start whatever its `reuse`: how logs written before reuse add jobs, and batches in which
+    /// no job asks for reuse.
     Enqueue { jobs: Vec<NewJob> },
+    /// Add jobs; each with `reuse` set is served from what the table knows of its chain (see
+    /// [`super::JobTable`]). A version from before reuse cannot decode this command and stops
+    /// replicating rather than apply it without reuse (its table would then differ).
+    EnqueueReusing { jobs: Vec<NewJob> },
     /// Hand up to `max_jobs` waiting jobs to `worker` until `deadline_ms`; with a `budget`, by
     /// work rather than by count (see [`LeaseBudget`]).
     Lease {
@@ -219,6 +229,7 @@ impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Enqueue { jobs } => write!(f, "Enqueue({} jobs)", jobs.len()),
+            Command::EnqueueReusing { jobs } => write!(f, "EnqueueReusing({} jobs)", jobs.len()),
             Command::Lease { worker, max_jobs, .. } => write!(f, "Lease(worker {worker}, up to {max_jobs})"),
             Command::Heartbeat { worker, checkpoints, .. } => {
                 write!(f, "Heartbeat(worker {worker}, {} checkpoints)", checkpoints.len())
@@ -248,7 +259,8 @@ impl std::fmt::Display for Command {
 /// What happened to one job of an [`Command::Enqueue`] batch.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EnqueueOutcome {
-    /// A new job with this id.
+    /// A new job with this id (queued, or served from another job's chain: see
+    /// [`super::JobTable::job_status`]).
     Created(JobId),
     /// The idempotency key was seen before, with the same request: this is the first job's id.
     Duplicate(JobId),

@@ -20,10 +20,34 @@
 //! `queue` holds jobs never leased, in id order; `requeued` holds jobs that came back from a lease.
 //! Every requeued id is smaller than every id still in `queue` (jobs leave `queue` only from the
 //! front), so leasing from `requeued` first hands out the oldest job first.
+//!
+//! ## Reuse
+//!
+//! A job is exactly its first digest `d` (the chain after iteration 1) and its iterations `n`,
+//! and the chain is deterministic, so the table serves a job from what it already knows of
+//! `d`'s chain, decided here in apply (a replay decides the same):
+//!
+//! - `(d, n)` completed and retained: the new job is completed at once with that result, under
+//!   its own completion sequence number.
+//! - `(d, n)` queued or running: the new job follows that job (`following`) and completes with
+//!   it, whatever happens to it on the way (a lost lease requeues it; nothing drops it).
+//! - else, the furthest state of `d`'s chain short of `n` (a retained result of `(d, m)`, or
+//!   the checkpoint of a job computing `d`'s chain): the new job starts from it, with `n - m`
+//!   iterations left.
+//!
+//! `chain_results` maps `(d, n)` to the newest retained completion of it, `chain_live` to the
+//! job computing it; both are kept in step by enqueue, completion and retention. A job whose
+//! chain value moved past its first digest (a checkpoint, a start from another chain), and one
+//! that opted out, keeps that digest in `origins` until it completes. Only jobs added by
+//! [`Command::EnqueueReusing`] take part: jobs of [`Command::Enqueue`] (logs from before reuse,
+//! and batches in which every job opted out) are neither served nor indexed, so a voter that
+//! replayed old entries and one that installed an old version's snapshot hold the same indexes.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
+use wire::Digest;
 
 mod command;
 mod proposal;
@@ -103,7 +127,29 @@ pub struct JobTable {
     /// Each coordinator's limits as it last configured them ([`Command::ConfigureLimits`]).
     #[serde(default)]
     limits_configured: BTreeMap<u64, Limits>,
+    /// The newest retained completion of each (first digest, iterations).
+    #[serde(default)]
+    chain_results: BTreeMap<(Digest, u64), CompletionSeq>,
+    /// The job queued or running for each (first digest, iterations) that others may follow.
+    #[serde(default)]
+    chain_live: BTreeMap<(Digest, u64), JobId>,
+    /// The first digest of each job not yet completed whose chain value is past it.
+    #[serde(default)]
+    origins: BTreeMap<JobId, Digest>,
+    /// Where each job not yet completed that started from another job's chain started.
+    #[serde(default)]
+    reuse_starts: BTreeMap<JobId, Reuse>,
+    /// Jobs waiting on another, by id.
+    #[serde(default)]
+    following: BTreeMap<JobId, FollowingJob>,
+    /// (job followed, follower) for each following job.
+    #[serde(default)]
+    followers: BTreeSet<(JobId, JobId)>,
 }
+
+/// How many jobs computing a chain an enqueue looks at, on each side of its own iterations,
+/// for a checkpoint to start from: bounds apply's work whatever a client enqueues.
+const LIVE_CHAINS_SCANNED: usize = 16;
 
 impl Default for JobTable {
     fn default() -> Self {
@@ -132,6 +178,12 @@ impl JobTable {
             queued_iterations: 0,
             totals: Totals::default(),
             limits_configured: BTreeMap::new(),
+            chain_results: BTreeMap::new(),
+            chain_live: BTreeMap::new(),
+            origins: BTreeMap::new(),
+            reuse_starts: BTreeMap::new(),
+            following: BTreeMap::new(),
+            followers: BTreeSet::new(),
         }
     }
 
@@ -147,7 +199,8 @@ impl JobTable {
     /// Apply one committed command. Deterministic; never panics on any input.
     pub fn apply(&mut self, command: &Command) -> CommandResponse {
         match command {
-            Command::Enqueue { jobs } => CommandResponse::Enqueued(jobs.iter().map(|job| self.enqueue(job)).collect()),
+            Command::Enqueue { jobs } => self.enqueue_batch(jobs, false),
+            Command::EnqueueReusing { jobs } => self.enqueue_batch(jobs, true),
             Command::Lease { worker, max_jobs, now_ms, deadline_ms, budget } => {
                 self.lease(*worker, *max_jobs, *now_ms, *deadline_ms, *budget)
             }
@@ -220,7 +273,17 @@ impl JobTable {
         }
     }
 
-    fn enqueue(&mut self, job: &NewJob) -> EnqueueOutcome {
+    fn enqueue_batch(&mut self, jobs: &[NewJob], reusing: bool) -> CommandResponse {
+        let outcomes = jobs.iter().map(|job| self.enqueue(job, reusing)).collect();
+        // Jobs served whole at enqueue add completions.
+        self.enforce_retention();
+        CommandResponse::Enqueued(outcomes)
+    }
+
+    /// Add one job; in a batch that is `reusing`, served from its chain if it asks for reuse,
+    /// and indexed for others either way.
+    fn enqueue(&mut self, job: &NewJob, reusing: bool) -> EnqueueOutcome {
+        let reuse = reusing && job.reuse;
         if let Some(key) = &job.idempotency_key
             && let Some(id) = self.idempotency.get(key)
         {
@@ -232,21 +295,59 @@ impl JobTable {
         if job.iterations == 0 {
             return EnqueueOutcome::Invalid;
         }
-        if self.queued_len() >= self.limits.max_queued {
+        let known = if reuse { self.furthest_known(job.digest, job.iterations) } else { None };
+        // A job served whole at once does not wait; every other does, here or behind another.
+        let waits = !matches!(known, Some(Known::Result { .. }));
+        if waits && self.queued_len() + self.following.len() as u64 >= self.limits.max_queued {
             self.totals.rejected_queue_full += 1;
             return EnqueueOutcome::QueueFull;
         }
         let id = self.next_job_id;
         self.next_job_id += 1;
-        self.queue.push_back(QueuedJob {
-            id,
-            enqueued_at_ms: job.enqueued_at_ms,
-            iterations: job.iterations,
-            done: 1,
-            attempts: 0,
-            digest: job.digest,
-        });
-        self.queued_iterations = self.queued_iterations.saturating_add(job.iterations - 1);
+        let chain = (job.digest, job.iterations);
+        match known {
+            Some(Known::Result { job: source, result }) => {
+                self.record_reused(id, job.enqueued_at_ms, chain, result, Reuse { job: source, from: job.iterations });
+            }
+            Some(Known::Computing(leader)) => {
+                let following =
+                    FollowingJob { id, leader, enqueued_at_ms: job.enqueued_at_ms, iterations: job.iterations };
+                self.following.insert(id, following);
+                self.followers.insert((leader, id));
+                self.count_reuse(job.iterations);
+            }
+            Some(Known::Partway { job: source, done, digest }) => {
+                self.origins.insert(id, job.digest);
+                self.reuse_starts.insert(id, Reuse { job: source, from: done });
+                self.count_reuse(done);
+                self.add_waiting(QueuedJob {
+                    id,
+                    enqueued_at_ms: job.enqueued_at_ms,
+                    iterations: job.iterations,
+                    done,
+                    attempts: 0,
+                    digest,
+                });
+                self.chain_live.insert(chain, id);
+            }
+            None => {
+                self.add_waiting(QueuedJob {
+                    id,
+                    enqueued_at_ms: job.enqueued_at_ms,
+                    iterations: job.iterations,
+                    done: 1,
+                    attempts: 0,
+                    digest: job.digest,
+                });
+                if reuse {
+                    // None computes this chain (it would have been followed).
+                    self.chain_live.insert(chain, id);
+                } else if reusing {
+                    // Computed on its own, as asked; its result is indexed all the same.
+                    self.origins.insert(id, job.digest);
+                }
+            }
+        }
         if let Some(key) = &job.idempotency_key {
             self.idempotency.insert(key.clone(), id);
             self.idempotency_by_job.insert(id, key.clone());
@@ -254,6 +355,94 @@ impl JobTable {
         }
         self.totals.enqueued += 1;
         EnqueueOutcome::Created(id)
+    }
+
+    fn add_waiting(&mut self, job: QueuedJob) {
+        self.queued_iterations = self.queued_iterations.saturating_add(job.iterations - job.done);
+        self.queue.push_back(job);
+    }
+
+    /// Count a job served from another's chain at `from` iterations.
+    fn count_reuse(&mut self, from: u64) {
+        self.totals.reused += 1;
+        self.totals.iterations_saved = self.totals.iterations_saved.saturating_add(from.saturating_sub(1));
+    }
+
+    /// The furthest state of the chain of first digest `digest` the table knows, up to
+    /// `iterations`: that very result, a job computing it, or a state partway (beyond the
+    /// first iteration).
+    fn furthest_known(&self, digest: Digest, iterations: u64) -> Option<Known> {
+        if let Some(seq) = self.chain_results.get(&(digest, iterations))
+            && let Some(record) = self.completed.get(seq)
+        {
+            return Some(Known::Result { job: record.id, result: record.result });
+        }
+        if let Some(leader) = self.chain_live.get(&(digest, iterations)) {
+            return Some(Known::Computing(*leader));
+        }
+        let mut best: Option<Known> = None;
+        let mut consider = |candidate: Known| {
+            if candidate.done() > best.as_ref().map_or(1, Known::done) {
+                best = Some(candidate);
+            }
+        };
+        if let Some((&(_, m), seq)) = self.chain_results.range((digest, 0)..(digest, iterations)).next_back()
+            && let Some(record) = self.completed.get(seq)
+        {
+            consider(Known::Partway { job: record.id, done: m, digest: record.result });
+        }
+        // Jobs computing this chain, the nearest on each side of `iterations`: their checkpoints.
+        let below = self.chain_live.range((digest, 0)..(digest, iterations)).rev().take(LIVE_CHAINS_SCANNED);
+        let above = self
+            .chain_live
+            .range((Bound::Excluded((digest, iterations)), Bound::Included((digest, u64::MAX))))
+            .take(LIVE_CHAINS_SCANNED);
+        for (_, id) in below.chain(above) {
+            if let Some(job) = self.waiting_or_running(*id)
+                && job.done <= iterations
+            {
+                if job.done == iterations {
+                    return Some(Known::Result { job: job.id, result: job.digest });
+                }
+                consider(Known::Partway { job: job.id, done: job.done, digest: job.digest });
+            }
+        }
+        best
+    }
+
+    /// Job `id` with its chain state, if it is queued, requeued or leased.
+    fn waiting_or_running(&self, id: JobId) -> Option<&QueuedJob> {
+        if let Some(lease) = self.leases.get(&id) {
+            return Some(&lease.job);
+        }
+        self.requeued
+            .get(&id)
+            .or_else(|| self.queue.binary_search_by_key(&id, |job| job.id).ok().map(|at| &self.queue[at]))
+    }
+
+    /// Record job `id` as completed at enqueue with `result`, served from `reuse`.
+    fn record_reused(&mut self, id: JobId, now_ms: u64, chain: (Digest, u64), result: Digest, reuse: Reuse) {
+        let seq = self.next_completion_seq;
+        self.next_completion_seq += 1;
+        self.completed.insert(
+            seq,
+            CompletedRecord {
+                id,
+                seq,
+                iterations: chain.1,
+                enqueued_at_ms: now_ms,
+                completed_at_ms: now_ms,
+                attempts: 0,
+                resumed_from: chain.1,
+                result,
+                origin: Some(chain.0),
+                reused: Some(reuse),
+            },
+        );
+        self.completed_by_job.insert(id, seq);
+        self.chain_results.insert(chain, seq);
+        self.totals.completed += 1;
+        self.count_reuse(chain.1);
     }
 
     fn lease(
@@ -328,7 +517,7 @@ impl JobTable {
             match self.leases.get_mut(&checkpoint.job) {
                 Some(lease) if lease.worker == worker => {
                     lease.deadline_ms = lease.deadline_ms.max(deadline_ms);
-                    record_checkpoint(&mut lease.job, checkpoint);
+                    record_checkpoint(&mut lease.job, checkpoint, &mut self.origins, &self.chain_live);
                 }
                 _ => lost.push(checkpoint.job),
             }
@@ -365,6 +554,10 @@ impl JobTable {
         } else {
             return CompleteOutcome::Unknown;
         };
+        // Its first digest, if it takes part in reuse: kept aside, or its chain value while it
+        // is still that digest.
+        let computing = self.chain_live.get(&(job.digest, job.iterations)) == Some(&job.id);
+        let origin = self.origins.remove(&job.id).or((job.done == 1 && computing).then_some(job.digest));
         let seq = self.next_completion_seq;
         self.next_completion_seq += 1;
         self.completed.insert(
@@ -378,11 +571,53 @@ impl JobTable {
                 attempts: job.attempts,
                 resumed_from,
                 result: result.result,
+                origin,
+                reused: self.reuse_starts.remove(&job.id),
             },
         );
         self.completed_by_job.insert(job.id, seq);
         self.totals.completed += 1;
+        if let Some(digest) = origin {
+            let chain = (digest, job.iterations);
+            self.chain_results.insert(chain, seq);
+            if self.chain_live.get(&chain) == Some(&job.id) {
+                self.chain_live.remove(&chain);
+            }
+            // The jobs that waited on it complete with it.
+            let waiting: Vec<JobId> =
+                self.followers.range((job.id, 0)..=(job.id, JobId::MAX)).map(|&(_, follower)| follower).collect();
+            for follower in waiting {
+                self.followers.remove(&(job.id, follower));
+                if let Some(waited) = self.following.remove(&follower) {
+                    self.complete_follower(&waited, chain, result.result, now_ms);
+                }
+            }
+        }
         CompleteOutcome::Recorded(seq)
+    }
+
+    /// Record `follower` as completed with `result`, the result of the job it waited on.
+    fn complete_follower(&mut self, follower: &FollowingJob, chain: (Digest, u64), result: Digest, now_ms: u64) {
+        let seq = self.next_completion_seq;
+        self.next_completion_seq += 1;
+        self.completed.insert(
+            seq,
+            CompletedRecord {
+                id: follower.id,
+                seq,
+                iterations: follower.iterations,
+                enqueued_at_ms: follower.enqueued_at_ms,
+                completed_at_ms: now_ms,
+                attempts: 0,
+                resumed_from: follower.iterations,
+                result,
+                origin: Some(chain.0),
+                reused: Some(Reuse { job: follower.leader, from: follower.iterations }),
+            },
+        );
+        self.completed_by_job.insert(follower.id, seq);
+        self.chain_results.insert(chain, seq);
+        self.totals.completed += 1;
     }
 
     fn release(&mut self, worker: WorkerId, checkpoints: &[Checkpoint]) -> CommandResponse {
@@ -391,7 +626,7 @@ impl JobTable {
             if let Some(lease) = self.leases.get_mut(&checkpoint.job)
                 && lease.worker == worker
             {
-                record_checkpoint(&mut lease.job, checkpoint);
+                record_checkpoint(&mut lease.job, checkpoint, &mut self.origins, &self.chain_live);
                 self.requeue(checkpoint.job);
                 requeued.push(checkpoint.job);
             }
@@ -429,6 +664,12 @@ impl JobTable {
                 break;
             };
             self.completed_by_job.remove(&dropped.id);
+            if let Some(digest) = dropped.origin {
+                let chain = (digest, dropped.iterations);
+                if self.chain_results.get(&chain) == Some(&dropped.seq) {
+                    self.chain_results.remove(&chain);
+                }
+            }
             if let Some(key) = self.idempotency_by_job.remove(&dropped.id) {
                 self.idempotency.remove(&key);
                 self.idempotency_requests.remove(&dropped.id);
@@ -437,10 +678,40 @@ impl JobTable {
     }
 }
 
-/// Take a checkpoint only if it moves the job forward and stays within its iterations.
-fn record_checkpoint(job: &mut QueuedJob, checkpoint: &Checkpoint) {
+/// Take a checkpoint only if it moves the job forward and stays within its iterations. When
+/// the chain value of a job that computes its chain for others (`chain_live`) moves past its
+/// first digest, that digest is kept in `origins` (it indexes the job's result once it
+/// completes).
+fn record_checkpoint(
+    job: &mut QueuedJob,
+    checkpoint: &Checkpoint,
+    origins: &mut BTreeMap<JobId, Digest>,
+    chain_live: &BTreeMap<(Digest, u64), JobId>,
+) {
     if checkpoint.done > job.done && checkpoint.done <= job.iterations {
+        if job.done == 1 && chain_live.get(&(job.digest, job.iterations)) == Some(&job.id) {
+            origins.insert(job.id, job.digest);
+        }
         job.done = checkpoint.done;
         job.digest = checkpoint.digest;
+    }
+}
+
+/// What an enqueue finds of its chain.
+enum Known {
+    /// The very result, of this job (a completion, or a checkpoint at exactly the iterations).
+    Result { job: JobId, result: Digest },
+    /// A job computing it.
+    Computing(JobId),
+    /// The chain value after `done` iterations, from this job.
+    Partway { job: JobId, done: u64, digest: Digest },
+}
+
+impl Known {
+    fn done(&self) -> u64 {
+        match self {
+            Known::Partway { done, .. } => *done,
+            _ => u64::MAX,
+        }
     }
 }

@@ -23,6 +23,14 @@ pub struct JobRequest {
     pub iterations: u64,
     /// A client-chosen key that makes a retried enqueue return the first job's id.
     pub idempotency_key: Option<String>,
+    /// Whether it may be served from another job's chain (the default; a client opts out to
+    /// have its job computed from its start).
+    #[serde(default = "reuse_by_default")]
+    pub reuse: bool,
+}
+
+fn reuse_by_default() -> bool {
+    true
 }
 
 /// An autoscaler decision, as proposed (the leader adds when it was made). See
@@ -135,17 +143,20 @@ impl Proposal {
     pub fn stamp(self, now_ms: u64) -> Command {
         let until = |lease_ms: u64| now_ms.saturating_add(lease_ms);
         match self {
-            Proposal::Enqueue { jobs } => Command::Enqueue {
-                jobs: jobs
+            Proposal::Enqueue { jobs } => {
+                let reusing = jobs.iter().any(|job| job.reuse);
+                let jobs = jobs
                     .into_iter()
                     .map(|job| NewJob {
                         digest: job.digest,
                         iterations: job.iterations,
                         enqueued_at_ms: now_ms,
                         idempotency_key: job.idempotency_key,
+                        reuse: job.reuse,
                     })
-                    .collect(),
-            },
+                    .collect();
+                if reusing { Command::EnqueueReusing { jobs } } else { Command::Enqueue { jobs } }
+            }
             Proposal::Lease { worker, max_jobs, lease_ms, budget } => {
                 Command::Lease { worker, max_jobs, now_ms, deadline_ms: until(lease_ms), budget }
             }
@@ -183,17 +194,25 @@ mod tests {
     fn the_leader_s_clock_gives_every_time_and_each_duration_is_kept() {
         const NOW: u64 = 1_000_000;
         let stamped = |proposal: Proposal| proposal.stamp(NOW);
-        let request = JobRequest { digest: Digest([1; 64]), iterations: 5, idempotency_key: Some("k".into()) };
+        let request =
+            JobRequest { digest: Digest([1; 64]), iterations: 5, idempotency_key: Some("k".into()), reuse: false };
+        let job = NewJob {
+            digest: Digest([1; 64]),
+            iterations: 5,
+            enqueued_at_ms: NOW,
+            idempotency_key: Some("k".into()),
+            reuse: false,
+        };
         assert_eq!(
-            stamped(Proposal::Enqueue { jobs: vec![request] }),
-            Command::Enqueue {
-                jobs: vec![NewJob {
-                    digest: Digest([1; 64]),
-                    iterations: 5,
-                    enqueued_at_ms: NOW,
-                    idempotency_key: Some("k".into())
-                }]
-            }
+            stamped(Proposal::Enqueue { jobs: vec![request.clone()] }),
+            Command::Enqueue { jobs: vec![job.clone()] }
+        );
+        // A batch in which a job asks for reuse is stamped as the command that older versions
+        // cannot decode (they stop rather than apply it without reuse).
+        let reusing = JobRequest { reuse: true, ..request };
+        assert_eq!(
+            stamped(Proposal::Enqueue { jobs: vec![reusing] }),
+            Command::EnqueueReusing { jobs: vec![NewJob { reuse: true, ..job }] }
         );
         assert_eq!(
             stamped(Proposal::Lease { worker: 2, max_jobs: 3, lease_ms: 3_000, budget: None }),

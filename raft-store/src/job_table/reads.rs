@@ -21,6 +21,9 @@ impl JobTable {
         if let Ok(at) = self.queue.binary_search_by_key(&id, |job| job.id) {
             return Some(JobStatus::Queued(&self.queue[at]));
         }
+        if let Some(following) = self.following.get(&id) {
+            return Some(JobStatus::Following(following));
+        }
         Some(JobStatus::Forgotten)
     }
 
@@ -98,6 +101,16 @@ impl JobTable {
     /// Jobs waiting for a worker (never leased plus requeued).
     pub fn queued_len(&self) -> u64 {
         (self.queue.len() + self.requeued.len()) as u64
+    }
+
+    /// Jobs waiting on another job computing the same chain (they need no worker).
+    pub fn following_len(&self) -> u64 {
+        self.following.len() as u64
+    }
+
+    /// Where job `id` started, if it is not completed yet and started from another job's chain.
+    pub fn reuse_start(&self, id: JobId) -> Option<Reuse> {
+        self.reuse_starts.get(&id).copied()
     }
 
     /// Iterations still to compute over all waiting jobs.
@@ -241,6 +254,65 @@ impl JobTable {
         }
         if self.scaler.records.len() > SCALER_RECORDS_KEPT {
             return Err("more scaler records kept than the limit".into());
+        }
+        self.check_reuse_invariants(seen)
+    }
+
+    /// The reuse indexes agree with the jobs (see the module documentation); `placed` holds
+    /// every job queued, running or completed.
+    fn check_reuse_invariants(&self, mut placed: std::collections::BTreeSet<JobId>) -> Result<(), String> {
+        for (&(digest, iterations), seq) in &self.chain_results {
+            match self.completed.get(seq) {
+                Some(record) if record.origin == Some(digest) && record.iterations == iterations => {}
+                _ => return Err(format!("chain result ({iterations} iterations) -> {seq} does not match its record")),
+            }
+        }
+        for record in self.completed.values() {
+            if let Some(digest) = record.origin {
+                match self.chain_results.get(&(digest, record.iterations)) {
+                    Some(seq) if *seq >= record.seq => {}
+                    _ => {
+                        return Err(format!(
+                            "completed job {} is not indexed by a newer or equal completion",
+                            record.id
+                        ));
+                    }
+                }
+            }
+        }
+        for (&(digest, iterations), id) in &self.chain_live {
+            let Some(job) = self.waiting_or_running(*id) else {
+                return Err(format!("chain live job {id} is not queued or running"));
+            };
+            let origin = self.origins.get(id).copied().or((job.done == 1).then_some(job.digest));
+            if self.following.contains_key(id) {
+                return Err(format!("chain live job {id} follows another"));
+            }
+            if job.iterations != iterations || origin != Some(digest) {
+                return Err(format!("chain live job {id} is not of its chain"));
+            }
+        }
+        for id in self.origins.keys().chain(self.reuse_starts.keys()) {
+            if self.waiting_or_running(*id).is_none() {
+                return Err(format!("job {id} has an origin or a reuse start but is not queued or running"));
+            }
+        }
+        for (id, following) in &self.following {
+            if *id != following.id || id == &0 || *id >= self.next_job_id {
+                return Err(format!("following key {id} holds job {}", following.id));
+            }
+            if !placed.insert(*id) {
+                return Err(format!("job {id} follows and is somewhere else too"));
+            }
+            let Some(leader) = self.waiting_or_running(following.leader) else {
+                return Err(format!("job {id} follows {}, which is not queued or running", following.leader));
+            };
+            if leader.iterations != following.iterations || !self.followers.contains(&(following.leader, *id)) {
+                return Err(format!("job {id} follows {} but does not match it", following.leader));
+            }
+        }
+        if self.followers.len() != self.following.len() {
+            return Err("followers and following differ in size".into());
         }
         Ok(())
     }

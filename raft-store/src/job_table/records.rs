@@ -56,10 +56,43 @@ pub struct CompletedRecord {
     /// Leases of it that ended without a result before this one.
     pub attempts: u32,
     /// Iterations already done when the lease that finished it began (1 unless it resumed from
-    /// a checkpoint).
+    /// a checkpoint or started from another job's chain; its iterations if it was served
+    /// whole from another job).
     pub resumed_from: u64,
     /// The chain value after all iterations.
     pub result: Digest,
+    /// Its first digest (the chain after iteration 1), which indexes its result for reuse;
+    /// `None` for jobs recorded before reuse, whose first digest is not known.
+    #[serde(default)]
+    pub origin: Option<Digest>,
+    /// Set when it was served from another job's chain rather than computed from its start.
+    #[serde(default)]
+    pub reused: Option<Reuse>,
+}
+
+/// Where a job's chain came from when it was served from another job's: it started at
+/// iteration `from` with `job`'s chain value there (`from` is the job's own iterations when
+/// it was served whole: completed at enqueue, or completed with the job it waited on).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reuse {
+    /// The job whose result or checkpoint it started from.
+    pub job: JobId,
+    /// The iterations that chain value stands for.
+    pub from: u64,
+}
+
+/// A job waiting on another job with the same first digest and iterations: it completes with
+/// that job's result when that job completes (see [`super::JobTable`]).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FollowingJob {
+    /// The job.
+    pub id: JobId,
+    /// The job computing its chain.
+    pub leader: JobId,
+    /// When it was enqueued (ms).
+    pub enqueued_at_ms: u64,
+    /// Total iterations (the leader's too).
+    pub iterations: u64,
 }
 
 /// A registered worker.
@@ -287,6 +320,8 @@ pub enum JobStatus<'a> {
     Queued(&'a QueuedJob),
     /// Leased to a worker; `job.done` is the last checkpoint.
     Running(&'a Lease),
+    /// Waiting on another job computing the same chain; completes with it.
+    Following(&'a FollowingJob),
     /// Finished.
     Completed(&'a CompletedRecord),
     /// Once existed, but its result left retention.
@@ -304,4 +339,10 @@ pub struct Totals {
     pub requeued: u64,
     /// Enqueues refused because the queue was full.
     pub rejected_queue_full: u64,
+    /// Jobs served, whole or in part, from another job's chain.
+    #[serde(default)]
+    pub reused: u64,
+    /// Iterations those jobs did not have to compute.
+    #[serde(default)]
+    pub iterations_saved: u64,
 }

@@ -5,7 +5,13 @@ use wire::Digest;
 use super::*;
 
 fn job(iterations: u64, at: u64, key: Option<&str>) -> NewJob {
-    NewJob { digest: Digest([at as u8; 64]), iterations, enqueued_at_ms: at, idempotency_key: key.map(str::to_owned) }
+    NewJob {
+        digest: Digest([at as u8; 64]),
+        iterations,
+        enqueued_at_ms: at,
+        idempotency_key: key.map(str::to_owned),
+        reuse: false,
+    }
 }
 
 fn register(table: &mut JobTable, name: &str) -> WorkerId {
@@ -673,4 +679,241 @@ fn a_launch_committed_before_join_secrets_still_loads() {
     let bytes = rmp_serde::to_vec_named(&OldLaunch { requested_at_ms: 5, instance_id: None }).expect("encodes");
     let launch: Launch = wire::from_msgpack(&bytes).expect("an older launch loads");
     assert_eq!(launch, Launch { requested_at_ms: 5, instance_id: None, join: None });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reuse.
+
+/// The first digest of the body every reuse test sends.
+const BODY: Digest = Digest([42; 64]);
+
+fn reusing(table: &mut JobTable, iterations: u64, at: u64) -> JobId {
+    let job = NewJob { digest: BODY, iterations, enqueued_at_ms: at, idempotency_key: None, reuse: true };
+    match table.apply(&Command::EnqueueReusing { jobs: vec![job] }) {
+        CommandResponse::Enqueued(outcomes) => match outcomes.as_slice() {
+            [EnqueueOutcome::Created(id)] => *id,
+            other => panic!("unexpected {other:?}"),
+        },
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn lease_all(table: &mut JobTable, worker: WorkerId, now_ms: u64) -> Vec<LeasedJob> {
+    match table.apply(&Command::Lease { worker, max_jobs: 100, now_ms, deadline_ms: now_ms + 1_000, budget: None }) {
+        CommandResponse::Leased(jobs) => jobs,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn complete(table: &mut JobTable, worker: WorkerId, job: JobId, result: Digest, now_ms: u64) {
+    let answer = table.apply(&Command::Complete { worker, now_ms, results: vec![JobResult { job, result }] });
+    assert!(matches!(answer, CommandResponse::Completed(ref o) if matches!(o[..], [CompleteOutcome::Recorded(_)])));
+    table.check_invariants().expect("invariants");
+}
+
+fn completed(table: &JobTable, id: JobId) -> CompletedRecord {
+    match table.job_status(id) {
+        Some(JobStatus::Completed(record)) => *record,
+        other => panic!("job {id} is {other:?}"),
+    }
+}
+
+#[test]
+fn the_same_chain_completed_serves_a_new_job_at_once_under_its_own_sequence_number() {
+    let mut table = JobTable::default();
+    let worker = register(&mut table, "w");
+    let first = reusing(&mut table, 5, 10);
+    lease_all(&mut table, worker, 11);
+    complete(&mut table, worker, first, Digest([5; 64]), 12);
+
+    let again = reusing(&mut table, 5, 20);
+    table.check_invariants().expect("invariants");
+    let record = completed(&table, again);
+    assert_eq!(record.result, Digest([5; 64]));
+    assert_eq!(record.seq, completed(&table, first).seq + 1);
+    assert_eq!((record.enqueued_at_ms, record.completed_at_ms, record.resumed_from), (20, 20, 5));
+    assert_eq!(record.reused, Some(Reuse { job: first, from: 5 }));
+    assert_eq!(table.latest_completed(1).next().map(|r| r.id), Some(again), "visible to pullCompleted");
+    assert_eq!((table.totals().reused, table.totals().iterations_saved), (1, 4));
+    assert_eq!(table.queued_len(), 0, "nothing to compute");
+}
+
+#[test]
+fn a_longer_chain_starts_where_a_completed_shorter_one_ended() {
+    let mut table = JobTable::default();
+    let worker = register(&mut table, "w");
+    let short = reusing(&mut table, 3, 10);
+    lease_all(&mut table, worker, 11);
+    complete(&mut table, worker, short, Digest([3; 64]), 12);
+
+    let long = reusing(&mut table, 7, 20);
+    assert!(matches!(table.job_status(long), Some(JobStatus::Queued(job)) if job.done == 3));
+    assert_eq!(table.queued_iterations(), 4);
+    assert_eq!(table.reuse_start(long), Some(Reuse { job: short, from: 3 }));
+    let leased = lease_all(&mut table, worker, 21);
+    assert_eq!((leased[0].done, leased[0].digest), (3, Digest([3; 64])), "the worker continues the chain at 3");
+    complete(&mut table, worker, long, Digest([7; 64]), 22);
+    let record = completed(&table, long);
+    assert_eq!((record.resumed_from, record.reused), (3, Some(Reuse { job: short, from: 3 })));
+    assert_eq!((table.totals().reused, table.totals().iterations_saved), (1, 2));
+    assert_eq!(table.reuse_start(long), None);
+}
+
+#[test]
+fn a_running_job_s_checkpoint_is_a_starting_point_and_one_at_the_very_iterations_a_result() {
+    let mut table = JobTable::default();
+    let worker = register(&mut table, "w");
+    let long = reusing(&mut table, 10, 10);
+    lease_all(&mut table, worker, 11);
+    let checkpoints = vec![Checkpoint { job: long, done: 4, digest: Digest([4; 64]) }];
+    table.apply(&Command::Heartbeat { worker, now_ms: 12, deadline_ms: 2_000, checkpoints, hashes_per_s: 1 });
+
+    let six = reusing(&mut table, 6, 13);
+    assert!(
+        matches!(table.job_status(six), Some(JobStatus::Queued(job)) if (job.done, job.digest) == (4, Digest([4; 64])))
+    );
+    let four = reusing(&mut table, 4, 14);
+    assert_eq!(completed(&table, four).result, Digest([4; 64]));
+    // From the checkpoint at 4: `long`'s, or `six`'s, which started from it.
+    let reused = completed(&table, four).reused.expect("reused");
+    assert!(reused.from == 4 && [long, six].contains(&reused.job), "{reused:?}");
+    table.check_invariants().expect("invariants");
+
+    // The checkpointed job completes later under its own first digest: it indexes (BODY, 10).
+    complete(&mut table, worker, long, Digest([10; 64]), 15);
+    let ten = reusing(&mut table, 10, 16);
+    assert_eq!(completed(&table, ten).result, Digest([10; 64]));
+}
+
+#[test]
+fn the_same_chain_queued_or_running_is_followed_and_completes_with_it_even_after_a_lost_lease() {
+    let mut table = JobTable::default();
+    let worker = register(&mut table, "w");
+    let leader = reusing(&mut table, 5, 10);
+    let follower = reusing(&mut table, 5, 11);
+    assert!(matches!(table.job_status(follower), Some(JobStatus::Following(f)) if f.leader == leader));
+    assert_eq!((table.queued_len(), table.following_len()), (1, 1));
+    assert_eq!(table.queued_iterations(), 4, "the follower adds no work");
+    table.check_invariants().expect("invariants");
+
+    // The leader's worker is lost: the leader is requeued, the follower keeps waiting on it.
+    lease_all(&mut table, worker, 12);
+    let late = reusing(&mut table, 5, 13);
+    table.apply(&Command::RemoveWorker { worker, last_seen_ms: None });
+    assert!(matches!(table.job_status(leader), Some(JobStatus::Queued(_))));
+    assert!(matches!(table.job_status(late), Some(JobStatus::Following(f)) if f.leader == leader));
+    table.check_invariants().expect("invariants");
+
+    let other = register(&mut table, "v");
+    assert_eq!(lease_all(&mut table, other, 14).len(), 1, "only the leader is computed");
+    complete(&mut table, other, leader, Digest([5; 64]), 15);
+    for id in [follower, late] {
+        let record = completed(&table, id);
+        assert_eq!((record.result, record.reused), (Digest([5; 64]), Some(Reuse { job: leader, from: 5 })));
+        assert_eq!(record.completed_at_ms, 15);
+    }
+    let seqs: Vec<_> = [leader, follower, late].iter().map(|id| completed(&table, *id).seq).collect();
+    assert!(seqs[0] < seqs[1] && seqs[1] < seqs[2], "each its own completion: {seqs:?}");
+    assert_eq!(table.following_len(), 0);
+    assert_eq!((table.totals().reused, table.totals().iterations_saved), (2, 8));
+}
+
+#[test]
+fn a_job_that_opts_out_or_comes_from_an_old_log_is_computed_from_its_start() {
+    let mut table = JobTable::default();
+    let worker = register(&mut table, "w");
+    let first = reusing(&mut table, 5, 10);
+    lease_all(&mut table, worker, 11);
+    complete(&mut table, worker, first, Digest([5; 64]), 12);
+
+    let opted_out = NewJob { digest: BODY, iterations: 5, enqueued_at_ms: 13, idempotency_key: None, reuse: false };
+    // `Enqueue` is how logs from before reuse add jobs: no reuse whatever the job says.
+    let old_log = NewJob { reuse: true, ..opted_out.clone() };
+    table.apply(&Command::EnqueueReusing { jobs: vec![opted_out] });
+    table.apply(&Command::Enqueue { jobs: vec![old_log] });
+    for id in [first + 1, first + 2] {
+        assert!(matches!(table.job_status(id), Some(JobStatus::Queued(job)) if job.done == 1), "job {id}");
+    }
+    assert_eq!(table.totals().reused, 0);
+    table.check_invariants().expect("invariants");
+    // The one that opted out is indexed when it completes; the one from the old log is not.
+    for (id, result) in lease_all(&mut table, worker, 14).iter().map(|job| (job.job, Digest([6; 64]))) {
+        complete(&mut table, worker, id, result, 15);
+    }
+    assert_eq!(completed(&table, first + 1).origin, Some(BODY));
+    assert_eq!(completed(&table, first + 2).origin, None);
+    let newest = reusing(&mut table, 5, 16);
+    assert_eq!(completed(&table, newest).reused, Some(Reuse { job: first + 1, from: 5 }));
+}
+
+#[test]
+fn retention_forgets_a_chain_with_its_last_result() {
+    let mut table = JobTable::new(Limits { completed_retention: 1, ..Limits::default() });
+    let worker = register(&mut table, "w");
+    let first = reusing(&mut table, 5, 10);
+    lease_all(&mut table, worker, 11);
+    complete(&mut table, worker, first, Digest([5; 64]), 12);
+    // Another completion pushes the first out of retention.
+    table.apply(&Command::Enqueue { jobs: vec![job(1, 13, None)] });
+    let other = lease_all(&mut table, worker, 14)[0].job;
+    complete(&mut table, worker, other, Digest([1; 64]), 15);
+    assert_eq!(table.job_status(first), Some(JobStatus::Forgotten));
+
+    let again = reusing(&mut table, 5, 16);
+    assert!(matches!(table.job_status(again), Some(JobStatus::Queued(job)) if job.done == 1));
+    table.check_invariants().expect("invariants");
+}
+
+#[test]
+fn a_job_served_at_once_needs_no_room_in_a_full_queue_but_a_follower_does() {
+    let mut table = JobTable::new(Limits { max_queued: 1, ..Limits::default() });
+    let worker = register(&mut table, "w");
+    let first = reusing(&mut table, 5, 10);
+    lease_all(&mut table, worker, 11);
+    complete(&mut table, worker, first, Digest([5; 64]), 12);
+    let waiting = reusing(&mut table, 9, 13);
+    // The queue is full (one job waits): the same chain as `first` is still served ...
+    let served = reusing(&mut table, 5, 14);
+    assert_eq!(completed(&table, served).result, Digest([5; 64]));
+    // ... and one that would follow `waiting` is refused like any other.
+    let job = NewJob { digest: BODY, iterations: 9, enqueued_at_ms: 15, idempotency_key: None, reuse: true };
+    let answer = table.apply(&Command::EnqueueReusing { jobs: vec![job] });
+    assert_eq!(answer, CommandResponse::Enqueued(vec![EnqueueOutcome::QueueFull]));
+    assert!(matches!(table.job_status(waiting), Some(JobStatus::Queued(_))));
+}
+
+/// A table written before reuse (no reuse fields) loads, and its jobs complete as before.
+#[test]
+fn a_table_from_before_reuse_loads_and_its_jobs_complete() {
+    let mut table = JobTable::default();
+    let worker = register(&mut table, "w");
+    table.apply(&Command::Enqueue { jobs: vec![job(5, 10, None), job(5, 10, None)] });
+    let leased = lease_all(&mut table, worker, 11);
+    let checkpoints = vec![Checkpoint { job: leased[0].job, done: 3, digest: Digest([3; 64]) }];
+    table.apply(&Command::Heartbeat { worker, now_ms: 12, deadline_ms: 2_000, checkpoints, hashes_per_s: 1 });
+    // The encoding an older version wrote: the same table without the fields reuse added
+    // (JSON here, for its editable maps; the fields are the same in MessagePack).
+    let mut value: serde_json::Value = serde_json::to_value(&table).expect("to json");
+    let fields = value.as_object_mut().expect("a map");
+    for field in ["chain_results", "chain_live", "origins", "reuse_starts", "following", "followers"] {
+        assert!(fields.remove(field).is_some(), "{field}");
+    }
+    let mut old: JobTable = serde_json::from_value(value).expect("an older table loads");
+    old.check_invariants().expect("invariants");
+    // Jobs of `Enqueue` take no part in reuse: they complete, unindexed, checkpointed or not.
+    complete(&mut old, worker, leased[0].job, Digest([5; 64]), 13);
+    complete(&mut old, worker, leased[1].job, Digest([5; 64]), 14);
+    assert_eq!([leased[0].job, leased[1].job].map(|id| completed(&old, id).origin), [None, None]);
+    // ... so a table that replayed them indexes what one restored from the old encoding does.
+    table.apply(&Command::Complete {
+        worker,
+        now_ms: 13,
+        results: vec![JobResult { job: leased[0].job, result: Digest([5; 64]) }],
+    });
+    table.apply(&Command::Complete {
+        worker,
+        now_ms: 14,
+        results: vec![JobResult { job: leased[1].job, result: Digest([5; 64]) }],
+    });
+    assert_eq!(old, table);
 }

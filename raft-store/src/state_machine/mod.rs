@@ -266,7 +266,13 @@ mod tests {
     fn table_with_jobs(jobs: u64) -> JobTable {
         let mut table = JobTable::default();
         for i in 0..jobs {
-            let job = NewJob { digest: Digest([i as u8; 64]), iterations: 1, enqueued_at_ms: i, idempotency_key: None };
+            let job = NewJob {
+                digest: Digest([i as u8; 64]),
+                iterations: 1,
+                enqueued_at_ms: i,
+                idempotency_key: None,
+                reuse: false,
+            };
             table.apply(&Command::Enqueue { jobs: vec![job] });
         }
         table

@@ -9,7 +9,7 @@ use raft_store::{CommandResponse, Digest, Node, NodeId, Role};
 pub const ELECTION: Duration = Duration::from_secs(10);
 
 pub fn job(i: u64) -> JobRequest {
-    JobRequest { digest: Digest([(i % 251) as u8; 64]), iterations: i + 1, idempotency_key: None }
+    JobRequest { digest: Digest([(i % 251) as u8; 64]), iterations: i + 1, idempotency_key: None, reuse: false }
 }
 
 /// Enqueue one job through `node` (forwarded to the leader if need be); return its id.
