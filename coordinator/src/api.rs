@@ -434,6 +434,7 @@ pub async fn cluster(State(app): State<App>) -> Json<ClusterView> {
             enqueued_total: totals.enqueued,
             completed_total: totals.completed,
             requeued_total: totals.requeued,
+            reuse_enabled: table.reuse_enabled(),
             reused_total: totals.reused,
             iterations_saved_total: totals.iterations_saved,
             completed_retained: table.completed_len() as u64,

@@ -1,5 +1,6 @@
-//! What only the leader does, with its own clock: expire leases, drop silent workers, and write
-//! this coordinator's configured limits once per configuration.
+//! What only the leader does, with its own clock: expire leases, drop silent workers, write
+//! this coordinator's configured limits once per configuration, and enable content-addressed
+//! reuse once every member of the cluster runs a version that has it.
 //!
 //! A new leader first waits one lease period before expiring anything: leases granted (or
 //! extended) by its predecessor were stamped with the predecessor's clock, and a heartbeat may
@@ -31,6 +32,10 @@ pub struct DutyConfig {
 }
 
 const TICK: Duration = Duration::from_millis(200);
+/// How often a leader asks the members whether they can all reuse, until they can.
+const REUSE_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How long each member has to answer that.
+const REUSE_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Run the leader's duties on `node` until `shutdown`.
 pub async fn run(node: Node, config: DutyConfig, shutdown: CancellationToken) {
@@ -39,6 +44,7 @@ pub async fn run(node: Node, config: DutyConfig, shutdown: CancellationToken) {
     }
     let mut leadership = node.leadership();
     let mut leading_since: Option<(u64, u64)> = None;
+    let mut reuse_checked: Option<std::time::Instant> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -80,7 +86,37 @@ pub async fn run(node: Node, config: DutyConfig, shutdown: CancellationToken) {
         if let Err(e) = act(&node, &config, term, now, now >= since.saturating_add(config.lease_ms)).await {
             tracing::warn!(error = %e, "leader duty not committed; will retry");
         }
+        if !node.state_machine().read(|table| table.reuse_enabled())
+            && reuse_checked.is_none_or(|at| at.elapsed() >= REUSE_CHECK_EVERY)
+        {
+            reuse_checked = Some(std::time::Instant::now());
+            if let Err(e) = enable_reuse_when_every_member_can(&node, term).await {
+                tracing::warn!(error = %e, "enabling reuse not committed; will retry");
+            }
+        }
     }
+}
+
+/// Commit [`Proposal::EnableReuse`] if every member (voters and learners) answers that it runs
+/// a version with reuse. Until then, enqueues are stamped as the command every version knows:
+/// a voter of an older version would stop replicating at the first one that needed reuse.
+async fn enable_reuse_when_every_member_can(node: &Node, term: u64) -> Result<(), raft_store::ProposeError> {
+    let members = node.view().members;
+    let answers = members.iter().map(|member| node.voter_status(member.id, REUSE_CHECK_TIMEOUT));
+    let statuses = futures::future::join_all(answers).await;
+    let unable: Vec<u64> = members
+        .iter()
+        .zip(&statuses)
+        .filter(|(_, status)| !status.as_ref().is_ok_and(|status| status.reuse))
+        .map(|(member, _)| member.id)
+        .collect();
+    if !unable.is_empty() {
+        tracing::info!(?unable, "reuse stays off until every member runs a version that has it");
+        return Ok(());
+    }
+    node.propose_as_leader(term, Proposal::EnableReuse).await?;
+    tracing::info!("every member can reuse: reuse enabled");
+    Ok(())
 }
 
 async fn act(

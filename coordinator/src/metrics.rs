@@ -59,6 +59,7 @@ fn describe() {
     );
     describe_counter!("tandem_iterations_saved_total", "Iterations reused jobs did not compute (replicated).");
     describe_gauge!("tandem_jobs_following", "Jobs waiting on another job computing the same chain.");
+    describe_gauge!("tandem_reuse_enabled", "1 once every member runs a version with reuse and a leader enabled it.");
     describe_counter!(
         "tandem_worker_requests_refused_total",
         "Worker requests refused by this coordinator for a missing or wrong cluster secret."
@@ -119,6 +120,7 @@ pub async fn sample(node: Node, scaler: crate::scaler::SharedStatus, shutdown: C
             counter!("tandem_jobs_reused_total").absolute(totals.reused);
             counter!("tandem_iterations_saved_total").absolute(totals.iterations_saved);
             gauge!("tandem_jobs_following").set(table.following_len() as f64);
+            gauge!("tandem_reuse_enabled").set(f64::from(u8::from(table.reuse_enabled())));
             gauge!("tandem_queue_depth").set(table.queued_len() as f64);
             gauge!("tandem_queue_iterations").set(table.queued_iterations() as f64);
             let age = table.oldest_queued_at_ms().map_or(0, |at| now.saturating_sub(at));

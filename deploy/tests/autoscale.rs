@@ -29,12 +29,13 @@ fn core_rate() -> u64 {
 }
 
 /// Enqueue 12 jobs of `iterations` (one body: the reference chain, which takes as long as a
-/// job, is computed once, after the enqueues); their ids and the expected result.
+/// job, is computed once, after the enqueues; each job opts out of reuse, so that all 12 are
+/// computed and load the fleet); their ids and the expected result.
 async fn enqueue_burst(client: &ApiClient, iterations: u64) -> (BTreeSet<u64>, String) {
     let body = job_body(iterations);
     let mut ids = BTreeSet::new();
     for _ in 0..12 {
-        ids.insert(client.enqueue(body.clone(), iterations, None).await.expect("enqueue"));
+        ids.insert(client.enqueue_with_reuse(body.clone(), iterations, None, false).await.expect("enqueue"));
     }
     let expected = tokio::task::spawn_blocking(move || reference_chain(&body, iterations)).await.expect("reference");
     (ids, expected)

@@ -16,6 +16,18 @@ mod common;
 
 use common::*;
 
+/// A cluster of `workers` workers besides the witness's, once its leader has enabled reuse
+/// (every member runs this version: it says so within a probe round or two).
+async fn start_reusing(dir: &TempDir, workers: usize) -> LocalCluster {
+    let cluster = start(dir, workers).await;
+    let client = ApiClient::new(cluster.api_urls()[0].clone());
+    wait_for("reuse enabled", Duration::from_secs(30), || async {
+        client.cluster().await.ok().filter(|view| view.queue.reuse_enabled).map(|_| ())
+    })
+    .await;
+    cluster
+}
+
 /// The chain steps every worker of `cluster` computed, from their metrics (the witness runs
 /// the first worker).
 async fn hashes(cluster: &mut LocalCluster, workers: &[&str]) -> u64 {
@@ -50,7 +62,7 @@ async fn wait_for_hashes(cluster: &mut LocalCluster, workers: &[&str], expected:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_longer_chain_of_the_same_body_computes_only_the_iterations_the_shorter_one_left() {
     let dir = TempDir::new().expect("temp dir");
-    let mut cluster = start(&dir, 0).await;
+    let mut cluster = start_reusing(&dir, 0).await;
     let clients = cluster.api_urls().map(ApiClient::new);
     let workers = ["witness"];
     let short = vectors().into_iter().find(|c| c.seed == 4 && c.iterations == 1_000).expect("the 1,000 vector");
@@ -90,7 +102,7 @@ async fn a_longer_chain_of_the_same_body_computes_only_the_iterations_the_shorte
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_job_enqueued_a_hundred_times_at_once_is_computed_once() {
     let dir = TempDir::new().expect("temp dir");
-    let mut cluster = start(&dir, 1).await;
+    let mut cluster = start_reusing(&dir, 1).await;
     let clients = cluster.api_urls().map(ApiClient::new);
     let case = vectors().into_iter().find(|c| c.iterations == 12_345).expect("the 12,345 vector");
     let data = body(&case);
@@ -113,7 +125,7 @@ async fn the_same_job_enqueued_a_hundred_times_at_once_is_computed_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_following_one_whose_worker_is_killed_all_complete_correctly_once() {
     let dir = TempDir::new().expect("temp dir");
-    let mut cluster = start(&dir, 1).await;
+    let mut cluster = start_reusing(&dir, 1).await;
     let clients = cluster.api_urls().map(ApiClient::new);
     let data = b"a long job that others wait on".to_vec();
     let iterations = 6_000_000;

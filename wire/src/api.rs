@@ -166,6 +166,9 @@ pub struct QueueView {
     pub completed_total: u64,
     /// Leases that ended without a result.
     pub requeued_total: u64,
+    /// Whether reuse is on: once every member of the cluster runs a version that has it.
+    #[serde(default)]
+    pub reuse_enabled: bool,
     /// Jobs served, whole or in part, from another job's chain.
     #[serde(default)]
     pub reused_total: u64,

@@ -150,6 +150,16 @@ pub async fn run(args: &FlowArgs, quick: bool) -> anyhow::Result<Report> {
         elapsed
     } else {
         let off = phase.run(&target, args, 0, false, "reuse_off_", &mut report).await;
+        // A leader enables reuse once it has heard every member say it can (seconds after a
+        // cluster starts).
+        let waiting_since = Instant::now();
+        while !target.clients[0].cluster().await?.queue.reuse_enabled {
+            if waiting_since.elapsed() > Duration::from_secs(30) {
+                report.failures.push("reuse was not enabled within 30 s: does every member run this version?".into());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let before = target.clients[0].cluster().await?.queue;
         let on = phase.run(&target, args, REUSE_ON_BODIES, true, "reuse_on_", &mut report).await;
         let after = target.clients[0].cluster().await?.queue;

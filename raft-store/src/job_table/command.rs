@@ -145,10 +145,15 @@ pub enum Command {
     /// start whatever its `reuse`: how logs written before reuse add jobs, and batches in which
     /// no job asks for reuse.
     Enqueue { jobs: Vec<NewJob> },
-    /// Add jobs; each with `reuse` set is served from what the table knows of its chain (see
-    /// [`super::JobTable`]). A version from before reuse cannot decode this command and stops
-    /// replicating rather than apply it without reuse (its table would then differ).
+    /// Add jobs; each with `reuse` set is served from what the table knows of its chain, and
+    /// every one is indexed for later jobs (see [`super::JobTable`]). Stamped only once reuse
+    /// is enabled ([`Command::EnableReuse`]); applied as [`Command::Enqueue`] before that.
     EnqueueReusing { jobs: Vec<NewJob> },
+    /// Every voter runs a version that has reuse: enqueues may use it from now on. Proposed by
+    /// a leader once each voter of the membership said so; a version from before reuse cannot
+    /// decode this command (nor anything after it), so it stops replicating rather than apply
+    /// what it does not know.
+    EnableReuse,
     /// Hand up to `max_jobs` waiting jobs to `worker` until `deadline_ms`; with a `budget`, by
     /// work rather than by count (see [`LeaseBudget`]).
     Lease {
@@ -230,6 +235,7 @@ impl std::fmt::Display for Command {
         match self {
             Command::Enqueue { jobs } => write!(f, "Enqueue({} jobs)", jobs.len()),
             Command::EnqueueReusing { jobs } => write!(f, "EnqueueReusing({} jobs)", jobs.len()),
+            Command::EnableReuse => write!(f, "EnableReuse"),
             Command::Lease { worker, max_jobs, .. } => write!(f, "Lease(worker {worker}, up to {max_jobs})"),
             Command::Heartbeat { worker, checkpoints, .. } => {
                 write!(f, "Heartbeat(worker {worker}, {} checkpoints)", checkpoints.len())

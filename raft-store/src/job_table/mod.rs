@@ -145,7 +145,15 @@ pub struct JobTable {
     /// (job followed, follower) for each following job.
     #[serde(default)]
     followers: BTreeSet<(JobId, JobId)>,
+    /// Every voter runs a version that has reuse ([`Command::EnableReuse`]).
+    #[serde(default)]
+    reuse_enabled: bool,
 }
+
+/// The most jobs that follow one job: completing it completes them in the same apply, so this
+/// bounds that apply's work like a worker's batch of results. A copy beyond it is computed on
+/// its own (and indexed).
+pub const MAX_FOLLOWERS: usize = 1024;
 
 /// How many jobs computing a chain an enqueue looks at, on each side of its own iterations,
 /// for a checkpoint to start from: bounds apply's work whatever a client enqueues.
@@ -184,7 +192,13 @@ impl JobTable {
             reuse_starts: BTreeMap::new(),
             following: BTreeMap::new(),
             followers: BTreeSet::new(),
+            reuse_enabled: false,
         }
+    }
+
+    /// Whether enqueues may use reuse ([`Command::EnableReuse`] was applied).
+    pub fn reuse_enabled(&self) -> bool {
+        self.reuse_enabled
     }
 
     fn set_limits(&mut self, limits: Limits) -> CommandResponse {
@@ -200,7 +214,11 @@ impl JobTable {
     pub fn apply(&mut self, command: &Command) -> CommandResponse {
         match command {
             Command::Enqueue { jobs } => self.enqueue_batch(jobs, false),
-            Command::EnqueueReusing { jobs } => self.enqueue_batch(jobs, true),
+            Command::EnqueueReusing { jobs } => self.enqueue_batch(jobs, self.reuse_enabled),
+            Command::EnableReuse => {
+                self.reuse_enabled = true;
+                CommandResponse::Done
+            }
             Command::Lease { worker, max_jobs, now_ms, deadline_ms, budget } => {
                 self.lease(*worker, *max_jobs, *now_ms, *deadline_ms, *budget)
             }
@@ -295,7 +313,10 @@ impl JobTable {
         if job.iterations == 0 {
             return EnqueueOutcome::Invalid;
         }
-        let known = if reuse { self.furthest_known(job.digest, job.iterations) } else { None };
+        let known = match reuse.then(|| self.furthest_known(job.digest, job.iterations)).flatten() {
+            Some(Known::Computing(leader)) if self.followers_of(leader) >= MAX_FOLLOWERS => None,
+            known => known,
+        };
         // A job served whole at once does not wait; every other does, here or behind another.
         let waits = !matches!(known, Some(Known::Result { .. }));
         if waits && self.queued_len() + self.following.len() as u64 >= self.limits.max_queued {
@@ -339,11 +360,11 @@ impl JobTable {
                     attempts: 0,
                     digest: job.digest,
                 });
-                if reuse {
-                    // None computes this chain (it would have been followed).
+                if reuse && !self.chain_live.contains_key(&chain) {
                     self.chain_live.insert(chain, id);
                 } else if reusing {
-                    // Computed on its own, as asked; its result is indexed all the same.
+                    // Computed on its own (as asked, or past the followers one job may have);
+                    // its result is indexed all the same.
                     self.origins.insert(id, job.digest);
                 }
             }
@@ -355,6 +376,11 @@ impl JobTable {
         }
         self.totals.enqueued += 1;
         EnqueueOutcome::Created(id)
+    }
+
+    /// How many jobs follow `leader`, counted up to [`MAX_FOLLOWERS`].
+    fn followers_of(&self, leader: JobId) -> usize {
+        self.followers.range((leader, 0)..=(leader, JobId::MAX)).take(MAX_FOLLOWERS).count()
     }
 
     fn add_waiting(&mut self, job: QueuedJob) {

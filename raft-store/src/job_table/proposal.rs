@@ -129,6 +129,8 @@ pub enum Proposal {
     Scaler(ScalerProposal),
     /// A launched worker exchanges its join secret, by hash (see [`Command::UseJoin`]).
     UseJoin { launch_token: String, secret_sha256: String },
+    /// Every voter can reuse (see [`Command::EnableReuse`]).
+    EnableReuse,
     /// Coordinator `node`'s configured limits (see [`Command::ConfigureLimits`]).
     ConfigureLimits {
         /// The coordinator whose configuration these are.
@@ -139,12 +141,12 @@ pub enum Proposal {
 }
 
 impl Proposal {
-    /// The command to append, with `now_ms` (the leader's clock) as its time.
-    pub fn stamp(self, now_ms: u64) -> Command {
+    /// The command to append, with `now_ms` (the leader's clock) as its time; enqueues may use
+    /// reuse if `reuse_enabled` (the leader's table says every voter can).
+    pub fn stamp(self, now_ms: u64, reuse_enabled: bool) -> Command {
         let until = |lease_ms: u64| now_ms.saturating_add(lease_ms);
         match self {
             Proposal::Enqueue { jobs } => {
-                let reusing = jobs.iter().any(|job| job.reuse);
                 let jobs = jobs
                     .into_iter()
                     .map(|job| NewJob {
@@ -155,7 +157,7 @@ impl Proposal {
                         reuse: job.reuse,
                     })
                     .collect();
-                if reusing { Command::EnqueueReusing { jobs } } else { Command::Enqueue { jobs } }
+                if reuse_enabled { Command::EnqueueReusing { jobs } } else { Command::Enqueue { jobs } }
             }
             Proposal::Lease { worker, max_jobs, lease_ms, budget } => {
                 Command::Lease { worker, max_jobs, now_ms, deadline_ms: until(lease_ms), budget }
@@ -177,6 +179,7 @@ impl Proposal {
                 Command::UseJoin { launch_token, secret_sha256, now_ms }
             }
             Proposal::ConfigureLimits { node, limits } => Command::ConfigureLimits { node, limits },
+            Proposal::EnableReuse => Command::EnableReuse,
         }
     }
 
@@ -193,7 +196,7 @@ mod tests {
     #[test]
     fn the_leader_s_clock_gives_every_time_and_each_duration_is_kept() {
         const NOW: u64 = 1_000_000;
-        let stamped = |proposal: Proposal| proposal.stamp(NOW);
+        let stamped = |proposal: Proposal| proposal.stamp(NOW, false);
         let request =
             JobRequest { digest: Digest([1; 64]), iterations: 5, idempotency_key: Some("k".into()), reuse: false };
         let job = NewJob {
@@ -203,17 +206,12 @@ mod tests {
             idempotency_key: Some("k".into()),
             reuse: false,
         };
-        assert_eq!(
-            stamped(Proposal::Enqueue { jobs: vec![request.clone()] }),
-            Command::Enqueue { jobs: vec![job.clone()] }
-        );
-        // A batch in which a job asks for reuse is stamped as the command that older versions
-        // cannot decode (they stop rather than apply it without reuse).
-        let reusing = JobRequest { reuse: true, ..request };
-        assert_eq!(
-            stamped(Proposal::Enqueue { jobs: vec![reusing] }),
-            Command::EnqueueReusing { jobs: vec![NewJob { reuse: true, ..job }] }
-        );
+        let reusing = JobRequest { reuse: true, ..request.clone() };
+        let batch = vec![request, reusing];
+        let jobs = vec![job.clone(), NewJob { reuse: true, ..job }];
+        // Until every voter can reuse, enqueues are stamped as the command older versions know.
+        assert_eq!(stamped(Proposal::Enqueue { jobs: batch.clone() }), Command::Enqueue { jobs: jobs.clone() });
+        assert_eq!(Proposal::Enqueue { jobs: batch }.stamp(NOW, true), Command::EnqueueReusing { jobs });
         assert_eq!(
             stamped(Proposal::Lease { worker: 2, max_jobs: 3, lease_ms: 3_000, budget: None }),
             Command::Lease { worker: 2, max_jobs: 3, now_ms: NOW, deadline_ms: NOW + 3_000, budget: None }

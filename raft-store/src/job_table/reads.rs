@@ -261,6 +261,16 @@ impl JobTable {
     /// The reuse indexes agree with the jobs (see the module documentation); `placed` holds
     /// every job queued, running or completed.
     fn check_reuse_invariants(&self, mut placed: std::collections::BTreeSet<JobId>) -> Result<(), String> {
+        let untouched = self.chain_results.is_empty()
+            && self.chain_live.is_empty()
+            && self.origins.is_empty()
+            && self.reuse_starts.is_empty()
+            && self.following.is_empty()
+            && self.totals.reused == 0
+            && self.completed.values().all(|record| record.origin.is_none() && record.reused.is_none());
+        if !self.reuse_enabled && !untouched {
+            return Err("reuse is not enabled, but its indexes or records are not empty".into());
+        }
         for (&(digest, iterations), seq) in &self.chain_results {
             match self.completed.get(seq) {
                 Some(record) if record.origin == Some(digest) && record.iterations == iterations => {}
@@ -297,6 +307,13 @@ impl JobTable {
                 return Err(format!("job {id} has an origin or a reuse start but is not queued or running"));
             }
         }
+        if let Some(id) = self.reuse_starts.keys().find(|id| !self.origins.contains_key(id)) {
+            return Err(format!("job {id} started from another chain but keeps no origin"));
+        }
+        if let Some(record) = self.completed.values().find(|record| record.reused.is_some() && record.origin.is_none())
+        {
+            return Err(format!("completed job {} was reused but has no origin", record.id));
+        }
         for (id, following) in &self.following {
             if *id != following.id || id == &0 || *id >= self.next_job_id {
                 return Err(format!("following key {id} holds job {}", following.id));
@@ -309,6 +326,11 @@ impl JobTable {
             };
             if leader.iterations != following.iterations || !self.followers.contains(&(following.leader, *id)) {
                 return Err(format!("job {id} follows {} but does not match it", following.leader));
+            }
+            // The job followed computes the chain for others: it completes them.
+            let origin = self.origins.get(&leader.id).copied().unwrap_or(leader.digest);
+            if self.chain_live.get(&(origin, leader.iterations)) != Some(&leader.id) {
+                return Err(format!("job {id} follows {}, which does not compute its chain for others", leader.id));
             }
         }
         if self.followers.len() != self.following.len() {

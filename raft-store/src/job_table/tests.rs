@@ -684,6 +684,12 @@ fn a_launch_committed_before_join_secrets_still_loads() {
 // ---------------------------------------------------------------------------------------------
 // Reuse.
 
+/// `table` once every voter can reuse.
+fn enabled(mut table: JobTable) -> JobTable {
+    assert_eq!(table.apply(&Command::EnableReuse), CommandResponse::Done);
+    table
+}
+
 /// The first digest of the body every reuse test sends.
 const BODY: Digest = Digest([42; 64]);
 
@@ -720,7 +726,7 @@ fn completed(table: &JobTable, id: JobId) -> CompletedRecord {
 
 #[test]
 fn the_same_chain_completed_serves_a_new_job_at_once_under_its_own_sequence_number() {
-    let mut table = JobTable::default();
+    let mut table = enabled(JobTable::default());
     let worker = register(&mut table, "w");
     let first = reusing(&mut table, 5, 10);
     lease_all(&mut table, worker, 11);
@@ -740,7 +746,7 @@ fn the_same_chain_completed_serves_a_new_job_at_once_under_its_own_sequence_numb
 
 #[test]
 fn a_longer_chain_starts_where_a_completed_shorter_one_ended() {
-    let mut table = JobTable::default();
+    let mut table = enabled(JobTable::default());
     let worker = register(&mut table, "w");
     let short = reusing(&mut table, 3, 10);
     lease_all(&mut table, worker, 11);
@@ -761,7 +767,7 @@ fn a_longer_chain_starts_where_a_completed_shorter_one_ended() {
 
 #[test]
 fn a_running_job_s_checkpoint_is_a_starting_point_and_one_at_the_very_iterations_a_result() {
-    let mut table = JobTable::default();
+    let mut table = enabled(JobTable::default());
     let worker = register(&mut table, "w");
     let long = reusing(&mut table, 10, 10);
     lease_all(&mut table, worker, 11);
@@ -787,7 +793,7 @@ fn a_running_job_s_checkpoint_is_a_starting_point_and_one_at_the_very_iterations
 
 #[test]
 fn the_same_chain_queued_or_running_is_followed_and_completes_with_it_even_after_a_lost_lease() {
-    let mut table = JobTable::default();
+    let mut table = enabled(JobTable::default());
     let worker = register(&mut table, "w");
     let leader = reusing(&mut table, 5, 10);
     let follower = reusing(&mut table, 5, 11);
@@ -820,7 +826,7 @@ fn the_same_chain_queued_or_running_is_followed_and_completes_with_it_even_after
 
 #[test]
 fn a_job_that_opts_out_or_comes_from_an_old_log_is_computed_from_its_start() {
-    let mut table = JobTable::default();
+    let mut table = enabled(JobTable::default());
     let worker = register(&mut table, "w");
     let first = reusing(&mut table, 5, 10);
     lease_all(&mut table, worker, 11);
@@ -848,7 +854,7 @@ fn a_job_that_opts_out_or_comes_from_an_old_log_is_computed_from_its_start() {
 
 #[test]
 fn retention_forgets_a_chain_with_its_last_result() {
-    let mut table = JobTable::new(Limits { completed_retention: 1, ..Limits::default() });
+    let mut table = enabled(JobTable::new(Limits { completed_retention: 1, ..Limits::default() }));
     let worker = register(&mut table, "w");
     let first = reusing(&mut table, 5, 10);
     lease_all(&mut table, worker, 11);
@@ -866,7 +872,7 @@ fn retention_forgets_a_chain_with_its_last_result() {
 
 #[test]
 fn a_job_served_at_once_needs_no_room_in_a_full_queue_but_a_follower_does() {
-    let mut table = JobTable::new(Limits { max_queued: 1, ..Limits::default() });
+    let mut table = enabled(JobTable::new(Limits { max_queued: 1, ..Limits::default() }));
     let worker = register(&mut table, "w");
     let first = reusing(&mut table, 5, 10);
     lease_all(&mut table, worker, 11);
@@ -916,4 +922,52 @@ fn a_table_from_before_reuse_loads_and_its_jobs_complete() {
         results: vec![JobResult { job: leased[1].job, result: Digest([5; 64]) }],
     });
     assert_eq!(old, table);
+}
+
+#[test]
+fn reuse_is_off_until_every_voter_can_and_then_on() {
+    let mut table = JobTable::default();
+    let worker = register(&mut table, "w");
+    // Before `EnableReuse`, an `EnqueueReusing` is an `Enqueue`: nothing served, nothing indexed.
+    let first = reusing(&mut table, 5, 10);
+    lease_all(&mut table, worker, 11);
+    complete(&mut table, worker, first, Digest([5; 64]), 12);
+    let second = reusing(&mut table, 5, 13);
+    assert!(matches!(table.job_status(second), Some(JobStatus::Queued(job)) if job.done == 1));
+    assert_eq!(completed(&table, first).origin, None);
+    table.check_invariants().expect("invariants");
+
+    // After it, jobs from before it still take no part (a voter that installed a snapshot
+    // from before it holds no index of them either); new ones do.
+    let mut table = enabled(table);
+    lease_all(&mut table, worker, 14);
+    complete(&mut table, worker, second, Digest([5; 64]), 15);
+    let third = reusing(&mut table, 5, 16);
+    assert!(matches!(table.job_status(third), Some(JobStatus::Queued(job)) if job.done == 1));
+    lease_all(&mut table, worker, 17);
+    complete(&mut table, worker, third, Digest([5; 64]), 18);
+    let fourth = reusing(&mut table, 5, 19);
+    assert_eq!(completed(&table, fourth).reused, Some(Reuse { job: third, from: 5 }));
+}
+
+#[test]
+fn a_job_followed_by_the_most_followers_a_job_may_have_leaves_the_next_copy_to_compute_on_its_own() {
+    let mut table = enabled(JobTable::new(Limits { max_queued: u64::MAX, ..Limits::default() }));
+    let worker = register(&mut table, "w");
+    let leader = reusing(&mut table, 5, 10);
+    for at in 0..MAX_FOLLOWERS as u64 {
+        reusing(&mut table, 5, 11 + at);
+    }
+    assert_eq!(table.following_len(), MAX_FOLLOWERS as u64);
+    let own = reusing(&mut table, 5, 5_000);
+    assert!(matches!(table.job_status(own), Some(JobStatus::Queued(job)) if job.done == 1));
+    table.check_invariants().expect("invariants");
+    // Completing the leader completes its followers in one apply; the copy on its own is
+    // indexed when it completes.
+    let leased = lease_all(&mut table, worker, 5_001);
+    assert_eq!(leased.iter().map(|job| job.job).collect::<Vec<_>>(), vec![leader, own]);
+    complete(&mut table, worker, leader, Digest([5; 64]), 5_002);
+    assert_eq!(table.following_len(), 0);
+    complete(&mut table, worker, own, Digest([5; 64]), 5_003);
+    assert_eq!(completed(&table, own).origin, Some(BODY));
 }

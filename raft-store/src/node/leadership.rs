@@ -269,6 +269,7 @@ mod tests {
                 leader: Some(1),
                 last_log_index: Some(100),
                 applied_index: Some(100),
+                reuse: true,
             },
             members: vec![
                 member(1, Role::Coordinator, true),

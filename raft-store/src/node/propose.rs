@@ -60,7 +60,8 @@ impl Node {
         let proposed = std::time::Instant::now();
         // Stamped here and nowhere else: if this node does not lead after all, openraft refuses
         // the entry and the caller forwards the proposal, unstamped, to the leader.
-        let command = proposal.stamp(wire::now_ms());
+        let reuse_enabled = self.parts.state_machine.read(|table| table.reuse_enabled());
+        let command = proposal.stamp(wire::now_ms(), reuse_enabled);
         let written = tokio::select! {
             written = tokio::time::timeout(timeout, client_write(&self.parts.raft, command)) => written,
             _ = quorum_lost.wait_for(|lost| *lost) => {

@@ -67,6 +67,10 @@ pub struct VoterStatus {
     pub last_log_index: Option<u64>,
     /// The last index applied to its state machine.
     pub applied_index: Option<u64>,
+    /// Whether it runs a version that has content-addressed reuse (older versions' answers
+    /// lack the field): a leader enables reuse once every voter says so.
+    #[serde(default)]
+    pub reuse: bool,
 }
 
 impl VoterStatus {
@@ -79,6 +83,7 @@ impl VoterStatus {
             leader: metrics.current_leader,
             last_log_index: metrics.last_log_index,
             applied_index: metrics.last_applied.map(|id| id.index),
+            reuse: true,
         }
     }
 }
