@@ -66,32 +66,11 @@ async fn a_killed_worker_s_job_resumes_from_its_checkpoint_elsewhere() {
     let body = b"a long job".to_vec();
     let iterations = 6_000_000;
     let id = clients[0].enqueue(body.clone(), iterations, None).await.expect("enqueue");
-    // Wait until a worker has checkpointed progress through its heartbeats.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (holder, checkpoint) = loop {
-        let view = clients[1].job(id).await.expect("job");
-        if view.state == JobState::Running && view.iterations_done > 1 {
-            break (view.worker.expect("running jobs have a worker"), view.iterations_done);
-        }
-        assert!(view.state != JobState::Completed, "the job finished before a worker could be killed");
-        assert!(Instant::now() < deadline, "no checkpoint within 60 s: {view:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let name = clients[0]
-        .cluster()
-        .await
-        .expect("cluster")
-        .workers
-        .into_iter()
-        .find(|w| w.id == holder)
-        .expect("the holder is registered")
-        .name;
-    let process = if name == "witness-worker" { "witness" } else { name.as_str() };
-    assert!(cluster.process(process).signal(Signal::SIGKILL), "{process} was running");
-    cluster.process(process).kill();
+    // Kill the worker holding it once it has checkpointed progress through its heartbeats.
+    let (checkpoint, survivor) = kill_the_holder_once_checkpointed(&mut cluster, &clients, id).await;
     // Another worker finishes it, starting from the checkpoint, with the right result.
     let ids = BTreeSet::from([id]);
-    let survivor = if process == "witness" { &clients[0] } else { &clients[1] };
+    let survivor = &clients[survivor];
     let results = wait_for_results(survivor, &ids, Duration::from_secs(120)).await;
     assert_eq!(results[&id], reference_chain(&body, iterations));
     let view = survivor.job(id).await.expect("job");

@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use deploy::local::LocalCluster;
-use nix::sys::signal::Signal;
 use tempfile::TempDir;
 use wire::api::{JobState, ReuseView};
 use wire::client::ApiClient;
@@ -138,19 +137,8 @@ async fn jobs_following_one_whose_worker_is_killed_all_complete_correctly_once()
         ids.insert(id);
     }
     // Kill the worker computing it once it has checkpointed.
-    let holder = wait_for("a checkpoint", Duration::from_secs(60), || async {
-        let view = clients[1].job(leader).await.expect("job");
-        assert!(view.state != JobState::Completed, "the job finished before a worker could be killed");
-        (view.state == JobState::Running && view.iterations_done > 1).then_some(view.worker?)
-    })
-    .await;
-    let name =
-        clients[0].cluster().await.expect("cluster").workers.into_iter().find(|w| w.id == holder).expect("holder").name;
-    let process = if name == "witness-worker" { "witness" } else { name.as_str() };
-    assert!(cluster.process(process).signal(Signal::SIGKILL), "{process} was running");
-    cluster.process(process).kill();
-
-    let survivor = if process == "witness" { &clients[0] } else { &clients[1] };
+    let (_, survivor) = kill_the_holder_once_checkpointed(&mut cluster, &clients, leader).await;
+    let survivor = &clients[survivor];
     // Each appears once in the walk of completions (`wait_for_results` checks), all correct.
     let results = wait_for_results(survivor, &ids, Duration::from_secs(180)).await;
     let expected = reference_chain(&data, iterations);

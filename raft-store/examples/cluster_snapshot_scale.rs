@@ -31,28 +31,14 @@ use raft_store::job_table::{JobRequest, JobResult, Proposal};
 use raft_store::test_cluster::{TestCluster, WITNESS, other_coordinator};
 use raft_store::{CommandResponse, Digest, Node, NodeId, Role};
 
+#[path = "support/memory.rs"]
+mod memory;
+use memory::{reset_peak, rss_mib};
+
 const BATCH: u64 = 1024;
 /// Entries each voter keeps behind its snapshot (1,000 by default: a few at the small sizes this
 /// example can also run at).
 const KEPT_AFTER_SNAPSHOT: u64 = 10;
-
-/// Resident memory now and at its peak since the last reset, in MiB (Linux).
-fn rss_mib() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
-            .map_or(0.0, |kib| kib / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// Make the next peak reading start from the current resident memory.
-fn reset_peak() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
 
 fn job(i: u64) -> JobRequest {
     let mut digest = [0u8; 64];

@@ -15,23 +15,9 @@ use raft_store::job_table::{Command, CommandResponse, JobResult, JobTable, Limit
 use raft_store::state_machine::{StateMachineStore, snapshot};
 use raft_store::type_config::{LogId, SnapshotMeta};
 
-/// Resident memory now and at its peak since the last reset, in MiB (Linux).
-fn rss_mib() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
-            .map_or(0.0, |kib| kib / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// Make the next peak reading start from the current resident memory.
-fn reset_peak() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
+#[path = "support/memory.rs"]
+mod memory;
+use memory::{reset_peak, rss_mib};
 
 fn job(i: u64) -> NewJob {
     let mut digest = [0u8; 64];

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use deploy::local::{LocalCluster, LocalOptions, random_token};
 use sha2::{Digest as _, Sha256, Sha512};
 use tempfile::TempDir;
+use wire::api::JobState;
 use wire::client::ApiClient;
 
 pub mod history;
@@ -123,6 +124,30 @@ pub async fn wait_for_results(client: &ApiClient, ids: &BTreeSet<u64>, timeout: 
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Wait (up to 60 s) until job `id` runs with a checkpoint past its first iteration, then
+/// SIGKILL the process of the worker holding it (the witness runs the first worker). Returns
+/// the checkpoint, and the index in `clients` of a coordinator to ask afterwards.
+pub async fn kill_the_holder_once_checkpointed(
+    cluster: &mut LocalCluster,
+    clients: &[ApiClient; 2],
+    id: u64,
+) -> (u64, usize) {
+    let (holder, checkpoint) = wait_for("a checkpoint", Duration::from_secs(60), || async {
+        let view = clients[1].job(id).await.expect("job");
+        assert!(view.state != JobState::Completed, "the job finished before a worker could be killed");
+        (view.state == JobState::Running && view.iterations_done > 1)
+            .then(|| (view.worker.expect("running jobs have a worker"), view.iterations_done))
+    })
+    .await;
+    let workers = clients[0].cluster().await.expect("cluster").workers;
+    let name = workers.into_iter().find(|w| w.id == holder).expect("the holder is registered").name;
+    let process = if name == "witness-worker" { "witness".to_owned() } else { name };
+    assert!(cluster.process(&process).pid().is_some(), "{process} was running");
+    // SIGKILL, and reap it.
+    cluster.process(&process).kill();
+    (checkpoint, if process == "witness" { 0 } else { 1 })
 }
 
 /// Poll `check` every 50 ms until it gives a value; fail the test after `timeout`.

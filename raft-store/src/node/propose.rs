@@ -60,7 +60,8 @@ impl Node {
         let proposed = std::time::Instant::now();
         // Stamped here and nowhere else: if this node does not lead after all, openraft refuses
         // the entry and the caller forwards the proposal, unstamped, to the leader.
-        let reuse_enabled = self.parts.state_machine.read(|table| table.reuse_enabled());
+        // Only an enqueue's command depends on it: no read of the table for the rest.
+        let reuse_enabled = enqueue && self.parts.state_machine.read(|table| table.reuse_enabled());
         let command = proposal.stamp(wire::now_ms(), reuse_enabled);
         let written = tokio::select! {
             written = tokio::time::timeout(timeout, client_write(&self.parts.raft, command)) => written,

@@ -254,29 +254,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
 #[cfg(test)]
 mod tests {
+    use super::snapshot::tests::{meta_at, table_with_jobs};
     use super::*;
-    use crate::job_table::{Command, NewJob};
-    use wire::Digest;
-
-    fn meta_at(index: u64) -> SnapshotMeta {
-        let leader = openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 };
-        SnapshotMeta { last_log_id: Some(LogId::new(leader, index)), last_membership: StoredMembership::default() }
-    }
-
-    fn table_with_jobs(jobs: u64) -> JobTable {
-        let mut table = JobTable::default();
-        for i in 0..jobs {
-            let job = NewJob {
-                digest: Digest([i as u8; 64]),
-                iterations: 1,
-                enqueued_at_ms: i,
-                idempotency_key: None,
-                reuse: false,
-            };
-            table.apply(&Command::Enqueue { jobs: vec![job] });
-        }
-        table
-    }
 
     /// openraft builds snapshots in a task of their own while the state machine goes on, so a
     /// leader's snapshot can be installed while an older build is still under way. The build

@@ -471,18 +471,20 @@ pub fn decode_file_bytes(bytes: &[u8]) -> io::Result<(SnapshotMeta, JobTable)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::job_table::{Command, NewJob};
     use crate::type_config::{LogId, StoredMembership};
     use wire::Digest;
 
-    fn meta_at(index: u64) -> SnapshotMeta {
+    /// Snapshot metadata at log index `index` (for this module's and the store's tests).
+    pub(in crate::state_machine) fn meta_at(index: u64) -> SnapshotMeta {
         let leader = openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 };
         SnapshotMeta { last_log_id: Some(LogId::new(leader, index)), last_membership: StoredMembership::default() }
     }
 
-    fn table_with_jobs(jobs: u64) -> JobTable {
+    /// A table of `jobs` queued jobs (for this module's and the store's tests).
+    pub(in crate::state_machine) fn table_with_jobs(jobs: u64) -> JobTable {
         let mut table = JobTable::default();
         for i in 0..jobs {
             let job = NewJob {
