@@ -1,6 +1,7 @@
 //! CPU time spent on a piece of work, by process: the bench's own (`getrusage`), each process of
 //! a local cluster's (`/proc/<pid>/stat`, in clock ticks), and each voter's WAL fsyncs
-//! (`tandem_wal_fsyncs_total` on its `/metrics`). Dividing by the work done in between says where
+//! (`tandem_wal_fsyncs_total` on its `/metrics`) and the AppendEntries it received
+//! (`tandem_raft_appends_received_total`: replication rounds, heartbeats included). Dividing by the work done in between says where
 //! a throughput figure's CPU went and how well it was batched, which a ratio alone cannot.
 //!
 //! The `process_cpu_seconds_total` every process serves counts whole seconds (metrics counters
@@ -34,6 +35,7 @@ pub struct CpuSample {
     own: f64,
     processes: Vec<Option<f64>>,
     fsyncs: Vec<Option<f64>>,
+    appends: Vec<Option<f64>>,
 }
 
 impl CpuMeter {
@@ -51,6 +53,7 @@ impl CpuMeter {
     pub async fn sample(&self) -> CpuSample {
         let mut processes = Vec::with_capacity(self.processes.len());
         let mut fsyncs = Vec::with_capacity(self.processes.len());
+        let mut appends = Vec::with_capacity(self.processes.len());
         for process in &self.processes {
             let text = match self.http.get(&process.metrics_url).send().await {
                 Ok(response) => response.text().await.ok(),
@@ -58,8 +61,9 @@ impl CpuMeter {
             };
             processes.push(process.pid.and_then(cpu_seconds_of));
             fsyncs.push(text.as_deref().and_then(|text| counter_in(text, "tandem_wal_fsyncs_total")));
+            appends.push(text.as_deref().map(|text| labelled_sum(text, "tandem_raft_appends_received_total", &[])));
         }
-        CpuSample { own: own_cpu_seconds(), processes, fsyncs }
+        CpuSample { own: own_cpu_seconds(), processes, fsyncs, appends }
     }
 }
 
@@ -77,6 +81,11 @@ impl CpuSample {
     /// WAL fsyncs of each process since `earlier` (`None` for a process that is no voter).
     pub fn fsyncs_since(&self, earlier: &CpuSample) -> Vec<Option<f64>> {
         deltas(&self.fsyncs, &earlier.fsyncs)
+    }
+
+    /// AppendEntries each process received since `earlier` (0 for one that received none).
+    pub fn appends_since(&self, earlier: &CpuSample) -> Vec<Option<f64>> {
+        deltas(&self.appends, &earlier.appends)
     }
 }
 

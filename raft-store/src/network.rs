@@ -564,8 +564,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for MsgPack<T> {
     }
 }
 
-async fn append(State(raft): State<Raft>, MsgPack(req): MsgPack<AppendEntriesRequest<TypeConfig>>) -> Response {
+async fn append(
+    State(raft): State<Raft>,
+    headers: HeaderMap,
+    MsgPack(req): MsgPack<AppendEntriesRequest<TypeConfig>>,
+) -> Response {
+    counter!("tandem_raft_appends_received_total", "from" => header_value(&headers, FROM_HEADER)).increment(1);
     msgpack_response(&raft.append_entries(req).await)
+}
+
+/// A header's value as text, "unknown" when absent or not text.
+fn header_value(headers: &HeaderMap, name: &str) -> String {
+    headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("unknown").to_owned()
 }
 
 async fn vote(State(raft): State<Raft>, MsgPack(req): MsgPack<VoteRequest<TypeConfig>>) -> Response {

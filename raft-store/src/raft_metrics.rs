@@ -38,6 +38,10 @@ pub fn describe() {
         "Appends to a peer that carried a prefix of openraft's batch (it was over the payload bound): a catch-up in progress."
     );
     describe_counter!("tandem_raft_snapshots_sent_total", "Snapshots this leader sent to a peer, by peer.");
+    describe_counter!(
+        "tandem_raft_appends_received_total",
+        "AppendEntries (heartbeats included) this node received and handed to Raft, by sender: replication rounds."
+    );
     describe_counter!("tandem_wal_fsyncs_total", "fsyncs of this node's write-ahead log.");
     describe_histogram!("tandem_wal_fsync_seconds", "Duration of one WAL fsync.");
     describe_histogram!("tandem_wal_batch_entries", "Log entries made durable by one fsync.");

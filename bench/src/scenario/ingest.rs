@@ -165,6 +165,7 @@ pub async fn run(args: &IngestArgs, quick: bool) -> anyhow::Result<Report> {
     let mut cluster_own_cpu = 0.0;
     let mut cluster_cpu: Vec<Option<f64>> = meter.names().map(|_| Some(0.0)).collect();
     let mut cluster_fsyncs: Vec<Option<f64>> = meter.names().map(|_| Some(0.0)).collect();
+    let mut cluster_appends: Vec<Option<f64>> = meter.names().map(|_| Some(0.0)).collect();
     for _ in 0..rounds {
         let before = meter.sample().await;
         let base = load(&baseline_target, args.clients, args.body_bytes, seconds, 1).await;
@@ -178,6 +179,7 @@ pub async fn run(args: &IngestArgs, quick: bool) -> anyhow::Result<Report> {
         cluster_own_cpu += after.own_since(&between);
         add_each(&mut cluster_cpu, after.processes_since(&between));
         add_each(&mut cluster_fsyncs, after.fsyncs_since(&between));
+        add_each(&mut cluster_appends, after.appends_since(&between));
         this.series.iter_mut().for_each(|(t, _)| *t += offset);
         baseline.absorb(base);
         cluster.absorb(this);
@@ -209,7 +211,12 @@ pub async fn run(args: &IngestArgs, quick: bool) -> anyhow::Result<Report> {
     report.figure("cpu_us_per_cluster_enqueue", by_process);
     // Only when every process was measured: with `--url`, the witness and workers are not.
     if args.target.local {
-        report.figure("cpu_us_per_cluster_enqueue_total", total.map(|cpu| per_request(cpu, cluster.acked)));
+        let total = total.map(|cpu| per_request(cpu, cluster.acked));
+        report.figure("cpu_us_per_cluster_enqueue_total", total);
+        // What the cluster spends beyond what the baseline spends on the same request (reading
+        // and hashing the body, HTTP): the Raft path's CPU per enqueue.
+        let baseline_us = per_request(baseline_cpu, baseline.acked);
+        report.figure("raft_path_cpu_us_per_enqueue", total.map(|total| ((total - baseline_us) * 10.0).round() / 10.0));
     }
     // How well commits were batched: enqueues made durable per fsync, by voter.
     let mut batching = serde_json::Map::new();
@@ -219,6 +226,15 @@ pub async fn run(args: &IngestArgs, quick: bool) -> anyhow::Result<Report> {
         }
     }
     report.figure("cluster_enqueues_per_fsync", batching);
+    // Replication rounds: the AppendEntries (heartbeats included) each follower received per
+    // second of cluster load.
+    let mut rounds_per_s = serde_json::Map::new();
+    for (name, appends) in meter.names().zip(&cluster_appends) {
+        if let Some(appends) = appends.filter(|appends| *appends > 0.0) {
+            rounds_per_s.insert(name.to_owned(), (appends / cluster.seconds.max(1e-9)).round().into());
+        }
+    }
+    report.figure("appends_received_per_s", rounds_per_s);
     report.series = cluster.series;
     Ok(report)
 }
