@@ -105,6 +105,12 @@ pub struct Config {
     /// Raft election timeout, upper bound (also the leader lease).
     #[arg(long, env = "TANDEM_ELECTION_MAX_MS", default_value_t = 400)]
     pub election_max_ms: u64,
+    /// The most AppendEntries this node, when it leads, keeps unanswered on one follower's
+    /// append stream: 1 waits for each answer before the next request; 2 lets the next
+    /// request (carrying what was proposed meanwhile) go while the first is being written.
+    #[arg(long, env = "TANDEM_APPEND_PIPELINE", default_value_t = raft_store::network::APPEND_PIPELINE as u64,
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub append_pipeline: u64,
     /// Serve `POST /raft/faults`, letting a test harness cut this voter's links to chosen
     /// peers (the fault-injection suite). For tests only.
     #[arg(long, env = "TANDEM_FAULT_INJECTION")]

@@ -163,6 +163,7 @@ impl Coordinator {
             election_max_ms: config.election_max_ms,
         };
         node_config.request_timeout = config.request_timeout();
+        node_config.append_pipeline = config.append_pipeline as usize;
         let node = Node::start(node_config, Arc::new(NetworkFaults::default()))
             .await
             .with_context(|| format!("starting voter {} in {}", config.id, config.data_dir().display()))?;

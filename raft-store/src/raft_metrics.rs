@@ -31,11 +31,19 @@ pub fn describe() {
     describe_gauge!("tandem_raft_snapshot_bytes", "Size of this node's newest snapshot.");
     describe_counter!(
         "tandem_raft_rpc_timeouts_total",
-        "Raft requests to a peer that outlasted their deadline, by peer and kind (append: one carrying entries; heartbeat; vote; snapshot; ...)."
+        "Raft requests to a peer that outlasted their deadline, by peer and kind (append: one carrying entries; heartbeat; append-stream: opening one; vote; snapshot; ...)."
     );
     describe_counter!(
         "tandem_raft_append_prefixes_total",
-        "Appends to a peer that carried a prefix of openraft's batch (it was over the payload bound): a catch-up in progress."
+        "HTTP appends to a peer (one without append streams) that carried a prefix of openraft's batch (it was over the payload bound): a catch-up in progress."
+    );
+    describe_counter!(
+        "tandem_raft_append_splits_total",
+        "Appends to a peer sent as several frames (over the payload bound), by peer: a catch-up in progress."
+    );
+    describe_counter!(
+        "tandem_raft_append_streams_opened_total",
+        "Append streams this leader opened to a peer, by peer: one per replication and heartbeat stream, and one more after each broken connection or refused append."
     );
     describe_counter!("tandem_raft_snapshots_sent_total", "Snapshots this leader sent to a peer, by peer.");
     describe_counter!(

@@ -85,7 +85,8 @@ pub async fn serve_bounded(
         let (builder, stopping) = (builder.clone(), stopping.clone());
         connections.spawn(async move {
             let _permit = permit;
-            let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
+            // With upgrades: a peer's append stream starts as an HTTP request and leaves the server.
+            let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service).with_upgrades());
             tokio::select! {
                 _ = connection.as_mut() => return,
                 _ = stopping.cancelled() => connection.as_mut().graceful_shutdown(),

@@ -84,8 +84,9 @@ async fn without_quorum_proposals_fail_instead_of_hanging() {
 }
 
 /// Every route a voter serves under `/raft/` but the health check.
-const RAFT_ROUTES: [&str; 12] = [
+const RAFT_ROUTES: [&str; 13] = [
     "append",
+    "append-stream",
     "vote",
     "pre-vote",
     "snapshot",

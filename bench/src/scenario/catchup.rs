@@ -41,7 +41,7 @@ pub struct CatchupArgs {
 struct PeerCounters {
     append_timeouts: f64,
     heartbeat_timeouts: f64,
-    append_prefixes: f64,
+    appends_split: f64,
     snapshots_sent: f64,
 }
 
@@ -57,7 +57,9 @@ impl PeerCounters {
         Ok(PeerCounters {
             append_timeouts: sum("tandem_raft_rpc_timeouts_total", Some("append")),
             heartbeat_timeouts: sum("tandem_raft_rpc_timeouts_total", Some("heartbeat")),
-            append_prefixes: sum("tandem_raft_append_prefixes_total", None),
+            // Split appends: over HTTP (a prefix, the rest next), or over an append stream (runs).
+            appends_split: sum("tandem_raft_append_prefixes_total", None)
+                + sum("tandem_raft_append_splits_total", None),
             snapshots_sent: sum("tandem_raft_snapshots_sent_total", None),
         })
     }
@@ -66,7 +68,7 @@ impl PeerCounters {
         PeerCounters {
             append_timeouts: self.append_timeouts - before.append_timeouts,
             heartbeat_timeouts: self.heartbeat_timeouts - before.heartbeat_timeouts,
-            append_prefixes: self.append_prefixes - before.append_prefixes,
+            appends_split: self.appends_split - before.appends_split,
             snapshots_sent: self.snapshots_sent - before.snapshots_sent,
         }
     }
@@ -155,7 +157,7 @@ pub async fn run(args: &CatchupArgs, quick: bool) -> anyhow::Result<Report> {
     report.figure("caught_up_after_restart_s", caught_up.map(|d| d.as_secs_f64()));
     report.figure("append_timeouts", counters.append_timeouts);
     report.figure("heartbeat_timeouts", counters.heartbeat_timeouts);
-    report.figure("catch_up_appends_split", counters.append_prefixes);
+    report.figure("catch_up_appends_split", counters.appends_split);
     report.figure("snapshots_sent", counters.snapshots_sent);
     report.figure("enqueues_acked", load.acked);
     report.figure("enqueue_errors", load.errors);

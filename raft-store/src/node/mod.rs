@@ -28,9 +28,10 @@ use openraft::errors::RaftError;
 use openraft::{Config, SnapshotPolicy};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::log_store::{LogStore, LogStoreOptions, WalStats, WalStatsSnapshot};
-use crate::network::{NetworkFaults, Transport};
+use crate::network::{NetworkFaults, Transport, TransportStats};
 use crate::state_machine::StateMachineStore;
 use crate::type_config::{NodeId, NodeInfo, Raft, RaftMetrics, Role};
 use crate::wal::WalError;
@@ -75,6 +76,16 @@ impl Timing {
     /// have had time to elect a leader, and a stall shorter than that is waited out.
     pub fn quorum_timeout(&self) -> Duration {
         Duration::from_millis(2 * self.election_max_ms)
+    }
+
+    /// openraft's `heartbeat_min_interval`: no heartbeat goes to a follower that acknowledged
+    /// an append sent within this long, so that under load heartbeats do not double the rounds.
+    /// The heartbeat period, or less when the election timeout requires it (openraft requires
+    /// heartbeat + this + one tick, `heartbeat * 13 / 64`, below `election_min_ms`).
+    pub fn heartbeat_min_interval_ms(&self) -> u64 {
+        let tick = self.heartbeat_ms * 13 / 64;
+        let room = self.election_min_ms.saturating_sub(self.heartbeat_ms + tick + 1);
+        self.heartbeat_ms.min(room)
     }
 }
 
@@ -123,6 +134,9 @@ pub struct NodeConfig {
     pub append_body_limit: usize,
     /// The bytes a leader sends in one AppendEntries ([`crate::network::APPEND_PAYLOAD_BYTES`]).
     pub append_payload_bytes: usize,
+    /// The most AppendEntries a leader keeps unanswered on one follower's append stream
+    /// ([`crate::network::APPEND_PIPELINE`]).
+    pub append_pipeline: usize,
 }
 
 impl NodeConfig {
@@ -145,6 +159,7 @@ impl NodeConfig {
             log: LogStoreOptions::default(),
             append_body_limit: crate::network::APPEND_BODY_LIMIT,
             append_payload_bytes: crate::network::APPEND_PAYLOAD_BYTES,
+            append_pipeline: crate::network::APPEND_PIPELINE,
         }
     }
 }
@@ -192,6 +207,8 @@ struct NodeParts {
     replacing: tokio::sync::Mutex<()>,
     /// Background tasks (leadership watch, snapshot policy), aborted on shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Cancelled on shutdown: the append streams this voter serves close with it.
+    streams_closed: CancellationToken,
 }
 
 /// A running voter. Cheap to clone.
@@ -220,6 +237,7 @@ impl Node {
         let raft_config = Config {
             cluster_name: "tandem".into(),
             heartbeat_interval: config.timing.heartbeat_ms,
+            heartbeat_min_interval: Some(config.timing.heartbeat_min_interval_ms()),
             election_timeout_min: config.timing.election_min_ms,
             election_timeout_max: config.timing.election_max_ms,
             install_snapshot_timeout: 10_000,
@@ -247,6 +265,7 @@ impl Node {
         let mut transport = Transport::new(config.id, config.secret.as_deref().map(Arc::from), faults);
         transport.append_limit = config.append_body_limit;
         transport.append_payload = config.append_payload_bytes;
+        transport.append_pipeline = config.append_pipeline;
         let wal_stats = log.stats_handle();
         let raft = Raft::new(config.id, Arc::new(raft_config), transport.clone(), log, state_machine.clone())
             .await
@@ -269,6 +288,7 @@ impl Node {
                 read_running: tokio::sync::Mutex::new(()),
                 replacing: tokio::sync::Mutex::new(()),
                 tasks: Mutex::new(Vec::new()),
+                streams_closed: CancellationToken::new(),
             }),
         };
         let watcher = tokio::spawn(quorum_watch::watch_metrics(
@@ -306,6 +326,11 @@ impl Node {
     /// The fault hooks of this node's transport.
     pub fn faults(&self) -> &Arc<NetworkFaults> {
         &self.parts.transport.faults
+    }
+
+    /// How this voter's appends to its peers went (streams opened, HTTP appends).
+    pub fn transport_stats(&self) -> &Arc<TransportStats> {
+        &self.parts.transport.stats
     }
 
     /// The log writer's counters.
@@ -347,6 +372,7 @@ impl Node {
 
     /// Stop Raft and the background tasks. The data directory can be opened again afterwards.
     pub async fn shutdown(&self) {
+        self.parts.streams_closed.cancel();
         for task in self.parts.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             task.abort();
         }

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use super::Node;
 use crate::job_table::Proposal;
 use crate::network::{
-    CONTROL_BODY_LIMIT, MsgPack, PROPOSE_BODY_LIMIT, PeerCheck, body_limit, msgpack_response, raft_rpc_router,
-    require_peer,
+    CONTROL_BODY_LIMIT, MsgPack, PROPOSE_BODY_LIMIT, PeerCheck, StreamSettings, body_limit, msgpack_response,
+    raft_rpc_router, require_peer,
 };
 use crate::server::ServeBounds;
 use crate::type_config::{NodeId, NodeInfo};
@@ -62,7 +62,12 @@ impl Node {
         if self.parts.config.fault_injection {
             calls = calls.route("/raft/faults", post(faults).layer(control));
         }
-        raft_rpc_router(self.parts.raft.clone(), self.parts.state_machine.clone(), self.parts.config.append_body_limit)
+        let streams = StreamSettings {
+            append_limit: self.parts.config.append_body_limit,
+            faults: self.parts.transport.faults.clone(),
+            closed: self.parts.streams_closed.clone(),
+        };
+        raft_rpc_router(self.parts.raft.clone(), self.parts.state_machine.clone(), streams)
             .merge(calls.with_state(self.clone()))
             .route_layer(axum::middleware::from_fn_with_state(check, require_peer))
             .route("/raft/health", get(|| async { "ok" }))

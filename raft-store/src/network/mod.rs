@@ -16,9 +16,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -29,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use metrics::counter;
 use openraft::alias::SnapshotOf;
+use openraft::base::BoxFuture;
 use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::v2::RaftNetworkV2;
 use openraft::network::{RPCOption, RaftNetworkFactory};
@@ -39,7 +40,14 @@ use openraft::raft::{
 use openraft::{OptionalSend, Snapshot};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
 use tower_http::limit::RequestBodyLimitLayer;
+
+mod append_stream;
+
+pub use append_stream::{
+    APPEND_PIPELINE, APPEND_STREAM_PROTOCOL, APPEND_STREAM_ROUTE, StreamReply, codec, serve as serve_append_stream,
+};
 
 use crate::state_machine::snapshot::ReceiveError;
 use crate::state_machine::{SnapshotData, StateMachineStore};
@@ -187,6 +195,15 @@ impl NetworkFaults {
     }
 }
 
+/// How a node's appends went: for tests, which check the transport used.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    /// Append streams opened (connections upgraded), to every peer.
+    pub append_streams_opened: AtomicU64,
+    /// AppendEntries sent as HTTP requests (to a peer without append streams).
+    pub http_appends: AtomicU64,
+}
+
 /// What a node needs to talk to its peers.
 #[derive(Clone)]
 pub struct Transport {
@@ -203,6 +220,10 @@ pub struct Transport {
     /// The bytes of entries sent in one AppendEntries ([`APPEND_PAYLOAD_BYTES`]); always at
     /// least one entry.
     pub append_payload: usize,
+    /// The most AppendEntries unanswered on one append stream ([`APPEND_PIPELINE`]).
+    pub append_pipeline: usize,
+    /// Counts of how appends went.
+    pub stats: Arc<TransportStats>,
 }
 
 impl Transport {
@@ -223,6 +244,8 @@ impl Transport {
             faults,
             append_limit: APPEND_BODY_LIMIT,
             append_payload: APPEND_PAYLOAD_BYTES,
+            append_pipeline: APPEND_PIPELINE,
+            stats: Arc::default(),
         }
     }
 
@@ -254,53 +277,86 @@ impl Transport {
         timeout: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>> {
         if self.faults.is_cut(target) {
-            return Err(RPCError::Unreachable(Unreachable::from_string(format!("link to node {target} is cut"))));
+            return Err(cut_link(target));
         }
         if self.faults.lose(target, path) {
             return Err(RPCError::Network(NetworkError::from_string(format!(
                 "request to node {target} on /raft/{path} lost by fault injection"
             ))));
         }
+        let mut request = self.post(target, raft_addr, path).timeout(timeout).body(body);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let response = request.send().await.map_err(|e| self.send_error(target, kind, e))?;
+        if !response.status().is_success() {
+            return Err(refused(target, raft_addr, path, response).await);
+        }
+        let bytes = response.bytes().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        wire::from_msgpack(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+
+    /// A POST to `/raft/{path}` on `target` at `raft_addr`, with the cluster headers.
+    fn post(&self, target: NodeId, raft_addr: &str, path: &str) -> reqwest::RequestBuilder {
         let mut request = self
             .http
             .post(format!("http://{raft_addr}/raft/{path}"))
             .header(header::CONTENT_TYPE, MSGPACK)
             .header(FROM_HEADER, self.self_id)
-            .header(TARGET_HEADER, target)
-            .timeout(timeout)
-            .body(body);
+            .header(TARGET_HEADER, target);
         if let Some(secret) = &self.secret {
             request = request.header(SECRET_HEADER, secret.as_ref());
         }
-        for (name, value) in headers {
-            request = request.header(name, value);
-        }
-        let response = request.send().await.map_err(|e| {
-            if e.is_timeout() {
-                counter!("tandem_raft_rpc_timeouts_total", "peer" => target.to_string(), "kind" => kind.to_owned())
-                    .increment(1);
-            }
-            if e.is_connect() {
-                RPCError::Unreachable(Unreachable::new(&e))
-            } else {
-                RPCError::Network(NetworkError::new(&e))
-            }
-        })?;
-        let status = response.status();
-        if !status.is_success() {
-            let text = response.text().await.unwrap_or_default();
-            return Err(RPCError::Network(NetworkError::from_string(format!(
-                "HTTP {status} from node {target} at {raft_addr}/raft/{path}: {text}"
-            ))));
-        }
-        let bytes = response.bytes().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        wire::from_msgpack(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+        request
     }
+
+    /// A request to `target` that failed on the way: `Unreachable` if no connection was made,
+    /// else a `Network` error (a timeout counted under `kind`).
+    fn send_error(&self, target: NodeId, kind: &str, e: reqwest::Error) -> RPCError<TypeConfig> {
+        if e.is_timeout() {
+            counter!("tandem_raft_rpc_timeouts_total", "peer" => target.to_string(), "kind" => kind.to_owned())
+                .increment(1);
+        }
+        if e.is_connect() {
+            RPCError::Unreachable(Unreachable::new(&e))
+        } else {
+            RPCError::Network(NetworkError::new(&e))
+        }
+    }
+}
+
+/// The error of a link cut by fault injection: unreachable, without touching the network.
+fn cut_link(target: NodeId) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::from_string(format!("link to node {target} is cut")))
+}
+
+/// The error of a request `target` answered with an HTTP error status, with the status and text.
+async fn refused(target: NodeId, raft_addr: &str, path: &str, response: reqwest::Response) -> RPCError<TypeConfig> {
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    RPCError::Network(NetworkError::from_string(format!(
+        "HTTP {status} from node {target} at {raft_addr}/raft/{path}: {text}"
+    )))
 }
 
 /// How many of `entries`, from the first, make a request of at most `budget` bytes, given that
 /// the request with all of them encodes to `request_len`; at least one.
 fn prefix_within(entries: &[Entry], request_len: usize, budget: usize) -> usize {
+    let sizes = entry_sizes(entries);
+    // The vote, the previous log id, the commit index: what the request holds besides entries.
+    let fixed = request_len.saturating_sub(sizes.iter().sum());
+    runs_of(&sizes, fixed, budget)[0]
+}
+
+/// The lengths of the runs `entries` split into so that each run makes a request of at most
+/// `budget` bytes (a run of one entry may be larger), given that a request holds `fixed` bytes
+/// besides its entries. Never empty: a request without entries is one run of none.
+fn runs_within(entries: &[Entry], fixed: usize, budget: usize) -> Vec<usize> {
+    runs_of(&entry_sizes(entries), fixed, budget)
+}
+
+/// The encoded size of each of `entries`.
+fn entry_sizes(entries: &[Entry]) -> Vec<usize> {
     /// Counts what is written to it.
     struct Counter(usize);
     impl std::io::Write for Counter {
@@ -312,7 +368,7 @@ fn prefix_within(entries: &[Entry], request_len: usize, budget: usize) -> usize 
             Ok(())
         }
     }
-    let sizes: Vec<usize> = entries
+    entries
         .iter()
         .map(|entry| {
             let mut counter = Counter(0);
@@ -320,16 +376,24 @@ fn prefix_within(entries: &[Entry], request_len: usize, budget: usize) -> usize 
             let _ = rmp_serde::encode::write_named(&mut counter, entry);
             counter.0
         })
-        .collect();
-    // The vote, the previous log id, the commit index: what the request holds besides entries.
-    let mut used = request_len.saturating_sub(sizes.iter().sum());
-    for (i, size) in sizes.into_iter().enumerate() {
-        used += size;
-        if used > budget {
-            return i.max(1);
+        .collect()
+}
+
+/// [`runs_within`], given the entries' sizes.
+fn runs_of(sizes: &[usize], fixed: usize, budget: usize) -> Vec<usize> {
+    let mut runs = vec![0];
+    let mut used = fixed;
+    for &size in sizes {
+        let run = runs.last_mut().expect("never empty");
+        if *run > 0 && used + size > budget {
+            runs.push(1);
+            used = fixed + size;
+        } else {
+            *run += 1;
+            used += size;
         }
     }
-    entries.len()
+    runs
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RPCError<TypeConfig>> {
@@ -340,15 +404,29 @@ impl RaftNetworkFactory<TypeConfig> for Transport {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerClient {
-        PeerClient { transport: self.clone(), target, raft_addr: node.raft_addr.clone() }
+        PeerClient {
+            transport: self.clone(),
+            target,
+            raft_addr: node.raft_addr.clone(),
+            connection: std::sync::Mutex::new(None),
+            http_appends_until: None,
+        }
     }
 }
 
-/// openraft's handle to one peer: a clone of the shared client plus the peer's address.
+/// openraft's handle to one peer: a clone of the shared client plus the peer's address, and the
+/// append stream this handle keeps open to it ([`append_stream`]). openraft holds one handle per
+/// replication stream and one for heartbeats, and makes one per vote (which never opens a
+/// stream).
 pub struct PeerClient {
     transport: Transport,
     target: NodeId,
     raft_addr: String,
+    /// The append stream kept between sessions, every request on it answered. (In a mutex only
+    /// because openraft wants the handle `Sync`; it is reached through `&mut self`, unlocked.)
+    connection: std::sync::Mutex<Option<append_stream::Kept>>,
+    /// Until when appends go as HTTP requests: the peer said it has no append stream.
+    http_appends_until: Option<Instant>,
 }
 
 impl PeerClient {
@@ -400,6 +478,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             body = encode(&req)?;
         }
         let heartbeat = req.entries.is_empty();
+        self.transport.stats.http_appends.fetch_add(1, Ordering::Relaxed);
         let timeout = append_timeout(option.hard_ttl(), heartbeat, body.len());
         let kind = if heartbeat { "heartbeat" } else { "append" };
         let response = self.rpc_encoded("append", kind, body, timeout).await?;
@@ -411,6 +490,17 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             }
             (response, _) => Ok(response),
         }
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<append_stream::Answers<'s>, RPCError<TypeConfig>>>
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        self.stream_append_over_connection(input, option)
     }
 
     async fn vote(
@@ -650,27 +740,40 @@ async fn transfer_leader(
     msgpack_response(&result)
 }
 
-/// The routes openraft's peers call (append, vote, pre-vote, snapshot, transfer-leader), behind
-/// [`require_peer`], each with the body limit its traffic needs; `append_limit` is
-/// [`APPEND_BODY_LIMIT`] but in tests. Add other `/raft/` routes before the layer is applied
-/// (see `Node::router`).
-pub fn raft_rpc_router(raft: Raft, store: StateMachineStore, append_limit: usize) -> Router {
+/// The routes openraft's peers call (append, append-stream, vote, pre-vote, snapshot,
+/// transfer-leader), behind [`require_peer`], each with the body limit its traffic needs. Add
+/// other `/raft/` routes before the layer is applied (see `Node::router`).
+pub fn raft_rpc_router(raft: Raft, store: StateMachineStore, streams: StreamSettings) -> Router {
+    let append_limit = streams.append_limit;
     Router::new()
         .route("/raft/append", post(append).layer(body_limit(append_limit)))
+        .route("/raft/append-stream", post(append_stream::open))
         .route("/raft/vote", post(vote).layer(body_limit(CONTROL_BODY_LIMIT)))
         .route("/raft/pre-vote", post(pre_vote).layer(body_limit(CONTROL_BODY_LIMIT)))
         .route("/raft/snapshot", post(snapshot).layer(body_limit(SNAPSHOT_BODY_LIMIT)))
         .route("/raft/snapshot-stream", post(snapshot_stream))
         .route("/raft/transfer-leader", post(transfer_leader).layer(body_limit(CONTROL_BODY_LIMIT)))
-        .with_state(PeerRoutes { raft, store })
+        .with_state(PeerRoutes { raft, store, streams })
 }
 
-/// What the peer routes serve from: the Raft, and the state machine store snapshots are
-/// received into.
+/// How a voter serves append streams.
+#[derive(Clone)]
+pub struct StreamSettings {
+    /// The largest frame read: [`APPEND_BODY_LIMIT`] but in tests.
+    pub append_limit: usize,
+    /// Fault hooks: a stream from a peer whose link is cut is closed at its next frame.
+    pub faults: Arc<NetworkFaults>,
+    /// Cancelled when the voter shuts down: its streams close with it.
+    pub closed: CancellationToken,
+}
+
+/// What the peer routes serve from: the Raft, the state machine store snapshots are received
+/// into, and how append streams are served.
 #[derive(Clone)]
 struct PeerRoutes {
     raft: Raft,
     store: StateMachineStore,
+    streams: StreamSettings,
 }
 
 impl axum::extract::FromRef<PeerRoutes> for Raft {
