@@ -431,7 +431,8 @@ pub async fn serve<T>(
     T: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut answers_out, frames_in) = Framed::new(io, codec(max_frame)).split();
-    // The frames until none has come for `APPEND_STREAM_IDLE`.
+    // The frames until none has come for `APPEND_STREAM_IDLE`, or this voter shuts down.
+    let frames_in = Box::pin(frames_in.take_until(closed.clone().cancelled_owned()));
     let frames_in = futures::stream::unfold(frames_in, |mut frames| async move {
         let frame = tokio::time::timeout(APPEND_STREAM_IDLE, frames.next()).await.ok()??;
         Some((frame, frames))
