@@ -299,3 +299,27 @@ async fn appends_go_over_a_few_streams_and_a_cut_link_closes_them() {
     assert!(stats.append_streams_opened.load(Ordering::SeqCst) > opened);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_is_closed_by_the_follower_and_not_reused_by_the_leader() {
+    let dir = TempDir::new().expect("temp dir");
+    let idle = Duration::from_millis(400);
+    let (mut cluster, leader) = cluster_with_secret(&dir, |config| config.append_stream_idle = idle).await;
+    let follower = other_coordinator(leader);
+    // A stream on which nothing is sent (a leader that vanished without closing it) is closed.
+    let mut silent = open(&cluster.infos()[&follower].raft_addr, follower, SECRET).await;
+    let started = std::time::Instant::now();
+    until_closed(&mut silent).await;
+    assert!(started.elapsed() >= idle, "closed after {:?}", started.elapsed());
+    // The leader's replication stream idles as long, and the next write still goes through, on
+    // a new stream rather than on the one the follower closed.
+    let stats = cluster.node(leader).transport_stats().clone();
+    let first = common::enqueue(cluster.node(leader), 1).await;
+    let opened = stats.append_streams_opened.load(Ordering::SeqCst);
+    tokio::time::sleep(idle * 2).await;
+    let second = common::enqueue(cluster.node(leader), 2).await;
+    common::assert_visible(cluster.node(follower), &[first, second]).await;
+    assert!(stats.append_streams_opened.load(Ordering::SeqCst) > opened);
+    assert_eq!(stats.http_appends.load(Ordering::SeqCst), 0);
+    cluster.shutdown().await;
+}

@@ -62,7 +62,7 @@ pub const APPEND_STREAM_ROUTE: &str = "append-stream";
 /// How many AppendEntries a leader keeps unanswered on one stream, by default.
 pub const APPEND_PIPELINE: usize = 2;
 /// A follower closes an append stream on which no frame came for this long, and a leader does not
-/// reuse one it has not used for half of it. Without it, a stream whose leader vanished without
+/// reuse one it has not used for half of it (by default: `NodeConfig::append_stream_idle`). Without it, a stream whose leader vanished without
 /// closing it (its packets dropped by a partition, its host gone) would be kept for good on the
 /// follower. An idle replication stream costs one new connection per half of this.
 pub const APPEND_STREAM_IDLE: Duration = Duration::from_secs(60);
@@ -155,7 +155,7 @@ impl PeerClient {
             // Nothing arrives on a connection between sessions: if its read is ready, the
             // follower closed it (restarted, or ended the stream after an error). One idle for
             // long may be about to be closed by the follower.
-            let fresh = since.elapsed() < APPEND_STREAM_IDLE / 2;
+            let fresh = since.elapsed() < self.transport.append_stream_idle / 2;
             if fresh && connection.next().now_or_never().is_none() && !self.transport.faults.is_cut(self.target) {
                 return Ok(Some(connection));
             }
@@ -400,7 +400,7 @@ pub(super) async fn open(State(peer): State<PeerRoutes>, headers: HeaderMap, mut
             Ok(upgraded) => {
                 let io = hyper_util::rt::TokioIo::new(upgraded);
                 let streams = peer.streams;
-                serve(io, peer.raft, from, streams.faults, streams.append_limit, streams.closed).await;
+                serve(io, peer.raft, from, streams.faults, streams.append_limit, streams.idle, streams.closed).await;
             }
             Err(e) => tracing::debug!(?from, error = %e, "an append stream's upgrade failed"),
         }
@@ -418,7 +418,7 @@ fn switching_protocols() -> Response {
 
 /// Serve one append stream on `io` from peer `from`: hand the decoded requests to openraft in
 /// order and send back each answer, until the peer closes the connection or sends nothing for
-/// [`APPEND_STREAM_IDLE`], a frame is too long or does not decode, the link is cut, openraft
+/// `idle`, a frame is too long or does not decode, the link is cut, openraft
 /// answers an error or stops, or `closed` is cancelled (this voter is shutting down).
 pub async fn serve<T>(
     io: T,
@@ -426,15 +426,16 @@ pub async fn serve<T>(
     from: Option<NodeId>,
     faults: std::sync::Arc<NetworkFaults>,
     max_frame: usize,
+    idle: Duration,
     closed: CancellationToken,
 ) where
     T: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut answers_out, frames_in) = Framed::new(io, codec(max_frame)).split();
-    // The frames until none has come for `APPEND_STREAM_IDLE`, or this voter shuts down.
+    // The frames until none has come for `idle`, or this voter shuts down.
     let frames_in = Box::pin(frames_in.take_until(closed.clone().cancelled_owned()));
-    let frames_in = futures::stream::unfold(frames_in, |mut frames| async move {
-        let frame = tokio::time::timeout(APPEND_STREAM_IDLE, frames.next()).await.ok()??;
+    let frames_in = futures::stream::unfold(frames_in, move |mut frames| async move {
+        let frame = tokio::time::timeout(idle, frames.next()).await.ok()??;
         Some((frame, frames))
     });
     let peer = from.map_or_else(|| "unknown".to_owned(), |from| from.to_string());

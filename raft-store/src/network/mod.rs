@@ -46,7 +46,8 @@ use tower_http::limit::RequestBodyLimitLayer;
 mod append_stream;
 
 pub use append_stream::{
-    APPEND_PIPELINE, APPEND_STREAM_PROTOCOL, APPEND_STREAM_ROUTE, StreamReply, codec, serve as serve_append_stream,
+    APPEND_PIPELINE, APPEND_STREAM_IDLE, APPEND_STREAM_PROTOCOL, APPEND_STREAM_ROUTE, StreamReply, codec,
+    serve as serve_append_stream,
 };
 
 use crate::state_machine::snapshot::ReceiveError;
@@ -222,6 +223,8 @@ pub struct Transport {
     pub append_payload: usize,
     /// The most AppendEntries unanswered on one append stream ([`APPEND_PIPELINE`]).
     pub append_pipeline: usize,
+    /// An append stream unused for half of this is not reused ([`APPEND_STREAM_IDLE`]).
+    pub append_stream_idle: Duration,
     /// Counts of how appends went.
     pub stats: Arc<TransportStats>,
 }
@@ -245,6 +248,7 @@ impl Transport {
             append_limit: APPEND_BODY_LIMIT,
             append_payload: APPEND_PAYLOAD_BYTES,
             append_pipeline: APPEND_PIPELINE,
+            append_stream_idle: APPEND_STREAM_IDLE,
             stats: Arc::default(),
         }
     }
@@ -763,6 +767,8 @@ pub struct StreamSettings {
     pub append_limit: usize,
     /// Fault hooks: a stream from a peer whose link is cut is closed at its next frame.
     pub faults: Arc<NetworkFaults>,
+    /// A stream without a frame for this long is closed ([`APPEND_STREAM_IDLE`]).
+    pub idle: Duration,
     /// Cancelled when the voter shuts down: its streams close with it.
     pub closed: CancellationToken,
 }

@@ -137,6 +137,9 @@ pub struct NodeConfig {
     /// The most AppendEntries a leader keeps unanswered on one follower's append stream
     /// ([`crate::network::APPEND_PIPELINE`]).
     pub append_pipeline: usize,
+    /// A follower closes an append stream without a frame for this long; a leader does not reuse
+    /// one idle for half of it ([`crate::network::APPEND_STREAM_IDLE`]).
+    pub append_stream_idle: Duration,
 }
 
 impl NodeConfig {
@@ -160,6 +163,7 @@ impl NodeConfig {
             append_body_limit: crate::network::APPEND_BODY_LIMIT,
             append_payload_bytes: crate::network::APPEND_PAYLOAD_BYTES,
             append_pipeline: crate::network::APPEND_PIPELINE,
+            append_stream_idle: crate::network::APPEND_STREAM_IDLE,
         }
     }
 }
@@ -266,6 +270,7 @@ impl Node {
         transport.append_limit = config.append_body_limit;
         transport.append_payload = config.append_payload_bytes;
         transport.append_pipeline = config.append_pipeline;
+        transport.append_stream_idle = config.append_stream_idle;
         let wal_stats = log.stats_handle();
         let raft = Raft::new(config.id, Arc::new(raft_config), transport.clone(), log, state_machine.clone())
             .await

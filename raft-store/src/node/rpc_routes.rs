@@ -65,6 +65,7 @@ impl Node {
         let streams = StreamSettings {
             append_limit: self.parts.config.append_body_limit,
             faults: self.parts.transport.faults.clone(),
+            idle: self.parts.config.append_stream_idle,
             closed: self.parts.streams_closed.clone(),
         };
         raft_rpc_router(self.parts.raft.clone(), self.parts.state_machine.clone(), streams)
