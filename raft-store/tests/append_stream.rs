@@ -64,9 +64,9 @@ fn frame_of(body: Vec<u8>) -> Vec<u8> {
     frame
 }
 
-/// Open an append stream to voter `target` at `addr`, as a leader would.
-async fn open(addr: &str, target: NodeId, secret: &str) -> reqwest::Upgraded {
-    let response = reqwest::Client::new()
+/// Ask voter `target` at `addr` to open an append stream, as a leader would.
+async fn ask_to_open(addr: &str, target: NodeId, secret: &str) -> reqwest::Response {
+    reqwest::Client::new()
         .post(format!("http://{addr}/raft/append-stream"))
         .header("connection", "upgrade")
         .header("upgrade", APPEND_STREAM_PROTOCOL)
@@ -75,7 +75,12 @@ async fn open(addr: &str, target: NodeId, secret: &str) -> reqwest::Upgraded {
         .header(SECRET_HEADER, secret)
         .send()
         .await
-        .expect("send");
+        .expect("send")
+}
+
+/// Open an append stream to voter `target` at `addr`, as a leader would.
+async fn open(addr: &str, target: NodeId, secret: &str) -> reqwest::Upgraded {
+    let response = ask_to_open(addr, target, secret).await;
     assert_eq!(response.status(), 101, "{:?}", response.text().await);
     response.upgrade().await.expect("upgraded")
 }
@@ -321,5 +326,37 @@ async fn an_idle_stream_is_closed_by_the_follower_and_not_reused_by_the_leader()
     common::assert_visible(cluster.node(follower), &[first, second]).await;
     assert!(stats.append_streams_opened.load(Ordering::SeqCst) > opened);
     assert_eq!(stats.http_appends.load(Ordering::SeqCst), 0);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_serves_a_bounded_number_of_append_streams() {
+    let dir = TempDir::new().expect("temp dir");
+    let (mut cluster, leader) = cluster_with_secret(&dir, |_| {}).await;
+    let follower = other_coordinator(leader);
+    let addr = cluster.infos()[&follower].raft_addr.clone();
+    let mut held = Vec::new();
+    let refused = loop {
+        let response = ask_to_open(&addr, follower, SECRET).await;
+        if response.status() != 101 {
+            break response.status();
+        }
+        held.push(response.upgrade().await.expect("upgraded"));
+        assert!(held.len() <= raft_store::network::MAX_APPEND_STREAMS, "no bound");
+    };
+    assert_eq!(refused, 503);
+    // The leader's own streams were open before: the cluster still replicates to the follower.
+    let id = common::enqueue(cluster.node(leader), 1).await;
+    common::assert_visible(cluster.node(follower), &[id]).await;
+    // Closed streams give their places back.
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if ask_to_open(&addr, follower, SECRET).await.status() == 101 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "places not given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     cluster.shutdown().await;
 }

@@ -30,7 +30,10 @@
 //! After answering an error (a conflict, a higher vote) or on its Raft's end, the follower closes
 //! the connection: openraft's receiving stream ends there, and the leader starts a new session
 //! on a new connection. A connection is reused across sessions only when every request sent on
-//! it was answered.
+//! it was answered, and not after it idled for half of `append_stream_idle` (the follower closes
+//! a stream without a frame for that long, so one whose leader vanished is not kept for good).
+//! A voter serves at most [`MAX_APPEND_STREAMS`] at once (upgraded connections leave the
+//! server's connection bound).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -53,7 +56,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     APPEND_MIN_TIMEOUT, FROM_HEADER, NetworkFaults, PeerClient, PeerRoutes, Transport, append_timeout, encode,
 };
-use crate::type_config::{Entry, NodeId, Raft, TypeConfig};
+use crate::type_config::{Entry, LogId, NodeId, Raft, TypeConfig};
 
 /// The protocol named in the `Upgrade` header of the request that opens an append stream.
 pub const APPEND_STREAM_PROTOCOL: &str = "tandem-append/1";
@@ -66,6 +69,9 @@ pub const APPEND_PIPELINE: usize = 2;
 /// closing it (its packets dropped by a partition, its host gone) would be kept for good on the
 /// follower. An idle replication stream costs one new connection per half of this.
 pub const APPEND_STREAM_IDLE: Duration = Duration::from_secs(60);
+/// The most append streams a voter serves at once: a leader opens two to each follower (appends
+/// and heartbeats), and a few more may linger after leadership changes until they idle out.
+pub const MAX_APPEND_STREAMS: usize = 64;
 /// How long after a follower said it has no append stream its appends go as HTTP requests
 /// before the upgrade is tried again (a rolling upgrade replaces it in the meantime).
 const HTTP_APPENDS_FOR: Duration = Duration::from_secs(60);
@@ -86,7 +92,7 @@ pub(super) type Answers<'s> = BoxStream<'s, Result<StreamAppendResult<TypeConfig
 /// An open append stream, on the leader's side.
 pub(super) type Connection = Framed<reqwest::Upgraded, LengthDelimitedCodec>;
 
-/// An append stream kept between sessions, and since when.
+/// An append stream kept between sessions, and when it last carried a frame.
 pub(super) struct Kept {
     connection: Connection,
     since: Instant,
@@ -148,19 +154,15 @@ impl PeerClient {
         self.connection.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The append stream to use for a session: the one kept from the last session if it is
-    /// still open, else a new one; `None` if the target serves none.
-    async fn append_connection(&mut self, timeout: Duration) -> Result<Option<Connection>, RPCError<TypeConfig>> {
-        if let Some(Kept { mut connection, since }) = self.kept_connection().take() {
-            // Nothing arrives on a connection between sessions: if its read is ready, the
-            // follower closed it (restarted, or ended the stream after an error). One idle for
-            // long may be about to be closed by the follower.
-            let fresh = since.elapsed() < self.transport.append_stream_idle / 2;
-            if fresh && connection.next().now_or_never().is_none() && !self.transport.faults.is_cut(self.target) {
-                return Ok(Some(connection));
-            }
+    /// The append stream to use for a session, and when it last carried a frame: the one kept
+    /// from the last session (the session replaces it before its first frame if it went stale,
+    /// [`Session::replace_if_stale`]), else a new one; `None` if the target serves none.
+    async fn append_connection(&mut self, timeout: Duration) -> Result<Option<Kept>, RPCError<TypeConfig>> {
+        if let Some(kept) = self.kept_connection().take() {
+            return Ok(Some(kept));
         }
-        self.transport.open_append_stream(self.target, &self.raft_addr, timeout).await
+        let opened = self.transport.open_append_stream(self.target, &self.raft_addr, timeout).await?;
+        Ok(opened.map(|connection| Kept { connection, since: Instant::now() }))
     }
 
     /// [`openraft::network::RaftNetworkV2::stream_append`]: the requests of `input` over this
@@ -179,7 +181,8 @@ impl PeerClient {
                 return stream_append_sequential(self, input, option).await;
             }
             let hard_ttl = option.hard_ttl();
-            let Some(connection) = self.append_connection(hard_ttl.max(APPEND_MIN_TIMEOUT)).await? else {
+            let Some(Kept { connection, since }) = self.append_connection(hard_ttl.max(APPEND_MIN_TIMEOUT)).await?
+            else {
                 tracing::warn!(
                     target = self.target,
                     "the follower has no append stream (an older version): appends go as HTTP requests"
@@ -195,7 +198,9 @@ impl PeerClient {
                 queued: VecDeque::new(),
                 sent: VecDeque::new(),
                 hard_ttl,
+                last_io: since,
                 ended: false,
+                broken: false,
             };
             let answers = futures::stream::unfold(session, |mut session| async move {
                 let answer = session.next().await?;
@@ -210,16 +215,17 @@ impl PeerClient {
 /// A frame ready to go: one request, or one run of a request's entries.
 struct Piece {
     bytes: Bytes,
-    /// Whether its answer is the request's answer (the last run of entries).
-    last: bool,
+    /// For a run before the last, the answer that lets the next go on (the follower holds the
+    /// run's last entry); `None` for the last run, whose answer is the request's.
+    run_ends_at: Option<Option<LogId>>,
     heartbeat: bool,
 }
 
 /// A frame sent and not yet answered.
 struct Sent {
-    /// When its answer is due.
+    /// When its answer is due: never before the answer of a frame sent before it.
     deadline: tokio::time::Instant,
-    last: bool,
+    run_ends_at: Option<Option<LogId>>,
     heartbeat: bool,
 }
 
@@ -233,7 +239,12 @@ struct Session<'s, S> {
     queued: VecDeque<Piece>,
     sent: VecDeque<Sent>,
     hard_ttl: Duration,
+    /// When the connection last carried a frame either way.
+    last_io: Instant,
     ended: bool,
+    /// An answer came that openraft cannot be told about run by run: the session ends after
+    /// it, and so does the connection.
+    broken: bool,
 }
 
 /// What the session waited for.
@@ -249,15 +260,18 @@ impl<S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin> Session<'_, S> 
             return None;
         }
         let step = self.step().await;
-        self.ended = !matches!(step, Ok(Some(Ok(_))));
+        self.ended = self.broken || !matches!(step, Ok(Some(Ok(_))));
+        if self.broken {
+            self.connection = None;
+        }
         match step {
             Ok(Some(answer)) => Some(Ok(answer)),
             Ok(None) => {
                 // Every request answered and no more to come: the connection serves the next
                 // session.
                 let connection = self.connection.take().filter(|_| self.sent.is_empty());
-                *self.client.kept_connection() =
-                    connection.map(|connection| Kept { connection, since: Instant::now() });
+                let since = self.last_io;
+                *self.client.kept_connection() = connection.map(|connection| Kept { connection, since });
                 None
             }
             Err(e) => {
@@ -312,13 +326,22 @@ impl<S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin> Session<'_, S> 
                     return Err(unreachable(format!("the append stream to node {target} broke: {e}")));
                 }
                 Event::Answer(Some(Ok(frame))) => {
+                    self.last_io = Instant::now();
                     let sent = self.sent.pop_front().expect("an answer was awaited");
                     let reply: StreamReply = wire::from_msgpack(&frame)
                         .map_err(|e| network(format!("undecodable answer from node {target}: {e}")))?;
                     let answer = reply.map_err(|e| unreachable(format!("node {target}'s Raft has stopped: {e}")))?;
-                    // A run before the last is answered too; only an error there is news.
-                    if sent.last || answer.is_err() {
-                        return Ok(Some(answer));
+                    match sent.run_ends_at {
+                        None => return Ok(Some(answer)),
+                        // A run before the last, taken whole: the next run goes on.
+                        Some(end) if answer == Ok(end) => {}
+                        // Anything else is the request's answer (openraft acts on a conflict or
+                        // a higher vote; a short match, which a follower never gives, is
+                        // progress up to it), and the runs after it are not waited for.
+                        Some(_) => {
+                            self.broken = true;
+                            return Ok(Some(answer));
+                        }
                     }
                 }
             }
@@ -333,15 +356,42 @@ impl<S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin> Session<'_, S> 
         if transport.faults.lose(target, "append") {
             return Err(network(format!("an append to node {target} lost by fault injection")));
         }
+        if self.sent.is_empty() {
+            self.replace_if_stale().await?;
+        }
         let timeout = append_timeout(self.hard_ttl, piece.heartbeat, piece.bytes.len());
-        let deadline = tokio::time::Instant::now() + timeout;
+        // An answer comes after the answers to what was sent before it: never due before them.
+        let deadline = (tokio::time::Instant::now() + timeout)
+            .max(self.sent.back().map_or_else(tokio::time::Instant::now, |sent| sent.deadline));
         let connection = self.connection.as_mut().ok_or_else(|| unreachable("append stream closed".into()))?;
         match tokio::time::timeout_at(deadline, connection.send(piece.bytes)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(unreachable(format!("the append stream to node {target} broke: {e}"))),
             Err(_) => return Err(network(format!("node {target} did not take an append in time"))),
         }
-        self.sent.push_back(Sent { deadline, last: piece.last, heartbeat: piece.heartbeat });
+        self.last_io = Instant::now();
+        self.sent.push_back(Sent { deadline, run_ends_at: piece.run_ends_at, heartbeat: piece.heartbeat });
+        Ok(())
+    }
+
+    /// With nothing unanswered, open a new connection in place of one the follower closed or is
+    /// about to close for idleness (a replication stream waits as long as no writes come), rather
+    /// than write into it and report the follower unreachable.
+    async fn replace_if_stale(&mut self) -> Result<(), RPCError<TypeConfig>> {
+        let idle = self.client.transport.append_stream_idle;
+        let stale = match self.connection.as_mut() {
+            Some(connection) => self.last_io.elapsed() >= idle / 2 || connection.next().now_or_never().is_some(),
+            None => true,
+        };
+        if !stale {
+            return Ok(());
+        }
+        self.connection = None;
+        let (target, timeout) = (self.client.target, self.hard_ttl.max(APPEND_MIN_TIMEOUT));
+        let opened = self.client.transport.open_append_stream(target, &self.client.raft_addr, timeout).await?;
+        let connection = opened.ok_or_else(|| network(format!("node {target} no longer serves append streams")))?;
+        self.connection = Some(connection);
+        self.last_io = Instant::now();
         Ok(())
     }
 }
@@ -360,7 +410,7 @@ fn pieces(
     let heartbeat = request.entries.is_empty();
     let bytes = encode(&request)?;
     if bytes.len() <= budget || request.entries.len() <= 1 {
-        return Ok(vec![Piece { bytes: bytes.into(), last: true, heartbeat }]);
+        return Ok(vec![Piece { bytes: bytes.into(), run_ends_at: None, heartbeat }]);
     }
     let AppendEntriesRequest { vote, mut prev_log_id, leader_commit, entries } = request;
     // What every run holds besides its entries, at its largest: the vote, the commit, a previous
@@ -376,7 +426,8 @@ fn pieces(
         let run: Vec<Entry> = std::mem::replace(&mut rest, tail);
         let next_prev = run.last().map(|entry| entry.log_id);
         let part = AppendEntriesRequest::<TypeConfig> { vote, prev_log_id, leader_commit, entries: run };
-        pieces.push(Piece { bytes: encode(&part)?.into(), last: i + 1 == runs.len(), heartbeat: false });
+        let run_ends_at = (i + 1 < runs.len()).then_some(next_prev);
+        pieces.push(Piece { bytes: encode(&part)?.into(), run_ends_at, heartbeat: false });
         prev_log_id = next_prev;
     }
     counter!("tandem_raft_append_splits_total", "peer" => target.to_string()).increment(1);
@@ -394,8 +445,13 @@ pub(super) async fn open(State(peer): State<PeerRoutes>, headers: HeaderMap, mut
     let Some(upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return (StatusCode::BAD_REQUEST, "this connection cannot be upgraded").into_response();
     };
+    // An upgraded connection leaves the server's connection bound: streams have their own.
+    let Ok(permit) = peer.streams.open.clone().try_acquire_owned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many append streams open").into_response();
+    };
     let from = headers.get(FROM_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<NodeId>().ok());
     tokio::spawn(async move {
+        let _permit = permit;
         match upgrade.await {
             Ok(upgraded) => {
                 let io = hyper_util::rt::TokioIo::new(upgraded);
@@ -432,8 +488,11 @@ pub async fn serve<T>(
     T: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut answers_out, frames_in) = Framed::new(io, codec(max_frame)).split();
-    // The frames until none has come for `idle`, or this voter shuts down.
-    let frames_in = Box::pin(frames_in.take_until(closed.clone().cancelled_owned()));
+    // The frames until none has come for `idle`, this voter shuts down, or this loop ends (the
+    // read half belongs to openraft's task then: ending its input closes the connection).
+    let done = closed.child_token();
+    let _close_on_return = done.clone().drop_guard();
+    let frames_in = Box::pin(frames_in.take_until(done.cancelled_owned()));
     let frames_in = futures::stream::unfold(frames_in, move |mut frames| async move {
         let frame = tokio::time::timeout(idle, frames.next()).await.ok()??;
         Some((frame, frames))
@@ -704,6 +763,93 @@ mod tests {
             next = request.entries.last().expect("entries").log_id.index + 1;
         }
         assert_eq!(next, 41, "every entry sent once");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_sent_behind_a_slow_append_is_due_after_it() {
+        // The follower takes 200 ms for the append (its fsync on a busy disk); the entry-less
+        // request behind it (the commit) has a 50 ms deadline of its own, but its answer can
+        // only come after the append's.
+        let (addr, _, _stop) = fake_follower(Some(|mut side: FollowerSide| async move {
+            while let Some(Ok(frame)) = side.next().await {
+                let request = decode(&frame);
+                if !request.entries.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                side.send(taken(&request)).await.expect("answer");
+            }
+        }))
+        .await;
+        let mut client = client(&addr, |_| {}).await;
+        let answers = client
+            .stream_append(
+                futures::stream::iter(vec![append(1, 3), append(4, 3)]),
+                RPCOption::new(Duration::from_millis(50)),
+            )
+            .await
+            .expect("opened");
+        let answers: Vec<_> = answers.collect().await;
+        assert!(
+            matches!(answers[..], [Ok(Ok(Some(a))), Ok(Ok(Some(b)))] if a == log_id(3) && b == log_id(3)),
+            "{answers:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_closed_or_idle_between_sessions_is_replaced_without_an_error() {
+        // The follower closes every stream after one answer, as it does after an error or when
+        // it idles out.
+        let opened = Arc::new(AtomicUsize::new(0));
+        let count = opened.clone();
+        let (addr, _, _stop) = fake_follower(Some(move |mut side: FollowerSide| {
+            count.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if let Some(Ok(frame)) = side.next().await {
+                    side.send(taken(&decode(&frame))).await.expect("answer");
+                }
+            }
+        }))
+        .await;
+        let mut closing = client(&addr, |transport| transport.append_stream_idle = Duration::from_secs(3600)).await;
+        for i in 0..3 {
+            let answers = session(&mut closing, vec![append(i + 1, i + 1)]).await;
+            assert!(matches!(answers[..], [Ok(Ok(_))]), "session {i}: {answers:?}");
+            // Let the close arrive.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(opened.load(Ordering::SeqCst), 3);
+        // One kept past half the idle limit is replaced too, though it is still open.
+        let (addr, _, _stop) = fake_follower(Some(|mut side: FollowerSide| async move {
+            while let Some(Ok(frame)) = side.next().await {
+                side.send(taken(&decode(&frame))).await.expect("answer");
+            }
+        }))
+        .await;
+        let mut client = client(&addr, |transport| transport.append_stream_idle = Duration::from_millis(200)).await;
+        for i in 0..2 {
+            let answers = session(&mut client, vec![append(i + 1, i + 1)]).await;
+            assert!(matches!(answers[..], [Ok(Ok(_))]), "session {i}: {answers:?}");
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        assert_eq!(client.transport.stats.append_streams_opened.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_not_taken_whole_is_the_requests_answer_and_ends_the_session() {
+        // The follower answers the first run of a split request with less than its last entry.
+        let (addr, _, _stop) = fake_follower(Some(|mut side: FollowerSide| async move {
+            while let Some(Ok(frame)) = side.next().await {
+                let request = decode(&frame);
+                let short: StreamReply = Ok(Ok(request.prev_log_id));
+                let reply = rmp_serde::to_vec_named(&short).expect("encode");
+                side.send(Bytes::from(reply)).await.expect("answer");
+            }
+        }))
+        .await;
+        let mut client = client(&addr, |transport| transport.append_payload = 200).await;
+        let answers = session(&mut client, vec![append(1, 40), append(41, 41)]).await;
+        assert!(matches!(answers[..], [Ok(Ok(None))]), "{answers:?}");
+        assert!(client.kept_connection().is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

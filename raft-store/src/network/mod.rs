@@ -46,8 +46,8 @@ use tower_http::limit::RequestBodyLimitLayer;
 mod append_stream;
 
 pub use append_stream::{
-    APPEND_PIPELINE, APPEND_STREAM_IDLE, APPEND_STREAM_PROTOCOL, APPEND_STREAM_ROUTE, StreamReply, codec,
-    serve as serve_append_stream,
+    APPEND_PIPELINE, APPEND_STREAM_IDLE, APPEND_STREAM_PROTOCOL, APPEND_STREAM_ROUTE, MAX_APPEND_STREAMS, StreamReply,
+    codec, serve as serve_append_stream,
 };
 
 use crate::state_machine::snapshot::ReceiveError;
@@ -769,6 +769,8 @@ pub struct StreamSettings {
     pub faults: Arc<NetworkFaults>,
     /// A stream without a frame for this long is closed ([`APPEND_STREAM_IDLE`]).
     pub idle: Duration,
+    /// Permits for the streams served at once ([`append_stream::MAX_APPEND_STREAMS`]).
+    pub open: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the voter shuts down: its streams close with it.
     pub closed: CancellationToken,
 }

@@ -83,7 +83,7 @@ impl Timing {
     /// The heartbeat period, or less when the election timeout requires it (openraft requires
     /// heartbeat + this + one tick, `heartbeat * 13 / 64`, below `election_min_ms`).
     pub fn heartbeat_min_interval_ms(&self) -> u64 {
-        let tick = self.heartbeat_ms * 13 / 64;
+        let tick = (self.heartbeat_ms * 13 / 64).max(1);
         let room = self.election_min_ms.saturating_sub(self.heartbeat_ms + tick + 1);
         self.heartbeat_ms.min(room)
     }
@@ -213,6 +213,8 @@ struct NodeParts {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Cancelled on shutdown: the append streams this voter serves close with it.
     streams_closed: CancellationToken,
+    /// Permits for the append streams this voter serves at once.
+    append_streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// A running voter. Cheap to clone.
@@ -294,6 +296,7 @@ impl Node {
                 replacing: tokio::sync::Mutex::new(()),
                 tasks: Mutex::new(Vec::new()),
                 streams_closed: CancellationToken::new(),
+                append_streams: Arc::new(tokio::sync::Semaphore::new(crate::network::MAX_APPEND_STREAMS)),
             }),
         };
         let watcher = tokio::spawn(quorum_watch::watch_metrics(

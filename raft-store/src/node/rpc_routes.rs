@@ -66,6 +66,7 @@ impl Node {
             append_limit: self.parts.config.append_body_limit,
             faults: self.parts.transport.faults.clone(),
             idle: self.parts.config.append_stream_idle,
+            open: self.parts.append_streams.clone(),
             closed: self.parts.streams_closed.clone(),
         };
         raft_rpc_router(self.parts.raft.clone(), self.parts.state_machine.clone(), streams)
