@@ -657,7 +657,7 @@ mod tests {
             async move {
                 let mut unanswered = Vec::new();
                 loop {
-                    match tokio::time::timeout(Duration::from_millis(150), side.next()).await {
+                    match tokio::time::timeout(Duration::from_millis(400), side.next()).await {
                         Ok(Some(frame)) => unanswered.push(decode(&frame.expect("a frame"))),
                         Ok(None) => return,
                         Err(_) => {
@@ -815,7 +815,7 @@ mod tests {
             let answers = session(&mut closing, vec![append(i + 1, i + 1)]).await;
             assert!(matches!(answers[..], [Ok(Ok(_))]), "session {i}: {answers:?}");
             // Let the close arrive.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert_eq!(opened.load(Ordering::SeqCst), 3);
         // One kept past half the idle limit is replaced too, though it is still open.
