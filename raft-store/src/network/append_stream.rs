@@ -476,7 +476,7 @@ fn switching_protocols() -> Response {
 /// order and send back each answer, until the peer closes the connection or sends nothing for
 /// `idle`, a frame is too long or does not decode, the link is cut, openraft
 /// answers an error or stops, or `closed` is cancelled (this voter is shutting down).
-pub async fn serve<T>(
+async fn serve<T>(
     io: T,
     raft: Raft,
     from: Option<NodeId>,
@@ -500,8 +500,16 @@ pub async fn serve<T>(
     let peer = from.map_or_else(|| "unknown".to_owned(), |from| from.to_string());
     let requests = {
         let peer = peer.clone();
+        // Resolved once per stream, not looked up by its labels for every frame.
+        let received = counter!("tandem_raft_appends_received_total", "from" => peer.clone());
         // `scan` ends the stream at the first `None`.
-        frames_in.scan((), move |(), frame| futures::future::ready(request_of(frame, from, &faults, &peer)))
+        frames_in.scan((), move |(), frame| {
+            let request = request_of(frame, from, &faults, &peer);
+            if request.is_some() {
+                received.increment(1);
+            }
+            futures::future::ready(request)
+        })
     };
     let answers = raft.stream_append(requests);
     let mut answers = std::pin::pin!(answers);
@@ -538,7 +546,6 @@ fn request_of(
     let request = wire::from_msgpack::<AppendEntriesRequest<TypeConfig>>(&frame)
         .map_err(|e| tracing::warn!(peer, error = %e, "an undecodable append frame: closing the stream"))
         .ok()?;
-    counter!("tandem_raft_appends_received_total", "from" => peer.to_owned()).increment(1);
     Some(request)
 }
 
@@ -586,6 +593,13 @@ mod tests {
 
     fn decode(frame: &[u8]) -> AppendEntriesRequest<TypeConfig> {
         wire::from_msgpack(frame).expect("a request")
+    }
+
+    /// A follower's script that takes every request whole, until the leader goes away.
+    async fn take_all(mut side: FollowerSide) {
+        while let Some(Ok(frame)) = side.next().await {
+            side.send(taken(&decode(&frame))).await.expect("answer");
+        }
     }
 
     /// A follower at a free port that hands every append stream opened to it to `script` (with
@@ -683,13 +697,9 @@ mod tests {
     async fn one_connection_serves_session_after_session() {
         let opened = Arc::new(AtomicUsize::new(0));
         let count = opened.clone();
-        let (addr, http_appends, _stop) = fake_follower(Some(move |mut side: FollowerSide| {
+        let (addr, http_appends, _stop) = fake_follower(Some(move |side: FollowerSide| {
             count.fetch_add(1, Ordering::SeqCst);
-            async move {
-                while let Some(Ok(frame)) = side.next().await {
-                    side.send(taken(&decode(&frame))).await.expect("answer");
-                }
-            }
+            take_all(side)
         }))
         .await;
         let mut client = client(&addr, |_| {}).await;
@@ -819,12 +829,7 @@ mod tests {
         }
         assert_eq!(opened.load(Ordering::SeqCst), 3);
         // One kept past half the idle limit is replaced too, though it is still open.
-        let (addr, _, _stop) = fake_follower(Some(|mut side: FollowerSide| async move {
-            while let Some(Ok(frame)) = side.next().await {
-                side.send(taken(&decode(&frame))).await.expect("answer");
-            }
-        }))
-        .await;
+        let (addr, _, _stop) = fake_follower(Some(take_all)).await;
         let mut client = client(&addr, |transport| transport.append_stream_idle = Duration::from_millis(200)).await;
         for i in 0..2 {
             let answers = session(&mut client, vec![append(i + 1, i + 1)]).await;

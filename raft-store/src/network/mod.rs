@@ -47,7 +47,7 @@ mod append_stream;
 
 pub use append_stream::{
     APPEND_PIPELINE, APPEND_STREAM_IDLE, APPEND_STREAM_PROTOCOL, APPEND_STREAM_ROUTE, MAX_APPEND_STREAMS, StreamReply,
-    codec, serve as serve_append_stream,
+    codec,
 };
 
 use crate::state_machine::snapshot::ReceiveError;
