@@ -24,6 +24,10 @@ pub struct TargetArgs {
     /// With --local: cores per worker (default: all).
     #[arg(long)]
     pub worker_cores: Option<usize>,
+    /// With --local: runtime threads of each coordinator (default: half the cores, as
+    /// `deploy local` gives them; 0: one per core, the coordinator's own default).
+    #[arg(long)]
+    pub coordinator_threads: Option<usize>,
     /// With --local: where the coordinator and worker binaries are (default: beside this one,
     /// built on demand when run through cargo).
     #[arg(long, env = "TANDEM_BIN_DIR")]
@@ -69,7 +73,7 @@ impl Target {
         let admin_token = given_or_random_token(args.admin_token.clone())?;
         let cluster_secret = given_or_random_token(args.cluster_secret.clone())?;
         let dir = tempfile::Builder::new().prefix("tandem-bench").tempdir().context("temporary directory")?;
-        let options = LocalOptions {
+        let mut options = LocalOptions {
             workers: args.workers,
             worker_cores: args.worker_cores,
             coordinator_args: coordinator_args.iter().map(|s| s.to_string()).collect(),
@@ -81,6 +85,9 @@ impl Target {
                 Some(cluster_secret.clone()),
             )
         };
+        if let Some(threads) = args.coordinator_threads {
+            options.coordinator_threads = (threads > 0).then_some(threads);
+        }
         let mut cluster = LocalCluster::start(options)?;
         cluster.wait_ready(Duration::from_secs(60)).await?;
         cluster.wait_workers(Duration::from_secs(60)).await?;

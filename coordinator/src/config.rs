@@ -111,6 +111,13 @@ pub struct Config {
     #[arg(long, env = "TANDEM_APPEND_PIPELINE", default_value_t = raft_store::network::APPEND_PIPELINE as u64,
           value_parser = clap::value_parser!(u64).range(1..=64))]
     pub append_pipeline: u64,
+    /// Threads of the async runtime that serves the API, Raft and the workers (default: one per
+    /// core, or `TOKIO_WORKER_THREADS`). Give fewer when other busy processes share the
+    /// machine: `deploy local` gives each of its two coordinators half the cores. Bodies over
+    /// 64 KiB are hashed, and blocking work (snapshots, the log's fsyncs) done, on threads of
+    /// their own either way.
+    #[arg(long, env = "TANDEM_RUNTIME_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub runtime_threads: Option<u16>,
     /// Serve `POST /raft/faults`, letting a test harness cut this voter's links to chosen
     /// peers (the fault-injection suite). For tests only.
     #[arg(long, env = "TANDEM_FAULT_INJECTION")]

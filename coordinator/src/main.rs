@@ -10,12 +10,17 @@ use coordinator::config::Config;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    wire::process::init_tracing(config.log_format, "info,openraft=warn");
-    let shutdown = wire::process::cancel_on_signal("shutting down");
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-    coordinator::run(config, listener, shutdown).await
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.runtime_threads {
+        runtime.worker_threads(threads.into());
+    }
+    runtime.enable_all().build().context("starting the async runtime")?.block_on(async move {
+        wire::process::init_tracing(config.log_format, "info,openraft=warn");
+        let shutdown = wire::process::cancel_on_signal("shutting down");
+        let listener =
+            tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        coordinator::run(config, listener, shutdown).await
+    })
 }

@@ -133,6 +133,10 @@ struct LocalArgs {
     /// Cores each worker hashes on (default: all).
     #[arg(long, env = "TANDEM_WORKER_CORES")]
     worker_cores: Option<usize>,
+    /// Runtime threads of each coordinator (default: half the cores, since both share this
+    /// machine; 0: one per core).
+    #[arg(long, env = "TANDEM_COORDINATOR_THREADS")]
+    coordinator_threads: Option<usize>,
     /// Root of the processes' data directories (and their logs).
     #[arg(long, env = "TANDEM_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
@@ -214,6 +218,7 @@ fn run_local(args: LocalArgs) -> anyhow::Result<()> {
         min_workers,
         max_workers,
         worker_cores,
+        coordinator_threads,
         data_dir,
         port_1,
         port_2,
@@ -227,7 +232,7 @@ fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     anyhow::ensure!(max_workers >= min_workers, "--max-workers ({max_workers}) is below --min-workers ({min_workers})");
     let autoscale = (max_workers > min_workers)
         .then_some(deploy::local::Autoscale { min_workers: min_workers as u32, max_workers: max_workers as u32 });
-    let options = LocalOptions {
+    let mut options = LocalOptions {
         workers: min_workers,
         worker_cores,
         autoscale,
@@ -239,6 +244,9 @@ fn run_local(args: LocalArgs) -> anyhow::Result<()> {
             Some(cluster_secret.clone()),
         )
     };
+    if let Some(threads) = coordinator_threads {
+        options.coordinator_threads = (threads > 0).then_some(threads);
+    }
     // Children are spawned from this (main) thread: they are tied to its life.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut cluster = LocalCluster::start(options.clone())?;
