@@ -69,6 +69,10 @@ fn describe() {
         "Join secrets refused by this coordinator: unknown, wrong, used or expired."
     );
     describe_gauge!("tandem_queue_depth", "Jobs waiting for a worker.");
+    describe_gauge!(
+        "tandem_runtime_threads",
+        "Threads of this coordinator's async runtime (--runtime-threads; blocking threads not counted)."
+    );
     describe_gauge!("tandem_queue_iterations", "Iterations still to compute over the waiting jobs.");
     describe_gauge!("tandem_oldest_queued_job_age_seconds", "Age of the oldest waiting job.");
     describe_gauge!("tandem_leases_outstanding", "Jobs leased to workers.");
@@ -105,12 +109,14 @@ pub async fn sample(node: Node, scaler: crate::scaler::SharedStatus, shutdown: C
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut raft = raft_store::raft_metrics::RaftGauges::default();
     let mut last_seq = None;
+    let runtime_threads = tokio::runtime::Handle::current().metrics().num_workers();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
         let now = wire::now_ms();
+        gauge!("tandem_runtime_threads").set(runtime_threads as f64);
         raft.sample(&node);
         node.state_machine().read(|table| {
             let totals = table.totals();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use deploy::local::{LocalCluster, random_token};
+use deploy::local::{LocalCluster, LocalOptions, random_token};
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
 use wire::api::JobState;
@@ -324,18 +324,25 @@ async fn each_coordinator_exposes_metrics_and_exactly_one_leads() {
     let mut cluster = start(&dir, 0).await;
     let http = reqwest::Client::builder().no_proxy().build().expect("client");
     let deadline = Instant::now() + Duration::from_secs(15);
+    // Both coordinators share this machine: each runs on half its cores.
+    let threads = format!("tandem_runtime_threads {}", LocalOptions::shared_runtime_threads());
     loop {
         let mut leaders = 0;
         let mut sampled = 0;
+        let mut on_half_the_cores = 0;
         for url in cluster.api_urls() {
             let text = http.get(format!("{url}/metrics")).send().await.expect("scrape").text().await.expect("body");
             sampled += usize::from(text.contains("tandem_raft_term"));
             leaders += usize::from(text.lines().any(|line| line == "tandem_raft_is_leader 1"));
+            on_half_the_cores += usize::from(text.lines().any(|line| line == threads));
         }
-        if sampled == 2 && leaders == 1 {
+        if sampled == 2 && leaders == 1 && on_half_the_cores == 2 {
             break;
         }
-        assert!(Instant::now() < deadline, "expected one leader among two sampled coordinators");
+        assert!(
+            Instant::now() < deadline,
+            "expected one leader among two sampled coordinators, each reporting `{threads}` ({on_half_the_cores} did)"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     cluster.stop(Duration::from_secs(10));
