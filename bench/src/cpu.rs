@@ -1,8 +1,9 @@
 //! CPU time spent on a piece of work, by process: the bench's own (`getrusage`), each process of
 //! a local cluster's (`/proc/<pid>/stat`, in clock ticks), and each voter's WAL fsyncs
 //! (`tandem_wal_fsyncs_total` on its `/metrics`) and the AppendEntries it received
-//! (`tandem_raft_appends_received_total`: replication rounds, heartbeats included). Dividing by the work done in between says where
-//! a throughput figure's CPU went and how well it was batched, which a ratio alone cannot.
+//! (`tandem_raft_appends_received_total`: replication rounds, heartbeats included). Dividing by
+//! the work done in between says where a throughput figure's CPU went and how well it was
+//! batched, which a ratio alone cannot.
 //!
 //! The `process_cpu_seconds_total` every process serves counts whole seconds (metrics counters
 //! are integers): right for Prometheus's long windows, too coarse for a 4 s round. So the CPU of

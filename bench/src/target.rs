@@ -85,9 +85,7 @@ impl Target {
                 Some(cluster_secret.clone()),
             )
         };
-        if let Some(threads) = args.coordinator_threads {
-            options.coordinator_threads = (threads > 0).then_some(threads);
-        }
+        options.given_coordinator_threads(args.coordinator_threads);
         let mut cluster = LocalCluster::start(options)?;
         cluster.wait_ready(Duration::from_secs(60)).await?;
         cluster.wait_workers(Duration::from_secs(60)).await?;

@@ -137,6 +137,14 @@ impl LocalOptions {
         std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1))
     }
 
+    /// Set [`LocalOptions::coordinator_threads`] as a flag gives it: `Some(0)` is one per core
+    /// (the coordinator's own default), `None` keeps the shared default.
+    pub fn given_coordinator_threads(&mut self, given: Option<usize>) {
+        if let Some(threads) = given {
+            self.coordinator_threads = (threads > 0).then_some(threads);
+        }
+    }
+
     /// Where the leader's local provider keeps its records of the workers it started.
     pub fn launched_workers_dir(&self) -> PathBuf {
         self.data_dir.join("launched-workers")

@@ -244,9 +244,7 @@ fn run_local(args: LocalArgs) -> anyhow::Result<()> {
             Some(cluster_secret.clone()),
         )
     };
-    if let Some(threads) = coordinator_threads {
-        options.coordinator_threads = (threads > 0).then_some(threads);
-    }
+    options.given_coordinator_threads(coordinator_threads);
     // Children are spawned from this (main) thread: they are tied to its life.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut cluster = LocalCluster::start(options.clone())?;

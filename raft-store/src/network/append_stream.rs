@@ -51,10 +51,10 @@ use openraft::network::{RPCOption, stream_append_sequential};
 use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
-use tokio_util::sync::CancellationToken;
 
 use super::{
-    APPEND_MIN_TIMEOUT, FROM_HEADER, NetworkFaults, PeerClient, PeerRoutes, Transport, append_timeout, encode,
+    APPEND_MIN_TIMEOUT, FROM_HEADER, NetworkFaults, PeerClient, PeerRoutes, StreamSettings, Transport, append_timeout,
+    encode,
 };
 use crate::type_config::{Entry, LogId, NodeId, Raft, TypeConfig};
 
@@ -453,11 +453,7 @@ pub(super) async fn open(State(peer): State<PeerRoutes>, headers: HeaderMap, mut
     tokio::spawn(async move {
         let _permit = permit;
         match upgrade.await {
-            Ok(upgraded) => {
-                let io = hyper_util::rt::TokioIo::new(upgraded);
-                let streams = peer.streams;
-                serve(io, peer.raft, from, streams.faults, streams.append_limit, streams.idle, streams.closed).await;
-            }
+            Ok(upgraded) => serve(hyper_util::rt::TokioIo::new(upgraded), peer.raft, from, peer.streams).await,
             Err(e) => tracing::debug!(?from, error = %e, "an append stream's upgrade failed"),
         }
     });
@@ -474,20 +470,15 @@ fn switching_protocols() -> Response {
 
 /// Serve one append stream on `io` from peer `from`: hand the decoded requests to openraft in
 /// order and send back each answer, until the peer closes the connection or sends nothing for
-/// `idle`, a frame is too long or does not decode, the link is cut, openraft
-/// answers an error or stops, or `closed` is cancelled (this voter is shutting down).
-async fn serve<T>(
-    io: T,
-    raft: Raft,
-    from: Option<NodeId>,
-    faults: std::sync::Arc<NetworkFaults>,
-    max_frame: usize,
-    idle: Duration,
-    closed: CancellationToken,
-) where
+/// `settings.idle`, a frame is longer than `settings.append_limit` or does not decode, the link
+/// is cut, openraft answers an error or stops, or `settings.closed` is cancelled (this voter is
+/// shutting down).
+async fn serve<T>(io: T, raft: Raft, from: Option<NodeId>, settings: StreamSettings)
+where
     T: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (mut answers_out, frames_in) = Framed::new(io, codec(max_frame)).split();
+    let StreamSettings { append_limit, faults, idle, open: _, closed } = settings;
+    let (mut answers_out, frames_in) = Framed::new(io, codec(append_limit)).split();
     // The frames until none has come for `idle`, this voter shuts down, or this loop ends (the
     // read half belongs to openraft's task then: ending its input closes the connection).
     let done = closed.child_token();
@@ -568,6 +559,7 @@ mod tests {
     use super::*;
     use crate::server::{ServeBounds, serve_bounded};
     use crate::type_config::{LogId, NodeInfo, Role, Vote};
+    use tokio_util::sync::CancellationToken;
 
     /// The follower's side of an append stream, as the test sees it.
     type FollowerSide = Framed<TokioIo<hyper::upgrade::Upgraded>, LengthDelimitedCodec>;

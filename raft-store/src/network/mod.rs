@@ -1,4 +1,6 @@
-//! The voters' transport: openraft's RPCs as HTTP POSTs with MessagePack bodies.
+//! The voters' transport: openraft's RPCs as HTTP POSTs with MessagePack bodies, but for
+//! AppendEntries, which go over one persistent framed connection per replication stream
+//! ([`append_stream`]; HTTP appends remain for peers of the previous version).
 //!
 //! The server side is an axum router under `/raft/`; the client side is one shared
 //! `reqwest::Client` (a connection pool), cloned into a cheap per-peer handle whenever openraft
